@@ -1,0 +1,59 @@
+"""Mixture of Noise Levels: timestep vectors per training example (SPEC §4, Algorithm 1).
+
+t_ref ~ U{1..T}^(M×N) per example, then per strategy:
+  vanilla  t[m, n] = t_ref[0, 0]   (one level for the whole clip: joint training)
+  pm       t[m, n] = t_ref[m, 0]   (per modality)
+  pt       t[m, n] = t_ref[0, n]   (per time-segment, shared by the modalities)
+  ptm      t[m, n] = t_ref[m, n]   (per time-segment and modality)
+`monl` draws one of the four uniformly per example; any weighted mixture can be configured.
+The vectors are [B, M, N]; `ClipLayout.expand_to_latents` carries them to every latent element
+(audio latents through `segment_of_audio`).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+STRATEGIES = ("vanilla", "pm", "pt", "ptm")
+
+
+def parse_mixture(text: str) -> np.ndarray:
+  """Weights [4] over STRATEGIES (normalized) from "monl", "pt", "pt,pm,ptm" or "pt:2,pm:1"."""
+  text = text.strip().lower()
+  if text == "monl":
+    text = ",".join(STRATEGIES)
+  weights = np.zeros(len(STRATEGIES))
+  for part in filter(None, (p.strip() for p in text.replace("/", ",").split(","))):
+    name, _, weight = part.partition(":")
+    if name not in STRATEGIES:
+      raise ValueError(f"unknown noise strategy {name!r} in {text!r}; use monl or {STRATEGIES}")
+    value = float(weight) if weight else 1.0
+    if value < 0:
+      raise ValueError(f"negative weight for {name!r} in {text!r}")
+    weights[STRATEGIES.index(name)] += value
+  if weights.sum() <= 0:
+    raise ValueError(f"noise mixture {text!r} has no positive weight")
+  return weights / weights.sum()
+
+
+def timesteps_for_strategies(t_ref_bmn: jnp.ndarray, strategy_b: jnp.ndarray) -> jnp.ndarray:
+  """Applies strategy `strategy_b[i]` (index into STRATEGIES) to example i's t_ref [M, N]."""
+  shape = t_ref_bmn.shape
+  candidates = jnp.stack([
+      jnp.broadcast_to(t_ref_bmn[:, :1, :1], shape),  # vanilla
+      jnp.broadcast_to(t_ref_bmn[:, :, :1], shape),  # pm
+      jnp.broadcast_to(t_ref_bmn[:, :1, :], shape),  # pt
+      t_ref_bmn,  # ptm
+  ])  # [4, B, M, N]
+  return jnp.take_along_axis(candidates, strategy_b[None, :, None, None], axis=0)[0]
+
+
+def sample_timestep_vectors(rng, batch: int, num_modalities: int, num_segments: int,
+                            mixture_weights: np.ndarray, num_timesteps: int):
+  """(timestep_vector int32 [B, M, N] in 1..T, strategy int32 [B])."""
+  ref_rng, strategy_rng = jax.random.split(rng)
+  t_ref = jax.random.randint(ref_rng, (batch, num_modalities, num_segments), 1, num_timesteps + 1)
+  strategy = jax.random.choice(strategy_rng, len(STRATEGIES), (batch,),
+                               p=jnp.asarray(mixture_weights, jnp.float32))
+  return timesteps_for_strategies(t_ref, strategy).astype(jnp.int32), strategy.astype(jnp.int32)

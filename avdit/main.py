@@ -1,0 +1,83 @@
+r"""avdit entry point.
+
+  python -m avdit.main --config=configs/avdit_synthetic.py:default --workdir=/tmp/avdit \
+      [--mode=train_and_sample|train|sample|describe] [--config.train.num_steps=100 ...]
+
+train             trains (or resumes from the latest checkpoint in --workdir)
+sample            samples every task in config.sample.tasks from the latest checkpoint
+train_and_sample  both (the default main job)
+describe          prints the clip/token layout and the parameter count, builds nothing
+"""
+from __future__ import annotations
+
+import sys
+
+import jax
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from avdit import layout as layout_lib
+from avdit.training import state as state_lib
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:variant]).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
+_MODE = flags.DEFINE_enum("mode", "train_and_sample",
+                          ["train", "sample", "train_and_sample", "describe"], "What to run.")
+
+
+def describe(config) -> dict:
+  layout = layout_lib.layout_from_config(config)
+  _, abstract = state_lib.abstract_train_state(config, layout)
+  num_params = sum(x.size for x in jax.tree_util.tree_leaves(abstract.params))
+  info = {"num_params": num_params, "num_segments": layout.num_segments,
+          "video_tokens": layout.num_video_tokens, "audio_tokens": layout.audio_latents,
+          "tokens": layout.num_tokens, "video_latent_shape": layout.video_latent_shape,
+          "audio_latent_shape": layout.audio_latent_shape,
+          "audio_samples": layout.audio_samples}
+  for k, v in info.items():
+    print(f"{k}: {v}")
+  return info
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  config = _CONFIG.value
+  if config is None:
+    raise app.UsageError("--config is required, e.g. --config=configs/avdit_synthetic.py:tiny")
+  mode = _MODE.value
+  if mode == "describe":
+    describe(config)
+    return
+  if not _WORKDIR.value:
+    raise app.UsageError("--workdir is required for mode " + mode)
+  # Imported here so `describe` stays light.
+  from avdit.sampling import generate  # pylint: disable=g-import-not-at-top
+  from avdit.training import train  # pylint: disable=g-import-not-at-top
+  logging.info("JAX devices: %s", jax.devices())
+  if mode in ("train", "train_and_sample"):
+    try:
+      summary = train.train(config, _WORKDIR.value)
+    except train.NonFiniteLossError as e:
+      logging.error("%s", e)
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(1)
+    train.write_summary(_WORKDIR.value, summary)
+    if summary["stopped_by"]:
+      print(f"stopped by {summary['stopped_by']} at step {summary['step']}; checkpoint saved in "
+            f"{_WORKDIR.value}, rerun the same command to resume")
+      return
+  if mode in ("sample", "train_and_sample"):
+    try:
+      entries = generate.sample(config, _WORKDIR.value)
+    except FileNotFoundError as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(1)
+    print(f"wrote {len(entries)} samples; open {_WORKDIR.value}/samples/index.html")
+
+
+if __name__ == "__main__":
+  app.run(main)

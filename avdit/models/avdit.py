@@ -1,0 +1,255 @@
+"""AVDiT: one diffusion transformer over [video tokens || audio tokens] (SPEC §5).
+
+Each (modality, time-segment) row of the clip has its own timestep (MoNL). The timestep vector
+[B, M, N] becomes one conditioning vector per row [B, M·N, d]; every AdaLN modulation is computed
+on those rows and gathered to tokens with `layout.token_row`, never by a Linear per token
+(≈ 2·5 rows against 1387 tokens at the paper's shape).
+
+Shapes: B batch, N segments, (h, w) latent frame, p patch, d width, L = layout.num_tokens,
+R = M·N rows, L_v = N·(h/p)·(w/p) video tokens, l_a audio latents.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from avdit.layout import NUM_MODALITIES, VIDEO, AUDIO, ClipLayout
+from avdit.models import layers
+from avdit.models.layers import AXES
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+_REMAT_POLICIES = {
+    "full": None,  # save nothing inside a block: recompute it all in the backward pass
+    "dots_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def _annotate_without_mesh():
+  """Flax 0.12 shards every annotated Variable at creation ("eager sharding", on by default) and
+  raises when no mesh is in scope; without a mesh, keep the names as metadata only."""
+  if jax.sharding.get_abstract_mesh().empty:
+    return nnx.use_eager_sharding(False)
+  return contextlib.nullcontext()
+
+
+def patchify(video_bnhwc: jax.Array, patch: int) -> jax.Array:
+  """[B, N, h, w, C] -> [B, N·(h/p)·(w/p), p·p·C], tokens in (t, h, w) order."""
+  b, n, h, w, c = video_bnhwc.shape
+  x = video_bnhwc.reshape(b, n, h // patch, patch, w // patch, patch, c)
+  x = x.transpose(0, 1, 2, 4, 3, 5, 6)
+  return x.reshape(b, n * (h // patch) * (w // patch), patch * patch * c)
+
+
+def unpatchify(tokens_blk: jax.Array, patch: int, video_shape: tuple[int, ...]) -> jax.Array:
+  """Inverse of `patchify`: [B, L_v, p·p·C] -> [B, N, h, w, C] with video_shape = (N, h, w, C)."""
+  n, h, w, c = video_shape
+  b = tokens_blk.shape[0]
+  x = tokens_blk.reshape(b, n, h // patch, w // patch, patch, patch, c)
+  x = x.transpose(0, 1, 2, 4, 3, 5, 6)
+  return x.reshape(b, n, h, w, c)
+
+
+class FinalLayer(nnx.Module):
+  """LayerNorm modulated per row (own zero-init Linear d -> 2d), then per-modality outputs."""
+
+  def __init__(self, width: int, video_out: int, audio_out: int, *, dtype: jnp.dtype,
+               rngs: nnx.Rngs):
+    zero = dict(kernel_init=layers.zeros, dtype=dtype, rngs=rngs)
+    self.adaln = layers.Dense(width, 2 * width, kernel_axes=AXES.modulation_kernel,
+                              bias_axes=AXES.modulation_bias, **zero)
+    self.video_out = layers.Dense(width, video_out, kernel_axes=AXES.video_out_kernel,
+                                  bias_axes=AXES.video_out_bias, **zero)
+    self.audio_out = layers.Dense(width, audio_out, kernel_axes=AXES.audio_out_kernel,
+                                  bias_axes=AXES.audio_out_bias, **zero)
+
+  def __call__(self, x_bld: jax.Array, silu_cond_brd: jax.Array, token_row_l: jax.Array,
+               num_video_tokens: int) -> tuple[jax.Array, jax.Array]:
+    """-> (video tokens [B, L_v, p·p·d_v], audio tokens [B, l_a, d_a]) in the compute dtype."""
+    shift_brd, scale_brd = jnp.split(self.adaln(silu_cond_brd), 2, axis=-1)
+    h_bld = layers.modulate(layers.layer_norm(x_bld), layers.gather_rows(shift_brd, token_row_l),
+                            layers.gather_rows(scale_brd, token_row_l))
+    return (self.video_out(h_bld[:, :num_video_tokens]),
+            self.audio_out(h_bld[:, num_video_tokens:]))
+
+
+class AVDiT(nnx.Module):
+  """Audiovisual DiT with per-(modality, segment) timesteps and AdaLN (full or LoRA)."""
+
+  def __init__(self, model_config, layout: ClipLayout, *, rngs: nnx.Rngs):
+    cfg = model_config
+    if cfg.patch_size != layout.patch_size:
+      raise ValueError(f"model.patch_size={cfg.patch_size} but the layout was built with "
+                       f"patch_size={layout.patch_size}; build it with layout_from_config.")
+    if cfg.dtype not in _DTYPES:
+      raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)}, got {cfg.dtype!r}")
+    if cfg.remat not in ("none", *_REMAT_POLICIES):
+      raise ValueError(f"model.remat must be none, full or dots_saveable, got {cfg.remat!r}")
+    self.layout = layout
+    self.width = width = cfg.width
+    self.patch_size = p = cfg.patch_size
+    self.timestep_embed_dim = cfg.timestep_embed_dim
+    self.self_condition = bool(cfg.self_condition)
+    self.adaln_kind = cfg.adaln
+    self.remat = cfg.remat
+    self.dtype = dtype = _DTYPES[cfg.dtype]
+    # Self-conditioning doubles the input channels: [noisy || previous x̂0].
+    inputs_per_channel = 2 if self.self_condition else 1
+    d_v, d_a = layout.video_channels, layout.audio_channels
+
+    with _annotate_without_mesh():
+      self.video_in = layers.Dense(p * p * d_v * inputs_per_channel, width,
+                                   kernel_axes=AXES.video_in_kernel, bias_axes=AXES.embed_bias,
+                                   dtype=dtype, rngs=rngs)
+      self.audio_in = layers.Dense(d_a * inputs_per_channel, width,
+                                   kernel_axes=AXES.audio_in_kernel, bias_axes=AXES.embed_bias,
+                                   dtype=dtype, rngs=rngs)
+      embedding = lambda shape, axes: layers.make_param(rngs, layers.embedding_normal, shape, axes)
+      self.video_spatial_pos = embedding((layout.video_tokens_per_segment, width),
+                                         AXES.video_spatial_pos)
+      self.video_temporal_pos = embedding((layout.num_segments, width), AXES.video_temporal_pos)
+      self.audio_temporal_pos = embedding((layout.audio_latents, width), AXES.audio_temporal_pos)
+      self.modality_embed = embedding((NUM_MODALITIES, width), AXES.modality_embed)
+      self.row_embed = embedding((layout.num_rows, width), AXES.row_embed)
+      self.timestep_in = layers.Dense(cfg.timestep_embed_dim, width,
+                                      kernel_axes=AXES.timestep_in_kernel,
+                                      bias_axes=AXES.mlp_bias, dtype=dtype, rngs=rngs)
+      self.timestep_out = layers.Dense(width, width, kernel_axes=AXES.timestep_out_kernel,
+                                       bias_axes=AXES.embed_bias, dtype=dtype, rngs=rngs)
+      if cfg.adaln == "lora":
+        # Shared by all blocks; zero-init so each block is the identity at init (adaLN-Zero).
+        self.adaln_base = layers.Dense(width, 6 * width, kernel_axes=AXES.modulation_kernel,
+                                       bias_axes=AXES.modulation_bias, kernel_init=layers.zeros,
+                                       dtype=dtype, rngs=rngs)
+      self.blocks = nnx.List([
+          layers.AdaLNBlock(width, cfg.num_heads, cfg.mlp_ratio, adaln=cfg.adaln,
+                            adaln_lora_rank=cfg.adaln_lora_rank, qk_norm=cfg.qk_norm,
+                            attention=cfg.attention, attention_chunk=cfg.attention_chunk,
+                            dtype=dtype, rngs=rngs)
+          for _ in range(cfg.depth)])
+      self.final = FinalLayer(width, p * p * d_v, d_a, dtype=dtype, rngs=rngs)
+
+  # --- pieces (public so tests and analysis can check them) ------------------------------------
+  @property
+  def token_row(self) -> jax.Array:
+    """int32 [L]: the conditioning row m·N + n of each token."""
+    return jnp.asarray(self.layout.token_row)
+
+  def embed_tokens(self, noisy: dict[str, jax.Array],
+                   self_cond: dict[str, jax.Array] | None = None) -> jax.Array:
+    """Latents (and the self-conditioning estimate) -> tokens [B, L, d] in the compute dtype."""
+    lay = self.layout
+    video_bnhwc, audio_blc = noisy["video"], noisy["audio"]
+    if video_bnhwc.shape[1:] != lay.video_latent_shape:
+      raise ValueError(f"video latents {video_bnhwc.shape} != [B, {lay.video_latent_shape}]")
+    if audio_blc.shape[1:] != lay.audio_latent_shape:
+      raise ValueError(f"audio latents {audio_blc.shape} != [B, {lay.audio_latent_shape}]")
+    if self.self_condition:
+      if self_cond is None:  # first pass / self-conditioning dropped: a zero estimate
+        self_cond = {"video": jnp.zeros_like(video_bnhwc), "audio": jnp.zeros_like(audio_blc)}
+      video_bnhwc = jnp.concatenate([video_bnhwc, self_cond["video"].astype(video_bnhwc.dtype)], -1)
+      audio_blc = jnp.concatenate([audio_blc, self_cond["audio"].astype(audio_blc.dtype)], -1)
+    elif self_cond is not None:
+      raise ValueError("self_cond was given but model.self_condition is False")
+
+    d = self.width
+    video_bld = self.video_in(patchify(video_bnhwc, self.patch_size))
+    video_pos_nsd = (self.video_temporal_pos[...][:, None, :]
+                     + self.video_spatial_pos[...][None, :, :])
+    video_bld = video_bld + (video_pos_nsd.reshape(-1, d)
+                             + self.modality_embed[...][VIDEO]).astype(self.dtype)
+    audio_bld = self.audio_in(audio_blc)
+    audio_bld = audio_bld + (self.audio_temporal_pos[...]
+                             + self.modality_embed[...][AUDIO]).astype(self.dtype)
+    return jnp.concatenate([video_bld, audio_bld], axis=1)
+
+  def conditioning(self, timestep_vector_bmn: jax.Array) -> jax.Array:
+    """Timesteps [B, M, N] -> conditioning rows [B, M·N, d] (row m·N + n), compute dtype."""
+    lay = self.layout
+    expected = (NUM_MODALITIES, lay.num_segments)
+    if timestep_vector_bmn.shape[1:] != expected:
+      raise ValueError(f"timestep vector {timestep_vector_bmn.shape} != [B, {expected}]")
+    timesteps_br = timestep_vector_bmn.reshape(timestep_vector_bmn.shape[0], lay.num_rows)
+    freq_brf = layers.timestep_embedding(timesteps_br, self.timestep_embed_dim)
+    cond_brd = self.timestep_out(jax.nn.silu(self.timestep_in(freq_brf)))
+    return cond_brd + self.row_embed[...].astype(self.dtype)
+
+  def modulation_rows(self, cond_rows_brd: jax.Array) -> list[jax.Array]:
+    """Per block, its six modulation vectors per row [B, R, 6d] (shift/scale/gate x attn/mlp)."""
+    silu_cond_brd = jax.nn.silu(cond_rows_brd)
+    # AdaLN-LoRA: the shared base is computed once for all blocks.
+    base_brk = self.adaln_base(silu_cond_brd) if self.adaln_kind == "lora" else None
+    return [block.modulation_rows(silu_cond_brd, base_brk) for block in self.blocks]
+
+  def __call__(self, noisy: dict[str, jax.Array], timestep_vector_bmn: jax.Array,
+               self_cond: dict[str, jax.Array] | None = None) -> dict[str, jax.Array]:
+    """Predicts ε (or v) for every element.
+
+    Args:
+      noisy: {"video": [B, N, h, w, d_v], "audio": [B, l_a, d_a]}.
+      timestep_vector_bmn: [B, 2, N] timesteps in 0..T (float or int); row 0 video, 1 audio.
+      self_cond: previous x̂0 estimate with the structure of `noisy`; None = zeros. Only when
+        the model was built with self_condition.
+
+    Returns:
+      float32 {"video": [B, N, h, w, d_v], "audio": [B, l_a, d_a]}.
+    """
+    token_row_l = self.token_row
+    x_bld = self.embed_tokens(noisy, self_cond)
+    cond_rows_brd = self.conditioning(timestep_vector_bmn)
+
+    def apply_block(block, x_bld, modulation_brk, token_row_l):
+      return block(x_bld, modulation_brk, token_row_l)
+
+    if self.remat != "none":
+      apply_block = nnx.remat(apply_block, policy=_REMAT_POLICIES[self.remat])
+    for block, modulation_brk in zip(self.blocks, self.modulation_rows(cond_rows_brd)):
+      x_bld = apply_block(block, x_bld, modulation_brk, token_row_l)
+
+    video_blk, audio_blc = self.final(x_bld, jax.nn.silu(cond_rows_brd), token_row_l,
+                                      self.layout.num_video_tokens)
+    video_bnhwc = unpatchify(video_blk, self.patch_size, self.layout.video_latent_shape)
+    return {"video": video_bnhwc.astype(jnp.float32), "audio": audio_blc.astype(jnp.float32)}
+
+
+def count_params(model: nnx.Module) -> int:
+  """Number of scalar parameters (nnx.Param leaves)."""
+  return sum(int(x.size) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def flops_per_example(model_config, layout: ClipLayout) -> dict[str, int]:
+  """Analytic forward-pass matmul FLOPs (2·MACs) of one example, by term, plus "total".
+
+  Elementwise work (norms, softmax, GELU, modulation arithmetic, gathers) is not counted. A
+  training step is ≈ 3x forward (+1 forward for the self-conditioning estimate).
+  """
+  cfg = model_config
+  d, depth, p = cfg.width, cfg.depth, cfg.patch_size
+  hidden = int(cfg.mlp_ratio * d)
+  num_tokens, rows = layout.num_tokens, layout.num_rows
+  video_tokens, audio_tokens = layout.num_video_tokens, layout.audio_latents
+  inputs_per_channel = 2 if cfg.self_condition else 1
+  video_in = p * p * layout.video_channels
+  if cfg.adaln == "full":
+    block_modulation = depth * 2 * rows * d * 6 * d
+  else:
+    r = cfg.adaln_lora_rank
+    block_modulation = 2 * rows * d * 6 * d + depth * 2 * rows * (d * r + r * 6 * d)
+  flops = {
+      # q, k, v and output projections: 4 d x d matmuls per token.
+      "attention_projections": depth * 2 * num_tokens * 4 * d * d,
+      # QK^T and AV: each 2·L²·d.
+      "attention_core": depth * 4 * num_tokens**2 * d,
+      "mlp": depth * 2 * num_tokens * 2 * d * hidden,
+      # Per conditioning row, not per token: blocks (+ shared LoRA base) and the final layer.
+      "modulation": block_modulation + 2 * rows * d * 2 * d,
+      "input_projections": 2 * d * (video_tokens * video_in * inputs_per_channel
+                                    + audio_tokens * layout.audio_channels * inputs_per_channel),
+      "output_projections": 2 * d * (video_tokens * video_in + audio_tokens
+                                     * layout.audio_channels),
+      "timestep_mlp": 2 * rows * (cfg.timestep_embed_dim * d + d * d),
+  }
+  flops["total"] = sum(flops.values())
+  return flops

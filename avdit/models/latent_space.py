@@ -1,0 +1,127 @@
+"""The latent interface between pixels/waveforms and the diffusion model (SPEC §1, §8).
+
+A latent space turns a clip (video uint8 [B, F, H, W, 3], audio float32 [B, L]) into latents
+{"video": [B, N, h, w, d_v], "audio": [B, l_a, d_a]} with exactly the segment structure of
+`ClipLayout` (first frame alone, then groups of `temporal_factor` frames; `audio_hop` samples per
+audio latent) and back. The learned autoencoders plug in behind the same two methods; the
+diffusion code only sees `encode`/`decode` and the per-channel normalization below.
+
+`SpaceToDepth` is the one implementation now: an exact invertible reshaping. Frame 0 is repeated
+`temporal_factor` times so that segment 0 has the same channel count as the others (decoding
+averages the copies, which is exact on encoded data and a projection on generated latents).
+"""
+from __future__ import annotations
+
+import json
+from typing import Protocol
+
+import jax.numpy as jnp
+import numpy as np
+
+from avdit import layout as layout_lib
+
+Latents = dict[str, jnp.ndarray]
+
+
+class LatentSpace(Protocol):
+  layout: layout_lib.ClipLayout
+
+  def encode(self, video_bfhwc: jnp.ndarray, audio_bl: jnp.ndarray) -> Latents:
+    ...
+
+  def decode(self, latents: Latents) -> tuple[jnp.ndarray, jnp.ndarray]:
+    ...
+
+
+def check_clip_shapes(layout: layout_lib.ClipLayout, video_bfhwc, audio_bl) -> None:
+  """Clear errors for clips that do not match the configured geometry."""
+  expected_video = (layout.num_frames, layout.height, layout.width, 3)
+  if video_bfhwc.ndim != 5 or tuple(video_bfhwc.shape[1:]) != expected_video:
+    hint = ""
+    if video_bfhwc.ndim == 5 and (video_bfhwc.shape[1] - 1) % layout.temporal_factor:
+      hint = f" ({video_bfhwc.shape[1]} frames is not 1 + {layout.temporal_factor}k)"
+    raise ValueError(f"video of shape {tuple(video_bfhwc.shape)} does not match the clip "
+                     f"[B, {', '.join(map(str, expected_video))}]{hint}")
+  if audio_bl.ndim != 2 or audio_bl.shape[1] != layout.audio_samples:
+    raise ValueError(
+        f"audio of shape {tuple(audio_bl.shape)} does not match the clip: expected [B, "
+        f"{layout.audio_samples}] samples ({layout.num_frames} frames at {layout.fps} fps, "
+        f"{layout.sample_rate} Hz)")
+  if audio_bl.shape[0] != video_bfhwc.shape[0]:
+    raise ValueError(f"video batch {video_bfhwc.shape[0]} != audio batch {audio_bl.shape[0]}")
+
+
+class SpaceToDepth:
+  """Pixels ×`spatial_factor` in space and ×`temporal_factor` in time to channels; audio frames."""
+
+  def __init__(self, layout: layout_lib.ClipLayout):
+    expected = (layout.temporal_factor * layout.spatial_factor**2 * 3, layout.audio_hop)
+    if (layout.video_channels, layout.audio_channels) != expected:
+      raise ValueError(f"space_to_depth gives (video, audio) channels {expected}, the config says "
+                       f"({layout.video_channels}, {layout.audio_channels})")
+    self.layout = layout
+
+  def encode(self, video_bfhwc, audio_bl) -> Latents:
+    lay = self.layout
+    check_clip_shapes(lay, video_bfhwc, audio_bl)
+    b = video_bfhwc.shape[0]
+    tf, sf = lay.temporal_factor, lay.spatial_factor
+    pixels = jnp.asarray(video_bfhwc, jnp.float32) / 127.5 - 1.0
+    padded = jnp.concatenate([jnp.repeat(pixels[:, :1], tf - 1, axis=1), pixels], axis=1)
+    x = padded.reshape(b, lay.num_segments, tf, lay.latent_height, sf, lay.latent_width, sf, 3)
+    x = x.transpose(0, 1, 3, 5, 2, 4, 6, 7)  # [B, N, h, w, tf, sf, sf, 3]
+    video = x.reshape(b, *lay.video_latent_shape)
+    pad = lay.audio_latents * lay.audio_hop - lay.audio_samples
+    audio = jnp.pad(jnp.asarray(audio_bl, jnp.float32), ((0, 0), (0, pad)))
+    return {"video": video, "audio": audio.reshape(b, *lay.audio_latent_shape)}
+
+  def decode(self, latents: Latents) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """(video uint8 [B, F, H, W, 3], audio float32 [B, L] clipped to [-1, 1])."""
+    lay = self.layout
+    tf, sf = lay.temporal_factor, lay.spatial_factor
+    video = latents["video"]
+    b = video.shape[0]
+    x = video.reshape(b, lay.num_segments, lay.latent_height, lay.latent_width, tf, sf, sf, 3)
+    x = x.transpose(0, 1, 4, 2, 5, 3, 6, 7)  # [B, N, tf, h, sf, w, sf, 3]
+    frames = x.reshape(b, lay.num_segments * tf, lay.height, lay.width, 3)
+    first = frames[:, :tf].mean(axis=1, keepdims=True)
+    pixels = jnp.concatenate([first, frames[:, tf:]], axis=1)
+    video_u8 = jnp.round(jnp.clip((pixels + 1.0) * 127.5, 0, 255)).astype(jnp.uint8)
+    audio = latents["audio"].reshape(b, -1)[:, :lay.audio_samples]
+    return video_u8, jnp.clip(audio, -1.0, 1.0)
+
+
+def make_latent_space(config, layout: layout_lib.ClipLayout) -> LatentSpace:
+  if config.latent.name == "space_to_depth":
+    return SpaceToDepth(layout)
+  raise ValueError(f"unknown latent space {config.latent.name!r}; available: space_to_depth "
+                   "(the learned MAGVIT-v2/SoundStream autoencoders are not built yet)")
+
+
+# --- per-channel normalization (zero mean, unit variance per latent channel) ---------------------
+def estimate_stats(latents: Latents, eps: float = 1e-3) -> dict[str, np.ndarray]:
+  """Per-channel mean/std over every axis but the last, float32 numpy; std floored at `eps`."""
+  stats = {}
+  for name, x in latents.items():
+    x = np.asarray(x, np.float64).reshape(-1, x.shape[-1])
+    stats[f"{name}_mean"] = x.mean(0).astype(np.float32)
+    stats[f"{name}_std"] = np.maximum(x.std(0), eps).astype(np.float32)
+  return stats
+
+
+def normalize(latents: Latents, stats) -> Latents:
+  return {k: (v - stats[f"{k}_mean"]) / stats[f"{k}_std"] for k, v in latents.items()}
+
+
+def denormalize(latents: Latents, stats) -> Latents:
+  return {k: v * stats[f"{k}_std"] + stats[f"{k}_mean"] for k, v in latents.items()}
+
+
+def stats_to_json(stats) -> dict:
+  return {k: np.asarray(v).tolist() for k, v in stats.items()}
+
+
+def stats_from_json(payload) -> dict[str, np.ndarray]:
+  if isinstance(payload, (str, bytes)):
+    payload = json.loads(payload)
+  return {k: np.asarray(v, np.float32) for k, v in payload.items()}

@@ -1,0 +1,108 @@
+"""Sampling every configured task from a trained checkpoint, and writing what a person looks at.
+
+For each task and each held-out conditioning clip: the clip is encoded and normalized, the
+sampler generates the non-conditioning (modality, segment) elements, the result is decoded and
+written as `samples/<task>_<i>.mp4` (the generated clip with sound), `<task>_<i>_compare.mp4`
+(condition | generation side by side, given/generated bars) and `<task>_<i>.png` (frames,
+waveform, spectrogram); `samples/index.html` lists them and `samples/summary.json` records the
+settings and the time per sampler step.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+import jax
+from absl import logging
+from flax import nnx
+
+from avdit import layout as layout_lib
+from avdit.data import pipeline
+from avdit.diffusion import schedule as schedule_lib
+from avdit.models import latent_space as latent_lib
+from avdit.sampling import outputs
+from avdit.sampling import samplers
+from avdit.sampling import tasks as tasks_lib
+from avdit.training import checkpointing
+from avdit.training import state as state_lib
+
+
+def make_apply_fn(graphdef):
+  """apply_fn(params, noisy, timestep_vector_bmn, self_cond) for the samplers."""
+
+  def apply_fn(params, noisy, timestep_vector_bmn, self_cond):
+    return nnx.merge(graphdef, params)(noisy, timestep_vector_bmn, self_cond)
+
+  return apply_fn
+
+
+def load_for_sampling(config, workdir: str):
+  """(layout, latent space, apply_fn, params, latent stats, checkpoint step)."""
+  layout = layout_lib.layout_from_config(config)
+  latent_space = latent_lib.make_latent_space(config, layout)
+  graphdef, abstract = state_lib.abstract_train_state(config, layout)
+  state, payload, step = checkpointing.restore_for_sampling(workdir, abstract,
+                                                            config.sample.checkpoint_step)
+  if payload["latent_space"] != config.latent.name:
+    raise ValueError(f"checkpoint latent space {payload['latent_space']!r} != config "
+                     f"{config.latent.name!r}")
+  params = state.ema_params if config.sample.use_ema else state.params
+  stats = latent_lib.stats_from_json(payload["stats"])
+  return layout, latent_space, make_apply_fn(graphdef), params, stats, step
+
+
+def sample(config, workdir: str) -> list[dict]:
+  """Samples every task in `config.sample.tasks`; returns the index entries written."""
+  layout, latent_space, apply_fn, params, stats, step = load_for_sampling(config, workdir)
+  schedule = schedule_lib.from_config(config.diffusion)
+  spec = samplers.SamplerSpec.from_config(config.sample, config.diffusion)
+  task_list = tasks_lib.parse_tasks(config.sample.tasks, layout)
+  clips = pipeline.make_eval_clips(config.data, layout, config.sample.num_clips,
+                                   seed=config.data.seed + 1_000_003 + config.sample.seed)
+  condition = latent_lib.normalize(
+      jax.jit(latent_space.encode)(clips["video"], clips["audio"]), stats)
+  decode = jax.jit(lambda z: latent_space.decode(latent_lib.denormalize(z, stats)))
+  samples_dir = os.path.join(workdir, "samples")
+  os.makedirs(samples_dir, exist_ok=True)
+  is_chief = jax.process_index() == 0
+  entries, timings = [], {}
+  rng = jax.random.key(config.sample.seed)
+  for task_index, task in enumerate(task_list):
+    task_rng = jax.random.fold_in(rng, task_index)
+    run = lambda: samplers.sample_latents(apply_fn, params, condition, task.condition_mask,
+                                          task_rng, schedule=schedule, layout=layout, spec=spec)
+    start = time.time()
+    latents = jax.block_until_ready(run())  # includes compilation
+    first = time.time() - start
+    start = time.time()
+    latents = jax.block_until_ready(run())  # compiled: the sampler's own time
+    steady = time.time() - start
+    timings[task.name] = {"first_call_s": first, "seconds": steady,
+                          "seconds_per_step": steady / spec.num_steps}
+    logging.info("task %s: %d %s steps in %.2fs (%.3fs/step, first call %.1fs)", task.name,
+                 spec.num_steps, spec.sampler, steady, steady / spec.num_steps, first)
+    video, audio = jax.device_get(decode(latents))
+    if not is_chief:
+      continue
+    for i in range(video.shape[0]):
+      stem = os.path.join(samples_dir, f"{task.name}_{i}")
+      outputs.write_mp4(stem + ".mp4", video[i], audio[i], layout.fps, layout.sample_rate)
+      outputs.write_comparison_mp4(stem + "_compare.mp4", clips["video"][i], video[i], audio[i],
+                                   task.condition_mask, layout)
+      outputs.write_strip_png(stem + ".png", clips["video"][i], video[i], clips["audio"][i],
+                              audio[i], task.condition_mask, layout,
+                              title=f"{task.name} ({task.spec or 'unconditional'}), clip {i}, "
+                              f"step {step}")
+      entries.append({"title": f"{task.name} #{i}", "task": task.name, "spec": task.spec,
+                      "sampler": dataclasses.asdict(spec),
+                      "videos": [stem + "_compare.mp4", stem + ".mp4"], "png": stem + ".png",
+                      "checkpoint_step": step})
+  if is_chief:
+    outputs.write_index_html(samples_dir, entries)
+    with open(os.path.join(samples_dir, "summary.json"), "w") as f:
+      json.dump({"checkpoint_step": step, "sampler": dataclasses.asdict(spec),
+                 "timings": timings, "files": [e["videos"] + [e["png"]] for e in entries]},
+                f, indent=2)
+  return entries

@@ -1,0 +1,445 @@
+"""Samplers for the audiovisual latent diffusion model, as one jitted loop (SPEC §6).
+
+Every sampler runs as a single `jax.jit`-compiled function whose step loop is a `lax.scan`;
+nothing is synchronized with the host between steps. The compiled function is cached per
+(apply_fn, SamplerSpec, condition mask, guidance mask, schedule, layout) and jit caches it per
+input shape, so calling `sample_latents` again with the same statics does not retrace.
+
+Timesteps. With K = `num_steps`, the sampler visits the "trailing" sequence
+t_k = round(k T / K), k = K, K-1, ..., 1 (t_K = T; K = T visits every timestep) and steps
+from t_k to t_{k-1} (t_0 = 0). Respacing follows Nichol & Dhariwal: the sampler only uses
+ᾱ at the visited timesteps, e.g. DDPM's β'_k = 1 - ᾱ_{t_k} / ᾱ_{t_{k-1}}.
+
+Update rules, with t = t_k, s = t_{k-1}, x̂0 / ε̂ the (guided) network estimates at x_t:
+  ddpm      ancestral step of Algorithm 3/4 on the respaced schedule, posterior variance
+            β̃ = (1 - ᾱ_s)/(1 - ᾱ_t) β'  (x_s = μ̃(x_t, x̂0) + sqrt(β̃) z; no noise into t = 0).
+  ddim      Song et al. Eq. 12: x_s = sqrt(ᾱ_s) x̂0 + sqrt(1 - ᾱ_s - σ²) ε̂ + σ z with
+            σ = η sqrt((1 - ᾱ_s)/(1 - ᾱ_t)) sqrt(1 - ᾱ_t/ᾱ_s)  (η = 1 is DDPM with β̃).
+  dpmpp_2m  DPM-Solver++(2M) (Lu et al. 2022, Alg. 2) on the discrete ᾱ: α = sqrt(ᾱ),
+            σ = sqrt(1 - ᾱ), λ = log(α/σ), h = λ_s - λ_t,
+            x_s = (σ_s/σ_t) x_t + α_s (1 - e^{-h}) D, D = (1 + 1/(2r)) x̂0 - 1/(2r) x̂0_prev,
+            r = h_prev / h; D = x̂0 on the first step; the final step (s = 0, λ = ∞) returns x̂0.
+All three are one affine update x_s = c_x x_t + c_x0 x̂0 + c_prev x̂0_prev + c_eps ε̂ + c_z z
+whose per-step scalar coefficients are tabulated in float64 by `step_coefficients`.
+
+Conditioning methods (`SamplerSpec.method`):
+  monl            (a model trained with vector timesteps; papers/avdit_monl.txt §3.3, Alg. 4)
+                  the timestep vector is t_k on generated (modality, segment) elements and 0
+                  on conditioning ones, which are fed with their clean values at every step.
+  replacement     (baseline for a `vanilla` model: MM-Diffusion §3.4 / Ho et al. 2022) every
+                  element gets t_k; before each network call the conditioning elements of x
+                  are replaced by q_sample(condition, fresh noise, ᾱ_{t_k}).
+  reconstruction  replacement plus reconstruction guidance (papers/avdit_monl.txt Eq. 8-12;
+                  MM-Diffusion Eq. 12; Ho et al. "Video Diffusion Models" §3.1). Exactly:
+                    L(x_t) = Σ_{conditioning elements} (x̂0(x_t) - x0_cond)²  (per example),
+                    x_s^gen <- x_s^gen - λ sqrt(1 - ᾱ_s) ∇_{x_t^gen} L,
+                  where x̂0(x_t) is the network's x0 estimate on the conditioning elements from
+                  the current (replaced) x_t, the gradient is taken with `jax.grad` through the
+                  network w.r.t. the generated elements of x_t only, and x_s^gen is the
+                  sampler's output for the generated elements. The weight λ sqrt(1 - ᾱ_s) is
+                  Eq. 9/11-12's λ sqrt(1 - ᾱ_t) with ᾱ taken at the step's output timestep
+                  (a_t = θ(a_{t+1}, ...) in the paper's indexing), so no correction is applied
+                  on the last step into t = 0 (as MM-Diffusion's code, which masks t = 0). The
+                  loss is the x̂0 reconstruction error of Ho et al. rather than MM-Diffusion's
+                  code's error on the noisy sample; λ = 0.02 is the paper's value (C.2).
+
+Classifier-free guidance "for free" (Appendix E), `monl` only: when w != 0 and the task has
+conditioning elements, an unconditional pass replaces the elements of `guidance_uncond_mask`
+(default: all conditioning elements) by pure N(0, I) noise (fresh every step) with t = T, and
+the generated elements use (1 + w) pred_cond - w pred_uncond. The combination is done on the
+raw network output: x̂0 and ε̂ are affine in it with the same coefficients in both passes (same
+x_t and ᾱ on generated elements), so this equals ε = (1 + w) ε_cond - w ε_uncond for both
+'eps' and 'v' models. Both passes run as one network call on a doubled batch. The
+unconditional pass self-conditions on its own previous x̂0 on the noised elements (feeding the
+clean condition there would leak it) and on the guided x̂0 elsewhere.
+
+Self-conditioning: the previous step's x̂0 (zeros at the first step) is passed as `self_cond`.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import threading
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from avdit import layout as layout_lib
+from avdit.diffusion import schedule as schedule_lib
+
+Array = jax.Array
+Latents = dict[str, Array]
+ApplyFn = Callable[[Any, Latents, Array, "Latents | None"], Latents]
+
+SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
+METHODS = ("monl", "replacement", "reconstruction")
+PREDICTIONS = ("eps", "v")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerSpec:
+  """Static description of a sampler run; hashable, so it keys the compilation cache."""
+
+  sampler: str = "ddim"  # "ddpm" | "ddim" | "dpmpp_2m"
+  num_steps: int = 50
+  eta: float = 0.0  # DDIM stochasticity (0 = deterministic, 1 = DDPM's posterior variance)
+  guidance_weight: float = 0.0  # w of CFG-for-free: (1 + w) ε_cond - w ε_uncond
+  method: str = "monl"  # "monl" | "replacement" | "reconstruction"
+  reconstruction_lambda: float = 0.02
+  prediction: str = "eps"  # the network's parameterization, "eps" | "v"
+  self_condition: bool = True
+
+  def __post_init__(self):
+    if self.sampler not in SAMPLERS:
+      raise ValueError(f"unknown sampler {self.sampler!r}; use one of {SAMPLERS}")
+    if self.method not in METHODS:
+      raise ValueError(f"unknown conditioning method {self.method!r}; use one of {METHODS}")
+    if self.prediction not in PREDICTIONS:
+      raise ValueError(f"unknown prediction {self.prediction!r}; use one of {PREDICTIONS}")
+    if isinstance(self.num_steps, bool) or int(self.num_steps) != self.num_steps:
+      raise ValueError(f"num_steps must be an integer, got {self.num_steps!r}")
+    if self.num_steps < 1:
+      raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
+    if not self.eta >= 0:
+      raise ValueError(f"eta must be >= 0, got {self.eta}")
+    if not self.reconstruction_lambda >= 0:
+      raise ValueError(f"reconstruction_lambda must be >= 0, got {self.reconstruction_lambda}")
+    if not np.isfinite(self.guidance_weight):
+      raise ValueError(f"guidance_weight must be finite, got {self.guidance_weight}")
+    if self.guidance_weight != 0 and self.method != "monl":
+      raise ValueError(
+          f"guidance_weight={self.guidance_weight} needs method='monl': classifier-free guidance "
+          "for free noises the condition with its own timestep T, which a model trained with one "
+          f"scalar timestep (the {self.method!r} baseline) cannot take")
+
+  @classmethod
+  def from_config(cls, sample_config, diffusion_config) -> SamplerSpec:
+    """From `config.sample` and `config.diffusion` (ConfigDicts or plain dicts).
+
+    `self_condition` is `sample_config.self_condition` when present, else whether the model was
+    trained with self-conditioning (`diffusion_config.self_condition_rate > 0`).
+    """
+
+    def get(cfg, name, default):
+      if isinstance(cfg, dict):
+        return cfg.get(name, default)
+      return getattr(cfg, name, default)
+
+    self_condition = get(sample_config, "self_condition", None)
+    if self_condition is None:
+      self_condition = float(get(diffusion_config, "self_condition_rate", 0.0)) > 0
+    defaults = cls()
+    return cls(
+        sampler=str(get(sample_config, "sampler", defaults.sampler)),
+        num_steps=int(get(sample_config, "num_steps", defaults.num_steps)),
+        eta=float(get(sample_config, "eta", defaults.eta)),
+        guidance_weight=float(get(sample_config, "guidance_weight", defaults.guidance_weight)),
+        method=str(get(sample_config, "method", defaults.method)),
+        reconstruction_lambda=float(
+            get(sample_config, "reconstruction_lambda", defaults.reconstruction_lambda)),
+        prediction=str(get(diffusion_config, "prediction", defaults.prediction)),
+        self_condition=bool(self_condition),
+    )
+
+
+# --- timesteps and per-step coefficients (host side, float64) ---------------------------------
+def timestep_sequence(num_timesteps: int, num_steps: int) -> np.ndarray:
+  """int64 [num_steps + 1]: t_K = T, ..., t_1, t_0 = 0 with t_k = round(k T / K) ("trailing")."""
+  if not 1 <= num_steps <= num_timesteps:
+    raise ValueError(f"num_steps={num_steps} must be in 1..T={num_timesteps}")
+  k = np.arange(num_steps, -1, -1)
+  # Spacing T/K >= 1 keeps the rounded timesteps strictly decreasing.
+  return np.round(k * num_timesteps / num_steps).astype(np.int64)
+
+
+def step_coefficients(schedule: schedule_lib.LinearSchedule, spec: SamplerSpec
+                      ) -> dict[str, np.ndarray]:
+  """Per-step tables, in loop order (k = K..1), each [K] float64 (t_cur/t_next int64).
+
+  Keys: t_cur, t_next, alpha_bar_cur, alpha_bar_next, and the update's coefficients
+  c_x, c_x0, c_prev, c_eps, c_z of x_s = c_x x_t + c_x0 x̂0 + c_prev x̂0_prev + c_eps ε̂ + c_z z.
+  """
+  ts = timestep_sequence(schedule.num_timesteps, spec.num_steps)
+  table = schedule.alpha_bar_table
+  t_cur, t_next = ts[:-1], ts[1:]
+  ab_t, ab_s = table[t_cur], table[t_next]
+  zeros = np.zeros_like(ab_t)
+  c_x, c_x0, c_prev, c_eps, c_z = (zeros.copy() for _ in range(5))
+  if spec.sampler == "ddpm":
+    beta = 1.0 - ab_t / ab_s  # respaced β'_k
+    c_x0 = np.sqrt(ab_s) * beta / (1.0 - ab_t)
+    c_x = np.sqrt(1.0 - beta) * (1.0 - ab_s) / (1.0 - ab_t)
+    c_z = np.sqrt(beta * (1.0 - ab_s) / (1.0 - ab_t))  # β̃, 0 on the final step into t = 0
+  elif spec.sampler == "ddim":
+    sigma = spec.eta * np.sqrt((1.0 - ab_s) / (1.0 - ab_t) * (1.0 - ab_t / ab_s))
+    c_x0 = np.sqrt(ab_s)
+    c_eps = np.sqrt(np.maximum(1.0 - ab_s - sigma**2, 0.0))
+    c_z = sigma
+  else:  # dpmpp_2m
+    alpha_t, alpha_s = np.sqrt(ab_t), np.sqrt(ab_s)
+    sigma_t, sigma_s = np.sqrt(1.0 - ab_t), np.sqrt(1.0 - ab_s)
+    final = t_next == 0
+    with np.errstate(divide="ignore"):
+      lam_t = np.log(alpha_t) - np.log(sigma_t)
+      lam_s = np.where(final, np.inf, np.log(alpha_s) - np.log(np.where(final, 1.0, sigma_s)))
+    h = lam_s - lam_t
+    c_data = np.where(final, 1.0, alpha_s * -np.expm1(-np.where(final, 0.0, h)))
+    rho = np.zeros_like(h)  # 1/(2r): the second-order weight on x̂0_prev
+    if len(h) > 1:
+      rho[1:] = h[1:] / (2.0 * h[:-1])  # 1/(2 r_k) with r_k = h_{k-1}/h_k
+    rho[final] = 0.0  # the step into t = 0 returns x̂0 (Lu et al., λ = ∞)
+    c_x = np.where(final, 0.0, sigma_s / sigma_t)
+    c_x0 = c_data * (1.0 + rho)
+    c_prev = -c_data * rho
+  return dict(t_cur=t_cur, t_next=t_next, alpha_bar_cur=ab_t, alpha_bar_next=ab_s,
+              c_x=c_x, c_x0=c_x0, c_prev=c_prev, c_eps=c_eps, c_z=c_z)
+
+
+# --- small pieces exposed for tests -------------------------------------------------------------
+def guided_prediction(pred_cond: Latents, pred_uncond: Latents, generate_mask: Latents,
+                      guidance_weight: float) -> Latents:
+  """(1 + w) pred_cond - w pred_uncond on generated elements, pred_cond elsewhere.
+
+  Args:
+    pred_cond / pred_uncond: network outputs of the two passes, {"video": [B, N, h, w, d_v],
+      "audio": [B, l_a, d_a]}.
+    generate_mask: bool, broadcastable to the latents ({"video": [1, N, 1, 1, 1], ...}).
+  Linear in the prediction, so for 'eps' this is ε = (1 + w) ε_c - w ε_u and for 'v' it gives
+  the same ε after conversion (ε = sqrt(1-ᾱ) x_t + sqrt(ᾱ) v, shared x_t and ᾱ).
+  """
+  w = guidance_weight
+  return jax.tree.map(lambda c, u, g: jnp.where(g, (1.0 + w) * c - w * u, c),
+                      pred_cond, pred_uncond, generate_mask)
+
+
+def _mask_key(mask: np.ndarray | None, layout: layout_lib.ClipLayout, what: str
+              ) -> tuple[tuple[bool, ...], ...]:
+  """A (2, N) bool mask as a hashable tuple; ValueError on a shape that is not the layout's."""
+  expected = (layout_lib.NUM_MODALITIES, layout.num_segments)
+  mask = np.asarray(mask)
+  if mask.shape != expected:
+    raise ValueError(f"{what} has shape {mask.shape}, the layout needs (M, N) = {expected}")
+  if mask.dtype != bool:
+    if not np.isin(mask, (0, 1)).all():
+      raise ValueError(f"{what} must be boolean (True = clean condition), got {mask.dtype}")
+    mask = mask.astype(bool)
+  return tuple(tuple(bool(v) for v in row) for row in mask)
+
+
+def _element_mask(mask_mn: np.ndarray, layout: layout_lib.ClipLayout) -> Latents:
+  """bool {"video": [1, N, 1, 1, 1], "audio": [1, l_a, 1]} from a (2, N) mask."""
+  expanded = layout.expand_to_latents(jnp.asarray(mask_mn[None], jnp.float32))
+  return {k: v > 0.5 for k, v in expanded.items()}
+
+
+# --- the jitted sampler --------------------------------------------------------------------------
+_CACHE_SIZE = 64
+_cache: collections.OrderedDict = collections.OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def _fn_key(fn: Callable) -> Any:
+  """The apply_fn as a cache key: itself when hashable, else its id (the entry keeps it alive)."""
+  try:
+    hash(fn)
+    return fn
+  except TypeError:
+    return ("id", id(fn))
+
+
+def _get_sampler(apply_fn, spec, cond_key, uncond_key, schedule, layout):
+  key = (_fn_key(apply_fn), spec, cond_key, uncond_key, schedule, layout)
+  with _cache_lock:
+    if key in _cache:
+      _cache.move_to_end(key)
+      return _cache[key][1]
+  fn = _build_sampler(apply_fn, spec, np.array(cond_key, bool),
+                      np.array(uncond_key, bool), schedule, layout)
+  with _cache_lock:
+    _cache[key] = (apply_fn, fn)  # apply_fn kept alive so an id key is never reused
+    while len(_cache) > _CACHE_SIZE:
+      _cache.popitem(last=False)
+  return fn
+
+
+def _build_sampler(apply_fn: ApplyFn, spec: SamplerSpec, cond_mn: np.ndarray,
+                   uncond_mn: np.ndarray, schedule: schedule_lib.LinearSchedule,
+                   layout: layout_lib.ClipLayout):
+  """The jitted `run(params, condition, rng, initial_noise) -> latents` for fixed statics."""
+  coeffs = step_coefficients(schedule, spec)
+  num_steps = spec.num_steps
+  num_t = schedule.num_timesteps
+  monl = spec.method == "monl"
+  reconstruct = spec.method == "reconstruction"
+  has_condition = bool(cond_mn.any())
+  guided = monl and has_condition and spec.guidance_weight != 0 and bool(uncond_mn.any())
+  stochastic = bool(np.any(coeffs["c_z"] > 0))
+  replace = (not monl) and has_condition
+  # Loop inputs, one row per step in loop order (t = T first).
+  xs = {name: jnp.asarray(coeffs[name], jnp.float32)
+        for name in ("alpha_bar_cur", "alpha_bar_next", "c_x", "c_x0", "c_prev", "c_eps", "c_z")}
+  xs["t_cur"] = jnp.asarray(coeffs["t_cur"], jnp.float32)
+  xs["index"] = jnp.arange(num_steps, dtype=jnp.int32)
+  ab_max_t = float(schedule.alpha_bar_table[num_t])
+
+  def run(params, condition: Latents, rng: Array, initial_noise: Latents | None) -> Latents:
+    condition = {k: jnp.asarray(condition[k], jnp.float32) for k in layout_lib.MODALITIES}
+    batch = condition["video"].shape[0]
+    cond_elem = _element_mask(cond_mn, layout)
+    gen_elem = jax.tree.map(jnp.logical_not, cond_elem)
+    uncond_elem = _element_mask(uncond_mn, layout)
+    cond_bmn = jnp.asarray(cond_mn)[None]  # [1, 2, N]
+    uncond_bmn = jnp.asarray(uncond_mn)[None]
+    init_key, loop_key = jax.random.split(rng)
+
+    def normal_like(key, tree):
+      leaves, treedef = jax.tree.flatten(tree)
+      keys = jax.random.split(key, len(leaves))
+      return jax.tree.unflatten(
+          treedef, [jax.random.normal(k, x.shape, jnp.float32) for k, x in zip(keys, leaves)])
+
+    def keep_condition(tree):
+      # Conditioning elements exactly as given (bit-identical), generated ones from `tree`.
+      return jax.tree.map(jnp.where, cond_elem, condition, tree)
+
+    if initial_noise is None:
+      x_init = normal_like(init_key, condition)
+    else:
+      x_init = {k: jnp.asarray(initial_noise[k], jnp.float32) for k in layout_lib.MODALITIES}
+    x_init = keep_condition(x_init) if monl else x_init
+    zeros = jax.tree.map(jnp.zeros_like, condition)
+
+    def to_x0_eps(pred, x_in, ab):
+      out = jax.tree.map(
+          lambda p, x, a: schedule_lib.prediction_to_x0_eps(p, x, a, spec.prediction),
+          pred, x_in, ab)
+      return ({k: v[0] for k, v in out.items()}, {k: v[1] for k, v in out.items()})
+
+    def body(carry, step):
+      x, x0_prev, x0_uncond_prev = carry
+      t_cur, ab_t = step["t_cur"], step["alpha_bar_cur"]
+      step_key, replace_key, uncond_key = jax.random.split(
+          jax.random.fold_in(loop_key, step["index"]), 3)
+      if monl:
+        # Conditioning elements: clean values with t = 0 (ᾱ = 1); generated: t_k.
+        x_in = keep_condition(x)
+        t_bmn = jnp.broadcast_to(jnp.where(cond_bmn, 0.0, t_cur),
+                                 (batch, layout_lib.NUM_MODALITIES, layout.num_segments))
+        ab_elem = jax.tree.map(lambda c: jnp.where(c, 1.0, ab_t), cond_elem)
+      else:
+        # One scalar timestep for all elements; the condition is noised afresh to t_k.
+        x_in = x
+        if replace:
+          noised = jax.tree.map(lambda c, n: schedule_lib.q_sample(c, n, ab_t),
+                                condition, normal_like(replace_key, condition))
+          x_in = jax.tree.map(jnp.where, cond_elem, noised, x)
+        t_bmn = jnp.full((batch, layout_lib.NUM_MODALITIES, layout.num_segments), t_cur)
+        ab_elem = jax.tree.map(lambda c: jnp.broadcast_to(ab_t, c.shape), cond_elem)
+      self_cond = x0_prev if spec.self_condition else None
+
+      recon_grad = None
+      x0_uncond = x0_uncond_prev
+      if reconstruct and has_condition:
+        def recon_loss(x_t):
+          pred = apply_fn(params, x_t, t_bmn, self_cond)
+          x0_hat, eps_hat = to_x0_eps(pred, x_t, ab_elem)
+          # Σ over conditioning elements; a sum over the batch keeps examples independent.
+          loss = sum(jnp.sum(jnp.where(cond_elem[k], (x0_hat[k] - condition[k])**2, 0.0))
+                     for k in layout_lib.MODALITIES)
+          return loss, (x0_hat, eps_hat)
+
+        recon_grad, (x0_hat, eps_hat) = jax.grad(recon_loss, has_aux=True)(x_in)
+      elif guided:
+        # Unconditional pass: the guidance-masked conditioning elements are pure noise at t=T.
+        noise_u = normal_like(uncond_key, condition)
+        x_u = jax.tree.map(jnp.where, uncond_elem, noise_u, x_in)
+        t_u = jnp.where(uncond_bmn, float(num_t), t_bmn)
+        ab_u = jax.tree.map(lambda u, a: jnp.where(u, ab_max_t, a), uncond_elem, ab_elem)
+        both = lambda a, b: jnp.concatenate([a, b], axis=0)
+        x_both = jax.tree.map(both, x_in, x_u)
+        t_both = both(t_bmn, t_u)
+        self_both = None
+        if spec.self_condition:
+          self_u = jax.tree.map(jnp.where, uncond_elem, x0_uncond_prev, x0_prev)
+          self_both = jax.tree.map(both, x0_prev, self_u)
+        pred_both = apply_fn(params, x_both, t_both, self_both)
+        pred_c = jax.tree.map(lambda p: p[:batch], pred_both)
+        pred_u = jax.tree.map(lambda p: p[batch:], pred_both)
+        x0_uncond, _ = to_x0_eps(pred_u, x_u, ab_u)
+        pred = guided_prediction(pred_c, pred_u, gen_elem, spec.guidance_weight)
+        x0_hat, eps_hat = to_x0_eps(pred, x_in, ab_elem)
+      else:
+        pred = apply_fn(params, x_in, t_bmn, self_cond)
+        x0_hat, eps_hat = to_x0_eps(pred, x_in, ab_elem)
+      if monl:
+        x0_hat = keep_condition(x0_hat)  # exact at t = 0 whatever the network says there
+
+      noise = normal_like(step_key, condition) if stochastic else zeros
+      x_next = jax.tree.map(
+          lambda xt, x0, xp, e, z: (step["c_x"] * xt + step["c_x0"] * x0 + step["c_prev"] * xp
+                                    + step["c_eps"] * e + step["c_z"] * z),
+          x_in, x0_hat, x0_prev, eps_hat, noise)
+      if recon_grad is not None:
+        scale = spec.reconstruction_lambda * jnp.sqrt(1.0 - step["alpha_bar_next"])
+        x_next = jax.tree.map(lambda xn, g, gen: jnp.where(gen, xn - scale * g, xn),
+                              x_next, recon_grad, gen_elem)
+      x_next = keep_condition(x_next)
+      return (x_next, x0_hat, x0_uncond), None
+
+    (x_final, _, _), _ = jax.lax.scan(body, (x_init, zeros, zeros), xs)
+    return keep_condition(x_final)
+
+  return jax.jit(run)
+
+
+def sample_latents(apply_fn: ApplyFn, params, condition: dict[str, Array],
+                   condition_mask: np.ndarray, rng: Array, *,
+                   schedule: schedule_lib.LinearSchedule, layout: layout_lib.ClipLayout,
+                   spec: SamplerSpec, guidance_uncond_mask: np.ndarray | None = None,
+                   initial_noise: dict[str, Array] | None = None) -> dict[str, Array]:
+  """Samples latents for a task; conditioning elements are returned exactly as given.
+
+  Args:
+    apply_fn: `apply_fn(params, noisy_latents, timestep_vector_bmn float32 [B, 2, N],
+      self_cond latents | None) -> prediction latents` (ε or v per `spec.prediction`). Pass the
+      same function object across calls (not a fresh lambda) to reuse the compiled sampler.
+    params: the network parameters (a traced argument).
+    condition: {"video": [B, N, h, w, d_v], "audio": [B, l_a, d_a]}; values on conditioning
+      elements (mask True) are used clean, the rest are ignored. B comes from here.
+    condition_mask: bool [2, N], True = clean condition (e.g. `Task.condition_mask`).
+    rng: a PRNG key.
+    schedule, layout, spec: statics (hashable); see the module docstring for the algorithms.
+    guidance_uncond_mask: bool [2, N], the conditioning elements noised in the unconditional
+      CFG pass (default: all of condition_mask); must be a subset of condition_mask.
+    initial_noise: optional x_T (latent dict); default N(0, I) drawn from `rng`.
+
+  Returns:
+    float32 latents with the shapes of `condition`.
+  """
+  if not 1 <= spec.num_steps <= schedule.num_timesteps:
+    raise ValueError(f"num_steps={spec.num_steps} must be in 1..T={schedule.num_timesteps}")
+  cond_key = _mask_key(condition_mask, layout, "condition_mask")
+  if guidance_uncond_mask is None:
+    uncond_key = cond_key
+  else:
+    uncond_key = _mask_key(guidance_uncond_mask, layout, "guidance_uncond_mask")
+    if np.any(np.array(uncond_key) & ~np.array(cond_key)):
+      raise ValueError("guidance_uncond_mask must be a subset of condition_mask: only "
+                       "conditioning elements can be replaced by noise in the unconditional pass")
+  if np.all(cond_key):
+    raise ValueError("condition_mask conditions on every element: nothing to generate")
+  if set(condition) != set(layout_lib.MODALITIES):
+    raise ValueError(f"condition must have keys {layout_lib.MODALITIES}, got {sorted(condition)}")
+  batch = np.shape(condition["video"])[0]
+  expected = layout.latent_shapes(batch)
+  for name in layout_lib.MODALITIES:
+    if tuple(np.shape(condition[name])) != expected[name]:
+      raise ValueError(f"condition[{name!r}] has shape {np.shape(condition[name])}, the layout "
+                       f"needs {expected[name]}")
+    if initial_noise is not None and tuple(np.shape(initial_noise[name])) != expected[name]:
+      raise ValueError(f"initial_noise[{name!r}] has shape {np.shape(initial_noise[name])}, "
+                       f"expected {expected[name]}")
+  run = _get_sampler(apply_fn, spec, cond_key, uncond_key, schedule, layout)
+  return run(params, dict(condition), rng, None if initial_noise is None else dict(initial_noise))

@@ -1,0 +1,74 @@
+"""Orbax checkpoints holding the train state, the data iterator and the latent statistics together.
+
+One `CheckpointManager` under `<workdir>/checkpoints`, items:
+  state     TrainState (params, optimizer, EMA, step)   StandardSave/Restore
+  data_iter the grain iterator's position               grain.checkpoint.CheckpointSave/Restore
+  latent    per-channel latent normalization + space     JsonSave/Restore
+Saves are asynchronous, the newest `keep` are kept, and a save is forced on a preemption signal
+(see train.py). Restoring for sampling reads `state` and `latent` only.
+"""
+from __future__ import annotations
+
+import os
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+def make_manager(workdir: str, *, keep: int = 3, async_save: bool = True,
+                 read_only: bool = False) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep, enable_async_checkpointing=async_save, create=not read_only,
+      read_only=read_only)
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
+                               item_names=("state", "data_iter", "latent"))
+
+
+def save(manager, step: int, state, data_iter, latent_payload: dict, *, force: bool = False):
+  return manager.save(
+      step,
+      args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                              data_iter=grain.checkpoint.CheckpointSave(data_iter),
+                              latent=ocp.args.JsonSave(latent_payload)),
+      force=force)
+
+
+def restore_for_training(manager, step: int, abstract_state, data_iter):
+  """(state, latent_payload); `data_iter` is moved to the saved position in place."""
+  restored = manager.restore(
+      step,
+      args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                              data_iter=grain.checkpoint.CheckpointRestore(data_iter),
+                              latent=ocp.args.JsonRestore()))
+  return restored["state"], restored["latent"]
+
+
+def restore_for_sampling(workdir: str, abstract_state, step: int = -1):
+  """(state, latent_payload, step) from the latest (step=-1) or a given checkpoint."""
+  directory = checkpoint_dir(workdir)
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"no checkpoint directory {directory}: train first "
+                            f"(--mode=train or train_and_sample with --workdir={workdir})")
+  manager = make_manager(workdir, read_only=True, async_save=False)
+  steps = manager.all_steps()
+  if not steps:
+    raise FileNotFoundError(f"no checkpoint in {directory}: train first (--mode=train)")
+  if step == -1:
+    step = max(steps)
+  elif step not in steps:
+    raise FileNotFoundError(f"no checkpoint for step {step} in {directory}; have {sorted(steps)}")
+  restored = manager.restore(
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                    latent=ocp.args.JsonRestore()))
+  manager.close()
+  return restored["state"], restored["latent"], step
+
+
+def abstract_like(tree):
+  """ShapeDtypeStructs (with shardings where present) for restoring onto the same placement."""
+  return jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, tree)

@@ -1,0 +1,123 @@
+"""Train state (params, optimizer, EMA, step), the optimizer, and the jitted train step.
+
+The NNX model is split once into a static `graphdef` and its parameter `nnx.State`; the train
+step is a pure function of (TrainState, batch) jitted with the state donated, so parameters and
+optimizer buffers are updated in place and nothing returns to the host per step. The per-step
+RNG is `fold_in(seed, step)`, so a resumed run draws exactly the noise an uninterrupted run draws.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from avdit import layout as layout_lib
+from avdit.diffusion import loss as loss_lib
+from avdit.diffusion import monl
+from avdit.diffusion import schedule as schedule_lib
+from avdit.models import avdit as avdit_model
+from avdit.models import latent_space as latent_lib
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 scalar: optimizer steps taken
+  params: Any  # nnx.State of nnx.Param
+  opt_state: Any
+  ema_params: Any
+
+
+def build_model(config, layout: layout_lib.ClipLayout, seed: int) -> avdit_model.AVDiT:
+  return avdit_model.AVDiT(config.model, layout, rngs=nnx.Rngs(seed))
+
+
+def split_model(model):
+  """(graphdef, params); AVDiT holds nothing but nnx.Param, which the train state carries."""
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  if jax.tree_util.tree_leaves(rest):
+    raise ValueError("AVDiT has non-Param state; the train state would drop it")
+  return graphdef, params
+
+
+def learning_rate_schedule(train_config) -> optax.Schedule:
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=train_config.learning_rate,
+      warmup_steps=train_config.warmup_steps,
+      decay_steps=max(train_config.num_steps, train_config.warmup_steps + 1),
+      end_value=train_config.learning_rate * train_config.end_learning_rate_factor)
+
+
+def make_optimizer(train_config) -> optax.GradientTransformation:
+  """AdamW with warm-up + cosine, global-norm clipping; no weight decay on vectors (norms, biases)."""
+  decay_mask = lambda params: jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
+  return optax.chain(
+      optax.clip_by_global_norm(train_config.grad_clip_norm),
+      optax.adamw(learning_rate_schedule(train_config), b1=train_config.b1, b2=train_config.b2,
+                  weight_decay=train_config.weight_decay, mask=decay_mask))
+
+
+def create_train_state(config, layout):
+  """(graphdef, TrainState) with freshly initialized parameters."""
+  graphdef, params = split_model(build_model(config, layout, config.seed))
+  opt_state = make_optimizer(config.train).init(params)
+  ema = jax.tree_util.tree_map(jnp.copy, params)
+  return graphdef, TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
+                              ema_params=ema)
+
+
+def abstract_train_state(config, layout):
+  """(graphdef, TrainState of ShapeDtypeStructs) without allocating parameters."""
+  graphdef_box = []
+
+  def init():
+    graphdef, state = create_train_state(config, layout)
+    graphdef_box.append(graphdef)
+    return state
+
+  abstract = jax.eval_shape(init)
+  return graphdef_box[0], abstract
+
+
+def ema_decay_at(step, decay: float):
+  """EMA decay warmed up as min(decay, (1 + step) / (10 + step)) so early averages track."""
+  step = step.astype(jnp.float32)
+  return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
+def make_train_step(config, layout, graphdef, latent_space, latent_stats):
+  """The jitted `train_step(state, batch) -> (state, metrics)` with the state donated."""
+  schedule = schedule_lib.from_config(config.diffusion)
+  mixture = monl.parse_mixture(config.diffusion.noise_mixture)
+  optimizer = make_optimizer(config.train)
+  lr_schedule = learning_rate_schedule(config.train)
+  base_key = jax.random.key(config.seed)
+  stats = {k: jnp.asarray(v) for k, v in latent_stats.items()}
+
+  def train_step(state: TrainState, batch):
+    rng = jax.random.fold_in(base_key, state.step)
+    latents = latent_lib.normalize(latent_space.encode(batch["video"], batch["audio"]), stats)
+
+    def loss_fn(params):
+      model = nnx.merge(graphdef, params)
+      return loss_lib.diffusion_loss(
+          model, latents, rng, schedule=schedule, layout=layout, mixture_weights=mixture,
+          prediction=config.diffusion.prediction, self_condition=config.model.self_condition,
+          self_condition_rate=config.diffusion.self_condition_rate)
+
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    decay = ema_decay_at(state.step, config.train.ema_decay)
+    ema = jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params,
+                                 params)
+    metrics = dict(aux, grad_norm=optax.global_norm(grads), learning_rate=lr_schedule(state.step),
+                   loss_is_finite=jnp.isfinite(loss).astype(jnp.float32))
+    new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state,
+                           ema_params=ema)
+    return new_state, metrics
+
+  return jax.jit(train_step, donate_argnums=(0,))

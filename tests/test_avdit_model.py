@@ -1,0 +1,255 @@
+"""Tests of the AVDiT model (SPEC §5) at tiny shapes.
+
+Layout: 9 frames at 8 fps, 32x32 -> N = 3 segments of 4x4 latents (48 video tokens at p = 1,
+12 at p = 2) and 57 audio latents, so L = 105 (or 69) tokens and R = 6 conditioning rows.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+
+from avdit.layout import ClipLayout
+from avdit.models import layers
+from avdit.models.avdit import AVDiT, count_params, flops_per_example
+
+LOGICAL_AXIS_VOCABULARY = {
+    "embed", "mlp", "heads", "head_dim", "modulation", "lora_rank", "video_in", "audio_in",
+    "video_out", "audio_out", "timestep_freq", "tokens_video", "tokens_audio", "segments", "rows",
+    "modality", "norm"}
+
+
+def make_layout(patch_size: int = 1) -> ClipLayout:
+  return ClipLayout(num_frames=9, fps=8.0, height=32, width=32, sample_rate=16000,
+                    video_channels=48, audio_channels=40, spatial_factor=8, temporal_factor=4,
+                    audio_hop=320, patch_size=patch_size)
+
+
+def make_config(**overrides) -> ml_collections.ConfigDict:
+  config = dict(width=32, depth=2, num_heads=4, mlp_ratio=4.0, patch_size=1,
+                timestep_embed_dim=16, adaln="lora", adaln_lora_rank=4, qk_norm=True,
+                self_condition=True, dtype="float32", remat="none", attention="xla",
+                attention_chunk=16)
+  config.update(overrides)
+  return ml_collections.ConfigDict(config)
+
+
+def make_model(seed: int = 0, **overrides) -> tuple[AVDiT, ClipLayout]:
+  config = make_config(**overrides)
+  layout = make_layout(config.patch_size)
+  return AVDiT(config, layout, rngs=nnx.Rngs(seed)), layout
+
+
+def make_inputs(layout: ClipLayout, batch: int = 2, seed: int = 0):
+  keys = jax.random.split(jax.random.key(seed), 3)
+  shapes = layout.latent_shapes(batch)
+  noisy = {name: jax.random.normal(key, shapes[name])
+           for name, key in zip(("video", "audio"), keys[:2])}
+  timesteps_bmn = jax.random.randint(keys[2], (batch, 2, layout.num_segments), 0, 1001)
+  return noisy, timesteps_bmn
+
+
+def randomize_params(model: nnx.Module, seed: int = 1, scale: float = 0.2) -> None:
+  """Adds noise to every parameter so zero-initialized gates and outputs become non-zero."""
+  params = nnx.state(model, nnx.Param)
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  noisy_leaves = [leaf + scale * jax.random.normal(key, leaf.shape, leaf.dtype)
+                  for leaf, key in zip(leaves, keys)]
+  nnx.update(model, jax.tree.unflatten(treedef, noisy_leaves))
+
+
+def reference_token_rows(layout: ClipLayout) -> np.ndarray:
+  """Row of every token from first principles: (t, h, w) video order, then audio by segment."""
+  rows = []
+  for token in range(layout.num_tokens):
+    if token < layout.num_video_tokens:
+      rows.append(token // layout.video_tokens_per_segment)  # modality 0, segment t
+    else:
+      audio_index = token - layout.num_video_tokens
+      rows.append(layout.num_segments + int(layout.segment_of_audio[audio_index]))
+  return np.asarray(rows)
+
+
+@pytest.mark.parametrize("adaln,patch_size,self_condition", [
+    ("lora", 1, True), ("full", 2, True), ("lora", 2, False), ("full", 1, False)])
+def test_output_shapes_dtypes_and_zero_at_init(adaln, patch_size, self_condition):
+  model, layout = make_model(adaln=adaln, patch_size=patch_size, self_condition=self_condition)
+  noisy, timesteps_bmn = make_inputs(layout)
+  out = model(noisy, timesteps_bmn.astype(jnp.float32))
+  if self_condition:
+    # The previous x̂0 estimate as self-conditioning input; int timesteps work too.
+    out_sc = model(noisy, timesteps_bmn, self_cond=jax.tree.map(lambda x: 0.5 * x, noisy))
+  else:
+    with pytest.raises(ValueError, match="self_cond"):
+      model(noisy, timesteps_bmn, self_cond=noisy)
+    out_sc = out
+  for prediction in (out, out_sc):
+    assert set(prediction) == {"video", "audio"}
+    for name in ("video", "audio"):
+      assert prediction[name].shape == noisy[name].shape
+      assert prediction[name].dtype == jnp.float32
+      # Zero-initialized final projection (DiT): the prediction is exactly zero at init.
+      assert not np.any(np.asarray(prediction[name]))
+
+
+def test_nonzero_after_perturbing_final_kernel():
+  model, layout = make_model(adaln="full")
+  noisy, timesteps_bmn = make_inputs(layout)
+  for dense in (model.final.video_out, model.final.audio_out):
+    key = jax.random.key(dense.kernel.shape[1])
+    dense.kernel[...] = 0.1 * jax.random.normal(key, dense.kernel.shape)
+  out = model(noisy, timesteps_bmn)
+  for name in ("video", "audio"):
+    per_token = np.abs(np.asarray(out[name])).max(axis=-1)
+    assert np.all(per_token > 0), name
+    assert np.all(np.isfinite(out[name]))
+
+
+@pytest.mark.parametrize("adaln", ["full", "lora"])
+def test_gathered_modulation_matches_per_token_linear(adaln):
+  model, layout = make_model(adaln=adaln)
+  randomize_params(model)
+  _, timesteps_bmn = make_inputs(layout, seed=3)
+  cond_rows_brd = np.asarray(model.conditioning(timesteps_bmn), np.float64)
+
+  # Reference: broadcast cond to every token first, then apply the Linear per token.
+  token_rows = reference_token_rows(layout)
+  cond_tokens_bld = np.stack([cond_rows_brd[:, row] for row in token_rows], axis=1)
+  silu_tokens_bld = cond_tokens_bld / (1.0 + np.exp(-cond_tokens_bld))
+  as_np = lambda param: np.asarray(param[...], np.float64)
+
+  gathered = [np.asarray(layers.gather_rows(rows_brk, model.token_row))
+              for rows_brk in model.modulation_rows(jnp.asarray(cond_rows_brd, jnp.float32))]
+  assert len(gathered) == len(model.blocks)
+  for block, gathered_blk in zip(model.blocks, gathered):
+    if adaln == "full":
+      reference_blk = silu_tokens_bld @ as_np(block.adaln.kernel) + as_np(block.adaln.bias)
+    else:
+      reference_blk = (silu_tokens_bld @ as_np(model.adaln_base.kernel)
+                       + as_np(model.adaln_base.bias)
+                       + (silu_tokens_bld @ as_np(block.adaln_down.kernel))
+                       @ as_np(block.adaln_up.kernel))
+    assert gathered_blk.shape == (2, layout.num_tokens, 6 * model.width)
+    np.testing.assert_allclose(gathered_blk, reference_blk, rtol=1e-4, atol=1e-4)
+
+
+def test_chunked_attention_matches_xla_forward_and_gradients():
+  length = 105  # not a multiple of the chunk: queries are padded
+  q, k, v, cotangent = jax.random.normal(jax.random.key(0), (4, 2, length, 4, 8))
+  xla_fn = lambda q, k, v: jnp.sum(layers.xla_attention(q, k, v) * cotangent)
+  chunked_fn = lambda q, k, v: jnp.sum(layers.chunked_attention(q, k, v, 16) * cotangent)
+  np.testing.assert_allclose(layers.chunked_attention(q, k, v, 16),
+                             layers.xla_attention(q, k, v), rtol=1e-5, atol=1e-5)
+  xla_grads = jax.grad(xla_fn, argnums=(0, 1, 2))(q, k, v)
+  chunked_grads = jax.jit(jax.grad(chunked_fn, argnums=(0, 1, 2)))(q, k, v)
+  for xla_grad, chunked_grad in zip(xla_grads, chunked_grads):
+    np.testing.assert_allclose(chunked_grad, xla_grad, rtol=1e-4, atol=1e-5)
+
+  # Whole model, same parameters: only the attention core differs.
+  xla_model, layout = make_model(attention="xla")
+  chunked_model, _ = make_model(attention="chunked")
+  randomize_params(xla_model)
+  nnx.update(chunked_model, nnx.state(xla_model, nnx.Param))
+  noisy, timesteps_bmn = make_inputs(layout)
+  out_xla, out_chunked = xla_model(noisy, timesteps_bmn), chunked_model(noisy, timesteps_bmn)
+  for name in ("video", "audio"):
+    np.testing.assert_allclose(out_chunked[name], out_xla[name], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("modality,segment", [(0, 1), (1, 2)])
+def test_one_row_timestep_changes_only_its_tokens_modulation(modality, segment):
+  model, layout = make_model(adaln="lora")
+  randomize_params(model)
+  noisy, timesteps_bmn = make_inputs(layout)
+  changed_bmn = timesteps_bmn.at[:, modality, segment].add(137)
+  changed_row = modality * layout.num_segments + segment
+  in_row = reference_token_rows(layout) == changed_row
+  assert in_row.any() and not in_row.all()
+
+  def gathered_modulation(timesteps):
+    rows = model.modulation_rows(model.conditioning(timesteps))
+    return [np.asarray(layers.gather_rows(r, model.token_row)) for r in rows]
+
+  for before, after in zip(gathered_modulation(timesteps_bmn), gathered_modulation(changed_bmn)):
+    changed_token = np.any(before != after, axis=(0, 2))  # [L]
+    np.testing.assert_array_equal(changed_token, in_row)
+
+  # Through full attention, every token's output depends on that row's timestep.
+  out_before, out_after = model(noisy, timesteps_bmn), model(noisy, changed_bmn)
+  for name in ("video", "audio"):
+    delta = np.abs(np.asarray(out_after[name] - out_before[name])).max(axis=-1)
+    assert np.all(delta > 1e-6), name
+
+
+def test_bfloat16_and_remat_close_to_float32():
+  base, layout = make_model()
+  randomize_params(base)
+  params = nnx.state(base, nnx.Param)
+  noisy, timesteps_bmn = make_inputs(layout)
+  self_cond = jax.tree.map(lambda x: 0.3 * x, noisy)
+
+  def loss_and_grads(model):
+    loss_fn = lambda m: sum(jnp.sum(jnp.square(y)) for y in m(noisy, timesteps_bmn,
+                                                              self_cond).values())
+    return nnx.value_and_grad(loss_fn)(model)
+
+  reference_out = base(noisy, timesteps_bmn, self_cond)
+  reference_loss, reference_grads = loss_and_grads(base)
+  scale = {name: float(np.abs(np.asarray(y)).max()) for name, y in reference_out.items()}
+
+  for overrides, tolerance in (({"dtype": "bfloat16"}, 0.05), ({"remat": "full"}, 1e-5),
+                               ({"remat": "dots_saveable", "attention": "chunked"}, 1e-4)):
+    variant, _ = make_model(**overrides)
+    nnx.update(variant, params)
+    out = variant(noisy, timesteps_bmn, self_cond)
+    for name in ("video", "audio"):
+      assert out[name].dtype == jnp.float32
+      assert np.all(np.isfinite(out[name]))
+      np.testing.assert_allclose(out[name], reference_out[name], rtol=0,
+                                 atol=tolerance * scale[name], err_msg=str(overrides))
+    if "remat" in overrides:  # remat changes only what the backward pass stores
+      loss, grads = loss_and_grads(variant)
+      np.testing.assert_allclose(loss, reference_loss, rtol=1e-4)
+      jax.tree.map(lambda g, g_ref: np.testing.assert_allclose(g, g_ref, rtol=1e-3, atol=1e-4),
+                   grads, reference_grads)
+  for param in jax.tree.leaves(params):
+    assert param.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("adaln", ["full", "lora"])
+def test_every_param_has_logical_axes_of_its_rank(adaln):
+  model, _ = make_model(adaln=adaln, qk_norm=True)
+  flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
+  assert len(flat) > 0
+  for path, variable in flat:
+    # flax 0.12 stores with_partitioning names as the `out_sharding` metadata.
+    names = variable.get_metadata().get("out_sharding")
+    assert names is not None, path
+    assert len(names) == variable.ndim, (path, names, variable.shape)
+    assert set(names) <= LOGICAL_AXIS_VOCABULARY, (path, names)
+    assert variable.dtype == jnp.float32, path
+  specs = nnx.get_partition_spec(nnx.state(model, nnx.Param))
+  assert tuple(specs["blocks"][0]["mlp"]["fc_in"]["kernel"].get_value()) == ("embed", "mlp")
+
+
+@pytest.mark.parametrize("adaln,patch_size", [("lora", 1), ("full", 2)])
+def test_flops_per_example_matches_kernel_counts(adaln, patch_size):
+  model, layout = make_model(adaln=adaln, patch_size=patch_size)
+  config = make_config(adaln=adaln, patch_size=patch_size)
+  flops = flops_per_example(config, layout)
+  kernel_sizes = {"attn": 0, "mlp": 0}
+  for path, variable in nnx.to_flat_state(nnx.state(model.blocks, nnx.Param)):
+    if path[-1].endswith("kernel"):
+      kernel_sizes[path[1]] = kernel_sizes.get(path[1], 0) + variable.size
+  # Token-wise matmuls: 2 FLOPs per kernel entry per token.
+  assert flops["attention_projections"] == 2 * kernel_sizes["attn"] * layout.num_tokens
+  assert flops["mlp"] == 2 * kernel_sizes["mlp"] * layout.num_tokens
+  assert flops["input_projections"] == 2 * (model.video_in.kernel.size * layout.num_video_tokens
+                                            + model.audio_in.kernel.size * layout.audio_latents)
+  assert flops["attention_core"] == config.depth * 4 * layout.num_tokens**2 * config.width
+  assert flops["total"] == sum(v for k, v in flops.items() if k != "total")
+  assert count_params(model) == sum(v.size for _, v in nnx.to_flat_state(nnx.state(model)))

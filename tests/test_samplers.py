@@ -1,0 +1,633 @@
+"""Samplers against closed forms, with analytic (exact) denoisers instead of a network.
+
+Data x0 ~ N(μ, σ²) i.i.d. per element has the exact ε-predictor
+E[ε | x_t] = sqrt(1-ᾱ) (x_t - sqrt(ᾱ) μ) / (ᾱ σ² + 1 - ᾱ), elementwise in ᾱ. With it every
+sampler is an affine map of Gaussian noise, so the exact mean and variance of its output *after
+discretization* follow from a scalar recursion. `_reference_moments` computes them in numpy from
+the textbook formulas (an implementation independent of samplers.py); the tests then check
+ (a) the sampler's empirical moments against that reference within statistical error, and
+ (b) that reference against the data's (μ, σ²) within the discretization error of the step count.
+
+Statistical tolerances: for n i.i.d. values, the sample mean has standard error sqrt(v/n) and
+the sample variance a relative standard error sqrt(2/n); we allow 4.5 standard errors
+(a false failure once in ~10^5 runs; seeds are fixed anyway).
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from avdit import layout as layout_lib
+from avdit.diffusion import schedule as schedule_lib
+from avdit.sampling import samplers
+from avdit.sampling import tasks as tasks_lib
+
+LAYOUT = layout_lib.ClipLayout(num_frames=9, fps=8.0, height=16, width=16, sample_rate=16000,
+                               video_channels=3, audio_channels=2, spatial_factor=8,
+                               temporal_factor=4, audio_hop=320)
+SCHEDULE = schedule_lib.LinearSchedule()
+T = SCHEDULE.num_timesteps
+N = LAYOUT.num_segments  # 3 segments; video [3, 2, 2, 3] = 36 and audio [57, 2] = 114 per clip
+# Per-modality data moments of the i.i.d. Gaussian toy.
+DATA = {"video": (0.5, 0.6), "audio": (-0.8, 1.3)}
+NUM_STD_ERR = 4.5
+JOINT = np.zeros((2, N), bool)
+
+
+def _task_mask(name: str) -> np.ndarray:
+  return tasks_lib.parse_task(name, LAYOUT).condition_mask
+
+
+def _alpha_bar_elements(t_bmn):
+  return LAYOUT.expand_to_latents(SCHEDULE.alpha_bar(t_bmn))
+
+
+# --- analytic denoisers ----------------------------------------------------------------------
+def _gaussian_posterior(x, ab, mu, sigma):
+  """(E[x0 | x_t], E[ε | x_t]) for x0 ~ N(mu, sigma²) elementwise, x_t = √ᾱ x0 + √(1-ᾱ) ε."""
+  denom = ab * sigma**2 + 1.0 - ab
+  centred = x - jnp.sqrt(ab) * mu
+  x0 = mu + jnp.sqrt(ab) * sigma**2 * centred / denom
+  eps = jnp.sqrt(1.0 - ab) * centred / denom  # exactly 0 at ᾱ = 1
+  return x0, eps
+
+
+def gaussian_eps_apply(params, x, t_bmn, self_cond):
+  del self_cond
+  ab = _alpha_bar_elements(t_bmn)
+  return {k: _gaussian_posterior(x[k], ab[k], *params[k])[1] for k in x}
+
+
+def gaussian_v_apply(params, x, t_bmn, self_cond):
+  """The exact v-predictor: E[v | x_t] = √ᾱ E[ε | x_t] - √(1-ᾱ) E[x0 | x_t]."""
+  del self_cond
+  ab = _alpha_bar_elements(t_bmn)
+  out = {}
+  for k in x:
+    x0, eps = _gaussian_posterior(x[k], ab[k], *params[k])
+    out[k] = jnp.sqrt(ab[k]) * eps - jnp.sqrt(1.0 - ab[k]) * x0
+  return out
+
+
+def _gaussian_params():
+  return {k: (jnp.float32(m), jnp.float32(s)) for k, (m, s) in DATA.items()}
+
+
+def _zeros(batch):
+  return {k: jnp.zeros(s, jnp.float32) for k, s in LAYOUT.latent_shapes(batch).items()}
+
+
+# --- the independent numpy reference -----------------------------------------------------------
+class _Affine:
+  """c + v·Z with Z ~ N(0, I): exact mean c and variance |v|² of an affine-Gaussian quantity."""
+
+  def __init__(self, const, coef):
+    self.const, self.coef = float(const), np.asarray(coef, np.float64)
+
+  def __add__(self, other):
+    if isinstance(other, _Affine):
+      return _Affine(self.const + other.const, self.coef + other.coef)
+    return _Affine(self.const + other, self.coef)
+
+  __radd__ = __add__
+
+  def __sub__(self, other):
+    return self + (-1.0) * other
+
+  def __mul__(self, a):
+    return _Affine(self.const * a, self.coef * a)
+
+  __rmul__ = __mul__
+
+  def __truediv__(self, a):
+    return self * (1.0 / a)
+
+
+def _reference_moments(sampler, num_steps, mu, sigma, eta=0.0):
+  """(mean, variance) of the discretized sampler's output with the exact Gaussian denoiser.
+
+  Written from the papers' formulas: DDPM Algorithm 3 on the respaced schedule with σ² = β̃,
+  DDIM Eq. 12 (Song et al.), DPM-Solver++(2M) (Lu et al. Alg. 2), x_T ~ N(0, 1).
+  """
+  ab = SCHEDULE.alpha_bar_table
+  ts = [int(round(T * k / num_steps)) for k in range(num_steps, -1, -1)]
+  basis = np.eye(num_steps + 1)
+  x = _Affine(0.0, basis[0])
+  x0_prev = h_prev = None
+  for i in range(num_steps):
+    a_t, a_s = ab[ts[i]], ab[ts[i + 1]]
+    eps = (x - np.sqrt(a_t) * mu) * (np.sqrt(1 - a_t) / (a_t * sigma**2 + 1 - a_t))
+    x0 = (x - np.sqrt(1 - a_t) * eps) / np.sqrt(a_t)
+    z = _Affine(0.0, basis[i + 1])
+    if sampler == "ddpm":
+      alpha = a_t / a_s
+      beta = 1 - alpha
+      var = (1 - a_s) / (1 - a_t) * beta
+      x = (x - eps * (beta / np.sqrt(1 - a_t))) / np.sqrt(alpha) + np.sqrt(var) * z
+    elif sampler == "ddim":
+      s = eta * np.sqrt((1 - a_s) / (1 - a_t) * (1 - a_t / a_s))
+      x = np.sqrt(a_s) * x0 + np.sqrt(max(1 - a_s - s**2, 0.0)) * eps + s * z
+    else:
+      if ts[i + 1] == 0:
+        x = x0
+        break
+      lam_t = np.log(np.sqrt(a_t / (1 - a_t)))
+      lam_s = np.log(np.sqrt(a_s / (1 - a_s)))
+      h = lam_s - lam_t
+      if x0_prev is None:
+        d = x0
+      else:
+        r = h_prev / h
+        d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
+      x = np.sqrt((1 - a_s) / (1 - a_t)) * x - np.sqrt(a_s) * (np.exp(-h) - 1) * d
+      x0_prev, h_prev = x0, h
+  return x.const, float(x.coef @ x.coef)
+
+
+# --- moments -----------------------------------------------------------------------------------
+# (sampler, steps, eta, discretization bound on |var_ref/σ² - 1|, batch). The bound is the
+# reference recursion's own deviation rounded up: it documents how far each step count is from
+# the continuous-time answer (DDIM η=1 at 50 steps is a coarse ancestral sampler, ~19% low).
+MOMENT_CASES = [
+    ("ddpm", 1000, 0.0, 0.015, 256),
+    ("ddpm", 250, 0.0, 0.05, 512),
+    ("ddim", 50, 0.0, 0.10, 1024),
+    ("ddim", 250, 0.0, 0.025, 1024),
+    ("ddim", 50, 1.0, 0.20, 1024),
+    ("dpmpp_2m", 20, 0.0, 0.01, 1024),
+]
+
+
+def _check_moments(out, sampler, steps, eta, bound):
+  for name, (mu, sigma) in DATA.items():
+    values = np.asarray(out[name], np.float64).ravel()
+    n = values.size
+    ref_mean, ref_var = _reference_moments(sampler, steps, mu, sigma, eta)
+    # The reference itself is within the discretization bound of the data's moments.
+    assert abs(ref_var / sigma**2 - 1) < bound, (name, ref_var / sigma**2)
+    assert abs(ref_mean - mu) < 0.01 * sigma  # x_T ~ N(0, 1) instead of N(√ᾱ_T μ, ...) only
+    mean_tol = NUM_STD_ERR * np.sqrt(ref_var / n)
+    var_tol = NUM_STD_ERR * np.sqrt(2.0 / n)
+    assert abs(values.mean() - ref_mean) < mean_tol, (name, values.mean(), ref_mean, mean_tol)
+    assert abs(values.var() / ref_var - 1) < var_tol, (name, values.var() / ref_var, var_tol)
+    assert abs(values.mean() - mu) < mean_tol + abs(ref_mean - mu)
+    assert abs(values.var() / sigma**2 - 1) < var_tol + bound
+
+
+@pytest.mark.parametrize("sampler,steps,eta,bound,batch", MOMENT_CASES)
+def test_unconditional_moments_match_closed_form(sampler, steps, eta, bound, batch):
+  spec = samplers.SamplerSpec(sampler=sampler, num_steps=steps, eta=eta, self_condition=False)
+  out = samplers.sample_latents(gaussian_eps_apply, _gaussian_params(), _zeros(batch), JOINT,
+                                jax.random.key(1), schedule=SCHEDULE, layout=LAYOUT, spec=spec)
+  _check_moments(out, sampler, steps, eta, bound)
+
+
+@pytest.mark.parametrize("sampler,steps", [("ddim", 50), ("dpmpp_2m", 20)])
+def test_v_prediction_matches_eps_prediction(sampler, steps):
+  """The exact v-predictor gives the same sampler (same x_T, deterministic) and moments."""
+  kwargs = dict(schedule=SCHEDULE, layout=LAYOUT)
+  outs = {}
+  for prediction, fn in (("eps", gaussian_eps_apply), ("v", gaussian_v_apply)):
+    spec = samplers.SamplerSpec(sampler=sampler, num_steps=steps, prediction=prediction,
+                                self_condition=False)
+    outs[prediction] = samplers.sample_latents(fn, _gaussian_params(), _zeros(1024), JOINT,
+                                               jax.random.key(2), spec=spec, **kwargs)
+  _check_moments(outs["v"], sampler, steps, 0.0, 0.10)
+  for name in DATA:
+    # float32: x̂0 from ε divides by √ᾱ_T ≈ 0.0066 at the first step, from v it does not.
+    np.testing.assert_allclose(outs["v"][name], outs["eps"][name], atol=2e-3)
+
+
+def test_ddim_eta_one_is_ddpm():
+  """Same noise draws: DDIM with η = 1 and DDPM with β̃ are the same ancestral step."""
+  outs = []
+  for spec in (samplers.SamplerSpec(sampler="ddim", num_steps=20, eta=1.0),
+               samplers.SamplerSpec(sampler="ddpm", num_steps=20)):
+    outs.append(samplers.sample_latents(gaussian_eps_apply, _gaussian_params(), _zeros(8), JOINT,
+                                        jax.random.key(3), schedule=SCHEDULE, layout=LAYOUT,
+                                        spec=spec))
+  for name in DATA:
+    np.testing.assert_allclose(outs[0][name], outs[1][name], atol=5e-4, rtol=1e-4)
+
+
+# --- a single step, end to end ------------------------------------------------------------------
+def affine_eps_apply(params, x, t_bmn, self_cond):
+  """ε̂ = 0.3 x + 0.1 + 0.001 t (t per element): known closed form for a hand-computed step."""
+  del params, self_cond
+  t = LAYOUT.expand_to_latents(t_bmn)
+  return {k: 0.3 * x[k] + 0.1 + 0.001 * t[k] for k in x}
+
+
+def test_ddim_two_steps_against_numpy():
+  """DDIM η=0, K=2: T -> 500 -> 0, from a given x_T, against Song et al. Eq. 12 in numpy."""
+  batch = 3
+  rng = np.random.default_rng(0)
+  x_T = {k: rng.standard_normal(s).astype(np.float32)
+         for k, s in LAYOUT.latent_shapes(batch).items()}
+  spec = samplers.SamplerSpec(sampler="ddim", num_steps=2, self_condition=False)
+  out = samplers.sample_latents(affine_eps_apply, None, _zeros(batch), JOINT, jax.random.key(0),
+                                schedule=SCHEDULE, layout=LAYOUT, spec=spec, initial_noise=x_T)
+  ab = SCHEDULE.alpha_bar_table
+  for name in DATA:
+    x = x_T[name].astype(np.float64)
+    for t, s in ((1000, 500), (500, 0)):
+      eps = 0.3 * x + 0.1 + 0.001 * t
+      x0 = (x - np.sqrt(1 - ab[t]) * eps) / np.sqrt(ab[t])
+      x = np.sqrt(ab[s]) * x0 + np.sqrt(1 - ab[s]) * eps
+    np.testing.assert_allclose(out[name], x, rtol=1e-4, atol=1e-4)
+
+
+def test_ddim_step_coefficients_against_numpy():
+  """One stochastic DDIM step (η = 0.5, K = 10, step 4) from the tabulated coefficients."""
+  spec = samplers.SamplerSpec(sampler="ddim", num_steps=10, eta=0.5)
+  table = samplers.step_coefficients(SCHEDULE, spec)
+  k = 4
+  t, s = 600, 500  # loop order: 1000, 900, 800, 700, 600 -> 500
+  assert (table["t_cur"][k], table["t_next"][k]) == (t, s)
+  ab = SCHEDULE.alpha_bar_table
+  rng = np.random.default_rng(1)
+  x, x0, eps, z = rng.standard_normal((4, 50))
+  sigma = 0.5 * np.sqrt((1 - ab[s]) / (1 - ab[t])) * np.sqrt(1 - ab[t] / ab[s])
+  expected = np.sqrt(ab[s]) * x0 + np.sqrt(1 - ab[s] - sigma**2) * eps + sigma * z
+  got = (table["c_x"][k] * x + table["c_x0"][k] * x0 + table["c_prev"][k] * x0
+         + table["c_eps"][k] * eps + table["c_z"][k] * z)
+  np.testing.assert_allclose(got, expected, rtol=1e-12)
+
+
+def test_timestep_sequence():
+  np.testing.assert_array_equal(samplers.timestep_sequence(1000, 4), [1000, 750, 500, 250, 0])
+  np.testing.assert_array_equal(samplers.timestep_sequence(1000, 1000), np.arange(1000, -1, -1))
+  seq = samplers.timestep_sequence(1000, 7)
+  assert seq[0] == 1000 and seq[-1] == 0 and np.all(np.diff(seq) < 0)
+
+
+# --- conditioning ------------------------------------------------------------------------------
+TASK_NAMES = ["joint", "a2v", "v2a", "av_continue", "av_continue_2s", "av_inpaint"]
+CUSTOM_MASK = np.array([[False, True, False], [True, False, True]])
+
+
+def _random_condition(batch, seed=0):
+  rng = np.random.default_rng(seed)
+  return {k: jnp.asarray(rng.standard_normal(s), jnp.float32)
+          for k, s in LAYOUT.latent_shapes(batch).items()}
+
+
+@pytest.mark.parametrize("mask", [_task_mask(n) for n in TASK_NAMES] + [CUSTOM_MASK],
+                         ids=TASK_NAMES + ["custom"])
+def test_condition_returned_bit_exact(mask):
+  cond = _random_condition(4)
+  spec = samplers.SamplerSpec(sampler="ddim", num_steps=5, eta=0.3)
+  out = samplers.sample_latents(gaussian_eps_apply, _gaussian_params(), cond, mask,
+                                jax.random.key(4), schedule=SCHEDULE, layout=LAYOUT, spec=spec)
+  elem = {k: np.broadcast_to(np.asarray(v), out[k].shape)
+          for k, v in samplers._element_mask(mask, LAYOUT).items()}
+  for name in DATA:
+    got, given = np.asarray(out[name]), np.asarray(cond[name])
+    assert got.dtype == np.float32 and got.shape == given.shape
+    np.testing.assert_array_equal(got[elem[name]].view(np.uint32),
+                                  given[elem[name]].view(np.uint32))
+    generated = ~elem[name]
+    if generated.any():
+      assert np.all(got[generated] != given[generated])
+      assert np.all(np.isfinite(got[generated]))
+
+
+# A one-factor joint Gaussian over all 150 elements of a clip:
+#   x0 = μ + σ (√ρ g + √(1-ρ) u),  g ~ N(0, 1) shared by the clip, u ~ N(0, I).
+# Given clean conditioning elements c (n_c of them), a generated element is Gaussian with
+#   mean μ + σ ρ S / (n_c ρ + 1 - ρ),  S = Σ_c (c - μ)/σ,
+#   variance σ² (1 - ρ + ρ v_g),      v_g = (1 - ρ)/(n_c ρ + 1 - ρ).
+RHO, MU, SIGMA = 0.5, 0.3, 0.8
+
+
+def _joint_gaussian_eps(x, ab):
+  """Exact E[ε | x_t] for the one-factor model, per-element ᾱ, via Sherman-Morrison.
+
+  Cov(x_t) = diag(d) + ρσ² a aᵀ with a = √ᾱ, d = a²σ²(1-ρ) + 1 - ᾱ; E[ε|x_t] = √(1-ᾱ) C⁻¹ r.
+  """
+  names = list(x)
+  a = {k: jnp.broadcast_to(jnp.sqrt(ab[k]), x[k].shape) for k in names}
+  d = {k: a[k]**2 * SIGMA**2 * (1 - RHO) + 1 - a[k]**2 for k in names}
+  r = {k: x[k] - a[k] * MU for k in names}
+  per_clip = lambda v: jnp.sum(v.reshape(v.shape[0], -1), axis=1)
+  a_dinv_r = sum(per_clip(a[k] * r[k] / d[k]) for k in names)
+  a_dinv_a = sum(per_clip(a[k]**2 / d[k]) for k in names)
+  factor = RHO * SIGMA**2 * a_dinv_r / (1 + RHO * SIGMA**2 * a_dinv_a)
+  out = {}
+  for k in names:
+    f = factor.reshape((-1,) + (1,) * (x[k].ndim - 1))
+    out[k] = jnp.sqrt(1 - a[k]**2) * (r[k] / d[k] - a[k] * f / d[k])
+  return out
+
+
+def checked_joint_apply(params, x, t_bmn, self_cond):
+  """The exact joint denoiser, poisoned with NaN unless every conditioning element arrives
+  clean (== params["condition"]) with t = 0: a failed check shows up in the sampler's output."""
+  del self_cond
+  cond_bmn = params["mask"][None]
+  bad = jnp.any(jnp.where(cond_bmn, t_bmn != 0, False))
+  elem = LAYOUT.expand_to_latents(cond_bmn.astype(jnp.float32))
+  for k in x:
+    bad |= jnp.any(jnp.where(elem[k] > 0.5, x[k] != params["condition"][k], False))
+  eps = _joint_gaussian_eps(x, _alpha_bar_elements(t_bmn))
+  return {k: v + jnp.where(bad, jnp.nan, 0.0) for k, v in eps.items()}
+
+
+def _joint_gaussian_clips(batch, seed):
+  rng = np.random.default_rng(seed)
+  shapes = LAYOUT.latent_shapes(batch)
+  g = rng.standard_normal(batch)
+  return {k: jnp.asarray(MU + SIGMA * (np.sqrt(RHO) * g.reshape((-1,) + (1,) * (len(s) - 1))
+                                       + np.sqrt(1 - RHO) * rng.standard_normal(s)), jnp.float32)
+          for k, s in shapes.items()}
+
+
+def _conditional_statistics(out, cond, mask):
+  """(regression slope of the clip's generated mean on S, residual variance) and the theory's."""
+  elem = {k: np.broadcast_to(np.asarray(v), out[k].shape)
+          for k, v in samplers._element_mask(mask, LAYOUT).items()}
+  batch = out["video"].shape[0]
+  flat = lambda tree, sel: np.concatenate(
+      [np.where(sel[k], np.asarray(tree[k], np.float64), np.nan).reshape(batch, -1)
+       for k in tree], axis=1)
+  cond_vals = flat(cond, elem)
+  gen_vals = flat(out, {k: ~v for k, v in elem.items()})
+  n_c = np.sum(~np.isnan(cond_vals[0]))
+  s = np.nansum((cond_vals - MU) / SIGMA, axis=1)
+  slope_theory = SIGMA * RHO / (n_c * RHO + 1 - RHO)
+  var_theory = SIGMA**2 * (1 - RHO + RHO * (1 - RHO) / (n_c * RHO + 1 - RHO))
+  gen_mean = np.nanmean(gen_vals, axis=1)
+  slope = np.cov(gen_mean, s)[0, 1] / np.var(s, ddof=1)
+  residual = gen_vals - (MU + slope_theory * s)[:, None]
+  return slope, np.nanvar(residual), slope_theory, var_theory, np.nanmean(residual)
+
+
+@pytest.mark.parametrize("task", ["a2v", "av_continue"])
+def test_conditioning_enters_clean_at_t0_and_gives_the_true_conditional(task):
+  """MoNL conditioning with the exact joint denoiser samples the exact conditional Gaussian.
+
+  Tolerances: 2000 clips; the slope's standard error is ~ sqrt(v/(B var(S))) ≲ 2% of it, the
+  residual variance's ~1-2%; DPM-Solver++(2M) at 25 steps adds < 1% (see the moment tests).
+  """
+  batch = 2000
+  mask = _task_mask(task)
+  cond = _joint_gaussian_clips(batch, seed=5)
+  params = {"mask": jnp.asarray(mask), "condition": cond}
+  spec = samplers.SamplerSpec(sampler="dpmpp_2m", num_steps=25)
+  out = samplers.sample_latents(checked_joint_apply, params, cond, mask, jax.random.key(6),
+                                schedule=SCHEDULE, layout=LAYOUT, spec=spec)
+  for k in out:
+    assert np.all(np.isfinite(out[k])), "a conditioning element was not clean or had t != 0"
+  slope, var, slope_theory, var_theory, mean = _conditional_statistics(out, cond, mask)
+  assert abs(slope / slope_theory - 1) < 0.08, (slope, slope_theory)
+  assert abs(var / var_theory - 1) < 0.05, (var, var_theory)
+  assert abs(mean) < NUM_STD_ERR * np.sqrt(var_theory / batch) * 1.5
+
+
+# --- classifier-free guidance for free ------------------------------------------------------------
+def test_guided_prediction_formula():
+  rng = np.random.default_rng(7)
+  shapes = LAYOUT.latent_shapes(2)
+  eps_c = {k: jnp.asarray(rng.standard_normal(s), jnp.float32) for k, s in shapes.items()}
+  eps_u = {k: jnp.asarray(rng.standard_normal(s), jnp.float32) for k, s in shapes.items()}
+  mask = _task_mask("av_inpaint")
+  gen = {k: ~v for k, v in samplers._element_mask(mask, LAYOUT).items()}
+  w = 1.7
+  got = samplers.guided_prediction(eps_c, eps_u, gen, w)
+  for k in shapes:
+    g = np.broadcast_to(np.asarray(gen[k]), shapes[k])
+    expected = np.where(g, (1 + w) * np.asarray(eps_c[k]) - w * np.asarray(eps_u[k]),
+                        np.asarray(eps_c[k]))
+    np.testing.assert_allclose(got[k], expected, rtol=1e-6, atol=1e-6)
+  # For v: guiding v then converting equals guiding the converted ε.
+  ab, x = 0.3, {k: jnp.asarray(rng.standard_normal(s), jnp.float32) for k, s in shapes.items()}
+  v_c, v_u = eps_c, eps_u
+  to_eps = lambda v, xt: schedule_lib.prediction_to_x0_eps(v, xt, ab, "v")[1]
+  v_guided = samplers.guided_prediction(v_c, v_u, gen, w)
+  eps_guided = samplers.guided_prediction(jax.tree.map(to_eps, v_c, x),
+                                          jax.tree.map(to_eps, v_u, x), gen, w)
+  for k in shapes:
+    np.testing.assert_allclose(to_eps(v_guided[k], x[k]), eps_guided[k], rtol=1e-5, atol=1e-5)
+
+
+def indicator_eps_apply(params, x, t_bmn, self_cond):
+  """ε̂ = 1 if the clip has any element at t = 0 (the conditional pass), else 0."""
+  del params, x, self_cond
+  has_clean = jnp.any(t_bmn == 0, axis=(1, 2)).astype(jnp.float32)
+  return {k: jnp.broadcast_to(has_clean.reshape((-1,) + (1,) * (len(s) - 1)), (t_bmn.shape[0],) + s)
+          for k, s in (("video", LAYOUT.video_latent_shape), ("audio", LAYOUT.audio_latent_shape))}
+
+
+def test_guidance_combines_conditional_and_unconditional_passes():
+  """One DDIM step T -> 0 returns x̂0 = (x_T - √(1-ᾱ_T) ε̂)/√ᾱ_T with ε̂ = (1+w)·1 - w·0."""
+  mask = _task_mask("a2v")
+  cond = _random_condition(3)
+  run = lambda w, uncond=None: samplers.sample_latents(
+      indicator_eps_apply, None, cond, mask, jax.random.key(8), schedule=SCHEDULE, layout=LAYOUT,
+      spec=samplers.SamplerSpec(sampler="ddim", num_steps=1, guidance_weight=w),
+      guidance_uncond_mask=uncond)
+  plain, guided = run(0.0), run(2.5)
+  ab_T = SCHEDULE.alpha_bar_table[T]
+  expected_shift = -2.5 * np.sqrt(1 - ab_T) / np.sqrt(ab_T)
+  np.testing.assert_allclose(np.asarray(guided["video"]) - np.asarray(plain["video"]),
+                             expected_shift, rtol=1e-4)
+  np.testing.assert_array_equal(guided["audio"], cond["audio"])
+  # An empty guidance mask has no unconditional pass to differ from: plain sampling.
+  empty = run(2.5, np.zeros_like(mask))
+  np.testing.assert_array_equal(empty["video"], plain["video"])
+
+
+def test_guidance_weight_zero_is_plain_and_positive_changes_samples():
+  mask = _task_mask("av_inpaint")
+  cond = _random_condition(4)
+  params = _gaussian_params()
+  outs = {}
+  for w in (0.0, 1.0):
+    spec = samplers.SamplerSpec(sampler="ddim", num_steps=8, guidance_weight=w)
+    outs[w] = samplers.sample_latents(checked_joint_apply_noguard, params, cond, mask,
+                                      jax.random.key(9), schedule=SCHEDULE, layout=LAYOUT,
+                                      spec=spec)
+  plain = samplers.sample_latents(
+      checked_joint_apply_noguard, params, cond, mask, jax.random.key(9), schedule=SCHEDULE,
+      layout=LAYOUT, spec=samplers.SamplerSpec(sampler="ddim", num_steps=8))
+  gen = {k: ~np.broadcast_to(np.asarray(v), outs[0.0][k].shape)
+         for k, v in samplers._element_mask(mask, LAYOUT).items()}
+  for k in DATA:
+    np.testing.assert_array_equal(outs[0.0][k], plain[k])
+    assert np.all(outs[1.0][k][gen[k]] != outs[0.0][k][gen[k]])
+    np.testing.assert_array_equal(np.asarray(outs[1.0][k])[~gen[k]], np.asarray(cond[k])[~gen[k]])
+
+
+def checked_joint_apply_noguard(params, x, t_bmn, self_cond):
+  del params, self_cond
+  return _joint_gaussian_eps(x, _alpha_bar_elements(t_bmn))
+
+
+def test_guidance_uncond_mask_must_be_a_subset():
+  mask = _task_mask("v2a")
+  spec = samplers.SamplerSpec(guidance_weight=1.0, num_steps=2)
+  with pytest.raises(ValueError, match="subset"):
+    samplers.sample_latents(gaussian_eps_apply, _gaussian_params(), _zeros(1), mask,
+                            jax.random.key(0), schedule=SCHEDULE, layout=LAYOUT, spec=spec,
+                            guidance_uncond_mask=_task_mask("a2v"))
+
+
+# --- self-conditioning and tracing --------------------------------------------------------------
+def test_self_condition_passes_previous_x0():
+  """With ε̂ = 0 and ᾱ known, x̂0 at step k is x_{t_k}/√ᾱ; the denoiser echoes self_cond so the
+  final x̂0 reveals whether it received zeros first and then the previous x̂0 (DDIM, K = 2)."""
+
+  def apply(params, x, t_bmn, self_cond):
+    del params, t_bmn
+    assert self_cond is not None
+    # A zero first-step self_cond keeps ε̂ = 0; afterwards ε̂ = 0.01 · (previous x̂0).
+    return {k: 0.01 * self_cond[k] for k in x}
+
+  batch = 2
+  rng = np.random.default_rng(3)
+  x_T = {k: rng.standard_normal(s).astype(np.float32)
+         for k, s in LAYOUT.latent_shapes(batch).items()}
+  spec = samplers.SamplerSpec(sampler="ddim", num_steps=2, self_condition=True)
+  out = samplers.sample_latents(apply, None, _zeros(batch), JOINT, jax.random.key(0),
+                                schedule=SCHEDULE, layout=LAYOUT, spec=spec, initial_noise=x_T)
+  ab = SCHEDULE.alpha_bar_table
+  for k in DATA:
+    x0_1 = x_T[k].astype(np.float64) / np.sqrt(ab[1000])  # ε̂ = 0 at the first step
+    x_500 = np.sqrt(ab[500]) * x0_1
+    eps = 0.01 * x0_1
+    expected = (x_500 - np.sqrt(1 - ab[500]) * eps) / np.sqrt(ab[500])
+    np.testing.assert_allclose(out[k], expected, rtol=1e-4)
+
+
+def test_sampler_traces_once():
+  traces = []
+
+  def counting_apply(params, x, t_bmn, self_cond):
+    traces.append(1)  # runs at trace time only
+    return gaussian_eps_apply(params, x, t_bmn, self_cond)
+
+  mask = _task_mask("av_continue")
+  spec = samplers.SamplerSpec(sampler="dpmpp_2m", num_steps=6, guidance_weight=0.5)
+  run = lambda seed: samplers.sample_latents(
+      counting_apply, _gaussian_params(), _random_condition(2, seed), mask.copy(),
+      jax.random.key(seed), schedule=SCHEDULE, layout=LAYOUT, spec=spec)
+  first = run(0)
+  count = len(traces)
+  assert count >= 1
+  second = run(1)
+  assert len(traces) == count, "second call with the same statics retraced"
+  assert not np.array_equal(first["video"], second["video"])
+
+
+# --- baselines for a vanilla model -------------------------------------------------------------
+def scalar_t_joint_apply(params, x, t_bmn, self_cond):
+  """The exact joint denoiser; asserts (at trace time) nothing, but the baselines must feed one
+  timestep to every element: a spread of t poisons the output with NaN."""
+  del params, self_cond
+  spread = jnp.max(t_bmn) - jnp.min(t_bmn)
+  eps = _joint_gaussian_eps(x, _alpha_bar_elements(t_bmn))
+  return {k: v + jnp.where(spread != 0, jnp.nan, 0.0) for k, v in eps.items()}
+
+
+@pytest.mark.parametrize("method", ["replacement", "reconstruction"])
+@pytest.mark.parametrize("task", ["v2a", "av_inpaint", "joint"])
+def test_baselines_run_and_keep_condition(method, task):
+  mask = _task_mask(task)
+  cond = _joint_gaussian_clips(4, seed=10)
+  spec = samplers.SamplerSpec(sampler="ddim", num_steps=6, method=method)
+  out = samplers.sample_latents(scalar_t_joint_apply, None, cond, mask, jax.random.key(11),
+                                schedule=SCHEDULE, layout=LAYOUT, spec=spec)
+  elem = {k: np.broadcast_to(np.asarray(v), out[k].shape)
+          for k, v in samplers._element_mask(mask, LAYOUT).items()}
+  for k in DATA:
+    got = np.asarray(out[k])
+    assert np.all(np.isfinite(got))
+    np.testing.assert_array_equal(got[elem[k]], np.asarray(cond[k])[elem[k]])
+    assert np.all(got[~elem[k]] != np.asarray(cond[k])[~elem[k]])
+
+
+def test_reconstruction_with_zero_lambda_is_replacement():
+  mask = _task_mask("av_continue")
+  cond = _joint_gaussian_clips(4, seed=12)
+  outs = []
+  for method, lam in (("replacement", 0.02), ("reconstruction", 0.0)):
+    spec = samplers.SamplerSpec(sampler="ddpm", num_steps=10, method=method,
+                                reconstruction_lambda=lam)
+    outs.append(samplers.sample_latents(scalar_t_joint_apply, None, cond, mask,
+                                        jax.random.key(13), schedule=SCHEDULE, layout=LAYOUT,
+                                        spec=spec))
+  for k in DATA:
+    np.testing.assert_allclose(outs[0][k], outs[1][k], rtol=1e-6, atol=1e-6)
+
+
+def test_reconstruction_guidance_pulls_towards_the_condition():
+  """The replacement method under-uses the condition (MM-Diffusion §3.4); reconstruction
+  guidance's gradient strengthens the dependence of generated elements on it."""
+  batch = 500
+  mask = _task_mask("v2a")
+  cond = _joint_gaussian_clips(batch, seed=14)
+  slopes = {}
+  for method in ("replacement", "reconstruction"):
+    spec = samplers.SamplerSpec(sampler="ddim", num_steps=25, method=method,
+                                reconstruction_lambda=0.02, self_condition=False)
+    out = samplers.sample_latents(scalar_t_joint_apply, None, cond, mask, jax.random.key(15),
+                                  schedule=SCHEDULE, layout=LAYOUT, spec=spec)
+    slopes[method], *_ = _conditional_statistics(out, cond, mask)
+  *_, slope_theory, _, _ = _conditional_statistics(out, cond, mask)
+  assert slopes["reconstruction"] > slopes["replacement"], (slopes, slope_theory)
+
+
+# --- errors ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(sampler="euler"), "unknown sampler"),
+    (dict(method="inpaint"), "unknown conditioning method"),
+    (dict(prediction="x0"), "unknown prediction"),
+    (dict(num_steps=0), "num_steps"),
+    (dict(eta=-1.0), "eta"),
+    (dict(reconstruction_lambda=-0.1), "reconstruction_lambda"),
+    (dict(method="replacement", guidance_weight=1.0), "monl"),
+])
+def test_bad_spec(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    samplers.SamplerSpec(**kwargs)
+
+
+def test_bad_inputs():
+  call = functools.partial(samplers.sample_latents, gaussian_eps_apply, _gaussian_params(),
+                           _zeros(1), rng=jax.random.key(0), schedule=SCHEDULE, layout=LAYOUT)
+  with pytest.raises(ValueError, match="num_steps"):
+    call(JOINT, spec=samplers.SamplerSpec(num_steps=T + 1))
+  with pytest.raises(ValueError, match="shape"):
+    call(np.zeros((2, N + 1), bool), spec=samplers.SamplerSpec())
+  with pytest.raises(ValueError, match="shape"):
+    call(np.zeros((N,), bool), spec=samplers.SamplerSpec())
+  with pytest.raises(ValueError, match="every element"):
+    call(np.ones((2, N), bool), spec=samplers.SamplerSpec())
+  with pytest.raises(ValueError, match="shape"):
+    samplers.sample_latents(gaussian_eps_apply, None, {"video": jnp.zeros((1, 2, 2, 2, 3)),
+                                                       "audio": jnp.zeros((1, 57, 2))},
+                            JOINT, jax.random.key(0), schedule=SCHEDULE, layout=LAYOUT,
+                            spec=samplers.SamplerSpec())
+
+
+def test_from_config():
+  import importlib.util
+  import pathlib
+  path = pathlib.Path(__file__).resolve().parents[1] / "configs" / "avdit_synthetic.py"
+  module_spec = importlib.util.spec_from_file_location("avdit_synthetic_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  config = module.get_config("tiny")
+  spec = samplers.SamplerSpec.from_config(config.sample, config.diffusion)
+  assert spec == samplers.SamplerSpec(sampler="ddim", num_steps=4, eta=0.0, guidance_weight=0.0,
+                                      method="monl", reconstruction_lambda=0.02,
+                                      prediction="eps", self_condition=True)
+  spec = samplers.SamplerSpec.from_config(
+      {"sampler": "dpmpp_2m", "num_steps": 20, "method": "replacement"},
+      {"prediction": "v", "self_condition_rate": 0.0})
+  assert (spec.sampler, spec.num_steps, spec.method, spec.prediction, spec.self_condition) == (
+      "dpmpp_2m", 20, "replacement", "v", False)
