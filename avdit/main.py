@@ -10,6 +10,7 @@ describe          prints the clip/token layout and the parameter count, builds n
 """
 from __future__ import annotations
 
+import logging as logging_std
 import sys
 
 import jax
@@ -42,6 +43,15 @@ def describe(config) -> dict:
   return info
 
 
+class _QuietLibraries(logging_std.Filter):
+  """Drops INFO chatter of orbax/grain (dozens of lines per checkpoint); keeps their warnings."""
+
+  def filter(self, record):
+    noisy = ("orbax" in record.pathname or "/grain/" in record.pathname
+             or "xla_bridge" in record.pathname)
+    return record.levelno >= logging_std.WARNING or not noisy
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -49,6 +59,7 @@ def main(argv):
   if config is None:
     raise app.UsageError("--config is required, e.g. --config=configs/avdit_synthetic.py:tiny")
   mode = _MODE.value
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   if mode == "describe":
     describe(config)
     return

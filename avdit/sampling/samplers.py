@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import math
 import threading
 from typing import Any, Callable
 
@@ -277,6 +278,8 @@ def _build_sampler(apply_fn: ApplyFn, spec: SamplerSpec, cond_mn: np.ndarray,
   guided = monl and has_condition and spec.guidance_weight != 0 and bool(uncond_mn.any())
   stochastic = bool(np.any(coeffs["c_z"] > 0))
   replace = (not monl) and has_condition
+  draw_names = [name for name, used in (("step", stochastic), ("replace", replace),
+                                         ("uncond", guided)) if used]
   # Loop inputs, one row per step in loop order (t = T first).
   xs = {name: jnp.asarray(coeffs[name], jnp.float32)
         for name in ("alpha_bar_cur", "alpha_bar_next", "c_x", "c_x0", "c_prev", "c_eps", "c_z")}
@@ -294,18 +297,28 @@ def _build_sampler(apply_fn: ApplyFn, spec: SamplerSpec, cond_mn: np.ndarray,
     uncond_bmn = jnp.asarray(uncond_mn)[None]
     init_key, loop_key = jax.random.split(rng)
 
-    def normal_like(key, tree):
-      leaves, treedef = jax.tree.flatten(tree)
-      keys = jax.random.split(key, len(leaves))
-      return jax.tree.unflatten(
-          treedef, [jax.random.normal(k, x.shape, jnp.float32) for k, x in zip(keys, leaves)])
+    leaves, treedef = jax.tree.flatten(condition)
+    sizes = [math.prod(x.shape) for x in leaves]
+    offsets = np.cumsum([0] + sizes)
+
+    def normal_trees(key, count):
+      """`count` latent dicts of N(0, I) noise from one flat draw.
+
+      XLA:CPU compiles one 1-D threefry draw several times faster than a multi-dimensional
+      draw per leaf and per use (seconds per sampler otherwise).
+      """
+      total = int(offsets[-1])
+      flat = jax.random.normal(key, (count * total,), jnp.float32)
+      return [jax.tree.unflatten(treedef, [
+          flat[c * total + offsets[i]:c * total + offsets[i + 1]].reshape(x.shape)
+          for i, x in enumerate(leaves)]) for c in range(count)]
 
     def keep_condition(tree):
       # Conditioning elements exactly as given (bit-identical), generated ones from `tree`.
       return jax.tree.map(jnp.where, cond_elem, condition, tree)
 
     if initial_noise is None:
-      x_init = normal_like(init_key, condition)
+      x_init, = normal_trees(init_key, 1)
     else:
       x_init = {k: jnp.asarray(initial_noise[k], jnp.float32) for k in layout_lib.MODALITIES}
     x_init = keep_condition(x_init) if monl else x_init
@@ -320,8 +333,10 @@ def _build_sampler(apply_fn: ApplyFn, spec: SamplerSpec, cond_mn: np.ndarray,
     def body(carry, step):
       x, x0_prev, x0_uncond_prev = carry
       t_cur, ab_t = step["t_cur"], step["alpha_bar_cur"]
-      step_key, replace_key, uncond_key = jax.random.split(
-          jax.random.fold_in(loop_key, step["index"]), 3)
+      # All of this step's noise in one draw: ancestral/DDIM noise, the replacement method's
+      # forward noise of the condition, CFG's unconditional noise (those that are used).
+      draws = dict(zip(draw_names, normal_trees(jax.random.fold_in(loop_key, step["index"]),
+                                                len(draw_names)))) if draw_names else {}
       if monl:
         # Conditioning elements: clean values with t = 0 (ᾱ = 1); generated: t_k.
         x_in = keep_condition(x)
@@ -333,7 +348,7 @@ def _build_sampler(apply_fn: ApplyFn, spec: SamplerSpec, cond_mn: np.ndarray,
         x_in = x
         if replace:
           noised = jax.tree.map(lambda c, n: schedule_lib.q_sample(c, n, ab_t),
-                                condition, normal_like(replace_key, condition))
+                                condition, draws["replace"])
           x_in = jax.tree.map(jnp.where, cond_elem, noised, x)
         t_bmn = jnp.full((batch, layout_lib.NUM_MODALITIES, layout.num_segments), t_cur)
         ab_elem = jax.tree.map(lambda c: jnp.broadcast_to(ab_t, c.shape), cond_elem)
@@ -353,7 +368,7 @@ def _build_sampler(apply_fn: ApplyFn, spec: SamplerSpec, cond_mn: np.ndarray,
         recon_grad, (x0_hat, eps_hat) = jax.grad(recon_loss, has_aux=True)(x_in)
       elif guided:
         # Unconditional pass: the guidance-masked conditioning elements are pure noise at t=T.
-        noise_u = normal_like(uncond_key, condition)
+        noise_u = draws["uncond"]
         x_u = jax.tree.map(jnp.where, uncond_elem, noise_u, x_in)
         t_u = jnp.where(uncond_bmn, float(num_t), t_bmn)
         ab_u = jax.tree.map(lambda u, a: jnp.where(u, ab_max_t, a), uncond_elem, ab_elem)
@@ -376,7 +391,7 @@ def _build_sampler(apply_fn: ApplyFn, spec: SamplerSpec, cond_mn: np.ndarray,
       if monl:
         x0_hat = keep_condition(x0_hat)  # exact at t = 0 whatever the network says there
 
-      noise = normal_like(step_key, condition) if stochastic else zeros
+      noise = draws["step"] if stochastic else zeros
       x_next = jax.tree.map(
           lambda xt, x0, xp, e, z: (step["c_x"] * xt + step["c_x0"] * x0 + step["c_prev"] * xp
                                     + step["c_eps"] * e + step["c_z"] * z),

@@ -84,11 +84,11 @@ def parse_task(spec: str, layout: layout_lib.ClipLayout) -> Task:
       if hi < lo:
         raise ValueError(f"task {spec!r}: empty range {item!r}")
       mask[m, lo:hi + 1] = True
+  if name in ("av_continue", "av_inpaint") and n < 3:
+    raise ValueError(f"task {name!r} needs at least 3 time-segments, this clip has N = {n}")
   if mask.all():
     raise ValueError(f"task {spec!r} conditions on every (modality, segment) of this clip "
                      f"(N = {n}): nothing is left to generate")
-  if name in ("av_continue", "av_inpaint") and n < 3:
-    raise ValueError(f"task {name!r} needs at least 3 time-segments, this clip has N = {n}")
   return Task(name=name or "joint", spec=text, condition_mask=mask)
 
 

@@ -114,7 +114,7 @@ def make_train_step(config, layout, graphdef, latent_space, latent_stats):
     decay = ema_decay_at(state.step, config.train.ema_decay)
     ema = jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params,
                                  params)
-    metrics = dict(aux, grad_norm=optax.global_norm(grads), learning_rate=lr_schedule(state.step),
+    metrics = dict(aux, grad_norm=optax.tree.norm(grads), learning_rate=lr_schedule(state.step),
                    loss_is_finite=jnp.isfinite(loss).astype(jnp.float32))
     new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state,
                            ema_params=ema)

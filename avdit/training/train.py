@@ -87,8 +87,12 @@ def _check_finite(pending, step, manager, workdir):
         f"{where}. Lower train.learning_rate or check the data.")
 
 
-def train(config, workdir: str) -> dict:
-  """Trains (or resumes) in `workdir`; returns a summary (final step, metrics, batches seen)."""
+def train(config, workdir: str, steps_this_run: int | None = None) -> dict:
+  """Trains (or resumes) in `workdir`; returns a summary (final step, metrics, batches seen).
+
+  `steps_this_run` stops (with a checkpoint) after that many steps, as a preemption would,
+  without changing the schedule, which is defined by `config.train.num_steps`.
+  """
   # --- 1. Setup ---------------------------------------------------------------------------------
   os.makedirs(workdir, exist_ok=True)
   is_chief = jax.process_index() == 0
@@ -136,13 +140,14 @@ def train(config, workdir: str) -> dict:
   # --- 5. Loop ----------------------------------------------------------------------------------
   num_steps = config.train.num_steps
   step = int(jax.device_get(state.step))
+  stop_step = num_steps if steps_this_run is None else min(num_steps, step + steps_this_run)
   report_progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
                                                     every_steps=config.train.log_every)
   pending, seen_indices, last_metrics = [], [], {}
   stopped_by = None
   window_start, window_steps = time.time(), 0
   with _StopSignal() as stop:
-    while step < num_steps:
+    while step < stop_step:
       batch = next(train_iter)
       seen_indices.append(np.asarray(batch["index"]))
       state, metrics = train_step(state, {k: batch[k] for k in MODEL_INPUTS})
@@ -152,6 +157,7 @@ def train(config, workdir: str) -> dict:
       report_progress(step)
       preempted = stop.received is not None or manager.reached_preemption(step)
 
+      preempted = preempted or step == stop_step < num_steps
       if step % config.train.log_every == 0 or step == num_steps or preempted:
         pending = jax.device_get(pending)
         _check_finite(pending, step, manager, workdir)
@@ -166,7 +172,7 @@ def train(config, workdir: str) -> dict:
         _check_finite(jax.device_get(pending), step, manager, workdir)
         checkpointing.save(manager, step, state, train_iter, latent_payload, force=preempted)
       if preempted:
-        stopped_by = stop.received or "preemption"
+        stopped_by = stop.received or ("preemption" if step < stop_step else "steps_this_run")
         logging.warning("Stopping at step %d on %s; checkpoint saved, rerun to resume.",
                         step, stopped_by)
         break

@@ -1,0 +1,100 @@
+"""Forward noising against closed forms; the MoNL loss with an oracle denoiser."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from avdit import layout as layout_lib
+from avdit.diffusion import loss as loss_lib
+from avdit.diffusion import monl
+from avdit.diffusion import schedule as schedule_lib
+
+LAYOUT = layout_lib.ClipLayout(num_frames=9, fps=8.0, height=16, width=16, sample_rate=16000,
+                               video_channels=3, audio_channels=2)
+
+
+def test_alpha_bar_table_against_loop():
+  sched = schedule_lib.LinearSchedule()
+  expected, running = [1.0], 1.0
+  for i in range(1, 1001):
+    running *= 1.0 - (1e-4 + (0.02 - 1e-4) * (i - 1) / 999)
+    expected.append(running)
+  np.testing.assert_allclose(sched.alpha_bar_table, expected, rtol=1e-12)
+  assert sched.alpha_bar_table[1000] == pytest.approx(4.04e-5, rel=0.01)  # DDPM's ᾱ_T
+
+
+def test_per_element_noising_moments():
+  """x_t | x0 ~ N(sqrt(ᾱ) x0, 1 - ᾱ) with each element's own ᾱ (audio via segment_of_audio)."""
+  sched = schedule_lib.LinearSchedule()
+  n = LAYOUT.num_segments
+  t = np.array([[[10, 500, 990], [990, 200, 1]]], np.int32)  # [1, M, N]
+  batch = 20000
+  x0 = {"video": jnp.full((batch, n, 2, 2, 3), 1.5), "audio": jnp.full((batch, 57, 2), -0.7)}
+  noisy, _, _ = loss_lib.noise_latents(x0, jnp.broadcast_to(t, (batch, 2, n)),
+                                       jax.random.key(0), schedule=sched, layout=LAYOUT)
+  table = sched.alpha_bar_table
+  for seg in range(n):
+    ab = table[t[0, 0, seg]]
+    vals = np.asarray(noisy["video"][:, seg]).ravel()
+    assert abs(vals.mean() - np.sqrt(ab) * 1.5) < 5 * np.sqrt((1 - ab) / vals.size) + 1e-6
+    assert vals.var() == pytest.approx(1 - ab, rel=0.03, abs=1e-6)
+  for j in (0, 5, 6, 30, 56):
+    ab = table[t[0, 1, LAYOUT.segment_of_audio[j]]]
+    vals = np.asarray(noisy["audio"][:, j]).ravel()
+    assert abs(vals.mean() - np.sqrt(ab) * -0.7) < 5 * np.sqrt((1 - ab) / vals.size) + 1e-6
+    assert vals.var() == pytest.approx(1 - ab, rel=0.03, abs=1e-6)
+
+
+class OracleModel:
+  """Knows x0, so it can return the exact ε (or v) from x_t and the timestep vector it is given.
+
+  If the loss noised with other timesteps than it passes to the model, this oracle would be wrong.
+  """
+
+  def __init__(self, x0, prediction):
+    self.x0, self.prediction, self.calls = x0, prediction, []
+
+  def __call__(self, noisy, t_bmn, self_cond):
+    self.calls.append(self_cond)
+    ab = LAYOUT.expand_to_latents(schedule_lib.LinearSchedule().alpha_bar(t_bmn.astype(jnp.int32)))
+    out = {}
+    for k, x_t in noisy.items():
+      eps = (x_t - jnp.sqrt(ab[k]) * self.x0[k]) / jnp.sqrt(1 - ab[k])
+      out[k] = eps if self.prediction == "eps" else (
+          jnp.sqrt(ab[k]) * eps - jnp.sqrt(1 - ab[k]) * self.x0[k])
+    return out
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_oracle_has_zero_loss_and_zero_model_has_unit_loss(prediction):
+  rng = np.random.default_rng(0)
+  x0 = {"video": jnp.asarray(rng.normal(size=(8, 3, 2, 2, 3)), jnp.float32),
+        "audio": jnp.asarray(rng.normal(size=(8, 57, 2)), jnp.float32)}
+  kwargs = dict(schedule=schedule_lib.LinearSchedule(), layout=LAYOUT,
+                mixture_weights=monl.parse_mixture("monl"), prediction=prediction,
+                self_condition=False, self_condition_rate=0.9)
+  loss, aux = loss_lib.diffusion_loss(OracleModel(x0, prediction), x0, jax.random.key(1), **kwargs)
+  assert float(loss) < 1e-6
+  zero = lambda noisy, t, sc: jax.tree_util.tree_map(jnp.zeros_like, noisy)
+  big = {k: jnp.tile(v, (64,) + (1,) * (v.ndim - 1)) for k, v in x0.items()}
+  loss0, _ = loss_lib.diffusion_loss(zero, big, jax.random.key(2), **kwargs)
+  if prediction == "eps":  # E[ε²] = 1
+    assert float(loss0) == pytest.approx(1.0, abs=0.02)
+  else:  # E[v²] = ᾱ + (1-ᾱ) E[x0²] with E[x0²] ≈ 1
+    assert float(loss0) == pytest.approx(1.0, abs=0.1)
+  assert set(aux) >= {"loss_video", "loss_audio", "strategy_fraction_pt"}
+
+
+@pytest.mark.parametrize("rate", [0.0, 1.0])
+def test_self_conditioning_feeds_previous_estimate(rate):
+  rng = np.random.default_rng(0)
+  x0 = {"video": jnp.asarray(rng.normal(size=(4, 3, 2, 2, 3)), jnp.float32),
+        "audio": jnp.asarray(rng.normal(size=(4, 57, 2)), jnp.float32)}
+  model = OracleModel(x0, "eps")
+  loss_lib.diffusion_loss(model, x0, jax.random.key(3), schedule=schedule_lib.LinearSchedule(),
+                          layout=LAYOUT, mixture_weights=monl.parse_mixture("monl"),
+                          prediction="eps", self_condition=True, self_condition_rate=rate)
+  assert model.calls[0] is None and len(model.calls) == 2
+  for k in x0:
+    expected = x0[k] if rate == 1.0 else jnp.zeros_like(x0[k])  # the oracle's x̂0 is x0
+    np.testing.assert_allclose(np.asarray(model.calls[1][k]), np.asarray(expected), atol=2e-2)

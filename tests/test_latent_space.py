@@ -1,0 +1,101 @@
+"""space_to_depth: exact inverse, MAGVIT-v2's segment layout, normalization, clear errors."""
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from avdit import layout as layout_lib
+from avdit.models import latent_space
+
+
+@pytest.fixture
+def lay():
+  return layout_lib.ClipLayout(num_frames=9, fps=8.0, height=32, width=16, sample_rate=16000,
+                               video_channels=768, audio_channels=320)
+
+
+def _clip(lay, batch=2, seed=0):
+  rng = np.random.default_rng(seed)
+  video = rng.integers(0, 256, (batch, lay.num_frames, lay.height, lay.width, 3), dtype=np.uint8)
+  audio = rng.uniform(-1, 1, (batch, lay.audio_samples)).astype(np.float32)
+  return video, audio
+
+
+def test_roundtrip_is_exact(lay):
+  space = latent_space.SpaceToDepth(lay)
+  video, audio = _clip(lay)
+  latents = space.encode(video, audio)
+  assert latents["video"].shape == (2, 3, 4, 2, 768)
+  assert latents["audio"].shape == (2, lay.audio_latents, 320)
+  video_back, audio_back = space.decode(latents)
+  np.testing.assert_array_equal(np.asarray(video_back), video)
+  np.testing.assert_array_equal(np.asarray(audio_back), audio)
+
+
+def test_segment_structure_matches_frames(lay):
+  """Latent frame n holds exactly the pixels of segment n (numpy reference by loops)."""
+  space = latent_space.SpaceToDepth(lay)
+  video, audio = _clip(lay, batch=1)
+  latents = np.asarray(space.encode(video, audio)["video"])[0]
+  pixels = video[0].astype(np.float32) / 127.5 - 1
+  for frame in range(lay.num_frames):
+    seg = lay.segment_of_frame[frame]
+    slot = 3 if frame == 0 else (frame - 1) % 4  # frame 0 fills its group (copies), last slot
+    for y in range(0, lay.height, 7):
+      for x in range(0, lay.width, 5):
+        channel = ((slot * 8 + y % 8) * 8 + x % 8) * 3
+        np.testing.assert_allclose(latents[seg, y // 8, x // 8, channel:channel + 3],
+                                   pixels[frame, y, x], rtol=0, atol=1e-6)
+  # Audio latent j holds samples [320 j, 320 (j+1)), zero padded at the end.
+  audio_latents = np.asarray(space.encode(video, audio)["audio"])[0]
+  np.testing.assert_array_equal(audio_latents[3], audio[0, 960:1280])
+  tail = lay.audio_samples - 320 * (lay.audio_latents - 1)
+  np.testing.assert_array_equal(audio_latents[-1, tail:], 0)
+
+
+def test_changing_a_frame_changes_only_its_segment(lay):
+  space = latent_space.SpaceToDepth(lay)
+  video, audio = _clip(lay, batch=1)
+  base = np.asarray(space.encode(video, audio)["video"])
+  changed = video.copy()
+  changed[0, 6] = 255 - changed[0, 6]
+  diff = np.abs(np.asarray(space.encode(changed, audio)["video"]) - base).max(axis=(0, 2, 3, 4))
+  assert np.flatnonzero(diff) == [lay.segment_of_frame[6]]
+
+
+def test_normalization_roundtrip_and_stats(lay):
+  space = latent_space.SpaceToDepth(lay)
+  video, audio = _clip(lay, batch=4)
+  latents = space.encode(video, audio)
+  stats = latent_space.estimate_stats(latents)
+  normalized = latent_space.normalize(latents, stats)
+  flat = np.asarray(normalized["audio"]).reshape(-1, 320)
+  np.testing.assert_allclose(flat.mean(0), 0, atol=1e-5)
+  np.testing.assert_allclose(flat.std(0), 1, atol=1e-4)
+  back = latent_space.denormalize(normalized, latent_space.stats_from_json(
+      latent_space.stats_to_json(stats)))
+  np.testing.assert_allclose(np.asarray(back["video"]), np.asarray(latents["video"]), atol=1e-5)
+
+
+def test_bad_clip_errors(lay):
+  space = latent_space.SpaceToDepth(lay)
+  video, audio = _clip(lay, batch=1)
+  with pytest.raises(ValueError, match=r"8 frames is not 1 \+ 4k"):
+    space.encode(video[:, :8], audio)
+  with pytest.raises(ValueError, match=r"audio of shape \(1, 17999\) does not match.*18000"):
+    space.encode(video, audio[:, :-1])
+  bad = layout_lib.ClipLayout(num_frames=9, fps=8.0, height=32, width=16, sample_rate=16000,
+                              video_channels=8, audio_channels=320)
+  with pytest.raises(ValueError, match="space_to_depth gives"):
+    latent_space.SpaceToDepth(bad)
+
+
+def test_decode_projects_generated_first_segment(lay):
+  """Generated latents whose 4 copies of frame 0 differ decode to their mean (a projection)."""
+  space = latent_space.SpaceToDepth(lay)
+  latents = {"video": jnp.zeros((1, *lay.video_latent_shape)),
+             "audio": jnp.zeros((1, *lay.audio_latent_shape))}
+  x = np.zeros((1, *lay.video_latent_shape), np.float32)
+  x[0, 0, ..., 0] = 1.0  # slot 0 copy of frame 0, red channel of pixel (0,0) of each block
+  latents["video"] = jnp.asarray(x)
+  video, _ = space.decode(latents)
+  assert int(np.asarray(video)[0, 0, 0, 0, 0]) == round((0.25 + 1) * 127.5)

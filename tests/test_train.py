@@ -1,0 +1,115 @@
+"""Training: exact resume, preemption, non-finite stop, and the main job's outputs."""
+import os
+import signal
+import subprocess
+import sys
+
+import av
+import jax
+import numpy as np
+import pytest
+
+from avdit.sampling import generate
+from avdit.training import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _params(summary):
+  return jax.tree_util.tree_leaves(jax.device_get(summary["state"].params))
+
+
+def test_resume_matches_uninterrupted_run(tiny_config, tmp_path):
+  straight = train.train(tiny_config, str(tmp_path / "straight"))
+  assert straight["step"] == 6
+  # "Killed" after 4 steps (checkpoints at 3 and 4), then rerun with the same config.
+  first = train.train(tiny_config, str(tmp_path / "resumed"), steps_this_run=4)
+  assert first["step"] == 4 and first["stopped_by"] == "steps_this_run"
+  second = train.train(tiny_config, str(tmp_path / "resumed"))
+  assert second["step"] == 6
+  seen = first["batch_indices"] + second["batch_indices"]
+  assert len(seen) == 6
+  for a, b in zip(straight["batch_indices"], seen):
+    np.testing.assert_array_equal(a, b)
+  for a, b in zip(_params(straight), _params(second)):
+    np.testing.assert_array_equal(a, b)
+  # EMA and the optimizer moments are restored too.
+  for a, b in zip(jax.tree_util.tree_leaves(jax.device_get(straight["state"])),
+                  jax.tree_util.tree_leaves(jax.device_get(second["state"]))):
+    np.testing.assert_array_equal(a, b)
+  # The untrained model's parameters did move.
+  assert straight["metrics"]["grad_norm"] > 0
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_path):
+  with tiny_config.unlocked():
+    tiny_config.train.update(learning_rate=1e38, warmup_steps=0, num_steps=8, log_every=1)
+  with pytest.raises(train.NonFiniteLossError, match="became non-finite at step") as err:
+    train.train(tiny_config, str(tmp_path))
+  ckpts = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
+  # Whatever was saved was saved before the failure, and the message names it.
+  bad_step = int(str(err.value).split("at step ")[1].split(";")[0])
+  assert all(s < bad_step for s in ckpts)
+  assert (f"step {ckpts[-1]}" in str(err.value)) if ckpts else "no checkpoint" in str(err.value)
+
+
+def test_sampling_without_checkpoint_is_a_clear_error(tiny_config, tmp_path):
+  with pytest.raises(FileNotFoundError, match="no checkpoint directory .* train first"):
+    generate.sample(tiny_config, str(tmp_path))
+
+
+def _main(workdir, *overrides, mode="train_and_sample", **popen):
+  cmd = [sys.executable, "-m", "avdit.main", "--config=configs/avdit_synthetic.py:tiny",
+         f"--workdir={workdir}", f"--mode={mode}", *overrides]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+  return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def test_sigterm_saves_and_rerun_resumes(tmp_path):
+  proc = _main(tmp_path, "--config.train.num_steps=100000", "--config.train.log_every=1",
+               "--config.train.checkpoint_every=100000", mode="train")
+  lines = []
+  for line in proc.stdout:  # wait until training has taken a few steps
+    lines.append(line)
+    if "] [3] " in line or line.startswith("[3] "):
+      proc.send_signal(signal.SIGTERM)
+      break
+  out = "".join(lines) + proc.stdout.read()
+  assert proc.wait(timeout=120) == 0, out[-3000:]
+  assert "stopped by SIGTERM at step" in out
+  stopped_at = int(out.split("stopped by SIGTERM at step ")[1].split(";")[0])
+  assert os.path.isdir(tmp_path / "checkpoints" / str(stopped_at))
+  resumed = _main(tmp_path, f"--config.train.num_steps={stopped_at + 2}", mode="train")
+  out2 = resumed.communicate(timeout=300)[0]
+  assert resumed.returncode == 0, out2[-3000:]
+  assert f"Resumed from step {stopped_at}" in out2
+  assert os.path.isdir(tmp_path / "checkpoints" / str(stopped_at + 2))
+
+
+def test_main_job_writes_checkpoint_events_and_playable_mp4s(tmp_path):
+  proc = _main(tmp_path)
+  out = proc.communicate(timeout=600)[0]
+  assert proc.returncode == 0, out[-3000:]
+  assert os.path.isdir(tmp_path / "checkpoints" / "6")
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path))
+  samples = tmp_path / "samples"
+  mp4s = sorted(p for p in os.listdir(samples) if p.endswith(".mp4"))
+  assert {"joint_0.mp4", "a2v_0_compare.mp4", "av_inpaint_0.mp4"} <= set(mp4s)
+  for name in mp4s:
+    with av.open(str(samples / name)) as container:
+      assert [s.type for s in container.streams] in (["video", "audio"], ["audio", "video"])
+      video, audio = container.streams.video[0], container.streams.audio[0]
+      frames = sum(1 for _ in container.decode(video=0))
+      assert frames == 9  # the tiny clip: 9 frames at 8 fps
+      duration = float(audio.duration * audio.time_base)
+      assert duration == pytest.approx(9 / 8, abs=1 / 8)
+      assert audio.sample_rate == 16000
+  html = (samples / "index.html").read_text()
+  assert "a2v_0_compare.mp4" in html and "joint_0.png" in html
+
+
+def test_bad_mode_and_missing_workdir_are_clear(tmp_path):
+  proc = _main("", mode="train")
+  out = proc.communicate(timeout=120)[0]
+  assert proc.returncode != 0 and "--workdir is required" in out
