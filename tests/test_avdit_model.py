@@ -146,6 +146,7 @@ def test_gathered_modulation_matches_per_token_linear(adaln):
 
 
 def test_chunked_attention_matches_xla_forward_and_gradients():
+  """The attention cores alone; test_bfloat16_and_remat_close_to_float32 compares whole models."""
   length = 105  # not a multiple of the chunk: queries are padded
   q, k, v, cotangent = jax.random.normal(jax.random.key(0), (4, 2, length, 4, 8))
   xla_fn = lambda q, k, v: jnp.sum(layers.xla_attention(q, k, v) * cotangent)
@@ -156,9 +157,6 @@ def test_chunked_attention_matches_xla_forward_and_gradients():
   chunked_grads = jax.jit(jax.grad(chunked_fn, argnums=(0, 1, 2)))(q, k, v)
   for xla_grad, chunked_grad in zip(xla_grads, chunked_grads):
     np.testing.assert_allclose(chunked_grad, xla_grad, rtol=1e-4, atol=1e-5)
-
-  # The whole model with chunked attention (and remat) is compared with xla attention in
-  # test_bfloat16_and_remat_close_to_float32.
 
 
 @pytest.mark.parametrize("modality,segment", [(0, 1), (1, 2)])

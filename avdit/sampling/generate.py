@@ -57,7 +57,7 @@ def sample(config, workdir: str) -> list[dict]:
   """Samples every task in `config.sample.tasks`; returns the index entries written."""
   layout, latent_space, apply_fn, params, stats, step = load_for_sampling(config, workdir)
   schedule = schedule_lib.from_config(config.diffusion)
-  spec = samplers.SamplerSpec.from_config(config.sample, config.diffusion)
+  spec = samplers.SamplerSpec.from_config(config.sample, config.diffusion, config.model)
   task_list = tasks_lib.parse_tasks(config.sample.tasks, layout)
   clips = pipeline.make_eval_clips(config.data, layout, config.sample.num_clips,
                                    seed=config.data.seed + 1_000_003 + config.sample.seed)

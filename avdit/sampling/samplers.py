@@ -54,6 +54,11 @@ unconditional pass self-conditions on its own previous x̂0 on the noised elemen
 clean condition there would leak it) and on the guided x̂0 elsewhere.
 
 Self-conditioning: the previous step's x̂0 (zeros at the first step) is passed as `self_cond`.
+
+Randomness: x_T ~ N(0, I) from one half of `rng` (or `initial_noise` when given); step k's
+noise (ancestral/DDIM z, the replacement method's forward noise, CFG's unconditional noise, as
+used) from `fold_in(other half, k)`, so runs with the same rng and the same kinds of draws
+(e.g. DDIM η = 1 and DDPM, or replacement and reconstruction) see the same noise.
 """
 from __future__ import annotations
 
@@ -116,11 +121,12 @@ class SamplerSpec:
           f"scalar timestep (the {self.method!r} baseline) cannot take")
 
   @classmethod
-  def from_config(cls, sample_config, diffusion_config) -> SamplerSpec:
+  def from_config(cls, sample_config, diffusion_config, model_config=None) -> SamplerSpec:
     """From `config.sample` and `config.diffusion` (ConfigDicts or plain dicts).
 
-    `self_condition` is `sample_config.self_condition` when present, else whether the model was
-    trained with self-conditioning (`diffusion_config.self_condition_rate > 0`).
+    `self_condition` is `sample_config.self_condition` when present; otherwise whether the model
+    was trained with self-conditioning: `diffusion_config.self_condition_rate > 0` and, when
+    `model_config` is given, `model_config.self_condition`.
     """
 
     def get(cfg, name, default):
@@ -131,6 +137,8 @@ class SamplerSpec:
     self_condition = get(sample_config, "self_condition", None)
     if self_condition is None:
       self_condition = float(get(diffusion_config, "self_condition_rate", 0.0)) > 0
+      if model_config is not None:
+        self_condition = self_condition and bool(get(model_config, "self_condition", True))
     defaults = cls()
     return cls(
         sampler=str(get(sample_config, "sampler", defaults.sampler)),
