@@ -4,6 +4,10 @@ import sys
 
 import pytest
 
+# Tests run on the CPU; quiet TensorFlow (imported by clu) before anything imports it.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
