@@ -61,6 +61,35 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       self_condition_rate=0.9,
   ))
 
+  # --- device mesh and logical-axis rules (SPEC §9) ---------------------------------------------
+  # Per-axis parallelism within a slice (one axis may be -1 = the remaining devices) and across
+  # slices; every logical parameter axis name maps to mesh axes (None = replicated).
+  c.mesh = ml_collections.ConfigDict(dict(
+      ici_parallelism=dict(data=-1, fsdp=1, tensor=1),
+      dcn_parallelism=dict(data=1, fsdp=1, tensor=1),
+      num_slices=1,
+      logical_axis_rules=(
+          ("batch", ("data", "fsdp")),
+          ("embed", "fsdp"),
+          ("mlp", "tensor"),
+          ("heads", "tensor"),
+          ("modulation", "tensor"),
+          ("head_dim", None),
+          ("lora_rank", None),
+          ("video_in", None),
+          ("audio_in", None),
+          ("video_out", None),
+          ("audio_out", None),
+          ("timestep_freq", None),
+          ("tokens_video", None),
+          ("tokens_audio", None),
+          ("segments", None),
+          ("rows", None),
+          ("modality", None),
+          ("norm", None),
+      ),
+  ))
+
   # --- training ---------------------------------------------------------------------------------
   c.train = ml_collections.ConfigDict(dict(
       num_steps=1500, learning_rate=1e-3, warmup_steps=100, end_learning_rate_factor=0.05,

@@ -20,12 +20,13 @@ def _params(summary):
 
 
 def test_resume_matches_uninterrupted_run(tiny_config, tmp_path):
-  straight = train.train(tiny_config, str(tmp_path / "straight"))
+  straight = train.train(tiny_config, str(tmp_path / "straight"), record_batches=True)
   assert straight["step"] == 6
   # "Killed" after 4 steps (checkpoints at 3 and 4), then rerun with the same config.
-  first = train.train(tiny_config, str(tmp_path / "resumed"), steps_this_run=4)
+  first = train.train(tiny_config, str(tmp_path / "resumed"), steps_this_run=4,
+                      record_batches=True)
   assert first["step"] == 4 and first["stopped_by"] == "steps_this_run"
-  second = train.train(tiny_config, str(tmp_path / "resumed"))
+  second = train.train(tiny_config, str(tmp_path / "resumed"), record_batches=True)
   assert second["step"] == 6
   seen = first["batch_indices"] + second["batch_indices"]
   assert len(seen) == 6

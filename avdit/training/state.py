@@ -88,8 +88,14 @@ def ema_decay_at(step, decay: float):
   return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
 
 
-def make_train_step(config, layout, graphdef, latent_space, latent_stats):
-  """The jitted `train_step(state, batch) -> (state, metrics)` with the state donated."""
+def make_train_step(config, layout, graphdef, latent_space, latent_stats, *,
+                    state_shardings=None, batch_sharding=None):
+  """The jitted `train_step(state, batch) -> (state, metrics)` with the state donated.
+
+  With `state_shardings` (a TrainState of NamedShardings) and `batch_sharding`, the step is one
+  `jax.jit` with explicit in/out shardings over the mesh (metrics replicated); otherwise it is
+  placed on the default device.
+  """
   schedule = schedule_lib.from_config(config.diffusion)
   mixture = monl.parse_mixture(config.diffusion.noise_mixture)
   optimizer = make_optimizer(config.train)
@@ -120,4 +126,8 @@ def make_train_step(config, layout, graphdef, latent_space, latent_stats):
                            ema_params=ema)
     return new_state, metrics
 
-  return jax.jit(train_step, donate_argnums=(0,))
+  if state_shardings is None:
+    return jax.jit(train_step, donate_argnums=(0,))
+  replicated = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
+  return jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
+                 out_shardings=(state_shardings, replicated), donate_argnums=(0,))

@@ -87,11 +87,13 @@ def _check_finite(pending, step, manager, workdir):
         f"{where}. Lower train.learning_rate or check the data.")
 
 
-def train(config, workdir: str, steps_this_run: int | None = None) -> dict:
+def train(config, workdir: str, steps_this_run: int | None = None,
+          record_batches: bool = False) -> dict:
   """Trains (or resumes) in `workdir`; returns a summary (final step, metrics, batches seen).
 
   `steps_this_run` stops (with a checkpoint) after that many steps, as a preemption would,
   without changing the schedule, which is defined by `config.train.num_steps`.
+  `record_batches` keeps each batch's clip indices in the summary (for resume checks).
   """
   # --- 1. Setup ---------------------------------------------------------------------------------
   os.makedirs(workdir, exist_ok=True)
@@ -149,7 +151,8 @@ def train(config, workdir: str, steps_this_run: int | None = None) -> dict:
   with _StopSignal() as stop:
     while step < stop_step:
       batch = next(train_iter)
-      seen_indices.append(np.asarray(batch["index"]))
+      if record_batches:
+        seen_indices.append(np.asarray(batch["index"]))
       state, metrics = train_step(state, {k: batch[k] for k in MODEL_INPUTS})
       step += 1
       window_steps += 1

@@ -1,0 +1,106 @@
+"""Run in a subprocess with 8 fake CPU devices (XLA_FLAGS must be set before JAX starts).
+
+Prints one JSON line with the comparisons `test_sharding.py` asserts on.
+"""
+import json
+import os
+import sys
+
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import orbax.checkpoint as ocp  # noqa: E402
+
+from avdit import layout as layout_lib  # noqa: E402
+from avdit.data import pipeline  # noqa: E402
+from avdit.models import latent_space as latent_lib  # noqa: E402
+from avdit.training import sharding  # noqa: E402
+from avdit.training import state as state_lib  # noqa: E402
+from configs import avdit_synthetic  # noqa: E402
+
+MESHES = {"data8": dict(data=8, fsdp=1, tensor=1),
+          "fsdp4_data2": dict(data=2, fsdp=4, tensor=1),
+          "tensor2_fsdp2_data2": dict(data=2, fsdp=2, tensor=2)}
+STEPS = 2  # step 0 has lr 0 (warm-up from 0); step 1 moves the parameters
+
+
+def leaves(tree):
+  return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
+
+
+def main(tmp_dir):
+  config = avdit_synthetic.get_config("tiny")
+  config.data.batch_size = 8
+  layout = layout_lib.layout_from_config(config)
+  space = latent_lib.make_latent_space(config, layout)
+  raw = next(pipeline.make_train_iterator(config.data, layout, process_index=0, process_count=1))
+  batch = {k: raw[k] for k in ("video", "audio")}
+  stats = latent_lib.estimate_stats(space.encode(batch["video"], batch["audio"]))
+
+  graphdef, state = state_lib.create_train_state(config, layout)
+  init = leaves(state.params)
+  step = state_lib.make_train_step(config, layout, graphdef, space, stats)
+  losses = []
+  for _ in range(STEPS):
+    state, metrics = step(state, batch)
+    losses.append(float(metrics["loss"]))
+  reference = leaves(state)
+
+  out = {"num_devices": jax.device_count(), "reference_losses": losses, "meshes": {}}
+  for name, parallelism in MESHES.items():
+    config.mesh.ici_parallelism = parallelism
+    mesh = sharding.make_mesh(config.mesh)
+    graphdef_m, state_m, shardings = sharding.sharded_train_state(config, layout, mesh)
+    init_diff = max(float(np.max(np.abs(a - b))) for a, b in zip(init, leaves(state_m.params)))
+    step_m = state_lib.make_train_step(config, layout, graphdef_m, space, stats,
+                                       state_shardings=shardings,
+                                       batch_sharding=sharding.batch_sharding(mesh))
+    mesh_losses = []
+    for _ in range(STEPS):
+      state_m, metrics = step_m(state_m, sharding.global_batch(batch, mesh))
+      mesh_losses.append(float(metrics["loss"]))
+    got = leaves(state_m)
+    max_abs = max(float(np.max(np.abs(a - b))) for a, b in zip(reference, got))
+    max_rel = max(float(np.max(np.abs(a - b)) / (np.max(np.abs(a)) + 1e-12))
+                  for a, b in zip(reference, got))
+    param_shardings = shardings.params
+    sharded_names = sorted(
+        jax.tree_util.keystr(p) for p, s in jax.tree_util.tree_flatten_with_path(
+            param_shardings, is_leaf=lambda x: isinstance(x, jax.sharding.NamedSharding))[0]
+        if not s.is_fully_replicated)
+    out["meshes"][name] = {
+        "mesh_shape": dict(mesh.shape), "init_max_abs_diff": init_diff, "losses": mesh_losses,
+        "state_max_abs_diff": max_abs, "state_max_rel_diff": max_rel,
+        "largest_unsharded_param": sharding.largest_unsharded(state_m.params, param_shardings),
+        "num_sharded_params": len(sharded_names),
+        "mlp_kernel_spec": str(jax.tree.leaves(
+            param_shardings.blocks[0].mlp.fc_in.kernel,
+            is_leaf=lambda x: isinstance(x, jax.sharding.NamedSharding))[0].spec),
+    }
+    if name == "tensor2_fsdp2_data2":
+      # Save on this mesh, restore onto the data=8 mesh: same values, new shardings.
+      with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(os.path.join(tmp_dir, "ckpt"), state_m)
+        ckptr.wait_until_finished()
+        config.mesh.ici_parallelism = MESHES["data8"]
+        mesh8 = sharding.make_mesh(config.mesh)
+        _, abstract = state_lib.abstract_train_state(config, layout)
+        target_shardings = sharding.state_shardings(
+            abstract, mesh8, sharding.logical_axis_rules(config.mesh))
+        target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                              abstract, target_shardings)
+        restored = ckptr.restore(os.path.join(tmp_dir, "ckpt"), target)
+      out["restore"] = {
+          "max_abs_diff": max(float(np.max(np.abs(a - b)))
+                              for a, b in zip(got, leaves(restored))),
+          "mesh_of_restored": dict(jax.tree.leaves(restored.params)[0].sharding.mesh.shape),
+      }
+  print("RESULT " + json.dumps(out))
+
+
+if __name__ == "__main__":
+  main(sys.argv[1])
