@@ -11,6 +11,7 @@ describe          prints the clip/token layout and the parameter count, builds n
 from __future__ import annotations
 
 import logging as logging_std
+import os
 import sys
 
 import jax
@@ -52,6 +53,14 @@ class _QuietLibraries(logging_std.Filter):
     return record.levelno >= logging_std.WARNING or not noisy
 
 
+def maybe_initialize_distributed() -> None:
+  """jax.distributed on multi-host runs (a TPU slice with several workers, or an explicit
+  coordinator); a single host, and AOT compilation, never initialize it."""
+  hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+  if "JAX_COORDINATOR_ADDRESS" in os.environ or len([h for h in hosts.split(",") if h]) > 1:
+    jax.distributed.initialize()
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -65,6 +74,7 @@ def main(argv):
     return
   if not _WORKDIR.value:
     raise app.UsageError("--workdir is required for mode " + mode)
+  maybe_initialize_distributed()
   # Imported here so `describe` stays light.
   from avdit.sampling import generate  # pylint: disable=g-import-not-at-top
   from avdit.training import train  # pylint: disable=g-import-not-at-top

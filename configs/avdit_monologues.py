@@ -26,6 +26,8 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   c.latent.update(name="magvit2_soundstream", spatial_factor=8, temporal_factor=4,
                   audio_hop=320, video_channels=8, audio_channels=1024, stats_clips=1024)
   c.data.update(name="monologues", batch_size=256, worker_count=16)
+  # 16x16 v5e: FSDP over 16 chips, data parallel over the rest (batch 256 = 1 example per chip).
+  c.mesh.ici_parallelism = dict(data=-1, fsdp=16, tensor=1)
   c.model.update(width=1024, depth=24, num_heads=16, mlp_ratio=4.0, patch_size=1,
                  timestep_embed_dim=256, adaln="full", qk_norm=True, self_condition=True,
                  dtype="bfloat16", remat="dots_saveable", attention="xla")

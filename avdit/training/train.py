@@ -28,6 +28,7 @@ from avdit.data import pipeline
 from avdit.models import avdit as avdit_model
 from avdit.models import latent_space as latent_lib
 from avdit.training import checkpointing
+from avdit.training import sharding
 from avdit.training import state as state_lib
 
 MODEL_INPUTS = ("video", "audio")  # the rest of a batch is ground truth for metrics
@@ -109,7 +110,10 @@ def train(config, workdir: str, steps_this_run: int | None = None,
   train_iter = pipeline.make_train_iterator(config.data, layout)
 
   # --- 3. State: fresh, or restored exactly (params, optimizer, EMA, step, data position) ----------
-  graphdef, state = state_lib.create_train_state(config, layout)
+  # Created directly in its shardings over the (data, fsdp, tensor) mesh of config.mesh.
+  mesh = sharding.make_mesh(config.mesh)
+  sharding.check_batch_divides(config.data.batch_size, mesh.shape)
+  graphdef, state, state_shardings = sharding.sharded_train_state(config, layout, mesh)
   num_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
   manager = checkpointing.make_manager(workdir, keep=config.train.keep_checkpoints,
                                        async_save=config.train.async_checkpointing)
@@ -129,6 +133,7 @@ def train(config, workdir: str, steps_this_run: int | None = None,
   # Training = forward + backward (3x forward), plus the self-conditioning forward pass.
   flops_per_step = flops["total"] * config.data.batch_size * (
       3 + (1 if config.model.self_condition else 0))
+  logging.info("Mesh %s over %d devices", dict(mesh.shape), mesh.size)
   logging.info("AVDiT: %d parameters, %d tokens (%d video + %d audio), N=%d segments, "
                "%.2f GFLOP per train step", num_params, layout.num_tokens,
                layout.num_video_tokens, layout.audio_latents, layout.num_segments,
@@ -137,7 +142,9 @@ def train(config, workdir: str, steps_this_run: int | None = None,
     writer.write_hparams({k: v for k, v in config.to_dict().items() if not isinstance(v, dict)})
 
   # --- 4. The step ------------------------------------------------------------------------------
-  train_step = state_lib.make_train_step(config, layout, graphdef, latent_space, latent_stats)
+  train_step = state_lib.make_train_step(
+      config, layout, graphdef, latent_space, latent_stats, state_shardings=state_shardings,
+      batch_sharding=sharding.batch_sharding(mesh))
 
   # --- 5. Loop ----------------------------------------------------------------------------------
   num_steps = config.train.num_steps
@@ -153,7 +160,8 @@ def train(config, workdir: str, steps_this_run: int | None = None,
       batch = next(train_iter)
       if record_batches:
         seen_indices.append(np.asarray(batch["index"]))
-      state, metrics = train_step(state, {k: batch[k] for k in MODEL_INPUTS})
+      state, metrics = train_step(
+          state, sharding.global_batch({k: batch[k] for k in MODEL_INPUTS}, mesh))
       step += 1
       window_steps += 1
       pending.append(metrics)
