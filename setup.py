@@ -27,5 +27,10 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["avdit", "avdit.*"]),
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"dev": ["pytest==9.2.0", "scipy>=1.11"]},
+    extras_require={
+        "dev": ["pytest==9.2.0", "scipy>=1.11"],
+        # Describes TPU slices on a CPU host for `python -m avdit.train_compile` (the version
+        # jax 0.10.2's `tpu` extra pins). Keep JAX_PLATFORMS=cpu set on hosts without TPUs.
+        "aot": ["libtpu==0.0.42.1"],
+    },
 )

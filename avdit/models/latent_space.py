@@ -91,11 +91,37 @@ class SpaceToDepth:
     return video_u8, jnp.clip(audio, -1.0, 1.0)
 
 
+class PrecomputedLatents:
+  """Batches that already hold latents (a latent cache): `encode` checks shapes, passes through.
+
+  Used to train on cached autoencoder latents and to compile the train step ahead of time for
+  latent spaces whose encoder is not part of the step. Decoding needs the autoencoder that made
+  the cache, so it is an error here.
+  """
+
+  def __init__(self, layout: layout_lib.ClipLayout):
+    self.layout = layout
+
+  def encode(self, video, audio) -> Latents:
+    for name, x, shape in (("video", video, self.layout.video_latent_shape),
+                           ("audio", audio, self.layout.audio_latent_shape)):
+      if tuple(x.shape[1:]) != tuple(shape):
+        raise ValueError(f"precomputed {name} latents of shape {tuple(x.shape)} do not match "
+                         f"[B, {', '.join(map(str, shape))}]")
+    return {"video": jnp.asarray(video, jnp.float32), "audio": jnp.asarray(audio, jnp.float32)}
+
+  def decode(self, latents: Latents):
+    raise NotImplementedError("precomputed latents cannot be decoded without their autoencoder")
+
+
 def make_latent_space(config, layout: layout_lib.ClipLayout) -> LatentSpace:
   if config.latent.name == "space_to_depth":
     return SpaceToDepth(layout)
-  raise ValueError(f"unknown latent space {config.latent.name!r}; available: space_to_depth "
-                   "(the learned MAGVIT-v2/SoundStream autoencoders are not built yet)")
+  if config.latent.name == "precomputed":
+    return PrecomputedLatents(layout)
+  raise ValueError(f"unknown latent space {config.latent.name!r}; available: space_to_depth, "
+                   "precomputed (the learned MAGVIT-v2/SoundStream autoencoders are not built "
+                   "yet)")
 
 
 # --- per-channel normalization (zero mean, unit variance per latent channel) ---------------------

@@ -289,10 +289,12 @@ def _build_sampler(apply_fn: ApplyFn, spec: SamplerSpec, cond_mn: np.ndarray,
   draw_names = [name for name, used in (("step", stochastic), ("replace", replace),
                                          ("uncond", guided)) if used]
   # Loop inputs, one row per step in loop order (t = T first).
-  xs = {name: jnp.asarray(coeffs[name], jnp.float32)
+  # numpy, not jnp: host constants that jit places, so building runs nothing eagerly (an AOT
+  # compile for a TPU topology has no device to run on).
+  xs = {name: np.asarray(coeffs[name], np.float32)
         for name in ("alpha_bar_cur", "alpha_bar_next", "c_x", "c_x0", "c_prev", "c_eps", "c_z")}
-  xs["t_cur"] = jnp.asarray(coeffs["t_cur"], jnp.float32)
-  xs["index"] = jnp.arange(num_steps, dtype=jnp.int32)
+  xs["t_cur"] = np.asarray(coeffs["t_cur"], np.float32)
+  xs["index"] = np.arange(num_steps, dtype=np.int32)
   ab_max_t = float(schedule.alpha_bar_table[num_t])
 
   def run(params, condition: Latents, rng: Array, initial_noise: Latents | None) -> Latents:
@@ -441,6 +443,30 @@ def sample_latents(apply_fn: ApplyFn, params, condition: dict[str, Array],
   Returns:
     float32 latents with the shapes of `condition`.
   """
+  run = compiled_sampler(apply_fn, condition_mask, schedule=schedule, layout=layout, spec=spec,
+                         guidance_uncond_mask=guidance_uncond_mask)
+  if set(condition) != set(layout_lib.MODALITIES):
+    raise ValueError(f"condition must have keys {layout_lib.MODALITIES}, got {sorted(condition)}")
+  batch = np.shape(condition["video"])[0]
+  expected = layout.latent_shapes(batch)
+  for name in layout_lib.MODALITIES:
+    if tuple(np.shape(condition[name])) != expected[name]:
+      raise ValueError(f"condition[{name!r}] has shape {np.shape(condition[name])}, the layout "
+                       f"needs {expected[name]}")
+    if initial_noise is not None and tuple(np.shape(initial_noise[name])) != expected[name]:
+      raise ValueError(f"initial_noise[{name!r}] has shape {np.shape(initial_noise[name])}, "
+                       f"expected {expected[name]}")
+  return run(params, dict(condition), rng, None if initial_noise is None else dict(initial_noise))
+
+
+def compiled_sampler(apply_fn: ApplyFn, condition_mask: np.ndarray, *,
+                     schedule: schedule_lib.LinearSchedule, layout: layout_lib.ClipLayout,
+                     spec: SamplerSpec, guidance_uncond_mask: np.ndarray | None = None):
+  """The cached jitted `run(params, condition, rng, initial_noise | None) -> latents` of a task.
+
+  `sample_latents` calls it; it is public so the whole sampling loop can be lowered and compiled
+  ahead of time (`avdit.train_compile --mode=sample`) from abstract, sharded inputs.
+  """
   if not 1 <= spec.num_steps <= schedule.num_timesteps:
     raise ValueError(f"num_steps={spec.num_steps} must be in 1..T={schedule.num_timesteps}")
   cond_key = _mask_key(condition_mask, layout, "condition_mask")
@@ -453,16 +479,4 @@ def sample_latents(apply_fn: ApplyFn, params, condition: dict[str, Array],
                        "conditioning elements can be replaced by noise in the unconditional pass")
   if np.all(cond_key):
     raise ValueError("condition_mask conditions on every element: nothing to generate")
-  if set(condition) != set(layout_lib.MODALITIES):
-    raise ValueError(f"condition must have keys {layout_lib.MODALITIES}, got {sorted(condition)}")
-  batch = np.shape(condition["video"])[0]
-  expected = layout.latent_shapes(batch)
-  for name in layout_lib.MODALITIES:
-    if tuple(np.shape(condition[name])) != expected[name]:
-      raise ValueError(f"condition[{name!r}] has shape {np.shape(condition[name])}, the layout "
-                       f"needs {expected[name]}")
-    if initial_noise is not None and tuple(np.shape(initial_noise[name])) != expected[name]:
-      raise ValueError(f"initial_noise[{name!r}] has shape {np.shape(initial_noise[name])}, "
-                       f"expected {expected[name]}")
-  run = _get_sampler(apply_fn, spec, cond_key, uncond_key, schedule, layout)
-  return run(params, dict(condition), rng, None if initial_noise is None else dict(initial_noise))
+  return _get_sampler(apply_fn, spec, cond_key, uncond_key, schedule, layout)

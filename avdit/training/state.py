@@ -12,6 +12,7 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -100,11 +101,11 @@ def make_train_step(config, layout, graphdef, latent_space, latent_stats, *,
   mixture = monl.parse_mixture(config.diffusion.noise_mixture)
   optimizer = make_optimizer(config.train)
   lr_schedule = learning_rate_schedule(config.train)
-  base_key = jax.random.key(config.seed)
-  stats = {k: jnp.asarray(v) for k, v in latent_stats.items()}
+  # Host constants, placed by jit: nothing here may run eagerly on a (possibly abstract) mesh.
+  stats = {k: np.asarray(v, np.float32) for k, v in latent_stats.items()}
 
   def train_step(state: TrainState, batch):
-    rng = jax.random.fold_in(base_key, state.step)
+    rng = jax.random.fold_in(jax.random.key(config.seed), state.step)
     latents = latent_lib.normalize(latent_space.encode(batch["video"], batch["audio"]), stats)
 
     def loss_fn(params):
