@@ -16,7 +16,6 @@ cache runs.
 """
 from __future__ import annotations
 
-import dataclasses
 import re
 import sys
 
@@ -35,6 +34,7 @@ from avdit.models import latent_space as latent_lib
 from avdit.sampling import generate
 from avdit.sampling import samplers
 from avdit.sampling import tasks as tasks_lib
+from avdit.training import hardware
 from avdit.training import sharding
 from avdit.training import state as state_lib
 
@@ -46,19 +46,9 @@ _MFU = flags.DEFINE_float("mfu", 0.6, "Assumed MFU for the step-time estimate.")
 _TASK = flags.DEFINE_string("task", "a2v", "Task compiled in --mode=sample.")
 
 
-@dataclasses.dataclass(frozen=True)
-class Chip:
-  hbm_bytes: int
-  peak_bf16_flops: float  # per chip
-
-
-GIB = 1 << 30
-CHIPS = {
-    "v4": Chip(32 * GIB, 275e12),
-    "v5e": Chip(16 * GIB, 197e12),
-    "v5p": Chip(95 * GIB, 459e12),
-    "v6e": Chip(32 * GIB, 918e12),
-}
+Chip = hardware.Chip
+CHIPS = hardware.CHIPS
+GIB = hardware.GIB
 
 
 def parse_topology(name: str) -> tuple[str, Chip, int]:

@@ -38,8 +38,9 @@ def test_resume_matches_uninterrupted_run(tiny_config, tmp_path):
   for a, b in zip(jax.tree_util.tree_leaves(jax.device_get(straight["state"])),
                   jax.tree_util.tree_leaves(jax.device_get(second["state"]))):
     np.testing.assert_array_equal(a, b)
-  # The untrained model's parameters did move.
+  # The untrained model's parameters did move; throughput and MFU are logged.
   assert straight["metrics"]["grad_norm"] > 0
+  assert 0 < straight["metrics"]["mfu"] < 1.5 and straight["metrics"]["tflops_per_device"] > 0
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_path):

@@ -67,3 +67,15 @@ def test_batch_that_does_not_divide_the_mesh_is_a_clear_error():
   rc, _, err = _compile("--config=configs/avdit_monologues.py:tiny", "--topology=v5e:2x2",
                         "--config.mesh.ici_parallelism.fsdp=4", "--config.data.batch_size=6")
   assert rc != 0 and "batch_size=6 is not divisible by the data x fsdp" in err
+
+
+def test_device_kinds_map_to_chips():
+  from avdit.training import hardware
+
+  class FakeDevice:
+    def __init__(self, kind):
+      self.device_kind = kind
+
+  assert hardware.chip_of(FakeDevice("TPU v5 lite")) == "v5e"
+  assert hardware.CHIPS["v5e"].peak_bf16_flops == 197e12
+  assert hardware.chip_of(FakeDevice("cpu")) is None

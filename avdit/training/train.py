@@ -28,6 +28,7 @@ from avdit.data import pipeline
 from avdit.models import avdit as avdit_model
 from avdit.models import latent_space as latent_lib
 from avdit.training import checkpointing
+from avdit.training import hardware
 from avdit.training import sharding
 from avdit.training import state as state_lib
 
@@ -133,7 +134,9 @@ def train(config, workdir: str, steps_this_run: int | None = None,
   # Training = forward + backward (3x forward), plus the self-conditioning forward pass.
   flops_per_step = flops["total"] * config.data.batch_size * (
       3 + (1 if config.model.self_condition else 0))
-  logging.info("Mesh %s over %d devices", dict(mesh.shape), mesh.size)
+  peak_flops, peak_source = hardware.peak_flops_per_device()
+  logging.info("Mesh %s over %d devices; MFU against %.1f TFLOP/s per device (%s)",
+               dict(mesh.shape), mesh.size, peak_flops / 1e12, peak_source)
   logging.info("AVDiT: %d parameters, %d tokens (%d video + %d audio), N=%d segments, "
                "%.2f GFLOP per train step", num_params, layout.num_tokens,
                layout.num_video_tokens, layout.audio_latents, layout.num_segments,
@@ -175,7 +178,9 @@ def train(config, workdir: str, steps_this_run: int | None = None,
         last_metrics = {k: float(np.mean([m[k] for m in pending])) for k in pending[0]}
         seconds = (time.time() - window_start) / max(window_steps, 1)
         last_metrics["seconds_per_step"] = seconds
-        last_metrics["tflops_per_device"] = flops_per_step / seconds / jax.device_count() / 1e12
+        flops_per_device = flops_per_step / seconds / jax.device_count()
+        last_metrics["tflops_per_device"] = flops_per_device / 1e12
+        last_metrics["mfu"] = flops_per_device / peak_flops
         writer.write_scalars(step, last_metrics)
         pending, window_start, window_steps = [], time.time(), 0
 
