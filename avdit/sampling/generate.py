@@ -38,8 +38,19 @@ def make_apply_fn(graphdef):
   return apply_fn
 
 
+def inference_config(config):
+  """The config with model.remat off: sampling does not backpropagate through the network
+  (remat would only add recompute), and nnx.remat inside the sampler's scan is rejected by
+  Flax's trace-level check. Parameters are the same."""
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.model.remat = "none"
+  return config
+
+
 def load_for_sampling(config, workdir: str):
   """(layout, latent space, apply_fn, params, latent stats, checkpoint step)."""
+  config = inference_config(config)
   layout = layout_lib.layout_from_config(config)
   latent_space = latent_lib.make_latent_space(config, layout)
   graphdef, abstract = state_lib.abstract_train_state(config, layout)
