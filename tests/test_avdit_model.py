@@ -159,6 +159,109 @@ def test_chunked_attention_matches_xla_forward_and_gradients():
     np.testing.assert_allclose(chunked_grad, xla_grad, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("batch,heads,heads_per_step", [
+    (2, 4, None),  # default: all 8 (batch, head) pairs in one step, no loop
+    (2, 4, 2),  # a loop of 4 steps
+    (3, 2, 1),  # one pair per step
+])
+def test_flash_attention_matches_xla_forward_and_gradients(batch, heads, heads_per_step):
+  """The flash core alone against jax.nn.dot_product_attention: outputs and all three gradients."""
+  length = 105
+  q, k, v, cotangent = jax.random.normal(jax.random.key(1), (4, batch, length, heads, 8))
+  flash = lambda q, k, v: layers.flash_attention(q, k, v, heads_per_step)
+  np.testing.assert_allclose(jax.jit(flash)(q, k, v), layers.xla_attention(q, k, v),
+                             rtol=1e-5, atol=1e-5)
+  grads = lambda fn: jax.jit(jax.grad(lambda q, k, v: jnp.sum(fn(q, k, v) * cotangent),
+                                      argnums=(0, 1, 2)))(q, k, v)
+  for flash_grad, xla_grad in zip(grads(flash), grads(layers.xla_attention)):
+    np.testing.assert_allclose(flash_grad, xla_grad, rtol=1e-4, atol=1e-5)
+  with pytest.raises(ValueError, match="heads_per_step"):
+    layers.flash_attention(q, k, v, heads_per_step=5)
+
+
+def test_flash_attention_bfloat16_close_to_float32():
+  """bfloat16 inputs (float32 logits and softmax): outputs and gradients near the float32 ones."""
+  q, k, v, cotangent = jax.random.normal(jax.random.key(2), (4, 2, 105, 4, 8))
+  grads = lambda fn, dtype: jax.jit(jax.grad(
+      lambda q, k, v: jnp.sum(fn(q, k, v).astype(jnp.float32) * cotangent), argnums=(0, 1, 2)))(
+          q.astype(dtype), k.astype(dtype), v.astype(dtype))
+  flash = lambda q, k, v: layers.flash_attention(q, k, v, 2)
+  out = jax.jit(flash)(q.astype(jnp.bfloat16), k.astype(jnp.bfloat16), v.astype(jnp.bfloat16))
+  assert out.dtype == jnp.bfloat16
+  np.testing.assert_allclose(out.astype(jnp.float32), layers.xla_attention(q, k, v), atol=0.05)
+  for low, reference in zip(grads(flash, jnp.bfloat16), grads(layers.xla_attention, jnp.float32)):
+    assert low.dtype == jnp.bfloat16
+    scale = float(np.abs(np.asarray(reference)).max())
+    np.testing.assert_allclose(low.astype(jnp.float32), reference, atol=0.05 * scale)
+
+
+@pytest.mark.parametrize("equation,x_shape,kernel_shape", [
+    ("...i,io->...o", (2, 5, 8), (8, 3)), ("bld,dhk->blhk", (2, 5, 8), (8, 2, 4)),
+    ("blhk,hkd->bld", (2, 5, 2, 4), (2, 4, 8))])
+def test_bfloat16_matmul_close_to_float32_with_input_dtype_gradients(equation, x_shape,
+                                                                    kernel_shape):
+  x = jax.random.normal(jax.random.key(0), x_shape)
+  kernel = jax.random.normal(jax.random.key(1), kernel_shape)
+  reference = jnp.einsum(equation, x, kernel)
+  cotangent = jax.random.normal(jax.random.key(2), reference.shape)
+  low = layers.matmul_in_dtype(equation, x, kernel, jnp.bfloat16)
+  assert low.dtype == jnp.bfloat16
+  np.testing.assert_allclose(low.astype(jnp.float32), reference, rtol=0.02, atol=0.05)
+  loss = lambda fn: lambda x, kernel: jnp.sum(fn(x, kernel).astype(jnp.float32) * cotangent)
+  low_grads = jax.grad(loss(lambda x, kernel: layers.matmul_in_dtype(
+      equation, x, kernel, jnp.bfloat16)), argnums=(0, 1))(x, kernel)
+  reference_grads = jax.grad(loss(lambda x, kernel: jnp.einsum(equation, x, kernel)),
+                             argnums=(0, 1))(x, kernel)
+  for low_grad, reference_grad in zip(low_grads, reference_grads):
+    assert low_grad.dtype == jnp.float32  # gradients in the dtype of the (float32) inputs
+    np.testing.assert_allclose(low_grad, reference_grad, rtol=0.02, atol=0.1)
+  # float32: exactly the plain einsum.
+  np.testing.assert_array_equal(layers.matmul_in_dtype(equation, x, kernel, jnp.float32),
+                                reference)
+
+
+@pytest.mark.parametrize("token_row", [
+    np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 4, 4, 5]),  # runs, equal runs merged
+    np.array([0, 0, 2, 1, 1, 0, 3, 3, 3]),  # not sorted: rows revisited
+])
+def test_gather_rows_equals_take_with_gradients(token_row):
+  rows_brk = jax.random.normal(jax.random.key(0), (2, 6, 3))
+  cotangent = jax.random.normal(jax.random.key(1), (2, len(token_row), 3))
+  take = lambda rows: jnp.take(rows, jnp.asarray(token_row), axis=1)
+  np.testing.assert_array_equal(layers.gather_rows(rows_brk, token_row), take(rows_brk))
+  grad = lambda fn: jax.grad(lambda rows: jnp.sum(fn(rows) * cotangent))(rows_brk)
+  np.testing.assert_allclose(grad(lambda rows: layers.gather_rows(rows, token_row)), grad(take),
+                             rtol=1e-6, atol=1e-6)
+  # Under a transformation that traces the indices, the gather falls back to jnp.take.
+  traced = jax.jit(layers.gather_rows)(rows_brk, jnp.asarray(token_row))
+  np.testing.assert_array_equal(traced, take(rows_brk))
+
+
+def test_flash_attention_model_matches_xla_model_with_gradients():
+  """Whole model (depth 1) with attention="flash" against attention="xla": outputs, gradients."""
+  base, layout = make_model(depth=1)
+  randomize_params(base)
+  params = nnx.state(base, nnx.Param)
+  noisy, timesteps_bmn = make_inputs(layout)
+  flash, _ = make_model(depth=1, attention="flash")
+  nnx.update(flash, params)
+
+  @nnx.jit
+  def forward_and_grads(model):
+    def loss_fn(model):
+      prediction = model(noisy, timesteps_bmn)
+      return sum(jnp.sum(jnp.square(y)) for y in prediction.values()), prediction
+    (_, prediction), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    return prediction, grads
+
+  reference_out, reference_grads = forward_and_grads(base)
+  out, grads = forward_and_grads(flash)
+  for name in ("video", "audio"):
+    np.testing.assert_allclose(out[name], reference_out[name], rtol=1e-4, atol=1e-5)
+  jax.tree.map(lambda g, g_ref: np.testing.assert_allclose(g, g_ref, rtol=1e-3, atol=1e-4),
+               grads, reference_grads)
+
+
 @pytest.mark.parametrize("modality,segment", [(0, 1), (1, 2)])
 def test_one_row_timestep_changes_only_its_tokens_modulation(modality, segment):
   model, layout = make_model(adaln="lora")

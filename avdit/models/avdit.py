@@ -196,17 +196,20 @@ class AVDiT(nnx.Module):
     Returns:
       float32 {"video": [B, N, h, w, d_v], "audio": [B, l_a, d_a]}.
     """
-    token_row_l = self.token_row
+    # The layout's numpy array, not `self.token_row`: under jit a jnp array is a tracer, and the
+    # modulation gather needs the concrete rows to broadcast runs instead of gathering.
+    token_row_l = self.layout.token_row
     x_bld = self.embed_tokens(noisy, self_cond)
     cond_rows_brd = self.conditioning(timestep_vector_bmn)
 
-    def apply_block(block, x_bld, modulation_brk, token_row_l):
+    # token_row is closed over, not passed: under remat an argument becomes a tracer.
+    def apply_block(block, x_bld, modulation_brk):
       return block(x_bld, modulation_brk, token_row_l)
 
     if self.remat != "none":
       apply_block = nnx.remat(apply_block, policy=_REMAT_POLICIES[self.remat])
     for block, modulation_brk in zip(self.blocks, self.modulation_rows(cond_rows_brd)):
-      x_bld = apply_block(block, x_bld, modulation_brk, token_row_l)
+      x_bld = apply_block(block, x_bld, modulation_brk)
 
     video_blk, audio_blc = self.final(x_bld, jax.nn.silu(cond_rows_brd), token_row_l,
                                       self.layout.num_video_tokens)

@@ -8,11 +8,13 @@ its `dtype` (float32 or bfloat16) and keeps norms and softmax in float32.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 Axes = tuple[str, ...]
@@ -74,6 +76,62 @@ def make_param(rngs: nnx.Rngs, initializer: Initializer, shape: tuple[int, ...],
   return nnx.Param(annotated(rngs.params(), shape, jnp.float32))
 
 
+def matmul_in_dtype(equation: str, x: jax.Array, kernel: jax.Array, dtype: jnp.dtype) -> jax.Array:
+  """einsum of x and kernel, both cast to `dtype`, accumulated in float32, result in `dtype`.
+
+  Float32: a plain einsum. Lower precision: XLA:CPU computes a bfloat16 dot by converting both
+  operands to float32, unless the dot itself asks for a float32 result, which its matmul library
+  then runs on bfloat16 inputs (AMX on this machine, several times the float32 rate). The
+  gradients' dots get the same form from `_low_precision_matmul`'s custom backward pass. The
+  values are those of the float32-accumulated dot rounded to `dtype`, as before.
+  """
+  if jnp.dtype(dtype) == jnp.float32:
+    return jnp.einsum(equation, x.astype(dtype), kernel.astype(dtype))
+  return _low_precision_matmul(equation, jnp.dtype(dtype), x, kernel)
+
+
+def round_to(x: jax.Array, dtype: jnp.dtype) -> jax.Array:
+  """x rounded to `dtype`, kept rounded for the dot that consumes it.
+
+  XLA may drop a float32 -> bfloat16 rounding in front of a dot that accumulates in float32
+  ("excess precision"), which turns the dot back into a float32 one; the barrier keeps it.
+  """
+  if x.dtype == jnp.dtype(dtype):
+    return x
+  return jax.lax.optimization_barrier(x.astype(dtype))
+
+
+def _einsum_f32(equation: str, a: jax.Array, b: jax.Array) -> jax.Array:
+  return jnp.einsum(equation, a, b, preferred_element_type=jnp.float32)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _low_precision_matmul(equation, dtype, x, kernel):
+  return _einsum_f32(equation, x.astype(dtype), kernel.astype(dtype)).astype(dtype)
+
+
+def _low_precision_matmul_fwd(equation, dtype, x, kernel):
+  x_c, kernel_c = x.astype(dtype), kernel.astype(dtype)
+  y = _einsum_f32(equation, x_c, kernel_c).astype(dtype)
+  # Zero-size markers carry the input dtypes to the backward pass (residuals must be arrays).
+  return y, (x_c, kernel_c, jnp.zeros((0,), x.dtype), jnp.zeros((0,), kernel.dtype))
+
+
+def _low_precision_matmul_bwd(equation, dtype, residuals, dy):
+  x_c, kernel_c, x_marker, kernel_marker = residuals
+  inputs, out = equation.split("->")
+  x_axes, kernel_axes = inputs.split(",")
+  dy = dy.astype(dtype)
+  # Every index appears in exactly two of (x, kernel, y), so each gradient is the einsum of the
+  # other two operands ("..." dims missing from the output are summed).
+  dx = _einsum_f32(f"{out},{kernel_axes}->{x_axes}", dy, kernel_c).astype(x_marker.dtype)
+  dkernel = _einsum_f32(f"{x_axes},{out}->{kernel_axes}", x_c, dy).astype(kernel_marker.dtype)
+  return dx, dkernel
+
+
+_low_precision_matmul.defvjp(_low_precision_matmul_fwd, _low_precision_matmul_bwd)
+
+
 class Dense(nnx.Module):
   """y = x @ kernel + bias over the last axis, computed in `dtype`."""
 
@@ -87,7 +145,7 @@ class Dense(nnx.Module):
 
   def __call__(self, x_bk: jax.Array) -> jax.Array:
     """[..., in] -> [..., out] in `dtype`."""
-    y = jnp.dot(x_bk.astype(self.dtype), self.kernel[...].astype(self.dtype))
+    y = matmul_in_dtype("...i,io->...o", x_bk, self.kernel[...], self.dtype)
     if self.bias is not None:
       y = y + self.bias[...].astype(self.dtype)
     return y
@@ -164,6 +222,126 @@ def chunked_attention(q_blhd: jax.Array, k_blhd: jax.Array, v_blhd: jax.Array,
   return out_blhd[:, :length]
 
 
+# Working-set budget of one step of `flash_attention`: the [G, L, L] score block of G (batch,
+# head) pairs. ~16 MiB keeps the blocks of a step near the cores' caches (2 MiB of L2 each on
+# the reference machine) while giving each matmul enough rows to split across the threads.
+_FLASH_BLOCK_BYTES = 16 << 20
+
+
+def _flash_heads_per_step(num_pairs: int, length: int) -> int:
+  """Largest divisor G of num_pairs with G·L² float32 scores within `_FLASH_BLOCK_BYTES` (>= 1)."""
+  limit = max(1, _FLASH_BLOCK_BYTES // (4 * length * length))
+  return max(g for g in range(1, min(limit, num_pairs) + 1) if num_pairs % g == 0)
+
+
+def _flash_forward_step(q_gqd: jax.Array, k_gkd: jax.Array,
+                        v_gkd: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Attention of G (batch, head) pairs with pre-scaled q: -> (out [G, L, Dh], lse f32 [G, L])."""
+  logits_gqk = jnp.einsum("gqd,gkd->gqk", q_gqd, k_gkd, preferred_element_type=jnp.float32)
+  max_gq1 = jnp.max(logits_gqk, axis=-1, keepdims=True)
+  unnormalized_gqk = jnp.exp(logits_gqk - max_gq1)
+  sum_gq1 = jnp.sum(unnormalized_gqk, axis=-1, keepdims=True)
+  # Normalize the [L, Dh] output instead of the [L, L] probabilities.
+  out_gqd = jnp.einsum("gqk,gkd->gqd", round_to(unnormalized_gqk, v_gkd.dtype), v_gkd,
+                       preferred_element_type=jnp.float32) / sum_gq1
+  return out_gqd.astype(v_gkd.dtype), (max_gq1 + jnp.log(sum_gq1))[..., 0]
+
+
+def _flash_backward_step(q_gqd, k_gkd, v_gkd, lse_gq, dout_gqd, delta_gq, q_gdq, dout_gdq):
+  """Gradients (dq of the pre-scaled q, dkᵀ, dvᵀ) of one step, recomputing its probabilities.
+
+  FlashAttention-2's backward: p = exp(q kᵀ - lse), dv = pᵀ dout, dp = dout vᵀ,
+  ds = p (dp - delta) with delta = rowsum(dout * out), dq = ds k, dk = dsᵀ q.
+  dv and dk contract over the query axis, the major axis of p and ds. XLA:CPU's matmul library
+  (YNNPACK) takes a dot only when its left operand contracts over its minor axis, so they are
+  computed transposed, dvᵀ = doutᵀ p and dkᵀ = qᵀ ds, from the [Dh, L] copies q_gdq and dout_gdq
+  that the caller transposes once for all steps.
+  """
+  dtype = q_gqd.dtype
+  logits_gqk = jnp.einsum("gqd,gkd->gqk", q_gqd, k_gkd, preferred_element_type=jnp.float32)
+  probs_gqk = jnp.exp(logits_gqk - lse_gq[..., None])
+  dv_gdk = jnp.einsum("gdq,gqk->gdk", dout_gdq, round_to(probs_gqk, dtype),
+                      preferred_element_type=jnp.float32)
+  dprobs_gqk = jnp.einsum("gqd,gkd->gqk", dout_gqd, v_gkd, preferred_element_type=jnp.float32)
+  dlogits_gqk = round_to(probs_gqk * (dprobs_gqk - delta_gq[..., None]), dtype)
+  dq_gqd = jnp.einsum("gqk,gkd->gqd", dlogits_gqk, k_gkd, preferred_element_type=jnp.float32)
+  dk_gdk = jnp.einsum("gdq,gqk->gdk", q_gdq, dlogits_gqk, preferred_element_type=jnp.float32)
+  return dq_gqd.astype(dtype), dk_gdk.astype(dtype), dv_gdk.astype(dtype)
+
+
+def _over_head_groups(step_fn: Callable, heads_per_step: int, *arrays_bh: jax.Array):
+  """Runs step_fn on groups of `heads_per_step` (batch, head) pairs in a loop.
+
+  Each array is [B, H, ...]; step_fn maps [G, ...] arrays to a tuple of [G, ...] arrays; the
+  results come back as [B, H, ...]. A loop (not one batched op) keeps each step's [G, L, L]
+  scores in cache and bounds the temporary memory, which XLA:CPU maps fresh on every run.
+  """
+  batch, heads = arrays_bh[0].shape[:2]
+  groups = batch * heads // heads_per_step
+  grouped = [x.reshape((groups, heads_per_step) + x.shape[2:]) for x in arrays_bh]
+  if groups == 1:
+    outs = step_fn(*[x[0] for x in grouped])
+    outs = [y[None] for y in outs]
+  else:
+    outs = jax.lax.map(lambda xs: step_fn(*xs), grouped)
+  return tuple(y.reshape((batch, heads) + y.shape[2:]) for y in outs)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _flash_attention_bhld(q_bhld, k_bhld, v_bhld, heads_per_step):
+  return _flash_attention_fwd(q_bhld, k_bhld, v_bhld, heads_per_step)[0]
+
+
+def _flash_attention_fwd(q_bhld, k_bhld, v_bhld, heads_per_step):
+  # Scaling q (L·Dh values) is cheaper than scaling the logits (L² values).
+  q_bhld = q_bhld * jnp.asarray(1.0 / math.sqrt(q_bhld.shape[-1]), q_bhld.dtype)
+  out_bhld, lse_bhl = _over_head_groups(_flash_forward_step, heads_per_step, q_bhld, k_bhld,
+                                        v_bhld)
+  return out_bhld, (q_bhld, k_bhld, v_bhld, out_bhld, lse_bhl)
+
+
+def _flash_attention_bwd(heads_per_step, residuals, dout_bhld):
+  q_bhld, k_bhld, v_bhld, out_bhld, lse_bhl = residuals
+  delta_bhl = jnp.sum(dout_bhld.astype(jnp.float32) * out_bhld.astype(jnp.float32), axis=-1)
+  dout_bhld = dout_bhld.astype(q_bhld.dtype)
+  dq_bhld, dk_bhdl, dv_bhdl = _over_head_groups(
+      _flash_backward_step, heads_per_step, q_bhld, k_bhld, v_bhld, lse_bhl, dout_bhld,
+      delta_bhl, jnp.swapaxes(q_bhld, 2, 3), jnp.swapaxes(dout_bhld, 2, 3))
+  # q was scaled inside: chain rule through q * 1/sqrt(Dh).
+  return (dq_bhld * jnp.asarray(1.0 / math.sqrt(q_bhld.shape[-1]), dq_bhld.dtype),
+          jnp.swapaxes(dk_bhdl, 2, 3), jnp.swapaxes(dv_bhdl, 2, 3))
+
+
+_flash_attention_bhld.defvjp(_flash_attention_fwd, _flash_attention_bwd)
+
+
+def flash_attention_bhld(q_bhld: jax.Array, k_bhld: jax.Array, v_bhld: jax.Array,
+                         heads_per_step: int | None = None) -> jax.Array:
+  """`flash_attention` on head-major q, k, v [B, H, L, Dh] -> [B, H, L, Dh]."""
+  batch, heads, length, _ = q_bhld.shape
+  if heads_per_step is None:
+    heads_per_step = _flash_heads_per_step(batch * heads, length)
+  if (batch * heads) % heads_per_step:
+    raise ValueError(f"heads_per_step={heads_per_step} does not divide B·H={batch * heads}")
+  return _flash_attention_bhld(q_bhld, k_bhld, v_bhld, heads_per_step)
+
+
+def flash_attention(q_blhd: jax.Array, k_blhd: jax.Array, v_blhd: jax.Array,
+                    heads_per_step: int | None = None) -> jax.Array:
+  """Exact attention for CPU: a loop over groups of (batch, head) pairs, custom backward.
+
+  Per step, G pairs' full [G, L, L] scores (logits and softmax in float32, probabilities
+  unnormalized: the row sums divide the [L, Dh] output). The backward pass recomputes each
+  step's probabilities from the saved log-sum-exp (FlashAttention-2), so nothing of size L² is
+  stored between passes. Every matmul has its contraction on an operand's minor axis, the form
+  XLA:CPU hands to its fast matmul library. `heads_per_step` (a divisor of B·H) defaults to the
+  largest whose score block fits a 16 MiB budget. Inputs are transposed to head-major once.
+  """
+  to_heads = lambda x: jnp.swapaxes(x, 1, 2)
+  return to_heads(flash_attention_bhld(to_heads(q_blhd), to_heads(k_blhd), to_heads(v_blhd),
+                                       heads_per_step))
+
+
 class SelfAttention(nnx.Module):
   """Multi-head self-attention over all tokens, optional RMSNorm on q and k per head."""
 
@@ -171,8 +349,8 @@ class SelfAttention(nnx.Module):
                attention_chunk: int, dtype: jnp.dtype, rngs: nnx.Rngs):
     if width % num_heads:
       raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
-    if attention not in ("xla", "chunked"):
-      raise ValueError(f"attention must be 'xla' or 'chunked', got {attention!r}")
+    if attention not in ("xla", "chunked", "flash"):
+      raise ValueError(f"attention must be 'xla', 'chunked' or 'flash', got {attention!r}")
     head_dim = width // num_heads
     qkv_shape = (width, num_heads, head_dim)
     self.query_kernel = make_param(rngs, xavier_uniform, qkv_shape, AXES.qkv_kernel)
@@ -193,7 +371,7 @@ class SelfAttention(nnx.Module):
     self.dtype = dtype
 
   def _project(self, x_bld: jax.Array, kernel: nnx.Param, bias: nnx.Param) -> jax.Array:
-    return (jnp.einsum("bld,dhk->blhk", x_bld, kernel[...].astype(self.dtype))
+    return (matmul_in_dtype("bld,dhk->blhk", x_bld, kernel[...], self.dtype)
             + bias[...].astype(self.dtype))
 
   def __call__(self, x_bld: jax.Array) -> jax.Array:
@@ -202,13 +380,23 @@ class SelfAttention(nnx.Module):
     q_blhd = self._project(x_bld, self.query_kernel, self.query_bias)
     k_blhd = self._project(x_bld, self.key_kernel, self.key_bias)
     v_blhd = self._project(x_bld, self.value_kernel, self.value_bias)
-    if self.query_norm is not None:
-      q_blhd, k_blhd = self.query_norm(q_blhd), self.key_norm(k_blhd)
-    if self.attention == "xla":
-      out_blhd = xla_attention(q_blhd, k_blhd, v_blhd)
+    if self.attention == "flash":
+      # Head-major first, then the q/k norms (per head over Dh, so the same values): XLA fuses a
+      # norm into the transposing copy, where after the projection it lands in the matmul
+      # library's fusion with its scale and reductions materialized (~5% of the bench step).
+      to_heads = lambda x: jnp.swapaxes(x, 1, 2)
+      q_bhld, k_bhld, v_bhld = to_heads(q_blhd), to_heads(k_blhd), to_heads(v_blhd)
+      if self.query_norm is not None:
+        q_bhld, k_bhld = self.query_norm(q_bhld), self.key_norm(k_bhld)
+      out_blhd = to_heads(flash_attention_bhld(q_bhld, k_bhld, v_bhld))
     else:
-      out_blhd = chunked_attention(q_blhd, k_blhd, v_blhd, self.attention_chunk)
-    return (jnp.einsum("blhk,hkd->bld", out_blhd, self.out_kernel[...].astype(self.dtype))
+      if self.query_norm is not None:
+        q_blhd, k_blhd = self.query_norm(q_blhd), self.key_norm(k_blhd)
+      if self.attention == "xla":
+        out_blhd = xla_attention(q_blhd, k_blhd, v_blhd)
+      else:
+        out_blhd = chunked_attention(q_blhd, k_blhd, v_blhd, self.attention_chunk)
+    return (matmul_in_dtype("blhk,hkd->bld", out_blhd, self.out_kernel[...], self.dtype)
             + self.out_bias[...].astype(self.dtype))
 
 
@@ -225,9 +413,41 @@ class Mlp(nnx.Module):
     return self.fc_out(jax.nn.gelu(self.fc_in(x_bld), approximate=True))
 
 
-def gather_rows(rows_brk: jax.Array, token_row_l: jax.Array) -> jax.Array:
-  """Per-(modality, segment) row values [B, R, k] -> per-token values [B, L, k]."""
-  return jnp.take(rows_brk, token_row_l, axis=1)
+def _row_runs(token_row_l: np.ndarray) -> list[tuple[int, int, int]]:
+  """Runs of token rows as (first row, number of rows, tokens per row).
+
+  Consecutive tokens of one row form a run; consecutive runs of equal length over consecutive
+  rows merge (the N video segments of h·w tokens each are one entry).
+  """
+  starts = np.flatnonzero(np.diff(token_row_l, prepend=-1))
+  lengths = np.diff(np.append(starts, len(token_row_l)))
+  merged = []
+  for row, length in zip(token_row_l[starts].tolist(), lengths.tolist()):
+    if merged and merged[-1][2] == length and merged[-1][0] + merged[-1][1] == row:
+      merged[-1] = (merged[-1][0], merged[-1][1] + 1, length)
+    else:
+      merged.append((row, 1, length))
+  return merged
+
+
+def gather_rows(rows_brk: jax.Array, token_row_l: jax.Array | np.ndarray) -> jax.Array:
+  """Per-(modality, segment) row values [B, R, k] -> per-token values [B, L, k].
+
+  With a concrete `token_row_l` (a numpy array or a concrete jax array: the layout's rows) this is
+  a concatenation of broadcasts of runs of equal rows (contiguous in the layout), whose backward
+  pass is a sum per run. A gather (`jnp.take`) gives the same values, but its backward pass is a
+  scatter-add, which XLA:CPU runs only after transposing the [B, L, k] cotangent. A traced index
+  array (e.g. a jnp array created inside jit) falls back to `jnp.take`.
+  """
+  if isinstance(token_row_l, jax.core.Tracer):
+    return jnp.take(rows_brk, token_row_l, axis=1)
+  batch, _, width = rows_brk.shape
+  pieces = []
+  for row, num_rows, length in _row_runs(np.asarray(token_row_l)):
+    rows_bmk = rows_brk[:, row:row + num_rows]
+    pieces.append(jnp.broadcast_to(rows_bmk[:, :, None, :], (batch, num_rows, length, width))
+                  .reshape(batch, num_rows * length, width))
+  return pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=1)
 
 
 class AdaLNBlock(nnx.Module):
