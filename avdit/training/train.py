@@ -141,6 +141,17 @@ def train(config, workdir: str, steps_this_run: int | None = None,
                "%.2f GFLOP per train step", num_params, layout.num_tokens,
                layout.num_video_tokens, layout.audio_latents, layout.num_segments,
                flops_per_step / 1e9)
+  narrow = [f"{m} ({c} channels)" for m, c in (("video", layout.video_channels *
+                                                 config.model.patch_size**2),
+                                                ("audio", layout.audio_channels))
+            if c > config.model.width]
+  if narrow:
+    # The output head is a rank-`width` map: ε (full rank) cannot be predicted beyond a
+    # width-dimensional subspace, which floors the loss at ≈ 1 - width / channels.
+    logging.warning("model.width=%d is below the latent channels of %s: the ε/v head cannot "
+                    "represent the target; expect a loss floor and noisy samples. Use a wider "
+                    "model or a latent space with fewer channels.", config.model.width,
+                    ", ".join(narrow))
   if is_chief and latest is None:
     writer.write_hparams({k: v for k, v in config.to_dict().items() if not isinstance(v, dict)})
 
