@@ -42,6 +42,7 @@ from avdit.models import layers
 from avdit.models import latent_space as latent_lib
 from avdit.sampling import generate
 from avdit.sampling import samplers
+from avdit.training import hardware
 from avdit.training import state as state_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:variant]).",
@@ -74,26 +75,6 @@ def malloc_keep_heap() -> None:
                         (m_top_pad, 256 << 20)):
     if libc.mallopt(option, value) != 1:
       raise RuntimeError(f"mallopt({option}, {value}) failed")
-
-
-def measure_matmul_peak(size: int = 2048, repeats: int = 10) -> float:
-  """FLOP/s of the best of `repeats` jitted fp32 size x size matmuls (10 chained per call)."""
-  a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
-  b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32) / size
-
-  @jax.jit
-  def chain(x):
-    for _ in range(10):
-      x = x @ b
-    return x
-
-  chain(a).block_until_ready()
-  best = float("inf")
-  for _ in range(repeats):
-    start = time.perf_counter()
-    chain(a).block_until_ready()
-    best = min(best, time.perf_counter() - start)
-  return 10 * 2 * size**3 / best
 
 
 def measure_bf16_matmul_peak(size: int = 2048, repeats: int = 20) -> float:
@@ -249,7 +230,7 @@ def main(argv):
   print(f"devices: {jax.devices()}")
   if _MALLOC_KEEP_HEAP.value:
     print("allocator: --malloc_keep_heap (glibc keeps freed memory; see the module docstring)")
-  peak = measure_matmul_peak()
+  peak = hardware.measure_matmul_peak()
   print(f"measured fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s")
   low_precision = config.model.dtype != "float32"
   if low_precision:
