@@ -237,13 +237,14 @@ def test_gather_rows_equals_take_with_gradients(token_row):
   np.testing.assert_array_equal(traced, take(rows_brk))
 
 
-def test_flash_attention_model_matches_xla_model_with_gradients():
+@pytest.mark.parametrize("remat", ["none", "dots_saveable"])
+def test_flash_attention_model_matches_xla_model_with_gradients(remat):
   """Whole model (depth 1) with attention="flash" against attention="xla": outputs, gradients."""
   base, layout = make_model(depth=1)
   randomize_params(base)
   params = nnx.state(base, nnx.Param)
   noisy, timesteps_bmn = make_inputs(layout)
-  flash, _ = make_model(depth=1, attention="flash")
+  flash, _ = make_model(depth=1, attention="flash", remat=remat)
   nnx.update(flash, params)
 
   @nnx.jit
