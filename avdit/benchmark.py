@@ -180,8 +180,8 @@ def benchmark_train_step(config, steps: int) -> dict:
     times.append(time.perf_counter() - start)
   step_time = float(np.median(times))
   flops = avdit_model.flops_per_example(config.model, layout)
-  passes = 3 + (1 if config.model.self_condition else 0)
-  flops_per_step = flops["total"] * config.data.batch_size * passes
+  flops_per_step = avdit_model.train_flops_per_step(config.model, layout,
+                                                    config.data.batch_size)
   return {"step_seconds": step_time, "step_seconds_all": times,
           "first_step_seconds_incl_compile": compile_and_first,
           "tokens_per_second": config.data.batch_size * layout.num_tokens / step_time,

@@ -113,8 +113,7 @@ def compile_train_step(config, devices):
                                      state_shardings=shardings, batch_sharding=batch_sharding)
     compiled = compile_or_report(step.lower(_sharded_abstract(abstract, shardings),
                                             abstract_batch))
-  flops = avdit_model.flops_per_example(config.model, layout)["total"] * batch * (
-      3 + (1 if config.model.self_condition else 0))
+  flops = avdit_model.train_flops_per_step(config.model, layout, batch)
   info = {"mesh": dict(mesh.shape), "precomputed_latents": precomputed,
           "num_params": sum(x.size for x in jax.tree.leaves(abstract.params)),
           "largest_unsharded_param": sharding.largest_unsharded(abstract.params,

@@ -222,12 +222,17 @@ def affine_eps_apply(params, x, t_bmn, self_cond):
   return {k: 0.3 * x[k] + 0.1 + 0.001 * t[k] for k in x}
 
 
+def _standard_normal_latents(batch, seed):
+  """A given x_T: float32 N(0, I) latents of the layout's shapes, from a numpy seed."""
+  rng = np.random.default_rng(seed)
+  return {k: rng.standard_normal(s).astype(np.float32)
+          for k, s in LAYOUT.latent_shapes(batch).items()}
+
+
 def test_ddim_two_steps_against_numpy():
   """DDIM η=0, K=2: T -> 500 -> 0, from a given x_T, against Song et al. Eq. 12 in numpy."""
   batch = 3
-  rng = np.random.default_rng(0)
-  x_T = {k: rng.standard_normal(s).astype(np.float32)
-         for k, s in LAYOUT.latent_shapes(batch).items()}
+  x_T = _standard_normal_latents(batch, seed=0)
   spec = samplers.SamplerSpec(sampler="ddim", num_steps=2, self_condition=False)
   out = samplers.sample_latents(affine_eps_apply, None, _zeros(batch), JOINT, jax.random.key(0),
                                 schedule=SCHEDULE, layout=LAYOUT, spec=spec, initial_noise=x_T)
@@ -497,9 +502,7 @@ def test_self_condition_passes_previous_x0():
     return {k: 0.01 * self_cond[k] for k in x}
 
   batch = 2
-  rng = np.random.default_rng(3)
-  x_T = {k: rng.standard_normal(s).astype(np.float32)
-         for k, s in LAYOUT.latent_shapes(batch).items()}
+  x_T = _standard_normal_latents(batch, seed=3)
   spec = samplers.SamplerSpec(sampler="ddim", num_steps=2, self_condition=True)
   out = samplers.sample_latents(apply, None, _zeros(batch), JOINT, jax.random.key(0),
                                 schedule=SCHEDULE, layout=LAYOUT, spec=spec, initial_noise=x_T)

@@ -256,3 +256,10 @@ def flops_per_example(model_config, layout: ClipLayout) -> dict[str, int]:
   }
   flops["total"] = sum(flops.values())
   return flops
+
+
+def train_flops_per_step(model_config, layout: ClipLayout, batch: int) -> int:
+  """Analytic FLOPs of one train step: forward + backward (3x forward) per example, plus the
+  self-conditioning forward pass when the model self-conditions."""
+  passes = 3 + (1 if model_config.self_condition else 0)
+  return flops_per_example(model_config, layout)["total"] * batch * passes

@@ -130,10 +130,8 @@ def train(config, workdir: str, steps_this_run: int | None = None,
   else:
     latent_stats = _estimate_latent_stats(config, layout, latent_space)
   latent_payload = _latent_payload(config, latent_stats)
-  flops = avdit_model.flops_per_example(config.model, layout)
-  # Training = forward + backward (3x forward), plus the self-conditioning forward pass.
-  flops_per_step = flops["total"] * config.data.batch_size * (
-      3 + (1 if config.model.self_condition else 0))
+  flops_per_step = avdit_model.train_flops_per_step(config.model, layout,
+                                                    config.data.batch_size)
   peak_flops, peak_source = hardware.peak_flops_per_device()
   logging.info("Mesh %s over %d devices; MFU against %.1f TFLOP/s per device (%s)",
                dict(mesh.shape), mesh.size, peak_flops / 1e12, peak_source)
