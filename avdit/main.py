@@ -54,10 +54,20 @@ class _QuietLibraries(logging_std.Filter):
 
 
 def maybe_initialize_distributed() -> None:
-  """jax.distributed on multi-host runs (a TPU slice with several workers, or an explicit
-  coordinator); a single host, and AOT compilation, never initialize it."""
+  """jax.distributed on multi-host runs; a single host, and AOT compilation, never initialize it.
+
+  A TPU slice with several workers is detected by JAX itself. Elsewhere (GPU/CPU clusters, the
+  multi-process test) set JAX_COORDINATOR_ADDRESS=host:port, JAX_NUM_PROCESSES and
+  JAX_PROCESS_ID on every process.
+  """
   hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
-  if "JAX_COORDINATOR_ADDRESS" in os.environ or len([h for h in hosts.split(",") if h]) > 1:
+  if "JAX_COORDINATOR_ADDRESS" in os.environ:
+    num_processes = os.environ.get("JAX_NUM_PROCESSES")
+    process_id = os.environ.get("JAX_PROCESS_ID")
+    jax.distributed.initialize(
+        num_processes=None if num_processes is None else int(num_processes),
+        process_id=None if process_id is None else int(process_id))
+  elif len([h for h in hosts.split(",") if h]) > 1:
     jax.distributed.initialize()
 
 
@@ -86,7 +96,8 @@ def main(argv):
       logging.error("%s", e)
       print(f"error: {e}", file=sys.stderr)
       sys.exit(1)
-    train.write_summary(_WORKDIR.value, summary)
+    if jax.process_index() == 0:
+      train.write_summary(_WORKDIR.value, summary)
     if summary["stopped_by"]:
       print(f"stopped by {summary['stopped_by']} at step {summary['step']}; checkpoint saved in "
             f"{_WORKDIR.value}, rerun the same command to resume")

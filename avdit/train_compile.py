@@ -79,11 +79,6 @@ def _compile_latent_space(config, layout):
     return latent_lib.PrecomputedLatents(layout), True
 
 
-def _sharded_abstract(tree, shardings):
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree,
-                      shardings)
-
-
 def compile_train_step(config, devices):
   """(compiled step, info dict) for the config's mesh over `devices`."""
   layout = layout_lib.layout_from_config(config)
@@ -111,7 +106,7 @@ def compile_train_step(config, devices):
     shardings = sharding.state_shardings(abstract, mesh, rules)
     step = state_lib.make_train_step(config, layout, graphdef, space, stats,
                                      state_shardings=shardings, batch_sharding=batch_sharding)
-    compiled = compile_or_report(step.lower(_sharded_abstract(abstract, shardings),
+    compiled = compile_or_report(step.lower(sharding.with_shardings(abstract, shardings),
                                             abstract_batch))
   flops = avdit_model.train_flops_per_step(config.model, layout, batch)
   info = {"mesh": dict(mesh.shape), "precomputed_latents": precomputed,
@@ -143,7 +138,7 @@ def compile_sampler(config, devices, task_spec: str):
                                     layout=layout, spec=spec)
     key = jax.eval_shape(lambda: jax.random.key(0))
     compiled = compile_or_report(run.lower(
-        _sharded_abstract(abstract.ema_params, shardings.ema_params), condition, key, None))
+        sharding.with_shardings(abstract.ema_params, shardings.ema_params), condition, key, None))
   passes = 2 if spec.guidance_weight and task.condition_mask.any() else 1
   flops = (avdit_model.flops_per_example(config.model, layout)["total"] * batch * passes
            * spec.num_steps)

@@ -88,14 +88,13 @@ def test_hosts_see_disjoint_shards_of_the_global_batches():
   assert not set(seen[0]) & set(seen[1])
   # EPOCH_BATCHES half-batches per host are one epoch in all.
   assert sorted(np.concatenate(seen)) == list(range(NUM_CLIPS))
-  # The hosts split each global batch of the single-host run (interleaved), so the global data
-  # order does not depend on the number of hosts.
+  # Host p holds rows [p*b, (p+1)*b) of each global batch of the single-host run, the rows
+  # make_array_from_process_local_data gives it, so the global batch does not depend on the
+  # number of hosts.
   single = take(make_iterator(), EPOCH_BATCHES // 2)
   for step, batch in enumerate(single):
-    interleaved = np.empty(BATCH, np.int64)
-    interleaved[0::2] = hosts[0][step]["index"]
-    interleaved[1::2] = hosts[1][step]["index"]
-    np.testing.assert_array_equal(interleaved, batch["index"])
+    stacked = np.concatenate([hosts[0][step]["index"], hosts[1][step]["index"]])
+    np.testing.assert_array_equal(stacked, batch["index"])
 
 
 def test_resume_from_get_state_is_bit_identical():

@@ -1,14 +1,16 @@
 """The grain input pipeline: shuffled, repeated, host-sharded batches of training clips.
 
     source (SyntheticWorld) -> shuffle (global, reseeded per epoch) -> repeat forever
-      -> host shard ds[process_index::process_count] -> batch (per-host, drop remainder)
+      -> host batches of b = B / process_count -> host shard [process_index::process_count]
       -> to_iter_dataset (thread prefetch)
       [-> mp_prefetch -> copy out of shared memory, when worker_count > 0]
 
 Sharding after the global shuffle and repeat means the hosts split every global batch:
-global step s uses shuffled positions [s*B, (s+1)*B) of the infinite stream, host p taking
-every process_count-th of them. So the global data order does not depend on the host count,
-and within an epoch the hosts see disjoint clips whose union is the whole world.
+global step s uses shuffled positions [s*B, (s+1)*B) of the infinite stream, host p taking the
+contiguous block [s*B + p*b, s*B + (p+1)*b). `make_array_from_process_local_data` puts host p's
+block at rows [p*b, (p+1)*b) of the global batch (devices are ordered by process in the mesh), so
+the global batch, and hence the whole run, does not depend on the host count; within an epoch
+the hosts see disjoint clips whose union is the whole world.
 
 The returned `grain.DatasetIterator` checkpoints with `get_state()`/`set_state()` or, next to
 the model in an orbax `Composite`, with `grain.checkpoint.CheckpointSave(iterator)` /
@@ -75,8 +77,7 @@ def make_train_dataset(data_config, layout, *, process_index: int | None = None,
   ds = grain.MapDataset.source(world)
   ds = ds.shuffle(seed=_grain_shuffle_seed(data_config.shuffle_seed))
   ds = ds.repeat(None)  # infinite; each epoch gets its own shuffle
-  ds = ds[process_index::process_count]
-  ds = ds.batch(batch_size, drop_remainder=True)
+  ds = ds.batch(batch_size, drop_remainder=True)[process_index::process_count]
 
   prefetch_buffer = int(data_config.get("prefetch_buffer", 2))
   # One reader thread overlaps data with the train step; more would only fight the step for the

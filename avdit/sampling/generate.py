@@ -26,6 +26,7 @@ from avdit.sampling import outputs
 from avdit.sampling import samplers
 from avdit.sampling import tasks as tasks_lib
 from avdit.training import checkpointing
+from avdit.training import sharding
 from avdit.training import state as state_lib
 
 
@@ -48,14 +49,23 @@ def inference_config(config):
   return config
 
 
-def load_for_sampling(config, workdir: str):
-  """(layout, latent space, apply_fn, params, latent stats, checkpoint step)."""
+def load_for_sampling(config, workdir: str, mesh=None):
+  """(layout, latent space, apply_fn, params, latent stats, checkpoint step).
+
+  The parameters are restored sharded over `mesh` (default: the config's mesh over all devices)
+  by the config's logical-axis rules, as in training: a model trained on a pod samples on a
+  smaller slice (SPEC §2: 16 chips) by the same rules, and every host restores only its shards.
+  """
   config = inference_config(config)
   layout = layout_lib.layout_from_config(config)
   latent_space = latent_lib.make_latent_space(config, layout)
-  graphdef, abstract = state_lib.abstract_train_state(config, layout)
-  state, payload, step = checkpointing.restore_for_sampling(workdir, abstract,
-                                                            config.sample.checkpoint_step)
+  mesh = sharding.make_mesh(config.mesh) if mesh is None else mesh
+  rules = sharding.logical_axis_rules(config.mesh)
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+    graphdef, abstract = state_lib.abstract_train_state(config, layout)
+    shardings = sharding.state_shardings(abstract, mesh, rules)
+  state, payload, step = checkpointing.restore_for_sampling(
+      workdir, sharding.with_shardings(abstract, shardings), config.sample.checkpoint_step)
   if payload["latent_space"] != config.latent.name:
     raise ValueError(f"checkpoint latent space {payload['latent_space']!r} != config "
                      f"{config.latent.name!r}")
@@ -66,14 +76,18 @@ def load_for_sampling(config, workdir: str):
 
 def sample(config, workdir: str) -> list[dict]:
   """Samples every task in `config.sample.tasks`; returns the index entries written."""
-  layout, latent_space, apply_fn, params, stats, step = load_for_sampling(config, workdir)
+  mesh = sharding.make_mesh(config.mesh)
+  layout, latent_space, apply_fn, params, stats, step = load_for_sampling(config, workdir, mesh)
   schedule = schedule_lib.from_config(config.diffusion)
   spec = samplers.SamplerSpec.from_config(config.sample, config.diffusion, config.model)
   task_list = tasks_lib.parse_tasks(config.sample.tasks, layout)
   clips = pipeline.make_eval_clips(config.data, layout, config.sample.num_clips,
                                    seed=config.data.seed + 1_000_003 + config.sample.seed)
+  # Every host holds the same clips; the batch is sharded over data x fsdp (padded to divide it).
+  model_inputs, num_clips = sharding.replicated_batch(
+      {k: clips[k] for k in ("video", "audio")}, mesh, pad_to_mesh=True)
   condition = latent_lib.normalize(
-      jax.jit(latent_space.encode)(clips["video"], clips["audio"]), stats)
+      jax.jit(latent_space.encode)(model_inputs["video"], model_inputs["audio"]), stats)
   decode = jax.jit(lambda z: latent_space.decode(latent_lib.denormalize(z, stats)))
   samples_dir = os.path.join(workdir, "samples")
   os.makedirs(samples_dir, exist_ok=True)
@@ -82,8 +96,12 @@ def sample(config, workdir: str) -> list[dict]:
   rng = jax.random.key(config.sample.seed)
   for task_index, task in enumerate(task_list):
     task_rng = jax.random.fold_in(rng, task_index)
-    run = lambda: samplers.sample_latents(apply_fn, params, condition, task.condition_mask,
-                                          task_rng, schedule=schedule, layout=layout, spec=spec)
+
+    def run():
+      with jax.set_mesh(mesh):
+        return samplers.sample_latents(apply_fn, params, condition, task.condition_mask,
+                                       task_rng, schedule=schedule, layout=layout, spec=spec)
+
     start = time.time()
     latents = jax.block_until_ready(run())  # includes compilation
     first = time.time() - start
@@ -94,10 +112,10 @@ def sample(config, workdir: str) -> list[dict]:
                           "seconds_per_step": steady / spec.num_steps}
     logging.info("task %s: %d %s steps in %.2fs (%.3fs/step, first call %.1fs)", task.name,
                  spec.num_steps, spec.sampler, steady, steady / spec.num_steps, first)
-    video, audio = jax.device_get(decode(latents))
+    video, audio = sharding.fetch(decode(latents))
     if not is_chief:
       continue
-    for i in range(video.shape[0]):
+    for i in range(num_clips):
       stem = os.path.join(samples_dir, f"{task.name}_{i}")
       outputs.write_mp4(stem + ".mp4", video[i], audio[i], layout.fps, layout.sample_rate)
       outputs.write_comparison_mp4(stem + "_compare.mp4", clips["video"][i], video[i], audio[i],

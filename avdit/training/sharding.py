@@ -109,6 +109,41 @@ def global_batch(local_batch: dict, mesh: Mesh) -> dict:
           for k, v in local_batch.items()}
 
 
+def replicated_batch(full_batch: dict, mesh: Mesh, pad_to_mesh: bool = False):
+  """(global arrays sharded over data x fsdp, rows) from a batch every host holds in full.
+
+  For data every process computes identically (held-out clips for sampling and evaluation).
+  With `pad_to_mesh`, the batch is padded with copies of its last row up to a multiple of
+  data x fsdp; the caller keeps the first `rows`.
+  """
+  sharding = batch_sharding(mesh)
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  rows = next(iter(full_batch.values())).shape[0]
+  padded_rows = -(-rows // shards) * shards if pad_to_mesh else rows
+  check_batch_divides(padded_rows, mesh.shape)
+  out = {}
+  for key, value in full_batch.items():
+    value = np.asarray(value)
+    if padded_rows > rows:
+      value = np.concatenate([value, np.repeat(value[-1:], padded_rows - rows, axis=0)])
+    out[key] = jax.make_array_from_callback(value.shape, sharding, lambda idx, v=value: v[idx])
+  return out, rows
+
+
+def fetch(tree):
+  """A pytree of (possibly multi-host sharded) arrays as numpy on every host."""
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def with_shardings(abstract_tree, shardings):
+  """ShapeDtypeStructs carrying `shardings` (for restoring or compiling onto a mesh)."""
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      abstract_tree, shardings)
+
+
 def largest_unsharded(state, shardings) -> tuple[str, int]:
   """(path, size) of the largest array that is fully replicated under `shardings`."""
   best = ("", 0)
