@@ -210,11 +210,21 @@ def main(argv):
     if k != "mesh":
       print(f"  {k}: {v}")
   print(f"  model: dtype {config.model.dtype}, remat {config.model.remat}, attention "
-        f"{config.model.attention}, params fp32")
+        f"{config.model.attention}, scan_layers {config.model.get('scan_layers', False)}, "
+        "params fp32")
   print("per-chip memory: " + ", ".join(f"{k} {gib(v)}" for k, v in mem.items()))
   flops = compiler_flops(compiled)
   if flops:
-    note = "" if _MODE.value == "train" else " (XLA counts the sampler's scan body once)"
+    # cost_analysis counts a scan body once and Pallas kernels not at all; compare with the
+    # analytic count only with model.scan_layers=False and attention="xla".
+    undercounted = []
+    if _MODE.value == "sample":
+      undercounted.append("the sampler's scan body once")
+    if config.model.get("scan_layers", False):
+      undercounted.append("the scanned blocks once")
+    if config.model.attention == "splash":
+      undercounted.append("no Pallas attention")
+    note = f" (XLA counts {', '.join(undercounted)})" if undercounted else ""
     print(f"compiler FLOPs per chip: {flops / 1e12:.3f} TFLOP{note}")
   seconds = analytic / (num_chips * chip.peak_bf16_flops * _MFU.value)
   what = "step" if _MODE.value == "train" else "sampling run"

@@ -30,7 +30,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   c.mesh.ici_parallelism = dict(data=-1, fsdp=16, tensor=1)
   c.model.update(width=1024, depth=24, num_heads=16, mlp_ratio=4.0, patch_size=1,
                  timestep_embed_dim=256, adaln="full", qk_norm=True, self_condition=True,
-                 dtype="bfloat16", remat="dots_saveable", attention="xla")
+                 dtype="bfloat16", remat="dots_saveable", attention="splash", scan_layers=True)
   c.diffusion.update(num_timesteps=1000, beta_start=1e-4, beta_end=0.02, prediction="eps",
                      noise_mixture="monl", self_condition_rate=0.9)
   c.train.update(num_steps=400_000, learning_rate=5e-4, warmup_steps=5_000,

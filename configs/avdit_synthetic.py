@@ -51,6 +51,8 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       # train-step speed of "xla" at the bench shape (python -m avdit.benchmark).
       attention="flash",
       attention_chunk=512,  # query rows per chunk of attention="chunked"
+      # "splash" is the Pallas TPU kernel (TPU only; tests run it in the Pallas interpreter).
+      scan_layers=False,  # one lax.scan over stacked blocks: compile time independent of depth
   ))
 
   # --- diffusion and MoNL ------------------------------------------------------------------------
@@ -89,6 +91,14 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
           ("rows", None),
           ("modality", None),
           ("norm", None),
+          ("layers", None),  # the stacked-blocks axis of model.scan_layers
+          # Activations (constrained inside the model; see layers.ActivationAxes).
+          ("activation_batch", ("data", "fsdp")),
+          ("activation_length", None),
+          ("activation_embed", None),
+          ("activation_heads", "tensor"),
+          ("activation_kv", None),
+          ("activation_mlp", "tensor"),
       ),
   ))
 

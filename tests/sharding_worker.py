@@ -59,6 +59,7 @@ def main(tmp_dir):
     step_m = state_lib.make_train_step(config, layout, graphdef_m, space, stats,
                                        state_shardings=shardings,
                                        batch_sharding=sharding.batch_sharding(mesh))
+    lowered_text = step_m.lower(state_m, sharding.global_batch(batch, mesh)).as_text()
     mesh_losses = []
     for _ in range(STEPS):
       state_m, metrics = step_m(state_m, sharding.global_batch(batch, mesh))
@@ -77,6 +78,8 @@ def main(tmp_dir):
         "state_max_abs_diff": max_abs, "state_max_rel_diff": max_rel,
         "largest_unsharded_param": sharding.largest_unsharded(state_m.params, param_shardings),
         "num_sharded_params": len(sharded_names),
+        # Activation constraints traced into the step (layers.constrain at block boundaries).
+        "num_sharding_constraints": lowered_text.count("sharding_constraint"),
         "mlp_kernel_spec": str(jax.tree.leaves(
             param_shardings.blocks[0].mlp.fc_in.kernel,
             is_leaf=lambda x: isinstance(x, jax.sharding.NamedSharding))[0].spec),
@@ -99,7 +102,34 @@ def main(tmp_dir):
                               for a, b in zip(got, leaves(restored))),
           "mesh_of_restored": dict(jax.tree.leaves(restored.params)[0].sharding.mesh.shape),
       }
+  out["scan"] = scanned_layers_case(config, layout, space, stats, batch)
   print("RESULT " + json.dumps(out))
+
+
+def scanned_layers_case(config, layout, space, stats, batch):
+  """model.scan_layers on tensor x fsdp x data: equal to its own single-device step, with the
+  stacked kernels sharded behind an unsharded "layers" axis."""
+  config.model.scan_layers = True
+  graphdef, state = state_lib.create_train_state(config, layout)
+  step = state_lib.make_train_step(config, layout, graphdef, space, stats)
+  for _ in range(STEPS):
+    state, _ = step(state, batch)
+  reference = leaves(state)
+  config.mesh.ici_parallelism = MESHES["tensor2_fsdp2_data2"]
+  mesh = sharding.make_mesh(config.mesh)
+  graphdef_m, state_m, shardings = sharding.sharded_train_state(config, layout, mesh)
+  step_m = state_lib.make_train_step(config, layout, graphdef_m, space, stats,
+                                     state_shardings=shardings,
+                                     batch_sharding=sharding.batch_sharding(mesh))
+  for _ in range(STEPS):
+    state_m, _ = step_m(state_m, sharding.global_batch(batch, mesh))
+  config.model.scan_layers = False
+  return {
+      "state_max_abs_diff": max(float(np.max(np.abs(a - b)))
+                                for a, b in zip(reference, leaves(state_m))),
+      "mlp_kernel_shape": list(state_m.params.blocks.mlp.fc_in.kernel.shape),
+      "mlp_kernel_spec": str(shardings.params.blocks.mlp.fc_in.kernel.get_value().spec),
+  }
 
 
 if __name__ == "__main__":

@@ -363,3 +363,84 @@ def test_flops_per_example_matches_kernel_counts(adaln, patch_size):
   assert flops["attention_core"] == config.depth * 4 * layout.num_tokens**2 * config.width
   assert flops["total"] == sum(v for k, v in flops.items() if k != "total")
   assert count_params(model) == sum(v.size for _, v in nnx.to_flat_state(nnx.state(model)))
+
+
+@pytest.mark.parametrize("adaln,remat", [("lora", "none"), ("full", "dots_saveable")])
+def test_scanned_layers_equal_the_unrolled_loop(adaln, remat):
+  """model.scan_layers: the same blocks stacked on a leading "layers" axis give the same outputs
+  and gradients as the Python loop (independent code path: the loop's per-block parameters are
+  stacked with numpy into the scanned model)."""
+  depth = 3
+  loop, layout = make_model(depth=depth, adaln=adaln, remat=remat)
+  randomize_params(loop)
+  scanned, _ = make_model(depth=depth, adaln=adaln, remat=remat, scan_layers=True)
+  loop_params = nnx.state(loop, nnx.Param)
+  scanned_params = nnx.state(scanned, nnx.Param)
+  flat_loop = dict(nnx.to_flat_state(loop_params))
+  stacked = {}
+  for path, variable in nnx.to_flat_state(scanned_params):
+    if path[0] == "blocks":
+      per_block = [flat_loop[("blocks", i, *path[1:])].get_value() for i in range(depth)]
+      assert variable.shape == (depth, *per_block[0].shape), path
+      # Logical names gain the "layers" axis in front.
+      names = variable.get_metadata().get("out_sharding")
+      assert names[0] == "layers" and len(names) == variable.ndim, (path, names)
+      stacked[path] = jnp.asarray(np.stack(per_block))
+    else:
+      stacked[path] = flat_loop[path].get_value()
+  assert len(stacked) == len(flat_loop) - (depth - 1) * sum(
+      1 for p in stacked if p[0] == "blocks")
+  nnx.update(scanned, nnx.from_flat_state({p: v for p, v in stacked.items()}))
+  noisy, timesteps_bmn = make_inputs(layout)
+
+  @nnx.jit
+  def forward_and_grads(model):
+    def loss_fn(model):
+      prediction = model(noisy, timesteps_bmn)
+      return sum(jnp.sum(jnp.square(y)) for y in prediction.values()), prediction
+    (_, prediction), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    return prediction, nnx.to_flat_state(grads)
+
+  out_loop, grads_loop = forward_and_grads(loop)
+  out_scan, grads_scan = forward_and_grads(scanned)
+  for name in ("video", "audio"):
+    assert float(jnp.abs(out_loop[name]).max()) > 1e-3
+    np.testing.assert_allclose(out_scan[name], out_loop[name], rtol=1e-5, atol=1e-5)
+  grads_loop = dict(grads_loop)
+  for path, g in grads_scan:
+    g = np.asarray(g.get_value())
+    if path[0] == "blocks":
+      reference = np.stack([grads_loop[("blocks", i, *path[1:])].get_value()
+                            for i in range(depth)])
+    else:
+      reference = grads_loop[path].get_value()
+    # Summation order differs (scan vs unrolled), and gradients of O(1e3) cancel to O(1): the
+    # tolerance is float32 round-off relative to the array's largest entry.
+    np.testing.assert_allclose(g, reference, rtol=1e-4, atol=1e-5 * np.abs(reference).max(),
+                               err_msg=str(path))
+
+
+def test_splash_attention_matches_xla_forward_and_gradients():
+  """The Pallas TPU splash kernel, run by the Pallas interpreter on CPU: L = 150 is padded to its
+  128-tile (256) with the padded keys masked, so a wrong mask or scale shows up here."""
+  rng = np.random.default_rng(0)
+  q, k, v = (jnp.asarray(rng.standard_normal((2, 2, 150, 32)), jnp.float32) for _ in range(3))
+  reference = lambda q, k, v: jnp.swapaxes(layers.xla_attention(
+      *(jnp.swapaxes(x, 1, 2) for x in (q, k, v))), 1, 2)
+  splash = lambda q, k, v: layers.splash_attention_bhld(q, k, v, interpret=True)
+  np.testing.assert_allclose(splash(q, k, v), reference(q, k, v), rtol=1e-5, atol=1e-5)
+  grads = lambda fn: jax.grad(lambda *x: jnp.sum(jnp.sin(fn(*x))), argnums=(0, 1, 2))(q, k, v)
+  for got, want in zip(grads(splash), grads(reference)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_splash_attention_model_matches_xla_model():
+  base, layout = make_model(depth=1)
+  randomize_params(base)
+  splash, _ = make_model(depth=1, attention="splash")
+  nnx.update(splash, nnx.state(base, nnx.Param))
+  noisy, timesteps_bmn = make_inputs(layout)
+  want, got = predict(base, noisy, timesteps_bmn), predict(splash, noisy, timesteps_bmn)
+  for name in ("video", "audio"):
+    assert float(jnp.abs(want[name]).max()) > 1e-3
+    np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-5)

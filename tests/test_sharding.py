@@ -40,6 +40,18 @@ def test_sharded_step_equals_single_device(result, mesh):
   assert got["state_max_abs_diff"] < 1e-6
 
 
+def test_activation_constraints_are_traced_into_the_step(result):
+  # layers.constrain at the embedding, each block output, attention heads and MLP hidden.
+  assert result["meshes"]["tensor2_fsdp2_data2"]["num_sharding_constraints"] >= 4
+
+
+def test_scanned_layers_shard_and_match_single_device(result):
+  scan = result["scan"]
+  assert scan["mlp_kernel_shape"] == [2, 64, 256]  # [layers, embed, mlp] of the tiny config
+  assert scan["mlp_kernel_spec"] == "P(None, 'fsdp', 'tensor')"
+  assert scan["state_max_abs_diff"] < 1e-6
+
+
 def test_large_parameters_are_sharded(result):
   assert result["meshes"]["data8"]["num_sharded_params"] == 0  # pure data parallel: replicated
   fsdp = result["meshes"]["fsdp4_data2"]

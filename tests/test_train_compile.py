@@ -80,3 +80,15 @@ def test_device_kinds_map_to_chips():
   assert hardware.chip_of(FakeDevice("TPU v5 lite")) == "v5e"
   assert hardware.CHIPS["v5e"].peak_bf16_flops == 197e12
   assert hardware.chip_of(FakeDevice("cpu")) is None
+
+
+def test_splash_attention_and_scanned_layers_compile_for_v5e_with_tensor_parallel_heads():
+  """The Pallas splash kernel is lowered by Mosaic for the TPU (not interpreted) and runs per
+  shard in a shard_map: heads split over tensor=2, batch over fsdp=2."""
+  rc, out, err = _compile("--config=configs/avdit_monologues.py:tiny", "--topology=v5e:2x2",
+                          "--config.mesh.ici_parallelism.fsdp=2",
+                          "--config.mesh.ici_parallelism.tensor=2", "--config.data.batch_size=4",
+                          "--config.model.attention=splash", "--config.model.scan_layers=True")
+  assert rc == 0, err[-3000:]
+  assert "mesh {'data': 1, 'fsdp': 2, 'tensor': 2}" in out
+  assert "attention splash" in out and "fits: peak" in out

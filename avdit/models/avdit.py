@@ -20,6 +20,7 @@ from avdit.layout import NUM_MODALITIES, VIDEO, AUDIO, ClipLayout
 from avdit.models import layers
 from avdit.models.layers import AXES
 
+LAYERS_AXIS = "layers"  # logical name of the stacked-blocks axis when model.scan_layers
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 _REMAT_POLICIES = {
     "full": None,  # save nothing inside a block: recompute it all in the backward pass
@@ -94,6 +95,7 @@ class AVDiT(nnx.Module):
     self.self_condition = bool(cfg.self_condition)
     self.adaln_kind = cfg.adaln
     self.remat = cfg.remat
+    self.scan_layers = bool(cfg.get("scan_layers", False))
     self.dtype = dtype = _DTYPES[cfg.dtype]
     # Self-conditioning doubles the input channels: [noisy || previous x̂0].
     inputs_per_channel = 2 if self.self_condition else 1
@@ -123,12 +125,19 @@ class AVDiT(nnx.Module):
         self.adaln_base = layers.Dense(width, 6 * width, kernel_axes=AXES.modulation_kernel,
                                        bias_axes=AXES.modulation_bias, kernel_init=layers.zeros,
                                        dtype=dtype, rngs=rngs)
-      self.blocks = nnx.List([
-          layers.AdaLNBlock(width, cfg.num_heads, cfg.mlp_ratio, adaln=cfg.adaln,
-                            adaln_lora_rank=cfg.adaln_lora_rank, qk_norm=cfg.qk_norm,
-                            attention=cfg.attention, attention_chunk=cfg.attention_chunk,
-                            dtype=dtype, rngs=rngs)
-          for _ in range(cfg.depth)])
+      make_block = lambda rngs: layers.AdaLNBlock(
+          width, cfg.num_heads, cfg.mlp_ratio, adaln=cfg.adaln,
+          adaln_lora_rank=cfg.adaln_lora_rank, qk_norm=cfg.qk_norm, attention=cfg.attention,
+          attention_chunk=cfg.attention_chunk, dtype=dtype, rngs=rngs)
+      if self.scan_layers:
+        # One block whose parameters carry a leading "layers" axis of size depth; the forward
+        # pass is one lax.scan over it, so compile time does not grow with depth.
+        make_block = nnx.split_rngs(splits=cfg.depth)(nnx.vmap(
+            make_block, in_axes=(0,), out_axes=0,
+            transform_metadata={nnx.PARTITION_NAME: LAYERS_AXIS}))
+        self.blocks = make_block(rngs)
+      else:
+        self.blocks = nnx.List([make_block(rngs) for _ in range(cfg.depth)])
       self.final = FinalLayer(width, p * p * d_v, d_a, dtype=dtype, rngs=rngs)
 
   # --- pieces (public so tests and analysis can check them) ------------------------------------
@@ -176,11 +185,20 @@ class AVDiT(nnx.Module):
     cond_brd = self.timestep_out(jax.nn.silu(self.timestep_in(freq_brf)))
     return cond_brd + self.row_embed[...].astype(self.dtype)
 
-  def modulation_rows(self, cond_rows_brd: jax.Array) -> list[jax.Array]:
-    """Per block, its six modulation vectors per row [B, R, 6d] (shift/scale/gate x attn/mlp)."""
+  def shared_modulation(self, cond_rows_brd: jax.Array):
+    """(SiLU(cond rows) [B, R, d], the AdaLN-LoRA base shared by all blocks [B, R, 6d] | None)."""
     silu_cond_brd = jax.nn.silu(cond_rows_brd)
     # AdaLN-LoRA: the shared base is computed once for all blocks.
     base_brk = self.adaln_base(silu_cond_brd) if self.adaln_kind == "lora" else None
+    return silu_cond_brd, base_brk
+
+  def modulation_rows(self, cond_rows_brd: jax.Array) -> list[jax.Array]:
+    """Per block, its six modulation vectors per row [B, R, 6d] (shift/scale/gate x attn/mlp)."""
+    silu_cond_brd, base_brk = self.shared_modulation(cond_rows_brd)
+    if self.scan_layers:
+      rows_lbrk = nnx.vmap(lambda block: block.modulation_rows(silu_cond_brd, base_brk),
+                           in_axes=0, out_axes=0)(self.blocks)
+      return list(rows_lbrk)
     return [block.modulation_rows(silu_cond_brd, base_brk) for block in self.blocks]
 
   def __call__(self, noisy: dict[str, jax.Array], timestep_vector_bmn: jax.Array,
@@ -199,17 +217,32 @@ class AVDiT(nnx.Module):
     # The layout's numpy array, not `self.token_row`: under jit a jnp array is a tracer, and the
     # modulation gather needs the concrete rows to broadcast runs instead of gathering.
     token_row_l = self.layout.token_row
-    x_bld = self.embed_tokens(noisy, self_cond)
+    x_bld = layers.constrain(self.embed_tokens(noisy, self_cond), layers.ACTIVATIONS.tokens)
     cond_rows_brd = self.conditioning(timestep_vector_bmn)
 
-    # token_row is closed over, not passed: under remat an argument becomes a tracer.
-    def apply_block(block, x_bld, modulation_brk):
-      return block(x_bld, modulation_brk, token_row_l)
+    silu_cond_brd, base_brk = self.shared_modulation(cond_rows_brd)
+
+    # Blocks run as pure functions of (x, block state) under jax.checkpoint / lax.scan rather
+    # than nnx.remat / nnx.scan: Flax's transforms refuse modules merged in an outer trace, which
+    # is what the samplers' lax.scan does with the whole model. token_row is closed over, not
+    # passed: under remat an argument becomes a tracer. Each block's modulation rows are
+    # computed inside its (rematerialized) step: they are tiny.
+    blocks = self.blocks if self.scan_layers else list(self.blocks)
+    block_graphdef = nnx.graphdef(blocks if self.scan_layers else blocks[0])
+
+    def apply_block(x_bld, block_state):
+      block = nnx.merge(block_graphdef, block_state)
+      x_bld = block(x_bld, block.modulation_rows(silu_cond_brd, base_brk), token_row_l)
+      return layers.constrain(x_bld, layers.ACTIVATIONS.tokens)
 
     if self.remat != "none":
-      apply_block = nnx.remat(apply_block, policy=_REMAT_POLICIES[self.remat])
-    for block, modulation_brk in zip(self.blocks, self.modulation_rows(cond_rows_brd)):
-      x_bld = apply_block(block, x_bld, modulation_brk)
+      apply_block = jax.checkpoint(apply_block, policy=_REMAT_POLICIES[self.remat])
+    if self.scan_layers:
+      x_bld, _ = jax.lax.scan(lambda x, state: (apply_block(x, state), None), x_bld,
+                              nnx.state(blocks))
+    else:
+      for block in blocks:
+        x_bld = apply_block(x_bld, nnx.state(block))
 
     video_blk, audio_blc = self.final(x_bld, jax.nn.silu(cond_rows_brd), token_row_l,
                                       self.layout.num_video_tokens)

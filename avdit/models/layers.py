@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from flax.core import spmd as flax_spmd
 
 Axes = tuple[str, ...]
 Initializer = Callable[..., jax.Array]
@@ -65,6 +66,42 @@ class LogicalAxes:
 
 
 AXES = LogicalAxes()
+
+
+@dataclasses.dataclass(frozen=True)
+class ActivationAxes:
+  """Logical names of activations, constrained inside the model when a mesh and rules are set.
+
+  Distinct from the parameter names (as in MaxText): under FSDP the batch of activations and the
+  `embed` axis of parameters both use the `fsdp` mesh axis, which one array cannot do twice.
+  """
+
+  tokens: Axes = ("activation_batch", "activation_length", "activation_embed")
+  heads: Axes = ("activation_batch", "activation_heads", "activation_length", "activation_kv")
+  mlp: Axes = ("activation_batch", "activation_length", "activation_mlp")
+
+
+ACTIVATIONS = ActivationAxes()
+
+
+def mesh_axes_of(names: Axes) -> jax.sharding.PartitionSpec | None:
+  """The PartitionSpec of logical `names` under the current rules (`nnx.logical_axis_rules`) and
+  mesh (`jax.set_mesh`); None when either is missing (single device, tests, sampling on CPU)."""
+  rules = flax_spmd.get_logical_axis_rules()
+  if jax.sharding.get_abstract_mesh().empty or not rules:
+    return None
+  mapping = dict(rules)
+  return jax.sharding.PartitionSpec(*(mapping.get(name) for name in names))
+
+
+def constrain(x: jax.Array, names: Axes) -> jax.Array:
+  """Pins the sharding of activation `x` by logical names; a no-op without mesh and rules.
+
+  XLA's propagation would usually find the same layout; pinning it at block boundaries keeps a
+  tensor-parallel or FSDP step from resharding activations where propagation guesses wrong.
+  """
+  spec = mesh_axes_of(names)
+  return x if spec is None else jax.lax.with_sharding_constraint(x, spec)
 
 
 def make_param(rngs: nnx.Rngs, initializer: Initializer, shape: tuple[int, ...],
@@ -342,6 +379,60 @@ def flash_attention(q_blhd: jax.Array, k_blhd: jax.Array, v_blhd: jax.Array,
                                        heads_per_step))
 
 
+SPLASH_BLOCK = 128  # splash attention's tile along queries and keys (its default block sizes)
+
+
+def splash_attention_bhld(q_bhld: jax.Array, k_bhld: jax.Array, v_bhld: jax.Array, *,
+                          interpret: bool = False) -> jax.Array:
+  """softmax(q kᵀ / sqrt(Dh)) v with the Pallas TPU splash-attention kernel.
+
+  The kernel takes sequence lengths in multiples of its tiles, so L is padded to a multiple of
+  `SPLASH_BLOCK` and the padded keys are masked out (1387 tokens -> 1408, 1.5% more work).
+  Pallas kernels are opaque to XLA's partitioner: under a mesh the kernel runs per shard in a
+  `shard_map` (batch over the activation batch axes, heads over the tensor axis). `interpret=True`
+  runs the same kernel in the Pallas interpreter (any backend; how the CPU tests check it).
+  """
+  from jax.experimental.pallas.ops.tpu.splash_attention import (  # pylint: disable=g-import-not-at-top
+      splash_attention_kernel as splash, splash_attention_mask as splash_mask)
+  b, h, length, dh = q_bhld.shape
+  padded = -(-length // SPLASH_BLOCK) * SPLASH_BLOCK
+  spec = mesh_axes_of(ACTIVATIONS.heads)
+  local_heads = h
+  if spec is not None and spec[1] is not None:
+    mesh = jax.sharding.get_abstract_mesh()
+    for axis in (spec[1] if isinstance(spec[1], tuple) else (spec[1],)):
+      local_heads //= mesh.shape[axis]
+  visible_kv = np.zeros((padded, padded), bool)
+  visible_kv[:, :length] = True  # padded query rows see the real keys too: no empty softmax
+  kernel = splash.make_splash_mha(
+      splash_mask.MultiHeadMask([splash_mask.NumpyMask(visible_kv)] * local_heads),
+      head_shards=1, q_seq_shards=1, block_sizes=splash.BlockSizes.get_default(),
+      interpret=interpret)
+
+  def attend(q, k, v):
+    pad = lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, padded - length), (0, 0)))
+    out = jax.vmap(kernel)(pad(q * jnp.asarray(1.0 / math.sqrt(dh), q.dtype)), pad(k), pad(v))
+    return out[:, :, :length].astype(q.dtype)
+
+  if spec is None:
+    return attend(q_bhld, k_bhld, v_bhld)
+  spec = jax.sharding.PartitionSpec(spec[0], spec[1], None, None)
+  return jax.shard_map(attend, in_specs=(spec, spec, spec), out_specs=spec,
+                       check_vma=False)(q_bhld, k_bhld, v_bhld)
+
+
+def _compiling_for_tpu() -> bool:
+  """True when the step is traced for TPUs: the mesh's devices (also in an AOT compile from a CPU
+  host, whose mesh is made of the target topology's devices) or else the default backend."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if not mesh.empty and mesh.abstract_device is not None:
+    return mesh.abstract_device.platform == "tpu"
+  return jax.default_backend() == "tpu"
+
+
+ATTENTION_KINDS = ("xla", "chunked", "flash", "splash")
+
+
 class SelfAttention(nnx.Module):
   """Multi-head self-attention over all tokens, optional RMSNorm on q and k per head."""
 
@@ -349,8 +440,8 @@ class SelfAttention(nnx.Module):
                attention_chunk: int, dtype: jnp.dtype, rngs: nnx.Rngs):
     if width % num_heads:
       raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
-    if attention not in ("xla", "chunked", "flash"):
-      raise ValueError(f"attention must be 'xla', 'chunked' or 'flash', got {attention!r}")
+    if attention not in ATTENTION_KINDS:
+      raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {attention!r}")
     head_dim = width // num_heads
     qkv_shape = (width, num_heads, head_dim)
     self.query_kernel = make_param(rngs, xavier_uniform, qkv_shape, AXES.qkv_kernel)
@@ -380,7 +471,7 @@ class SelfAttention(nnx.Module):
     q_blhd = self._project(x_bld, self.query_kernel, self.query_bias)
     k_blhd = self._project(x_bld, self.key_kernel, self.key_bias)
     v_blhd = self._project(x_bld, self.value_kernel, self.value_bias)
-    if self.attention == "flash":
+    if self.attention in ("flash", "splash"):
       # Head-major first, then the q/k norms (per head over Dh, so the same values): XLA fuses a
       # norm into the transposing copy, where after the projection it lands in the matmul
       # library's fusion with its scale and reductions materialized (~5% of the bench step).
@@ -388,7 +479,14 @@ class SelfAttention(nnx.Module):
       q_bhld, k_bhld, v_bhld = to_heads(q_blhd), to_heads(k_blhd), to_heads(v_blhd)
       if self.query_norm is not None:
         q_bhld, k_bhld = self.query_norm(q_bhld), self.key_norm(k_bhld)
-      out_blhd = to_heads(flash_attention_bhld(q_bhld, k_bhld, v_bhld))
+      q_bhld, k_bhld, v_bhld = (constrain(x, ACTIVATIONS.heads) for x in (q_bhld, k_bhld, v_bhld))
+      if self.attention == "splash":
+        # Pallas TPU kernel; elsewhere only through the interpreter (tests).
+        out_bhld = splash_attention_bhld(q_bhld, k_bhld, v_bhld,
+                                         interpret=not _compiling_for_tpu())
+      else:
+        out_bhld = flash_attention_bhld(q_bhld, k_bhld, v_bhld)
+      out_blhd = to_heads(out_bhld)
     else:
       if self.query_norm is not None:
         q_blhd, k_blhd = self.query_norm(q_blhd), self.key_norm(k_blhd)
@@ -410,7 +508,8 @@ class Mlp(nnx.Module):
                         bias_axes=AXES.embed_bias, dtype=dtype, rngs=rngs)
 
   def __call__(self, x_bld: jax.Array) -> jax.Array:
-    return self.fc_out(jax.nn.gelu(self.fc_in(x_bld), approximate=True))
+    hidden_bln = constrain(self.fc_in(x_bld), ACTIVATIONS.mlp)
+    return self.fc_out(jax.nn.gelu(hidden_bln, approximate=True))
 
 
 def _row_runs(token_row_l: np.ndarray) -> list[tuple[int, int, int]]:

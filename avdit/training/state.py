@@ -7,6 +7,7 @@ RNG is `fold_in(seed, step)`, so a resumed run draws exactly the noise an uninte
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import flax.struct
@@ -89,6 +90,18 @@ def ema_decay_at(step, decay: float):
   return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
 
 
+def sharding_context(config, batch_sharding=None):
+  """While tracing: the mesh (abstract) and the config's logical-axis rules, so the model's
+  activation constraints and shard_mapped kernels see them; nothing without a mesh."""
+  if batch_sharding is None:
+    return contextlib.nullcontext()
+  from avdit.training import sharding  # pylint: disable=g-import-not-at-top
+  stack = contextlib.ExitStack()
+  stack.enter_context(jax.sharding.use_abstract_mesh(batch_sharding.mesh.abstract_mesh))
+  stack.enter_context(nnx.logical_axis_rules(sharding.logical_axis_rules(config.mesh)))
+  return stack
+
+
 def make_train_step(config, layout, graphdef, latent_space, latent_stats, *,
                     state_shardings=None, batch_sharding=None):
   """The jitted `train_step(state, batch) -> (state, metrics)` with the state donated.
@@ -105,6 +118,10 @@ def make_train_step(config, layout, graphdef, latent_space, latent_stats, *,
   stats = {k: np.asarray(v, np.float32) for k, v in latent_stats.items()}
 
   def train_step(state: TrainState, batch):
+    with sharding_context(config, batch_sharding):
+      return _train_step(state, batch)
+
+  def _train_step(state: TrainState, batch):
     rng = jax.random.fold_in(jax.random.key(config.seed), state.step)
     latents = latent_lib.normalize(latent_space.encode(batch["video"], batch["audio"]), stats)
 
