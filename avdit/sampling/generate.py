@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 
 import jax
@@ -19,6 +18,7 @@ from absl import logging
 from flax import nnx
 
 from avdit import layout as layout_lib
+from avdit import workdir as workdir_lib
 from avdit.data import pipeline
 from avdit.diffusion import schedule as schedule_lib
 from avdit.models import latent_space as latent_lib
@@ -89,10 +89,8 @@ def sample(config, workdir: str) -> list[dict]:
   condition = latent_lib.normalize(
       jax.jit(latent_space.encode)(model_inputs["video"], model_inputs["audio"]), stats)
   decode = jax.jit(lambda z: latent_space.decode(latent_lib.denormalize(z, stats)))
-  samples_dir = os.path.join(workdir, "samples")
-  os.makedirs(samples_dir, exist_ok=True)
   is_chief = jax.process_index() == 0
-  entries, timings = [], {}
+  entries, timings, generated = [], {}, {}
   rng = jax.random.key(config.sample.seed)
   for task_index, task in enumerate(task_list):
     task_rng = jax.random.fold_in(rng, task_index)
@@ -112,26 +110,30 @@ def sample(config, workdir: str) -> list[dict]:
                           "seconds_per_step": steady / spec.num_steps}
     logging.info("task %s: %d %s steps in %.2fs (%.3fs/step, first call %.1fs)", task.name,
                  spec.num_steps, spec.sampler, steady, steady / spec.num_steps, first)
-    video, audio = sharding.fetch(decode(latents))
-    if not is_chief:
-      continue
-    for i in range(num_clips):
-      stem = os.path.join(samples_dir, f"{task.name}_{i}")
-      outputs.write_mp4(stem + ".mp4", video[i], audio[i], layout.fps, layout.sample_rate)
-      outputs.write_comparison_mp4(stem + "_compare.mp4", clips["video"][i], video[i], audio[i],
-                                   task.condition_mask, layout)
-      outputs.write_strip_png(stem + ".png", clips["video"][i], video[i], clips["audio"][i],
-                              audio[i], task.condition_mask, layout,
-                              title=f"{task.name} ({task.spec or 'unconditional'}), clip {i}, "
-                              f"step {step}")
-      entries.append({"title": f"{task.name} #{i}", "task": task.name, "spec": task.spec,
-                      "sampler": dataclasses.asdict(spec),
-                      "videos": [stem + "_compare.mp4", stem + ".mp4"], "png": stem + ".png",
-                      "checkpoint_step": step})
-  if is_chief:
+    generated[task.name] = sharding.fetch(decode(latents))
+  if not is_chief:
+    return entries
+  # Written locally (PyAV, matplotlib), then copied when the workdir is a bucket. File names in
+  # the index and summary are relative to samples/.
+  with workdir_lib.local_staging(workdir_lib.path(workdir, "samples")) as samples_dir:
+    for task in task_list:
+      video, audio = generated[task.name]
+      for i in range(num_clips):
+        stem = f"{task.name}_{i}"
+        outputs.write_mp4(samples_dir / f"{stem}.mp4", video[i], audio[i], layout.fps,
+                          layout.sample_rate)
+        outputs.write_comparison_mp4(samples_dir / f"{stem}_compare.mp4", clips["video"][i],
+                                     video[i], audio[i], task.condition_mask, layout)
+        outputs.write_strip_png(samples_dir / f"{stem}.png", clips["video"][i], video[i],
+                                clips["audio"][i], audio[i], task.condition_mask, layout,
+                                title=f"{task.name} ({task.spec or 'unconditional'}), clip {i}, "
+                                f"step {step}")
+        entries.append({"title": f"{task.name} #{i}", "task": task.name, "spec": task.spec,
+                        "sampler": dataclasses.asdict(spec),
+                        "videos": [f"{stem}_compare.mp4", f"{stem}.mp4"], "png": f"{stem}.png",
+                        "checkpoint_step": step})
     outputs.write_index_html(samples_dir, entries)
-    with open(os.path.join(samples_dir, "summary.json"), "w") as f:
-      json.dump({"checkpoint_step": step, "sampler": dataclasses.asdict(spec),
-                 "timings": timings, "files": [e["videos"] + [e["png"]] for e in entries]},
-                f, indent=2)
+    (samples_dir / "summary.json").write_text(json.dumps(
+        {"checkpoint_step": step, "sampler": dataclasses.asdict(spec), "timings": timings,
+         "files": [e["videos"] + [e["png"]] for e in entries]}, indent=2))
   return entries

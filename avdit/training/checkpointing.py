@@ -9,15 +9,15 @@ Saves are asynchronous, the newest `keep` are kept, and a save is forced on a pr
 """
 from __future__ import annotations
 
-import os
-
 import grain
 import jax
 import orbax.checkpoint as ocp
 
+from avdit import workdir as workdir_lib
+
 
 def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), "checkpoints")
+  return str(workdir_lib.path(workdir, "checkpoints"))
 
 
 def make_manager(workdir: str, *, keep: int = 3, async_save: bool = True,
@@ -51,7 +51,7 @@ def restore_for_training(manager, step: int, abstract_state, data_iter):
 def restore_for_sampling(workdir: str, abstract_state, step: int = -1):
   """(state, latent_payload, step) from the latest (step=-1) or a given checkpoint."""
   directory = checkpoint_dir(workdir)
-  if not os.path.isdir(directory):
+  if not workdir_lib.path(directory).is_dir():
     raise FileNotFoundError(f"no checkpoint directory {directory}: train first "
                             f"(--mode=train or train_and_sample with --workdir={workdir})")
   manager = make_manager(workdir, read_only=True, async_save=False)

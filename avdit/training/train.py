@@ -13,7 +13,6 @@ checkpoint is saved.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
 
@@ -24,6 +23,7 @@ from clu import metric_writers
 from clu import periodic_actions
 
 from avdit import layout as layout_lib
+from avdit import workdir as workdir_lib
 from avdit.data import pipeline
 from avdit.models import avdit as avdit_model
 from avdit.models import latent_space as latent_lib
@@ -98,14 +98,13 @@ def train(config, workdir: str, steps_this_run: int | None = None,
   `record_batches` keeps each batch's clip indices in the summary (for resume checks).
   """
   # --- 1. Setup ---------------------------------------------------------------------------------
-  os.makedirs(workdir, exist_ok=True)
+  workdir_lib.path(workdir).mkdir(parents=True, exist_ok=True)
   is_chief = jax.process_index() == 0
   layout = layout_lib.layout_from_config(config)
   latent_space = latent_lib.make_latent_space(config, layout)
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
   if is_chief:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    workdir_lib.write_text(workdir, "config.json", config.to_json_best_effort(indent=2))
 
   # --- 2. Data ----------------------------------------------------------------------------------
   train_iter = pipeline.make_train_iterator(config.data, layout)
@@ -212,5 +211,4 @@ def train(config, workdir: str, steps_this_run: int | None = None,
 
 def write_summary(workdir: str, summary: dict) -> None:
   keep = {k: summary[k] for k in ("step", "metrics", "stopped_by", "num_params", "flops_per_step")}
-  with open(os.path.join(workdir, "train_summary.json"), "w") as f:
-    json.dump(keep, f, indent=2)
+  workdir_lib.write_text(workdir, "train_summary.json", json.dumps(keep, indent=2))

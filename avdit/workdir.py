@@ -1,0 +1,55 @@
+"""The run's working directory: a local path or a bucket (gs://...) alike.
+
+Orbax checkpoints and clu's TensorBoard writers handle `gs://` themselves. Everything else avdit
+writes (config.json, train_summary.json, samples) goes through `etils.epath` here; files made by
+libraries that only write local files (PyAV's mp4 muxer, matplotlib) are written to a local
+staging directory and copied to the bucket when it closes.
+"""
+from __future__ import annotations
+
+import contextlib
+import pathlib
+import shutil
+import tempfile
+from typing import Iterator
+
+from etils import epath
+
+
+def is_remote(workdir) -> bool:
+  return "://" in str(workdir)
+
+
+def path(workdir, *parts: str) -> epath.Path:
+  """`workdir/parts...`, absolute for local paths, created parent directories not included."""
+  base = epath.Path(workdir)
+  if not is_remote(workdir):
+    base = base.resolve()
+  return base.joinpath(*parts)
+
+
+def write_text(workdir, name: str, text: str) -> epath.Path:
+  target = path(workdir, name)
+  target.parent.mkdir(parents=True, exist_ok=True)
+  target.write_text(text)
+  return target
+
+
+@contextlib.contextmanager
+def local_staging(target_dir) -> Iterator[pathlib.Path]:
+  """A local directory whose files end up in `target_dir` (itself when it is local)."""
+  target = path(target_dir)
+  target.mkdir(parents=True, exist_ok=True)
+  if not is_remote(target_dir):
+    yield pathlib.Path(str(target))
+    return
+  staging = pathlib.Path(tempfile.mkdtemp(prefix="avdit_staging_"))
+  try:
+    yield staging
+    for source in staging.rglob("*"):
+      if source.is_file():
+        destination = target / source.relative_to(staging)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        epath.Path(source).copy(destination, overwrite=True)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
