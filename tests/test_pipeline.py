@@ -1,4 +1,5 @@
-"""Tests of the grain input pipeline: batches, order, host sharding, checkpoint/resume, workers."""
+"""Tests of the grain input pipeline over the synthetic world and a prepared TFDS dataset:
+batches, order, host sharding, checkpoint/resume, workers, geometry checks."""
 from __future__ import annotations
 
 import grain
@@ -167,3 +168,113 @@ def test_eval_clips_are_deterministic_and_held_out():
     assert not np.array_equal(clips["video"][i], train_clips[i]["video"])
   with pytest.raises(ValueError, match="held out"):
     pipeline.make_eval_clips(config, LAYOUT, num_clips=3, seed=config.seed)
+
+
+# --------------------------------------------------------------------------------------------
+# TFDS data: a tiny dataset prepared from fixture videos at LAYOUT's geometry
+# --------------------------------------------------------------------------------------------
+TFDS_TRAIN_FILES, TFDS_CLIPS_PER_FILE = 4, 3  # 2 s at 8 fps = 16 frames: clips at 0, 5, 10
+TFDS_TRAIN_CLIPS = TFDS_TRAIN_FILES * TFDS_CLIPS_PER_FILE
+
+
+@pytest.fixture(scope="module")
+def tfds_data(tmp_path_factory):
+  """data_config overrides reading a prepared av_folder dataset (12 train, 3 test clips)."""
+  import tensorflow_datasets as tfds
+  import av_fixtures as fx
+  from avdit.data import av_folder
+  from avdit.data import prepare
+  tfds.disable_progress_bar()
+  videos = tmp_path_factory.mktemp("videos")
+  for split, count in (("train", TFDS_TRAIN_FILES), ("test", 1)):
+    (videos / split).mkdir()
+    for i in range(count):
+      fx.write_av(videos / split / f"{i}.mp4", fps=16, width=24, height=16, seconds=2.0,
+                  sample_rate=8000)
+  geometry = av_folder.ClipGeometry(fps=LAYOUT.fps, height=LAYOUT.height, width=LAYOUT.width,
+                                    num_frames=LAYOUT.num_frames, sample_rate=LAYOUT.sample_rate,
+                                    stride_frames=LAYOUT.num_frames)
+  data_dir = str(tmp_path_factory.mktemp("tfds"))
+  report = prepare.prepare_dataset(videos, data_dir,
+                                   av_folder.AvFolderConfig.from_geometry(geometry, name="tiny"))
+  assert report["splits"]["train"]["clips"] == TFDS_TRAIN_CLIPS
+  return dict(name="tfds", tfds_name="av_folder/tiny", data_dir=data_dir, train_split="train",
+              eval_split="test")
+
+
+def test_tfds_batches_have_the_trainer_keys_shapes_and_dtypes(tfds_data):
+  batches = take(make_iterator(**tfds_data), 2)
+  for batch in batches:
+    assert set(batch) == {"video", "audio", "index"}
+    assert batch["video"].shape == (BATCH, 5, 16, 16, 3) and batch["video"].dtype == np.uint8
+    assert batch["audio"].shape == (BATCH, LAYOUT.audio_samples)
+    assert batch["audio"].dtype == np.float32
+    assert batch["index"].dtype == np.int64
+  source = pipeline.make_source(data_config(**tfds_data), LAYOUT)
+  assert len(source) == TFDS_TRAIN_CLIPS
+  for i in batches[0]["index"]:  # each row is the record its index names
+    row = list(batches[0]["index"]).index(i)
+    np.testing.assert_array_equal(batches[0]["video"][row], source[int(i)]["video"])
+    np.testing.assert_array_equal(batches[0]["audio"][row], source[int(i)]["audio"])
+
+
+def test_tfds_hosts_take_disjoint_blocks_covering_an_epoch(tfds_data):
+  epoch_batches = TFDS_TRAIN_CLIPS // BATCH
+  hosts = [take(make_iterator(process_index=p, process_count=2, **tfds_data), epoch_batches)
+           for p in range(2)]
+  seen = [np.concatenate([b["index"] for b in host]) for host in hosts]
+  assert not set(seen[0]) & set(seen[1])
+  assert sorted(np.concatenate(seen)) == list(range(TFDS_TRAIN_CLIPS))
+  single = take(make_iterator(**tfds_data), epoch_batches)
+  for step, batch in enumerate(single):
+    np.testing.assert_array_equal(
+        np.concatenate([hosts[0][step]["index"], hosts[1][step]["index"]]), batch["index"])
+
+
+def test_tfds_iterator_resumes_from_get_state(tfds_data):
+  uninterrupted = take(make_iterator(**tfds_data), 6)  # two epochs: reshuffled past the first
+  iterator = make_iterator(**tfds_data)
+  take(iterator, 2)
+  state = iterator.get_state()
+  take(iterator, 2)
+  fresh = make_iterator(**tfds_data)
+  fresh.set_state(state)
+  assert_batches_equal(take(fresh, 4), uninterrupted[2:6])
+
+
+def test_tfds_geometry_mismatch_and_missing_data_are_clear_errors(tfds_data, tmp_path):
+  other = layout_lib.ClipLayout(num_frames=9, fps=10.0, height=16, width=16, sample_rate=8000,
+                                video_channels=4, audio_channels=320)
+  with pytest.raises(ValueError, match=r"num_frames 5 \(dataset\) vs 9 \(config.clip\); "
+                                       r"fps 8 \(dataset\) vs 10"):
+    pipeline.make_train_iterator(data_config(**tfds_data), other)
+  with pytest.raises(FileNotFoundError, match="not prepared.*avdit.data.prepare --dataset=aist"):
+    pipeline.make_source(data_config(**{**tfds_data, "tfds_name": "av_folder/aist",
+                                        "data_dir": str(tmp_path)}), LAYOUT)
+  with pytest.raises(ValueError, match="no split 'validation'"):
+    pipeline.make_source(data_config(**tfds_data), LAYOUT, split="validation")
+
+
+def test_tfds_eval_clips_come_from_the_eval_split(tfds_data):
+  config = data_config(**tfds_data)
+  clips = pipeline.make_eval_clips(config, LAYOUT, num_clips=2, seed=config.seed)  # no seed rule
+  test_split = pipeline.make_source(config, LAYOUT, split="test")
+  assert len(test_split) == 3
+  assert set(clips) == {"video", "audio", "index"}
+  np.testing.assert_array_equal(clips["index"], [0, 1])  # i * 3 // 2
+  for row, index in enumerate(clips["index"]):
+    np.testing.assert_array_equal(clips["video"][row], test_split[int(index)]["video"])
+  with pytest.raises(ValueError, match="4 eval clips"):
+    pipeline.make_eval_clips(config, LAYOUT, num_clips=4, seed=1)
+  with pytest.raises(ValueError, match="not held out"):
+    pipeline.make_eval_clips(data_config(**{**tfds_data, "eval_split": "train"}), LAYOUT,
+                             num_clips=1, seed=1)
+
+
+def test_tfds_source_crosses_to_grain_worker_processes(tfds_data):
+  in_process = take(make_iterator(**tfds_data), 2)
+  iterator = make_iterator(worker_count=1, **tfds_data)  # the source is pickled to the worker
+  try:
+    assert_batches_equal(take(iterator, 2), in_process)
+  finally:
+    iterator.close()

@@ -1,0 +1,456 @@
+"""TFDS datasets of audiovisual clips cut from a folder of video files (`manual_dir`).
+
+    manual_dir/**/*.mp4 ...
+      -> split rule (file lists | train/ test/ folders | hashed ratio)   `assign_splits`
+      -> each file decoded once, cached (avdit.data.prepare)              `DecodedAV` per file
+      -> `av_decode.cut_clips` at the config's geometry                   clips of F frames
+      -> ArrayRecord shards {video uint8 [F, H, W, 3], audio float32 [L], source, start_seconds,
+         clip_index}, read with `tfds.data_source(...)` (random access, for grain)
+
+One generic builder, `av_folder`, whose `AvFolderConfig` carries the clip geometry (fps, height,
+width, num_frames = 1 + 4k, sample_rate, stride_frames) and the split rule, so the dataset's name
+and directory (`<data_dir>/av_folder/<config name>/<version>`) identify exactly what is in it. The
+geometry is also written to the dataset's metadata (`metadata.json`, `builder.info.metadata`), where
+the input pipeline checks it against `config.clip` before training.
+
+Presets (`BUILDER_CONFIGS`) follow MM-Diffusion's AIST++ and Landscape data (64x64, 10 fps, 16 kHz,
+`train/` and `test/` sub-folders): `av_folder/aist` and `av_folder/landscape`. Their clips are 17
+frames (1.7 s) cut back to back: MM-Diffusion trains on 16 frames (1.6 s, 25 600 samples) at 10 fps,
+and 17 = 1 + 4 * 4 is the 1 + 4k length that holds those 16 frames plus the frame the causal video
+autoencoder encodes alone; 21 frames (2.1 s, nearer the "≈2 s" of SPEC §2) would cut a fifth
+fewer clips from each file and match no baseline setting. Any other geometry is a custom config (`AvFolderConfig(name=..., ...)`, named by
+`ClipGeometry.default_name()` unless given a name).
+
+Video and audio are stored as raw-bytes `tfds.features.Tensor`s (not an encoded video feature):
+reads are bit-exact copies of what `av_decode` produced, with no codec in the training input path.
+
+Splits (`SPLIT_RULES`):
+  lists    `train.txt`, `validation.txt`, `test.txt` in manual_dir, one relative path per line
+           ('#' comments); other files are ignored (and counted as such).
+  folders  files under the top-level `train/`, `validation/`, `test/` folders (MM-Diffusion's
+           layout); files elsewhere are ignored.
+  ratio    every video file; `test` if a hash of (split_seed, relative path) falls below
+           test_fraction, else `train`. A file's split depends only on its own path, so adding
+           files never moves existing ones between splits.
+  auto     lists if any list file exists, else folders if any split folder exists, else ratio.
+Example keys are `<relative path>#<clip index>`; TFDS orders records by a hash of the key, so
+record order is stable across runs and interleaves files (the first records of a split are
+spread over many files).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import os
+import posixpath
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from avdit.data import av_decode
+
+TEMPORAL_FACTOR = 4  # the video autoencoder's temporal stride: clips are 1 + 4k frames
+SPLIT_NAMES = ("train", "validation", "test")
+SPLIT_RULES = ("auto", "lists", "folders", "ratio")
+# Extensions taken as video files when walking manual_dir (lowercase); listed files are taken
+# whatever their extension.
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".flv", ".mpg", ".mpeg",
+                    ".ts", ".3gp", ".ogv", ".wmv")
+FORMAT_VERSION = 1  # of the metadata written next to the examples
+# Tensors stored as their raw bytes: exact and read without per-value parsing (the default
+# tf.Example lists would store each uint8 pixel as an int64 varint, and float64 as float32).
+# ArrayRecord compresses the records on disk either way.
+_RAW = tfds.features.Encoding.BYTES
+
+
+# --------------------------------------------------------------------------------------------
+# Clip geometry
+# --------------------------------------------------------------------------------------------
+def _positive_int(name: str, value) -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    raise ValueError(f"{name} must be a positive integer, got {value!r}")
+  return int(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipGeometry:
+  """What one clip is: frame rate and size, frames per clip, audio rate, stride between clips.
+
+  Attributes:
+    fps: output frame rate (frames picked by timestamp, `av_decode`).
+    height, width: output frame size (scale to cover, centre crop).
+    num_frames: F = 1 + 4k frames per clip.
+    sample_rate: mono audio rate (Hz).
+    stride_frames: frames between the starts of consecutive clips of a file (F: back to back).
+  """
+
+  fps: float
+  height: int
+  width: int
+  num_frames: int
+  sample_rate: int
+  stride_frames: int
+
+  def __post_init__(self):
+    try:
+      fps = float(self.fps)
+    except (TypeError, ValueError):
+      raise ValueError(f"fps must be a positive number, got {self.fps!r}") from None
+    if isinstance(self.fps, bool) or not math.isfinite(fps) or fps <= 0:
+      raise ValueError(f"fps must be a positive number, got {self.fps!r}")
+    object.__setattr__(self, "fps", fps)
+    for name in ("height", "width", "num_frames", "sample_rate", "stride_frames"):
+      object.__setattr__(self, name, _positive_int(name, getattr(self, name)))
+    if (self.num_frames - 1) % TEMPORAL_FACTOR:
+      below = 1 + TEMPORAL_FACTOR * ((self.num_frames - 1) // TEMPORAL_FACTOR)
+      raise ValueError(
+          f"num_frames={self.num_frames} is not 1 + {TEMPORAL_FACTOR}k: the video autoencoder "
+          f"encodes the first frame alone and the rest in groups of {TEMPORAL_FACTOR} "
+          f"(nearest: {below} or {below + TEMPORAL_FACTOR}).")
+
+  @property
+  def audio_samples(self) -> int:
+    """L, the audio samples of a clip (the `ClipLayout.audio_samples` rule)."""
+    return av_decode.clip_audio_samples(self.num_frames, self.fps, self.sample_rate)
+
+  @property
+  def clip_seconds(self) -> float:
+    return self.num_frames / self.fps
+
+  def to_dict(self) -> dict:
+    return {"fps": self.fps, "height": self.height, "width": self.width,
+            "num_frames": self.num_frames, "sample_rate": self.sample_rate,
+            "stride_frames": self.stride_frames, "audio_samples": self.audio_samples,
+            "clip_seconds": self.clip_seconds}
+
+  @classmethod
+  def from_dict(cls, values: dict) -> ClipGeometry:
+    return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)})
+
+  def default_name(self) -> str:
+    """A TFDS config name that spells the geometry, e.g. '64x64_10fps_17f_16000hz_s17'."""
+    fps = f"{self.fps:g}".replace("+", "")
+    return (f"{self.height}x{self.width}_{fps}fps_{self.num_frames}f_{self.sample_rate}hz"
+            f"_s{self.stride_frames}")
+
+  def mismatches(self, layout) -> list[str]:
+    """'name dataset vs config' for each clip field that differs from a `ClipLayout`."""
+    out = []
+    for name in ("num_frames", "fps", "height", "width", "sample_rate"):
+      ours, theirs = getattr(self, name), getattr(layout, name)
+      if float(ours) != float(theirs):
+        out.append(f"{name} {ours:g} (dataset) vs {theirs:g} (config.clip)")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Splits
+# --------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class SplitAssignment:
+  """Which files go to which split, and how that was decided.
+
+  Attributes:
+    rule: the rule applied ("lists", "folders" or "ratio"; never "auto").
+    splits: split name -> sorted relative paths (posix); every split of the rule, maybe empty.
+    ignored: video (or other) files of manual_dir that no split takes, sorted.
+  """
+
+  rule: str
+  splits: dict[str, list[str]]
+  ignored: list[str]
+
+  @property
+  def num_files(self) -> int:
+    return sum(len(files) for files in self.splits.values())
+
+
+def _is_hidden(name: str) -> bool:
+  # Dot files include macOS '._name.mp4' resource forks, which are not videos.
+  return name.startswith(".")
+
+
+def list_files(manual_dir: str) -> list[str]:
+  """Every non-hidden file under manual_dir, as sorted posix paths relative to it."""
+  out = []
+  for root, dirs, files in os.walk(manual_dir):
+    dirs[:] = sorted(d for d in dirs if not _is_hidden(d))
+    rel_root = os.path.relpath(root, manual_dir)
+    for name in files:
+      if _is_hidden(name):
+        continue
+      rel = name if rel_root == os.curdir else os.path.join(rel_root, name)
+      out.append(rel.replace(os.sep, "/"))
+  return sorted(out)
+
+
+def is_video_file(relpath: str) -> bool:
+  return os.path.splitext(relpath)[1].lower() in VIDEO_EXTENSIONS
+
+
+def ratio_split(relpath: str, test_fraction: float, seed: int) -> str:
+  """'test' or 'train' for one file, from a hash of (seed, path) alone (stable as files come)."""
+  digest = hashlib.sha256(f"{seed}\0{relpath}".encode("utf-8")).digest()
+  unit = int.from_bytes(digest[:8], "big") / 2.0 ** 64  # uniform in [0, 1)
+  return "test" if unit < test_fraction else "train"
+
+
+def _normalize_listed(line: str, list_file: str) -> str:
+  path = posixpath.normpath(line.replace("\\", "/"))
+  if posixpath.isabs(path) or path == ".." or path.startswith("../"):
+    raise ValueError(f"{list_file} lists {line!r}: paths must be relative to manual_dir and stay "
+                     "inside it.")
+  return path
+
+
+def _read_list(path: str) -> list[str]:
+  entries = []
+  with open(path, encoding="utf-8") as f:
+    for raw in f:
+      line = raw.strip()
+      if line and not line.startswith("#"):
+        entries.append(_normalize_listed(line, os.path.basename(path)))
+  return entries
+
+
+def detect_split_rule(manual_dir: str) -> str:
+  """The rule "auto" resolves to for manual_dir (see the module docstring)."""
+  if any(os.path.isfile(os.path.join(manual_dir, f"{s}.txt")) for s in SPLIT_NAMES):
+    return "lists"
+  if any(os.path.isdir(os.path.join(manual_dir, s)) for s in SPLIT_NAMES):
+    return "folders"
+  return "ratio"
+
+
+def assign_splits(manual_dir: str, rule: str = "auto", test_fraction: float = 0.1,
+                  seed: int = 0) -> SplitAssignment:
+  """Splits the files of manual_dir by `rule` (module docstring).
+
+  Raises:
+    ValueError: unknown rule, a file listed in two splits, a path leaving manual_dir, a bad
+      test_fraction, or a rule whose lists/folders are absent.
+  """
+  if rule not in SPLIT_RULES:
+    raise ValueError(f"unknown split rule {rule!r}; one of {', '.join(SPLIT_RULES)}")
+  if rule == "auto":
+    rule = detect_split_rule(manual_dir)
+  files = list_files(manual_dir)
+  if rule == "lists":
+    splits, owner = {}, {}
+    for split in SPLIT_NAMES:
+      list_path = os.path.join(manual_dir, f"{split}.txt")
+      if not os.path.isfile(list_path):
+        continue
+      entries = []
+      for entry in _read_list(list_path):
+        if entry in owner:
+          if owner[entry] != split:
+            raise ValueError(f"{entry} is listed in both {owner[entry]}.txt and {split}.txt; a "
+                             "file must belong to one split.")
+          continue  # listed twice in one list: once is enough (no duplicated clips)
+        owner[entry] = split
+        entries.append(entry)
+      splits[split] = sorted(entries)
+    if not splits:
+      raise ValueError(f"split rule 'lists' needs train.txt / test.txt in {manual_dir}")
+    lists = {f"{s}.txt" for s in splits}
+    ignored = [f for f in files if f not in owner and f not in lists]
+  elif rule == "folders":
+    present = [s for s in SPLIT_NAMES if os.path.isdir(os.path.join(manual_dir, s))]
+    if not present:
+      raise ValueError(f"split rule 'folders' needs train/ and test/ sub-folders in {manual_dir}")
+    splits = {s: [] for s in present}
+    ignored = []
+    for f in files:
+      top = f.split("/", 1)[0]
+      if top in splits and "/" in f and is_video_file(f):
+        splits[top].append(f)
+      else:
+        ignored.append(f)
+  else:
+    if not 0.0 <= test_fraction < 1.0:
+      raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+    splits = {"train": [], "test": []}
+    ignored = []
+    for f in files:
+      if is_video_file(f):
+        splits[ratio_split(f, test_fraction, seed)].append(f)
+      else:
+        ignored.append(f)
+  return SplitAssignment(rule=rule, splits=splits, ignored=ignored)
+
+
+# --------------------------------------------------------------------------------------------
+# The TFDS builder
+# --------------------------------------------------------------------------------------------
+@dataclasses.dataclass(eq=False)
+class AvFolderConfig(tfds.core.BuilderConfig):
+  """An `av_folder` dataset: the clip geometry and the split rule (module docstring)."""
+
+  fps: float = 10.0
+  height: int = 64
+  width: int = 64
+  num_frames: int = 17
+  sample_rate: int = 16000
+  stride_frames: int = 17
+  split_rule: str = "auto"
+  test_fraction: float = 0.1
+  split_seed: int = 0
+
+  @property
+  def geometry(self) -> ClipGeometry:
+    return ClipGeometry(fps=self.fps, height=self.height, width=self.width,
+                        num_frames=self.num_frames, sample_rate=self.sample_rate,
+                        stride_frames=self.stride_frames)
+
+  @property
+  def split_settings(self) -> dict:
+    return {"rule": self.split_rule, "test_fraction": float(self.test_fraction),
+            "seed": int(self.split_seed)}
+
+  @classmethod
+  def from_geometry(cls, geometry: ClipGeometry, name: str | None = None,
+                    split_rule: str = "auto", test_fraction: float = 0.1,
+                    split_seed: int = 0) -> AvFolderConfig:
+    return cls(name=name or geometry.default_name(), fps=geometry.fps, height=geometry.height,
+               width=geometry.width, num_frames=geometry.num_frames,
+               sample_rate=geometry.sample_rate, stride_frames=geometry.stride_frames,
+               split_rule=split_rule, test_fraction=test_fraction, split_seed=split_seed,
+               description=f"clips of {geometry.default_name()}, split rule {split_rule}")
+
+
+_MM_DIFFUSION = dict(fps=10.0, height=64, width=64, num_frames=17, sample_rate=16000,
+                     stride_frames=17, split_rule="folders")
+PRESETS = {
+    "aist": AvFolderConfig(
+        name="aist", description="AIST++ street dance as MM-Diffusion lays it out: train/ and "
+        "test/ folders of mp4s; 64x64, 10 fps, 16 kHz, 17-frame (1.7 s) clips.",
+        **_MM_DIFFUSION),
+    "landscape": AvFolderConfig(
+        name="landscape", description="Landscape nature scenes as MM-Diffusion lays them out: "
+        "train/ and test/ folders of mp4s; 64x64, 10 fps, 16 kHz, 17-frame (1.7 s) clips.",
+        **_MM_DIFFUSION),
+}
+
+
+class AvFolder(tfds.core.GeneratorBasedBuilder):
+  """Audiovisual clips cut from the video files of a folder (module docstring)."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Clips of video uint8 [F, H, W, 3] and mono audio float32 [L]."}
+  BUILDER_CONFIGS = list(PRESETS.values())
+  MANUAL_DOWNLOAD_INSTRUCTIONS = """\
+  Put the video files (with their audio) in manual_dir, in train/ and test/ folders, or list
+  them in train.txt / test.txt (paths relative to manual_dir), or leave them anywhere to split
+  by a hashed ratio. Then: python -m avdit.data.prepare --manual_dir=DIR --data_dir=OUT ...
+  """
+
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls):
+    """None: no checksums or metadata files live next to this builder's code.
+
+    TFDS 4.9 resolves the source path of a builder inside a package through the
+    `importlib_resources` backport, which it only installs on Python < 3.9 (ModuleNotFoundError
+    in `download_and_prepare` otherwise); the path is only used to find such files.
+    """
+    return None
+
+  def __init__(self, *, num_workers: int = 1, **kwargs):
+    """`num_workers`: processes decoding source files during preparation (1: in-process)."""
+    self._num_workers = int(num_workers)
+    super().__init__(**kwargs)
+    config = self.builder_config
+    _ = config.geometry  # validates it before anything is written
+    if config.split_rule not in SPLIT_RULES:
+      raise ValueError(f"unknown split rule {config.split_rule!r}; one of "
+                       f"{', '.join(SPLIT_RULES)}")
+    if not 0.0 <= config.test_fraction < 1.0:
+      raise ValueError(f"test_fraction must be in [0, 1), got {config.test_fraction}")
+    self.preparation = None  # the report of the last preparation (avdit.data.prepare)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    geometry = self.builder_config.geometry
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description="Audiovisual clips cut from a folder of video files (avdit.data.av_folder).",
+        features=tfds.features.FeaturesDict({
+            "video": tfds.features.Tensor(
+                shape=(geometry.num_frames, geometry.height, geometry.width, 3), dtype=np.uint8,
+                encoding=_RAW),
+            "audio": tfds.features.Tensor(shape=(geometry.audio_samples,), dtype=np.float32,
+                                          encoding=_RAW),
+            "source": tfds.features.Text(),  # path relative to manual_dir
+            # On the source's clock; raw bytes keep float64 (a tf.Example float list is float32).
+            "start_seconds": tfds.features.Tensor(shape=(), dtype=np.float64, encoding=_RAW),
+            "clip_index": tfds.features.Scalar(dtype=np.int64),  # within the source file
+        }),
+        metadata=tfds.core.MetadataDict(
+            format_version=FORMAT_VERSION, geometry=geometry.to_dict(),
+            split=self.builder_config.split_settings),
+    )
+
+  @property
+  def cache_root(self) -> str:
+    """Where preparation keeps the decoded files: `<data_dir>/av_folder/_prepare_cache`."""
+    return os.path.join(os.fspath(self.data_dir_root), self.name, "_prepare_cache")
+
+  def _split_generators(self, dl_manager):
+    from avdit.data import prepare  # here: prepare imports this module for the builder
+    plan = prepare.decode_and_plan(
+        dl_manager.manual_dir, self.builder_config, cache_root=self.cache_root,
+        num_workers=self._num_workers,
+        dataset_dir=os.path.join(os.fspath(self.data_dir_root), self.info.full_name))
+    self.preparation = plan.report
+    # Into the dataset's (still temporary) directory: it appears with the dataset, atomically.
+    prepare.write_report(plan.report, self.data_dir)
+    return {split: self._generate_examples(plan, split) for split in plan.nonempty_splits()}
+
+  def _generate_examples(self, plan, split: str):
+    from avdit.data import prepare  # see _split_generators
+    geometry = self.builder_config.geometry
+    for entry in plan.used_files(split):
+      decoded = prepare.load_decoded(entry.cache_path, source=entry.relpath)
+      clips = av_decode.cut_clips(decoded, num_frames=geometry.num_frames,
+                                  stride_frames=geometry.stride_frames)
+      if len(clips) != entry.num_clips:  # the plan was counted on the same cache entry
+        raise RuntimeError(f"{entry.relpath}: {len(clips)} clips now, {entry.num_clips} when "
+                           "planned; was the cache changed during preparation?")
+      for clip in clips:
+        yield f"{entry.relpath}#{clip.index}", {
+            "video": np.ascontiguousarray(clip.video, np.uint8),
+            "audio": np.ascontiguousarray(clip.audio, np.float32),
+            "source": entry.relpath,
+            "start_seconds": float(clip.start_seconds),
+            "clip_index": int(clip.index),
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# Reading (the input pipeline)
+# --------------------------------------------------------------------------------------------
+def load_builder(tfds_name: str, data_dir: str | None):
+  """The builder of a prepared dataset, with a clear error when it has not been prepared."""
+  config_name = tfds_name.split("/", 1)[-1]
+  how = (f"--dataset={config_name}" if config_name in PRESETS
+         else "--config=YOUR_CONFIG (its c.clip and c.data.tfds_name)")
+  hint = (f"prepare it first: python -m avdit.data.prepare {how} --manual_dir=YOUR_VIDEOS "
+          f"--data_dir={data_dir or '~/tensorflow_datasets'}")
+  try:
+    builder = tfds.builder(tfds_name, data_dir=data_dir)
+  except (tfds.core.registered.DatasetNotFoundError, ValueError, AssertionError) as err:
+    raise FileNotFoundError(f"no TFDS dataset {tfds_name!r} in data_dir {data_dir!r}; "
+                            f"{hint}") from err
+  if not (builder.data_path / "dataset_info.json").exists():
+    raise FileNotFoundError(f"TFDS dataset {tfds_name!r} is not prepared in {builder.data_dir}; "
+                            f"{hint}")
+  return builder
+
+
+def dataset_geometry(builder) -> ClipGeometry | None:
+  """The geometry recorded in a prepared dataset's metadata (None for foreign datasets)."""
+  metadata = builder.info.metadata
+  if metadata is None or "geometry" not in metadata:
+    return None
+  return ClipGeometry.from_dict(metadata["geometry"])
