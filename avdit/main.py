@@ -5,11 +5,18 @@ r"""avdit entry point.
 
 train             trains (or resumes from the latest checkpoint in --workdir)
 sample            samples every task in config.sample.tasks from the latest checkpoint
-train_and_sample  both (the default main job)
+train_and_sample  both (the default for AVDiT configs)
 describe          prints the clip/token layout and the parameter count, builds nothing
+encode            writes the latent cache of a config with latent.name=learned
+pipeline          configs/avdit_pipeline.py: both autoencoders, the latent cache, AVDiT and
+                  the samples, each stage resumable (the default for that config)
+
+Autoencoder configs (config.kind = magvit2 | soundstream) take --mode=train (train, then
+reconstruct held-out clips) or --mode=sample (reconstructions from the latest checkpoint).
 """
 from __future__ import annotations
 
+import json
 import logging as logging_std
 import os
 import sys
@@ -26,8 +33,9 @@ from avdit.training import state as state_lib
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:variant]).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
-_MODE = flags.DEFINE_enum("mode", "train_and_sample",
-                          ["train", "sample", "train_and_sample", "describe"], "What to run.")
+_MODE = flags.DEFINE_enum(
+    "mode", None, ["train", "sample", "train_and_sample", "describe", "encode", "pipeline"],
+    "What to run (default: pipeline for configs with autoencoders, else train_and_sample).")
 
 
 def describe(config) -> dict:
@@ -77,8 +85,20 @@ def main(argv):
   config = _CONFIG.value
   if config is None:
     raise app.UsageError("--config is required, e.g. --config=configs/avdit_synthetic.py:tiny")
-  mode = _MODE.value
+  is_pipeline = "video_autoencoder" in config
+  kind = config.get("kind", "avdit")
+  mode = _MODE.value or ("pipeline" if is_pipeline else
+                         "train" if kind != "avdit" else "train_and_sample")
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  if kind != "avdit":
+    if not _WORKDIR.value:
+      raise app.UsageError("--workdir is required")
+    maybe_initialize_distributed()
+    run_autoencoder(config, mode, _WORKDIR.value)
+    return
+  if mode == "pipeline" and not is_pipeline:
+    raise app.UsageError("--mode=pipeline needs a config with autoencoders "
+                         "(configs/avdit_pipeline.py)")
   if mode == "describe":
     describe(config)
     return
@@ -88,7 +108,23 @@ def main(argv):
   # Imported here so `describe` stays light.
   from avdit.sampling import generate  # pylint: disable=g-import-not-at-top
   from avdit.training import train  # pylint: disable=g-import-not-at-top
+  from avdit import end_to_end  # pylint: disable=g-import-not-at-top
   logging.info("JAX devices: %s", jax.devices())
+  if is_pipeline:
+    config = end_to_end.resolved(config, _WORKDIR.value)
+  if mode == "pipeline":
+    results = end_to_end.run(config, _WORKDIR.value)
+    if results.get("stopped_by"):
+      print(f"stopped by {results['stopped_by']} in stage {results['stage']}; rerun the same "
+            "command to resume")
+      return
+    print(f"pipeline done: {json.dumps({k: v for k, v in results.items() if k != 'samples'})}")
+    print(f"open {_WORKDIR.value}/avdit/samples/index.html")
+    return
+  if mode == "encode":
+    meta = end_to_end.encode(config, _WORKDIR.value)
+    print(f"encoded {meta['num_clips']} clips into {config.data.cache_dir}")
+    return
   if mode in ("train", "train_and_sample"):
     try:
       summary = train.train(config, _WORKDIR.value)
@@ -109,6 +145,24 @@ def main(argv):
       print(f"error: {e}", file=sys.stderr)
       sys.exit(1)
     print(f"wrote {len(entries)} samples; open {_WORKDIR.value}/samples/index.html")
+
+
+def run_autoencoder(config, mode: str, workdir: str) -> None:
+  from avdit.training import autoencoder  # pylint: disable=g-import-not-at-top
+  from avdit.training import train  # pylint: disable=g-import-not-at-top
+  if mode in ("train", "train_and_sample"):
+    try:
+      summary = autoencoder.train(config, workdir)
+    except train.NonFiniteLossError as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(1)
+    print(f"{summary['kind']} at step {summary['step']}: {json.dumps(summary['eval'])}")
+  elif mode == "sample":
+    model, _, step = autoencoder.load_autoencoder(workdir)
+    result = autoencoder.evaluate(config, model, workdir if jax.process_index() == 0 else None)
+    print(f"reconstructions of step {step} in {workdir}/reconstructions: {json.dumps(result)}")
+  else:
+    raise app.UsageError(f"--mode={mode} does not apply to an autoencoder config")
 
 
 if __name__ == "__main__":

@@ -498,3 +498,13 @@ def test_gradient_steps_reduce_reconstruction_error():
     losses.append(float(loss))
   assert all(math.isfinite(l) for l in losses)
   assert losses[-1] < 0.6 * losses[0], losses
+
+
+def test_entropy_loss_gradient_is_finite_when_code_probabilities_underflow():
+  """With τ = 0.01 and |z| ~ 1 most codes' batch probabilities are exactly 0 in float32; p log p
+  must still give a finite gradient there (xlogy's is -inf, which turned training steps into NaN)."""
+  quantizer = magvit2.LookupFreeQuantizer(8, entropy_temperature=0.01)
+  z = jnp.asarray(np.random.default_rng(0).standard_normal((64, 8)), jnp.float32)
+  grad = jax.grad(lambda z: quantizer(z)[1]["losses"]["entropy"])(z)
+  assert bool(jnp.all(jnp.isfinite(grad)))
+  assert float(jnp.abs(grad).max()) > 0

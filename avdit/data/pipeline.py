@@ -36,7 +36,7 @@ import numpy as np
 
 from avdit.data import synthetic
 
-SUPPORTED_DATASETS = ("synthetic", "tfds")
+SUPPORTED_DATASETS = ("synthetic", "tfds", "latent_cache")
 
 
 class TfdsClips:
@@ -119,6 +119,11 @@ def make_source(data_config, layout, seed: int | None = None, num_clips: int | N
   if data_config.name == "tfds":
     return _tfds_source(data_config, layout,
                         split or data_config.get("train_split", None) or "train")
+  if data_config.name == "latent_cache":
+    # Latents of data.raw's clips (avdit.data.latent_cache); the trainer checks them against
+    # the config's autoencoders.
+    from avdit.data import latent_cache  # pylint: disable=g-import-not-at-top
+    return latent_cache.LatentCacheSource(data_config.cache_dir, layout)
   return synthetic.SyntheticWorld.from_layout(
       layout, num_clips=data_config.num_clips if num_clips is None else num_clips,
       seed=data_config.seed if seed is None else seed)
@@ -208,6 +213,8 @@ def make_eval_clips(data_config, layout, num_clips: int, seed: int) -> dict[str,
   """
   if num_clips < 1:
     raise ValueError(f"num_clips={num_clips} must be at least 1.")
+  if data_config.name == "latent_cache":  # held-out *clips* come from the data it encoded
+    return make_eval_clips(data_config.raw, layout, num_clips, seed)
   if data_config.name == "tfds":
     split = data_config.get("eval_split", None) or "test"
     if split == (data_config.get("train_split", None) or "train"):

@@ -114,14 +114,86 @@ class PrecomputedLatents:
     raise NotImplementedError("precomputed latents cannot be decoded without their autoencoder")
 
 
+class LearnedLatents:
+  """MAGVIT-v2 (video) and SoundStream (audio) continuous latents, from their training runs.
+
+  Each autoencoder is rebuilt from its own checkpoint (kind and constructor arguments are saved
+  with it) with its EMA parameters. Its identity must agree with the config: clip geometry,
+  latent channels, and the segment structure (time/space factors, hop); otherwise a clear error.
+  """
+
+  def __init__(self, layout: layout_lib.ClipLayout, video_workdir: str, audio_workdir: str):
+    from avdit.training import autoencoder  # pylint: disable=g-import-not-at-top
+    self.layout = layout
+    self.video_model, self.video_identity, self.video_step = autoencoder.load_autoencoder(
+        video_workdir)
+    self.audio_model, self.audio_identity, self.audio_step = autoencoder.load_autoencoder(
+        audio_workdir)
+    self.identity = {"video": dict(self.video_identity, workdir=str(video_workdir),
+                                   step=int(self.video_step)),
+                     "audio": dict(self.audio_identity, workdir=str(audio_workdir),
+                                   step=int(self.audio_step))}
+    check_autoencoders_match(layout, self.identity, self.video_model, self.audio_model)
+
+  def encode(self, video_bfhwc, audio_bl) -> Latents:
+    check_clip_shapes(self.layout, video_bfhwc, audio_bl)
+    pixels = jnp.asarray(video_bfhwc, jnp.float32) / 127.5 - 1.0
+    return {"video": self.video_model.encode(pixels),
+            "audio": self.audio_model.encode(jnp.asarray(audio_bl, jnp.float32))}
+
+  def decode(self, latents: Latents) -> tuple[jnp.ndarray, jnp.ndarray]:
+    pixels = self.video_model.decode(latents["video"])
+    video_u8 = jnp.round(jnp.clip((pixels + 1.0) * 127.5, 0, 255)).astype(jnp.uint8)
+    audio = self.audio_model.decode(latents["audio"])[:, :self.layout.audio_samples]
+    return video_u8, jnp.clip(audio, -1.0, 1.0)
+
+
+def check_autoencoders_match(layout, identity: dict, video_model, audio_model) -> None:
+  """Clear errors when the autoencoders do not make this layout's latents."""
+  problems = []
+  expected_clip = {"num_frames": layout.num_frames, "fps": float(layout.fps),
+                   "height": layout.height, "width": layout.width,
+                   "sample_rate": layout.sample_rate}
+  for modality in ("video", "audio"):
+    ident = identity[modality]
+    if ident["modality"] != modality:
+      problems.append(f"the {modality} autoencoder ({ident.get('workdir')}) is a "
+                      f"{ident['kind']}, which encodes {ident['modality']}")
+      continue
+    clip = {k: (float(v) if k == "fps" else v) for k, v in ident["clip"].items()
+            if k in expected_clip}
+    if clip != expected_clip:
+      problems.append(f"the {modality} autoencoder was trained on clips {clip}, the config's "
+                      f"are {expected_clip}")
+  if identity["video"]["modality"] == "video":
+    if video_model.latent_dim != layout.video_channels:
+      problems.append(f"MAGVIT-v2 latent_dim {video_model.latent_dim} != latent.video_channels "
+                      f"{layout.video_channels}")
+    factors = (video_model.spatial_factor, video_model.temporal_factor)
+    if factors != (layout.spatial_factor, layout.temporal_factor):
+      problems.append(f"MAGVIT-v2 down-samples (space, time) by {factors}, the layout by "
+                      f"{(layout.spatial_factor, layout.temporal_factor)}")
+  if identity["audio"]["modality"] == "audio":
+    if audio_model.latent_dim != layout.audio_channels:
+      problems.append(f"SoundStream latent_dim {audio_model.latent_dim} != "
+                      f"latent.audio_channels {layout.audio_channels}")
+    if audio_model.hop != layout.audio_hop:
+      problems.append(f"SoundStream hop {audio_model.hop} != latent.audio_hop {layout.audio_hop}")
+  if problems:
+    raise ValueError("learned latent space does not match the config: " + "; ".join(problems))
+
+
 def make_latent_space(config, layout: layout_lib.ClipLayout) -> LatentSpace:
   if config.latent.name == "space_to_depth":
     return SpaceToDepth(layout)
   if config.latent.name == "precomputed":
     return PrecomputedLatents(layout)
+  if config.latent.name == "learned":
+    return LearnedLatents(layout, config.latent.video_autoencoder_workdir,
+                          config.latent.audio_autoencoder_workdir)
   raise ValueError(f"unknown latent space {config.latent.name!r}; available: space_to_depth, "
-                   "precomputed (the learned MAGVIT-v2/SoundStream autoencoders are not built "
-                   "yet)")
+                   "precomputed, learned (MAGVIT-v2 + SoundStream runs named by "
+                   "latent.video_autoencoder_workdir / latent.audio_autoencoder_workdir)")
 
 
 # --- per-channel normalization (zero mean, unit variance per latent channel) ---------------------

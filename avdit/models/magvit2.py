@@ -327,7 +327,9 @@ def _binary_entropy_from_logits(a: jax.Array) -> jax.Array:
 
 
 def _entropy(p: jax.Array, axis: int = -1) -> jax.Array:
-  return -jnp.sum(jax.scipy.special.xlogy(p, p), axis=axis)
+  # p log p with log clamped: the same value (0 at p = 0), but a finite gradient where a code's
+  # mean probability underflows to 0 (xlogy's is -inf there and turns the step into NaN).
+  return -jnp.sum(p * jnp.log(jnp.maximum(p, 1e-30)), axis=axis)
 
 
 def all_codes(dim: int) -> np.ndarray:

@@ -21,12 +21,13 @@ def checkpoint_dir(workdir: str) -> str:
 
 
 def make_manager(workdir: str, *, keep: int = 3, async_save: bool = True,
-                 read_only: bool = False) -> ocp.CheckpointManager:
+                 read_only: bool = False,
+                 item_names: tuple[str, ...] = ("state", "data_iter", "latent")
+                 ) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
       max_to_keep=keep, enable_async_checkpointing=async_save, create=not read_only,
       read_only=read_only)
-  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
-                               item_names=("state", "data_iter", "latent"))
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=item_names)
 
 
 def save(manager, step: int, state, data_iter, latent_payload: dict, *, force: bool = False):

@@ -24,6 +24,7 @@ from clu import periodic_actions
 
 from avdit import layout as layout_lib
 from avdit import workdir as workdir_lib
+from avdit.data import latent_cache
 from avdit.data import pipeline
 from avdit.models import avdit as avdit_model
 from avdit.models import latent_space as latent_lib
@@ -102,6 +103,18 @@ def train(config, workdir: str, steps_this_run: int | None = None,
   is_chief = jax.process_index() == 0
   layout = layout_lib.layout_from_config(config)
   latent_space = latent_lib.make_latent_space(config, layout)
+  cache_source = None
+  if config.data.name == "latent_cache":
+    # Batches already hold latents: the step passes them through; the cache's own statistics
+    # normalize them, and its recorded autoencoders must be the ones the config samples with.
+    cache_source = pipeline.make_source(config.data, layout)
+    if isinstance(latent_space, latent_lib.LearnedLatents):
+      latent_cache.check_meta(cache_source.meta, layout,
+                              latent_cache.identity_for_meta(latent_space),
+                              config.data.cache_dir)
+    step_latent_space = latent_lib.PrecomputedLatents(layout)
+  else:
+    step_latent_space = latent_space
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
   if is_chief:
     workdir_lib.write_text(workdir, "config.json", config.to_json_best_effort(indent=2))
@@ -126,6 +139,8 @@ def train(config, workdir: str, steps_this_run: int | None = None,
                        f"{payload['latent_space']!r}, the config says {config.latent.name!r}")
     latent_stats = latent_lib.stats_from_json(payload["stats"])
     logging.info("Resumed from step %d in %s", latest, checkpointing.checkpoint_dir(workdir))
+  elif cache_source is not None:
+    latent_stats = cache_source.stats
   else:
     latent_stats = _estimate_latent_stats(config, layout, latent_space)
   latent_payload = _latent_payload(config, latent_stats)
@@ -154,7 +169,7 @@ def train(config, workdir: str, steps_this_run: int | None = None,
 
   # --- 4. The step ------------------------------------------------------------------------------
   train_step = state_lib.make_train_step(
-      config, layout, graphdef, latent_space, latent_stats, state_shardings=state_shardings,
+      config, layout, graphdef, step_latent_space, latent_stats, state_shardings=state_shardings,
       batch_sharding=sharding.batch_sharding(mesh))
 
   # --- 5. Loop ----------------------------------------------------------------------------------

@@ -1,0 +1,87 @@
+"""The whole pipeline in one command: autoencoders -> latent cache -> AVDiT -> samples.
+
+Every stage runs in its own sub-directory of the workdir and is resumable: a finished stage is
+recognised (its final checkpoint, or a complete latent cache) and skipped, an interrupted one
+resumes from its last checkpoint. See configs/avdit_pipeline.py.
+"""
+from __future__ import annotations
+
+import os
+
+from absl import logging
+
+from avdit import layout as layout_lib
+from avdit import workdir as workdir_lib
+from avdit.data import latent_cache
+from avdit.models import latent_space as latent_lib
+
+
+def resolved(config, workdir: str):
+  """The AVDiT config with the autoencoder workdirs and the cache directory filled in."""
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    if not config.latent.video_autoencoder_workdir:
+      config.latent.video_autoencoder_workdir = str(workdir_lib.path(workdir, "magvit2"))
+    if not config.latent.audio_autoencoder_workdir:
+      config.latent.audio_autoencoder_workdir = str(workdir_lib.path(workdir, "soundstream"))
+    if config.data.name == "latent_cache" and not config.data.cache_dir:
+      config.data.cache_dir = str(workdir_lib.path(workdir, "latent_cache"))
+  return config
+
+
+def encode(config, workdir: str) -> dict:
+  """Writes the latent cache of `config.encode.num_clips` training clips (data.raw)."""
+  config = resolved(config, workdir)
+  layout = layout_lib.layout_from_config(config)
+  space = latent_lib.make_latent_space(config, layout)
+  raw = config.copy_and_resolve_references()
+  with raw.unlocked():
+    raw.data = config.data.raw
+  return latent_cache.write_cache(raw, layout, space, config.data.cache_dir,
+                                  num_clips=config.encode.num_clips,
+                                  batch_size=config.encode.batch_size)
+
+
+def _cache_is_current(config) -> bool:
+  try:
+    meta = latent_cache.read_meta(config.data.cache_dir)
+  except FileNotFoundError:
+    return False
+  layout = layout_lib.layout_from_config(config)
+  space = latent_lib.make_latent_space(config, layout)
+  try:
+    latent_cache.check_meta(meta, layout, latent_cache.identity_for_meta(space),
+                            config.data.cache_dir)
+  except ValueError as e:
+    logging.info("re-encoding: %s", e)
+    return False
+  return meta["num_clips"] == config.encode.num_clips
+
+
+def run(config, workdir: str) -> dict:
+  from avdit.sampling import generate  # pylint: disable=g-import-not-at-top
+  from avdit.training import autoencoder  # pylint: disable=g-import-not-at-top
+  from avdit.training import train  # pylint: disable=g-import-not-at-top
+  config = resolved(config, workdir)
+  results = {}
+  for name, ae_config, ae_dir in (
+      ("video_autoencoder", config.video_autoencoder, config.latent.video_autoencoder_workdir),
+      ("audio_autoencoder", config.audio_autoencoder, config.latent.audio_autoencoder_workdir)):
+    logging.info("pipeline: training the %s in %s", name, ae_dir)
+    summary = autoencoder.train(ae_config, ae_dir)
+    if summary["stopped_by"]:
+      return {"stopped_by": summary["stopped_by"], "stage": name}
+    results[name] = {k: summary[k] for k in ("step", "eval", "num_params")}
+  if not _cache_is_current(config):
+    logging.info("pipeline: encoding %d clips into %s", config.encode.num_clips,
+                 config.data.cache_dir)
+    encode(config, workdir)
+  avdit_dir = os.path.join(workdir, "avdit") if not workdir_lib.is_remote(workdir) else (
+      str(workdir_lib.path(workdir, "avdit")))
+  summary = train.train(config, avdit_dir)
+  train.write_summary(avdit_dir, summary)
+  if summary["stopped_by"]:
+    return {"stopped_by": summary["stopped_by"], "stage": "avdit"}
+  results["avdit"] = {k: summary[k] for k in ("step", "metrics", "num_params")}
+  results["samples"] = generate.sample(config, avdit_dir)
+  return results

@@ -1,0 +1,45 @@
+"""The whole pipeline on the synthetic world: MAGVIT-v2 + SoundStream, latent cache, AVDiT, samples.
+
+  python -m avdit.main --config=configs/avdit_pipeline.py --workdir=DIR --mode=pipeline
+
+runs, each resumable in its own sub-directory of DIR:
+  1. magvit2/       the video autoencoder   (config.video_autoencoder = magvit2_synthetic)
+  2. soundstream/   the audio autoencoder   (config.audio_autoencoder = soundstream_synthetic)
+  3. latent_cache/  `encode.num_clips` training clips encoded by both (ArrayRecord + meta.json)
+  4. avdit/         AVDiT + MoNL trained on the cached latents
+  5. avdit/samples  every task, decoded by the autoencoders to mp4 with sound
+Variants: default (the README's main job, ~15 min on 2 cores) and tiny (tests).
+"""
+import ml_collections
+
+from configs import avdit_synthetic
+from configs import magvit2_synthetic
+from configs import soundstream_synthetic
+
+
+def get_config(variant: str = "default") -> ml_collections.ConfigDict:
+  if variant not in ("tiny", "default"):
+    raise ValueError(f"unknown variant {variant!r} of avdit_pipeline: tiny or default")
+  c = avdit_synthetic.get_config(variant)
+  c.video_autoencoder = magvit2_synthetic.get_config(variant)
+  c.audio_autoencoder = soundstream_synthetic.get_config(variant)
+  c.clip = c.video_autoencoder.clip  # all three models see the same clips (32x32 by default)
+  video_ae, audio_ae = c.video_autoencoder.model.kwargs, c.audio_autoencoder.model.kwargs
+  # Workdirs are filled in by the pipeline (DIR/magvit2, DIR/soundstream) unless given.
+  c.latent = ml_collections.ConfigDict(dict(
+      name="learned", video_autoencoder_workdir="", audio_autoencoder_workdir="",
+      spatial_factor=8, temporal_factor=4, audio_hop=320,
+      video_channels=video_ae["latent_dim"], audio_channels=audio_ae["latent_dim"],
+      stats_clips=64))
+  raw = c.data
+  c.data = ml_collections.ConfigDict(dict(
+      name="latent_cache", cache_dir="", raw=raw, seed=raw.seed, batch_size=raw.batch_size,
+      shuffle_seed=raw.shuffle_seed, worker_count=0, prefetch_buffer=raw.prefetch_buffer))
+  c.encode = ml_collections.ConfigDict(dict(num_clips=2048, batch_size=16))
+  c.model.update(width=256, num_heads=4)
+  c.train.update(num_steps=600)
+  if variant == "tiny":
+    c.encode.update(num_clips=16, batch_size=8)
+    c.model.update(width=64)
+    c.train.update(num_steps=4)
+  return c

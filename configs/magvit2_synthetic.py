@@ -1,0 +1,66 @@
+"""MAGVIT-v2 video autoencoder on the synthetic world (SPEC §8), trained by `avdit.main`.
+
+  python -m avdit.main --config=configs/magvit2_synthetic.py:VARIANT --workdir=DIR --mode=train
+
+Variants:
+  tiny     tests: 9 frames 32x32, the TINY_KWARGS network, a few steps.
+  default  the end-to-end pipeline's video latent space: 17 frames 32x32 -> 5x4x4x8, base 8
+           channels, ~5 min on 2 cores (3D convolutions are slow on a CPU: at 64x64 and base 32
+           a step takes a minute); quantizer bypassed (AVDiT diffuses continuous latents).
+  paper    MAGVIT-v2 at the Monologues geometry (17x128x128 -> 5x16x16x8), LFQ on, GAN + LeCAM.
+"""
+import ml_collections
+
+from avdit.models import magvit2
+from configs import avdit_synthetic
+
+
+def get_config(variant: str = "default") -> ml_collections.ConfigDict:
+  if variant not in ("tiny", "default", "paper"):
+    raise ValueError(f"unknown variant {variant!r} of magvit2_synthetic: tiny, default or paper")
+  base = avdit_synthetic.get_config("tiny" if variant == "tiny" else "default")
+  c = ml_collections.ConfigDict()
+  c.kind = "magvit2"
+  c.variant = variant
+  c.seed = 0
+  c.clip = base.clip
+  c.data = base.data
+  c.clip.update(height=32, width=32)
+  c.data.batch_size = 4
+  c.model = ml_collections.ConfigDict(dict(
+      kwargs=dict(magvit2.TINY_KWARGS, base_channels=8), dtype="float32"))
+  c.discriminator = ml_collections.ConfigDict(dict(
+      kwargs=dict(base_channels=16, channel_multipliers=(2, 4)), dtype="float32"))
+  c.loss = ml_collections.ConfigDict(dict(
+      perceptual_weight=0.0,  # > 0 needs perceptual_weights_file (VGG-style .npz, see magvit2.py)
+      perceptual_weights_file="",
+      commitment_weight=0.25, entropy_weight=0.1,  # LFQ terms (only with train.quantize)
+      adversarial_weight=0.0,  # 0 = no discriminator at all
+      lecam_weight=0.001, lecam_decay=0.99, disc_start_step=0,
+  ))
+  c.train = ml_collections.ConfigDict(dict(
+      num_steps=300, learning_rate=4e-3, disc_learning_rate=1e-4, warmup_steps=20,
+      end_learning_rate_factor=0.1, b1=0.9, b2=0.99, grad_clip_norm=1.0, ema_decay=0.99,
+      quantize=False, log_every=25, checkpoint_every=200, keep_checkpoints=2,
+      async_checkpointing=True,
+  ))
+  c.eval = ml_collections.ConfigDict(dict(num_clips=8, seed=2))
+  if variant == "tiny":
+    c.data.batch_size = 2
+    c.model.kwargs = dict(magvit2.TINY_KWARGS, base_channels=8)
+    c.loss.update(adversarial_weight=0.1, disc_start_step=2)
+    c.discriminator.kwargs = dict(base_channels=4, channel_multipliers=(2,))
+    c.train.update(num_steps=6, warmup_steps=1, log_every=2, checkpoint_every=3,
+                   async_checkpointing=False, quantize=True)
+    c.eval.num_clips = 2
+  elif variant == "paper":
+    c.clip.update(num_frames=17, fps=8.0, height=128, width=128)
+    c.model.update(kwargs=magvit2.PAPER_KWARGS, dtype="bfloat16")
+    c.discriminator.update(kwargs=dict(base_channels=64, channel_multipliers=(2, 4, 4, 4, 4)),
+                           dtype="bfloat16")
+    c.loss.update(adversarial_weight=0.1, disc_start_step=50_000)
+    c.data.batch_size = 256
+    c.train.update(num_steps=1_000_000, learning_rate=1e-4, disc_learning_rate=1e-4,
+                   warmup_steps=5_000, b1=0.0, b2=0.99, ema_decay=0.999, quantize=True,
+                   log_every=100, checkpoint_every=5_000)
+  return c

@@ -1,0 +1,186 @@
+"""Training the autoencoders, the learned latent space, latent caches, and the whole pipeline.
+
+One module-scoped run of each tiny autoencoder (6 steps, quantizer and GAN on from step 2) feeds
+the later tests, which is what keeps this file to a few minutes of CPU.
+"""
+import json
+import os
+
+import av
+import jax
+import numpy as np
+import pytest
+
+from avdit import layout as layout_lib
+from avdit.data import latent_cache
+from avdit.models import latent_space as latent_lib
+from avdit.training import autoencoder
+from configs import avdit_pipeline
+from configs import magvit2_synthetic
+from configs import soundstream_synthetic
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  root = tmp_path_factory.mktemp("autoencoders")
+  out = {}
+  for name, config in (("magvit2", magvit2_synthetic.get_config("tiny")),
+                       ("soundstream", soundstream_synthetic.get_config("tiny"))):
+    workdir = str(root / name)
+    out[name] = (config, workdir, autoencoder.train(config, workdir))
+  return out
+
+
+def _leaves(tree):
+  return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
+
+
+@pytest.mark.parametrize("name", ["magvit2", "soundstream"])
+def test_tiny_run_trains_with_gan_and_quantizer(runs, name):
+  config, workdir, summary = runs[name]
+  assert summary["step"] == 6 and summary["stopped_by"] is None
+  metrics = summary["metrics"]
+  assert all(np.isfinite(v) for v in metrics.values())
+  # The discriminator started at step 2 and moved; the quantizer ran (commitment > 0).
+  assert metrics["discriminator_grad_norm"] > 0 and metrics["loss_commitment"] > 0
+  assert "loss_adversarial" in metrics
+  if name == "soundstream":
+    assert "perplexity_0" in metrics and metrics["loss_feature_matching"] > 0
+  else:
+    assert "perplexity" in metrics and metrics["lecam"] >= 0
+  assert set(summary["eval"]) >= ({"psnr_db", "baseline_mean_frame_psnr_db"}
+                                  if name == "magvit2" else
+                                  {"log_mel_distance", "baseline_mean_spectrum_log_mel_distance"})
+  # Reconstructions a person can look at: side-by-side mp4 with sound, and a PNG.
+  recon_dir = os.path.join(workdir, "reconstructions")
+  mp4 = os.path.join(recon_dir, f"{name}_0_original_vs_reconstruction.mp4")
+  with av.open(mp4) as container:
+    assert len(container.streams.video) == 1 and len(container.streams.audio) == 1
+    frames = sum(1 for _ in container.decode(video=0))
+  assert frames == config.clip.num_frames
+  assert os.path.getsize(os.path.join(recon_dir, f"{name}_0.png")) > 1000
+  summary_json = json.loads(open(os.path.join(workdir, "train_summary.json")).read())
+  assert summary_json["step"] == 6
+
+
+def test_load_autoencoder_rebuilds_the_ema_generator_from_its_checkpoint(runs):
+  _, workdir, summary = runs["soundstream"]
+  model, identity, step = autoencoder.load_autoencoder(workdir)
+  assert step == 6 and identity["kind"] == "soundstream"
+  from flax import nnx
+  ema = _leaves(summary["state"].ema_params)
+  restored = _leaves(nnx.state(model, nnx.Param))
+  assert len(restored) == len(ema) > 10
+  for a, b in zip(ema, restored):
+    np.testing.assert_array_equal(a, b)
+  # The EMA codebooks (non-parameter state) come back too.
+  from avdit.models import soundstream
+  restored, trained = (_leaves(nnx.state(model, soundstream.CodebookState)),
+                       _leaves(summary["state"].gen_state))
+  assert len(restored) == len(trained) == 4
+  for a, b in zip(restored, trained):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_soundstream_resume_matches_uninterrupted_run(runs, tmp_path):
+  config, _, straight = runs["soundstream"]
+  first = autoencoder.train(config, str(tmp_path), steps_this_run=4)
+  assert first["step"] == 4 and first["stopped_by"] == "steps_this_run"
+  second = autoencoder.train(config, str(tmp_path))
+  assert second["step"] == 6
+  for a, b in zip(_leaves(straight["state"]), _leaves(second["state"])):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_missing_perceptual_weights_file_is_a_clear_error(tmp_path):
+  config = magvit2_synthetic.get_config("tiny")
+  config.loss.perceptual_weight = 0.1
+  config.loss.perceptual_weights_file = str(tmp_path / "vgg.npz")
+  gen_graphdef, disc_graphdef, _ = autoencoder.create_state(config)
+  with pytest.raises(FileNotFoundError, match="vgg.npz"):
+    autoencoder.make_train_step(config, gen_graphdef, disc_graphdef)
+
+
+def _pipeline_config(runs, cache_dir):
+  config = avdit_pipeline.get_config("tiny")
+  config.latent.video_autoencoder_workdir = runs["magvit2"][1]
+  config.latent.audio_autoencoder_workdir = runs["soundstream"][1]
+  config.data.cache_dir = str(cache_dir)
+  return config
+
+
+def test_learned_latents_have_the_layout_and_decode_to_clips(runs, tmp_path):
+  config = _pipeline_config(runs, tmp_path)
+  layout = layout_lib.layout_from_config(config)
+  space = latent_lib.make_latent_space(config, layout)
+  from avdit.data import pipeline
+  clips = pipeline.make_eval_clips(config.data, layout, 2, seed=123)
+  latents = jax.jit(space.encode)(clips["video"], clips["audio"])
+  assert latents["video"].shape == (2, *layout.video_latent_shape)  # 3 x 4 x 4 x 8
+  assert latents["audio"].shape == (2, *layout.audio_latent_shape)  # 57 x 16
+  video, audio = jax.jit(space.decode)(latents)
+  assert video.shape == clips["video"].shape and video.dtype == np.uint8
+  assert audio.shape == clips["audio"].shape
+
+
+def test_autoencoders_that_do_not_match_the_config_are_refused(runs, tmp_path):
+  config = _pipeline_config(runs, tmp_path)
+  config.latent.audio_channels = 32
+  with pytest.raises(ValueError, match="SoundStream latent_dim 16 != latent.audio_channels 32"):
+    latent_lib.make_latent_space(config, layout_lib.layout_from_config(config))
+  config = _pipeline_config(runs, tmp_path)
+  config.latent.video_autoencoder_workdir = runs["soundstream"][1]
+  with pytest.raises(ValueError, match="is a soundstream, which encodes audio"):
+    latent_lib.make_latent_space(config, layout_lib.layout_from_config(config))
+
+
+def test_latent_cache_roundtrip_stats_and_refusals(runs, tmp_path):
+  config = _pipeline_config(runs, tmp_path / "cache")
+  from avdit import end_to_end
+  meta = end_to_end.encode(config, str(tmp_path))
+  layout = layout_lib.layout_from_config(config)
+  space = latent_lib.make_latent_space(config, layout)
+  source = latent_cache.LatentCacheSource(config.data.cache_dir, layout,
+                                          latent_cache.identity_for_meta(space))
+  assert len(source) == meta["num_clips"] == config.encode.num_clips
+  # Each record equals a direct encoding of the same training clip (independent path).
+  from avdit.data import pipeline
+  raw = pipeline.make_source(config.data.raw, layout)
+  record = source[5]
+  direct = jax.jit(space.encode)(raw[5]["video"][None], raw[5]["audio"][None])
+  np.testing.assert_allclose(record["video"], direct["video"][0], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(record["audio"], direct["audio"][0], rtol=1e-5, atol=1e-5)
+  assert int(record["index"]) == int(raw[5]["index"])
+  # Stats: per-channel mean/std over every cached latent, against numpy on all records.
+  videos = np.stack([source[i]["video"] for i in range(len(source))]).reshape(-1, 8)
+  np.testing.assert_allclose(source.stats["video_mean"], videos.mean(0), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(source.stats["video_std"], videos.std(0), rtol=1e-3, atol=1e-5)
+  # A cache written by other autoencoders (another checkpoint step) is refused, clearly.
+  other = latent_cache.identity_for_meta(space)
+  other["audio"] = dict(other["audio"], step=99)
+  with pytest.raises(ValueError, match="audio autoencoder differs \\(step\\)"):
+    latent_cache.LatentCacheSource(config.data.cache_dir, layout, other)
+  # Shapes of another layout are refused; an interrupted encode (no meta.json) too.
+  config.latent.video_channels = 4
+  with pytest.raises(ValueError, match="video latents"):
+    latent_cache.LatentCacheSource(config.data.cache_dir, layout_lib.layout_from_config(config))
+  os.remove(os.path.join(config.data.cache_dir, "meta.json"))
+  with pytest.raises(FileNotFoundError, match="interrupted encode"):
+    latent_cache.LatentCacheSource(config.data.cache_dir, layout)
+
+
+def test_whole_pipeline_trains_avdit_on_the_cache_and_samples(runs, tmp_path):
+  """The main job's path at tiny size, with the autoencoders already trained (the pipeline
+  recognises finished stages): encode, AVDiT on cached latents, samples decoded to mp4."""
+  from avdit import end_to_end
+  config = avdit_pipeline.get_config("tiny")
+  config.latent.video_autoencoder_workdir = runs["magvit2"][1]
+  config.latent.audio_autoencoder_workdir = runs["soundstream"][1]
+  config.sample.tasks = "a2v"
+  results = end_to_end.run(config, str(tmp_path))
+  assert results["avdit"]["step"] == config.train.num_steps
+  assert np.isfinite(results["avdit"]["metrics"]["loss"])
+  assert os.path.exists(tmp_path / "latent_cache" / "meta.json")
+  mp4 = tmp_path / "avdit" / "samples" / "a2v_0.mp4"
+  with av.open(str(mp4)) as container:
+    assert sum(1 for _ in container.decode(video=0)) == config.clip.num_frames
