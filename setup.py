@@ -10,6 +10,8 @@ INSTALL_REQUIRES = [
     "orbax-checkpoint==0.12.8",
     "ml_collections==1.1.0",
     "grain==0.2.18",
+    "array_record==0.8.6",  # latent caches (avdit/data/latent_cache.py); grain reads them
+    "etils[epath]==1.15.0",  # workdirs on buckets (avdit/workdir.py)
     "tensorflow-datasets==4.9.10",
     "clu==0.0.12",
     "tensorflow-cpu==2.21.0",  # clu's metric writers need TensorFlow's summary ops.

@@ -99,6 +99,12 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
           ("activation_heads", "tensor"),
           ("activation_kv", None),
           ("activation_mlp", "tensor"),
+          # The autoencoders (MAGVIT-v2, SoundStream): replicated; FSDP shards their output
+          # channels with conv_out/dense_out -> "fsdp".
+          ("conv_t", None), ("conv_h", None), ("conv_w", None), ("conv_width", None),
+          ("conv_time", None), ("conv_freq", None), ("conv_in", None), ("conv_out", None),
+          ("dense_in", None), ("dense_out", None),
+          ("codebook_stage", None), ("codes", None), ("code_dim", None),
       ),
   ))
 

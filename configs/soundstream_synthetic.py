@@ -27,6 +27,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   c.seed = 0
   c.clip = base.clip
   c.data = base.data
+  c.mesh = base.mesh  # data parallel; the rules name the autoencoders' axes too
   c.clip.update(height=32, width=32)  # the pipeline's clips (only the audio is used)
   c.data.batch_size = 4
   c.model = ml_collections.ConfigDict(dict(

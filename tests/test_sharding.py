@@ -52,6 +52,22 @@ def test_scanned_layers_shard_and_match_single_device(result):
   assert scan["state_max_abs_diff"] < 1e-6
 
 
+def test_autoencoder_step_shards_and_matches_single_device(result):
+  """SoundStream (generator + discriminators + EMA codebooks) on fsdp=2 x data=4.
+
+  Generator parameters, EMA and codebooks agree to float32 round-off of the reordered sums
+  (1e-4 relative to each array's largest entry). The discriminator's zero-initialized biases
+  get gradients at round-off level, which Adam normalizes to steps of up to its learning rate in
+  either direction; so there the bound is absolute, two steps of the learning rate (measured
+  ~1e-5; a wrong reduction would be off by O(1) in the generator)."""
+  got = result["autoencoder"]
+  assert got["num_sharded"] > 10
+  reference, sharded = got["loss"]
+  assert abs(reference - sharded) <= 1e-5 * abs(reference)
+  assert got["generator_max_rel_diff"] < 1e-4
+  assert got["discriminator_max_abs_diff"] <= 2 * got["disc_learning_rate"]
+
+
 def test_large_parameters_are_sharded(result):
   assert result["meshes"]["data8"]["num_sharded_params"] == 0  # pure data parallel: replicated
   fsdp = result["meshes"]["fsdp4_data2"]

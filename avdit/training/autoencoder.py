@@ -56,6 +56,7 @@ from avdit.models import magvit2
 from avdit.models import soundstream
 from avdit.training import checkpointing
 from avdit.training import hardware
+from avdit.training import sharding
 from avdit.training import train as train_lib
 
 KINDS = ("magvit2", "soundstream")
@@ -186,14 +187,38 @@ def create_state(config):
   return gen_graphdef, disc_graphdef, jax.tree.map(jnp.copy, state)
 
 
+def sharded_state(config, mesh):
+  """(gen graphdef, disc graphdef, state created in its shardings, state shardings).
+
+  The autoencoders' parameters carry logical axis names (conv_*, dense_*, norm, codebook axes)
+  mapped by `config.mesh.logical_axis_rules` like AVDiT's: data parallel by default, FSDP over
+  output channels with a `conv_out`/`dense_out` -> fsdp rule.
+  """
+  rules = sharding.logical_axis_rules(config.mesh)
+  graphdefs = []
+
+  def init():
+    gen_graphdef, disc_graphdef, state = create_state(config)
+    graphdefs.append((gen_graphdef, disc_graphdef))
+    return state
+
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+    abstract = jax.eval_shape(init)
+    shardings = sharding.state_shardings(abstract, mesh, rules)
+    state = jax.jit(init, out_shardings=shardings)()
+  return (*graphdefs[0], state, shardings)
+
+
 def _perceptual(config):
   if not config.loss.get("perceptual_weight", 0.0):
     return None
   return magvit2.PerceptualLoss.from_file(config.loss.perceptual_weights_file)
 
 
-def make_train_step(config, gen_graphdef, disc_graphdef) -> Callable:
-  """The jitted `step(state, batch) -> (state, metrics)`, state donated."""
+def make_train_step(config, gen_graphdef, disc_graphdef, *, state_shardings=None,
+                    batch_sharding=None) -> Callable:
+  """The jitted `step(state, batch) -> (state, metrics)`, state donated; with shardings, one
+  jit over the mesh with explicit in/out shardings (metrics replicated)."""
   kind = kind_of(config)
   loss_cfg, train_cfg = config.loss, config.train
   gen_opt = _optimizer(train_cfg, train_cfg.learning_rate)
@@ -287,7 +312,11 @@ def make_train_step(config, gen_graphdef, disc_graphdef) -> Callable:
         lecam_ema=lecam_ema)
     return new_state, metrics
 
-  return jax.jit(step_fn, donate_argnums=(0,))
+  if state_shardings is None:
+    return jax.jit(step_fn, donate_argnums=(0,))
+  replicated = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
+  return jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding),
+                 out_shardings=(state_shardings, replicated), donate_argnums=(0,))
 
 
 # --- checkpoints -----------------------------------------------------------------------------------
@@ -345,8 +374,10 @@ def train(config, workdir: str, steps_this_run: int | None = None) -> dict:
   # 2. Data.
   train_iter = pipeline.make_train_iterator(config.data, layout)
 
-  # 3. State.
-  gen_graphdef, disc_graphdef, state = create_state(config)
+  # 3. State, created directly in its shardings over config.mesh.
+  mesh = sharding.make_mesh(config.mesh)
+  sharding.check_batch_divides(config.data.batch_size, mesh.shape)
+  gen_graphdef, disc_graphdef, state, state_shardings = sharded_state(config, mesh)
   identity = _identity(config)
   manager = checkpointing.make_manager(workdir, keep=config.train.keep_checkpoints,
                                        async_save=config.train.async_checkpointing,
@@ -368,7 +399,9 @@ def train(config, workdir: str, steps_this_run: int | None = None) -> dict:
                num_params, sum(x.size for x in jax.tree.leaves(state.disc_params)))
 
   # 4. Step.
-  train_step = make_train_step(config, gen_graphdef, disc_graphdef)
+  batch_sharding = sharding.batch_sharding(mesh)
+  train_step = make_train_step(config, gen_graphdef, disc_graphdef,
+                               state_shardings=state_shardings, batch_sharding=batch_sharding)
 
   # 5. Loop.
   num_steps = config.train.num_steps
@@ -378,10 +411,11 @@ def train(config, workdir: str, steps_this_run: int | None = None) -> dict:
                                            every_steps=config.train.log_every)
   pending, last_metrics, stopped_by = [], {}, None
   window_start, window_steps = time.time(), 0
-  with train_lib._StopSignal() as stop:  # pylint: disable=protected-access
+  with train_lib.StopSignal() as stop:
     while step < stop_step:
       batch = next(train_iter)
-      state, metrics = train_step(state, {kind.modality: batch[kind.modality]})
+      state, metrics = train_step(
+          state, sharding.global_batch({kind.modality: batch[kind.modality]}, mesh))
       step += 1
       window_steps += 1
       pending.append(metrics)
@@ -390,7 +424,7 @@ def train(config, workdir: str, steps_this_run: int | None = None) -> dict:
       preempted = preempted or step == stop_step < num_steps
       if step % config.train.log_every == 0 or step == num_steps or preempted:
         pending = jax.device_get(pending)
-        train_lib._check_finite(pending, step, manager, workdir)  # pylint: disable=protected-access
+        train_lib.check_finite(pending, step, manager, workdir)
         last_metrics = {k: float(np.mean([m[k] for m in pending])) for k in pending[0]}
         last_metrics["seconds_per_step"] = (time.time() - window_start) / max(window_steps, 1)
         writer.write_scalars(step, last_metrics)
@@ -406,7 +440,8 @@ def train(config, workdir: str, steps_this_run: int | None = None) -> dict:
   # 6. Eval on held-out clips (EMA generator), with files a person can look at.
   evaluation = {}
   if step == num_steps and config.eval.num_clips > 0:
-    gen = nnx.merge(gen_graphdef, state.ema_params, state.gen_state)
+    ema_params, gen_state = sharding.fetch((state.ema_params, state.gen_state))
+    gen = nnx.merge(gen_graphdef, ema_params, gen_state)
     evaluation = evaluate(config, gen, workdir if is_chief else None)
     writer.write_scalars(step, {f"eval_{k}": v for k, v in evaluation.items()})
   writer.flush()

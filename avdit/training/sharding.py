@@ -85,8 +85,28 @@ def state_shardings(abstract_state, mesh: Mesh, rules):
   """
   with nnx.logical_axis_rules(rules):
     specs = nnx.get_partition_spec(abstract_state)
-  to_sharding = lambda spec: NamedSharding(mesh, spec if isinstance(spec, P) else P())
-  return jax.tree.map(to_sharding, specs, is_leaf=lambda x: isinstance(x, P) or x is None)
+  is_spec = lambda x: isinstance(x, P) or x is None
+  shapes = jax.tree.map(lambda x: tuple(x.shape), abstract_state)
+  flat_specs, treedef = jax.tree.flatten(specs, is_leaf=is_spec)
+  flat_shapes = treedef.flatten_up_to(shapes)
+  return treedef.unflatten([NamedSharding(mesh, divisible_spec(spec, shape, mesh))
+                            for spec, shape in zip(flat_specs, flat_shapes)])
+
+
+def divisible_spec(spec, shape, mesh: Mesh) -> P:
+  """`spec` with every dimension that its mesh axes do not divide evenly left unsharded.
+
+  jit refuses uneven shardings; a 3-channel RGB output conv, a 1-channel waveform conv or a
+  bias of odd size stays replicated rather than failing the rule that shards its siblings.
+  """
+  if not isinstance(spec, P):
+    return P()
+  entries = []
+  for size, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    names = () if axes is None else (axes if isinstance(axes, tuple) else (axes,))
+    shards = math.prod(mesh.shape[a] for a in names)
+    entries.append(axes if shards and size % shards == 0 else None)
+  return P(*entries)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -40,7 +40,7 @@ class NonFiniteLossError(FloatingPointError):
   pass
 
 
-class _StopSignal:
+class StopSignal:
   """Turns SIGTERM/SIGINT into a flag the loop checks between steps (then saves and exits)."""
 
   def __init__(self):
@@ -77,7 +77,7 @@ def _estimate_latent_stats(config, layout, latent_space):
   return latent_lib.estimate_stats(latents)
 
 
-def _check_finite(pending, step, manager, workdir):
+def check_finite(pending, step, manager, workdir):
   finite = np.array([float(m["loss_is_finite"]) for m in pending])
   if finite.size and finite.min() < 1.0:
     first_bad = step - len(pending) + 1 + int(np.argmin(finite))
@@ -181,7 +181,7 @@ def train(config, workdir: str, steps_this_run: int | None = None,
   pending, seen_indices, last_metrics = [], [], {}
   stopped_by = None
   window_start, window_steps = time.time(), 0
-  with _StopSignal() as stop:
+  with StopSignal() as stop:
     while step < stop_step:
       batch = next(train_iter)
       if record_batches:
@@ -197,7 +197,7 @@ def train(config, workdir: str, steps_this_run: int | None = None,
       preempted = preempted or step == stop_step < num_steps
       if step % config.train.log_every == 0 or step == num_steps or preempted:
         pending = jax.device_get(pending)
-        _check_finite(pending, step, manager, workdir)
+        check_finite(pending, step, manager, workdir)
         last_metrics = {k: float(np.mean([m[k] for m in pending])) for k in pending[0]}
         seconds = (time.time() - window_start) / max(window_steps, 1)
         last_metrics["seconds_per_step"] = seconds
@@ -208,7 +208,7 @@ def train(config, workdir: str, steps_this_run: int | None = None,
         pending, window_start, window_steps = [], time.time(), 0
 
       if step % config.train.checkpoint_every == 0 or step == num_steps or preempted:
-        _check_finite(jax.device_get(pending), step, manager, workdir)
+        check_finite(jax.device_get(pending), step, manager, workdir)
         checkpointing.save(manager, step, state, train_iter, latent_payload, force=preempted)
       if preempted:
         stopped_by = stop.received or ("preemption" if step < stop_step else "steps_this_run")
