@@ -35,7 +35,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict(dict(
       name="latent_cache", cache_dir="", raw=raw, seed=raw.seed, batch_size=raw.batch_size,
       shuffle_seed=raw.shuffle_seed, worker_count=0, prefetch_buffer=raw.prefetch_buffer))
-  c.encode = ml_collections.ConfigDict(dict(num_clips=2048, batch_size=16))
+  c.encode = ml_collections.ConfigDict(dict(num_clips=1024, batch_size=16))
   c.model.update(width=256, num_heads=4)
   c.train.update(num_steps=600)
   if variant == "tiny":
