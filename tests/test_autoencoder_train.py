@@ -82,6 +82,7 @@ def test_load_autoencoder_rebuilds_the_ema_generator_from_its_checkpoint(runs):
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow  # two more trainings (~1 min); exact resume of the AVDiT loop runs by default
 def test_soundstream_resume_matches_uninterrupted_run(runs, tmp_path):
   config, _, straight = runs["soundstream"]
   first = autoencoder.train(config, str(tmp_path), steps_this_run=4)

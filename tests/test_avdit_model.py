@@ -365,7 +365,8 @@ def test_flops_per_example_matches_kernel_counts(adaln, patch_size):
   assert count_params(model) == sum(v.size for _, v in nnx.to_flat_state(nnx.state(model)))
 
 
-@pytest.mark.parametrize("adaln,remat", [("lora", "none"), ("full", "dots_saveable")])
+@pytest.mark.parametrize("adaln,remat", [
+    ("lora", "none"), pytest.param("full", "dots_saveable", marks=pytest.mark.slow)])
 def test_scanned_layers_equal_the_unrolled_loop(adaln, remat):
   """model.scan_layers: the same blocks stacked on a leading "layers" axis give the same outputs
   and gradients as the Python loop (independent code path: the loop's per-block parameters are

@@ -14,6 +14,9 @@ import sys
 
 import pytest
 
+# Benchmarks are commands, not tests; these only check that their reports are well formed.
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VIDEO = os.path.join(os.path.dirname(ROOT), "shared", "data", "aist_dance_sample.mp4")
 TIMEOUT_SECONDS = 300

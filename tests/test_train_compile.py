@@ -82,6 +82,7 @@ def test_device_kinds_map_to_chips():
   assert hardware.chip_of(FakeDevice("cpu")) is None
 
 
+@pytest.mark.slow  # the default tiny config already compiles splash + scan (fsdp=4) above
 def test_splash_attention_and_scanned_layers_compile_for_v5e_with_tensor_parallel_heads():
   """The Pallas splash kernel is lowered by Mosaic for the TPU (not interpreted) and runs per
   shard in a shard_map: heads split over tensor=2, batch over fsdp=2."""
