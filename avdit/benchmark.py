@@ -43,6 +43,7 @@ from avdit.models import latent_space as latent_lib
 from avdit.sampling import generate
 from avdit.sampling import samplers
 from avdit.training import hardware
+from avdit.training import sharding
 from avdit.training import state as state_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:variant]).",
@@ -51,6 +52,9 @@ _STEPS = flags.DEFINE_integer("steps", 5, "Timed train steps (after one compile+
 _SAMPLE_STEPS = flags.DEFINE_integer("sample_steps", 10, "DDIM steps in the timed sampler run.")
 _SKIP_SAMPLER = flags.DEFINE_bool("skip_sampler", False, "Only time the train step.")
 _JSON = flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
+_SHARDED = flags.DEFINE_bool(
+    "sharded", False, "Time the step sharded over config.mesh on all devices (e.g. 8 fake CPU "
+    "devices: XLA_FLAGS=--xla_force_host_platform_device_count=8), as training runs it.")
 _DTYPE = flags.DEFINE_enum(
     "dtype", None, ["float32", "bfloat16"],
     "Override config.model.dtype (the compute dtype; parameters stay float32). bfloat16 also "
@@ -166,8 +170,18 @@ def benchmark_train_step(config, steps: int) -> dict:
   batch = next(batch_iter)
   batch = {k: jnp.asarray(batch[k]) for k in ("video", "audio")}
   stats = latent_lib.estimate_stats(jax.jit(latent_space.encode)(batch["video"], batch["audio"]))
-  graphdef, state = state_lib.create_train_state(config, layout)
-  train_step = state_lib.make_train_step(config, layout, graphdef, latent_space, stats)
+  if _SHARDED.value:
+    mesh = sharding.make_mesh(config.mesh)
+    sharding.check_batch_divides(config.data.batch_size, mesh.shape)
+    graphdef, state, shardings = sharding.sharded_train_state(config, layout, mesh)
+    train_step = state_lib.make_train_step(config, layout, graphdef, latent_space, stats,
+                                           state_shardings=shardings,
+                                           batch_sharding=sharding.batch_sharding(mesh))
+    batch = sharding.global_batch(jax.device_get(batch), mesh)
+    print(f"sharded over mesh {dict(mesh.shape)} ({mesh.size} devices)")
+  else:
+    graphdef, state = state_lib.create_train_state(config, layout)
+    train_step = state_lib.make_train_step(config, layout, graphdef, latent_space, stats)
   start = time.perf_counter()
   state, metrics = train_step(state, batch)
   jax.block_until_ready(metrics)

@@ -67,8 +67,12 @@ def run(config, workdir: str) -> dict:
   for name, ae_config, ae_dir in (
       ("video_autoencoder", config.video_autoencoder, config.latent.video_autoencoder_workdir),
       ("audio_autoencoder", config.audio_autoencoder, config.latent.audio_autoencoder_workdir)):
-    logging.info("pipeline: training the %s in %s", name, ae_dir)
-    summary = autoencoder.train(ae_config, ae_dir)
+    summary = autoencoder.finished_summary(ae_config, ae_dir)
+    if summary is None:
+      logging.info("pipeline: training the %s in %s", name, ae_dir)
+      summary = autoencoder.train(ae_config, ae_dir)
+    else:
+      logging.info("pipeline: the %s in %s is trained (step %d)", name, ae_dir, summary["step"])
     if summary["stopped_by"]:
       return {"stopped_by": summary["stopped_by"], "stage": name}
     results[name] = {k: summary[k] for k in ("step", "eval", "num_params")}

@@ -435,6 +435,7 @@ def test_splash_attention_matches_xla_forward_and_gradients():
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow  # the kernel test above and the v5e AOT compile cover the default run
 def test_splash_attention_model_matches_xla_model():
   base, layout = make_model(depth=1)
   randomize_params(base)

@@ -22,12 +22,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
-  proc = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "sharding_worker.py"),
-                         str(tmp_path_factory.mktemp("ckpt"))], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=600)
-  lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-  assert proc.returncode == 0 and lines, proc.stderr[-4000:]
-  return json.loads(lines[-1][len("RESULT "):])
+  worker = [sys.executable, os.path.join(ROOT, "tests", "sharding_worker.py"),
+            str(tmp_path_factory.mktemp("ckpt"))]
+  # Two processes side by side (meshes | scan + autoencoder): compiling dominates, one core each.
+  procs = [subprocess.Popen(worker + extra, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for extra in ([], ["extras"])]
+  out = {}
+  for proc in procs:
+    stdout, stderr = proc.communicate(timeout=600)
+    lines = [l for l in stdout.splitlines() if l.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, stderr[-4000:]
+    out.update(json.loads(lines[-1][len("RESULT "):]))
+  return out
 
 
 @pytest.mark.parametrize("mesh", ["data8", "fsdp4_data2", "tensor2_fsdp2_data2"])
@@ -53,19 +59,14 @@ def test_scanned_layers_shard_and_match_single_device(result):
 
 
 def test_autoencoder_step_shards_and_matches_single_device(result):
-  """SoundStream (generator + discriminators + EMA codebooks) on fsdp=2 x data=4.
-
-  Generator parameters, EMA and codebooks agree to float32 round-off of the reordered sums
-  (1e-4 relative to each array's largest entry). The discriminator's zero-initialized biases
-  get gradients at round-off level, which Adam normalizes to steps of up to its learning rate in
-  either direction; so there the bound is absolute, two steps of the learning rate (measured
-  ~1e-5; a wrong reduction would be off by O(1) in the generator)."""
+  """SoundStream (generator + EMA codebooks) on fsdp=2 x data=4: parameters, EMA and codebooks
+  agree to float32 round-off of the reordered sums (1e-4 relative to each array's largest
+  entry; a wrong reduction would be off by O(1))."""
   got = result["autoencoder"]
   assert got["num_sharded"] > 10
   reference, sharded = got["loss"]
   assert abs(reference - sharded) <= 1e-5 * abs(reference)
   assert got["generator_max_rel_diff"] < 1e-4
-  assert got["discriminator_max_abs_diff"] <= 2 * got["disc_learning_rate"]
 
 
 def test_large_parameters_are_sharded(result):

@@ -209,7 +209,8 @@ def sharded_state(config, mesh):
   return (*graphdefs[0], state, shardings)
 
 
-def _perceptual(config):
+def perceptual_loss(config):
+  """The perceptual loss network of `loss.perceptual_weights_file`, or None when it is off."""
   if not config.loss.get("perceptual_weight", 0.0):
     return None
   return magvit2.PerceptualLoss.from_file(config.loss.perceptual_weights_file)
@@ -224,7 +225,7 @@ def make_train_step(config, gen_graphdef, disc_graphdef, *, state_shardings=None
   gen_opt = _optimizer(train_cfg, train_cfg.learning_rate)
   disc_opt = (_optimizer(train_cfg, train_cfg.disc_learning_rate)
               if disc_graphdef is not None else None)
-  perceptual = _perceptual(config)
+  perceptual = perceptual_loss(config)
   quantize = bool(train_cfg.quantize)
   sample_rate = config.clip.sample_rate
 
@@ -450,6 +451,17 @@ def train(config, workdir: str, steps_this_run: int | None = None) -> dict:
   if is_chief:
     workdir_lib.write_text(workdir, "train_summary.json", json.dumps(summary, indent=2))
   return dict(summary, state=state)
+
+
+def finished_summary(config, workdir: str) -> dict | None:
+  """The summary of a run in `workdir` that reached `config.train.num_steps`, else None."""
+  path = workdir_lib.path(workdir, "train_summary.json")
+  if not path.exists():
+    return None
+  summary = json.loads(path.read_text())
+  if summary.get("kind") != config.kind or summary.get("step") != config.train.num_steps:
+    return None
+  return summary
 
 
 def eval_clips(config) -> dict[str, np.ndarray]:
