@@ -313,11 +313,7 @@ def make_train_step(config, gen_graphdef, disc_graphdef, *, state_shardings=None
         lecam_ema=lecam_ema)
     return new_state, metrics
 
-  if state_shardings is None:
-    return jax.jit(step_fn, donate_argnums=(0,))
-  replicated = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
-  return jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding),
-                 out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+  return sharding.jit_step(step_fn, state_shardings, batch_sharding)
 
 
 # --- checkpoints -----------------------------------------------------------------------------------
@@ -376,8 +372,7 @@ def train(config, workdir: str, steps_this_run: int | None = None) -> dict:
   train_iter = pipeline.make_train_iterator(config.data, layout)
 
   # 3. State, created directly in its shardings over config.mesh.
-  mesh = sharding.make_mesh(config.mesh)
-  sharding.check_batch_divides(config.data.batch_size, mesh.shape)
+  mesh = sharding.training_mesh(config)
   gen_graphdef, disc_graphdef, state, state_shardings = sharded_state(config, mesh)
   identity = _identity(config)
   manager = checkpointing.make_manager(workdir, keep=config.train.keep_checkpoints,

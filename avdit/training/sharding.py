@@ -129,6 +129,23 @@ def global_batch(local_batch: dict, mesh: Mesh) -> dict:
           for k, v in local_batch.items()}
 
 
+def training_mesh(config) -> Mesh:
+  """config.mesh over all devices, checked to split the global batch evenly."""
+  mesh = make_mesh(config.mesh)
+  check_batch_divides(config.data.batch_size, mesh.shape)
+  return mesh
+
+
+def jit_step(step_fn, state_shardings=None, batch_sharding=None):
+  """`step_fn(state, batch) -> (state, metrics)` jitted with the state donated; with shardings,
+  explicit in/out shardings over their mesh (metrics replicated)."""
+  if state_shardings is None:
+    return jax.jit(step_fn, donate_argnums=(0,))
+  replicated = NamedSharding(batch_sharding.mesh, P())
+  return jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding),
+                 out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+
+
 def replicated_batch(full_batch: dict, mesh: Mesh, pad_to_mesh: bool = False):
   """(global arrays sharded over data x fsdp, rows) from a batch every host holds in full.
 

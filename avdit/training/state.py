@@ -23,6 +23,7 @@ from avdit.diffusion import monl
 from avdit.diffusion import schedule as schedule_lib
 from avdit.models import avdit as avdit_model
 from avdit.models import latent_space as latent_lib
+from avdit.training import sharding
 
 
 @flax.struct.dataclass
@@ -95,7 +96,6 @@ def sharding_context(config, batch_sharding=None):
   activation constraints and shard_mapped kernels see them; nothing without a mesh."""
   if batch_sharding is None:
     return contextlib.nullcontext()
-  from avdit.training import sharding  # pylint: disable=g-import-not-at-top
   stack = contextlib.ExitStack()
   stack.enter_context(jax.sharding.use_abstract_mesh(batch_sharding.mesh.abstract_mesh))
   stack.enter_context(nnx.logical_axis_rules(sharding.logical_axis_rules(config.mesh)))
@@ -144,8 +144,4 @@ def make_train_step(config, layout, graphdef, latent_space, latent_stats, *,
                            ema_params=ema)
     return new_state, metrics
 
-  if state_shardings is None:
-    return jax.jit(train_step, donate_argnums=(0,))
-  replicated = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
-  return jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
-                 out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+  return sharding.jit_step(train_step, state_shardings, batch_sharding)

@@ -124,8 +124,7 @@ def train(config, workdir: str, steps_this_run: int | None = None,
 
   # --- 3. State: fresh, or restored exactly (params, optimizer, EMA, step, data position) ----------
   # Created directly in its shardings over the (data, fsdp, tensor) mesh of config.mesh.
-  mesh = sharding.make_mesh(config.mesh)
-  sharding.check_batch_divides(config.data.batch_size, mesh.shape)
+  mesh = sharding.training_mesh(config)
   graphdef, state, state_shardings = sharding.sharded_train_state(config, layout, mesh)
   num_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
   manager = checkpointing.make_manager(workdir, keep=config.train.keep_checkpoints,
