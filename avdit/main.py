@@ -7,6 +7,10 @@ train             trains (or resumes from the latest checkpoint in --workdir)
 sample            samples every task in config.sample.tasks from the latest checkpoint
 train_and_sample  both (the default for AVDiT configs)
 describe          prints the clip/token layout and the parameter count, builds nothing
+eval              runs the task suite on the latest checkpoint: metrics of every task in
+                  config.eval.tasks, <workdir>/eval/{results.json,table.md,metrics.png,samples/}
+experiment        configs/monl_ablation.py: trains and evaluates every noise setting, writes
+                  <workdir>/comparison.md (the default for that config)
 encode            writes the latent cache of a config with latent.name=learned
 pipeline          configs/avdit_pipeline.py: both autoencoders, the latent cache, AVDiT and
                   the samples, each stage resumable (the default for that config)
@@ -34,7 +38,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:va
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
 _MODE = flags.DEFINE_enum(
-    "mode", None, ["train", "sample", "train_and_sample", "describe", "encode", "pipeline"],
+    "mode", None, ["train", "sample", "train_and_sample", "describe", "encode", "pipeline", "eval",
+                   "experiment"],
     "What to run (default: pipeline for configs with autoencoders, else train_and_sample).")
 
 
@@ -86,8 +91,9 @@ def main(argv):
   if config is None:
     raise app.UsageError("--config is required, e.g. --config=configs/avdit_synthetic.py:tiny")
   is_pipeline = "video_autoencoder" in config
+  is_experiment = "experiment" in config
   kind = config.get("kind", "avdit")
-  mode = _MODE.value or ("pipeline" if is_pipeline else
+  mode = _MODE.value or ("pipeline" if is_pipeline else "experiment" if is_experiment else
                          "train" if kind != "avdit" else "train_and_sample")
   logging.get_absl_handler().addFilter(_QuietLibraries())
   if kind != "avdit":
@@ -99,6 +105,9 @@ def main(argv):
   if mode == "pipeline" and not is_pipeline:
     raise app.UsageError("--mode=pipeline needs a config with autoencoders "
                          "(configs/avdit_pipeline.py)")
+  if mode == "experiment" and not is_experiment:
+    raise app.UsageError("--mode=experiment needs a config with an `experiment` section "
+                         "(configs/monl_ablation.py)")
   if mode == "describe":
     describe(config)
     return
@@ -120,6 +129,27 @@ def main(argv):
       return
     print(f"pipeline done: {json.dumps({k: v for k, v in results.items() if k != 'samples'})}")
     print(f"open {_WORKDIR.value}/avdit/samples/index.html")
+    return
+  if mode == "experiment":
+    from avdit import experiment  # pylint: disable=g-import-not-at-top
+    results = experiment.run(config, _WORKDIR.value)
+    if results.get("stopped_by"):
+      print(f"stopped by {results['stopped_by']} while training {results['setting']}; rerun "
+            "the same command to resume")
+      return
+    print(f"compared {len(results)} settings; see {_WORKDIR.value}/comparison.md")
+    return
+  if mode == "eval":
+    from avdit.evaluation import suite  # pylint: disable=g-import-not-at-top
+    if is_experiment:
+      raise app.UsageError("--mode=eval takes one model's config; the experiment config "
+                           "evaluates its settings itself (--mode=experiment)")
+    try:
+      suite.evaluate(config, _WORKDIR.value)
+    except FileNotFoundError as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(1)
+    print(f"wrote {_WORKDIR.value}/eval/table.md and results.json")
     return
   if mode == "encode":
     meta = end_to_end.encode(config, _WORKDIR.value)

@@ -129,6 +129,18 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       checkpoint_step=-1,  # -1 = latest
   ))
 
+  # --- evaluation: the task suite (--mode=eval; avdit/evaluation/suite.py) ---------------------
+  c.eval = ml_collections.ConfigDict(dict(
+      tasks="joint|a2v|v2a|av_inpaint|av_continue|av_continue_2s",
+      num_clips=16,  # held-out clips per task (the same for every task and every checkpoint)
+      batch_size=16,  # clips per sampler call
+      seed=7,  # the held-out clips and the sampler's noise
+      num_sample_videos=2,  # mp4s written per task
+      # Converted feature-network weights (python -m avdit.evaluation.convert_features); empty =
+      # skip FVD/KVD (I3D) or FAD (VGGish).
+      i3d_weights="", vggish_weights="",
+  ))
+
   if variant == "tiny":
     c.clip.update(num_frames=9, height=32, width=32)
     c.latent.stats_clips = 8
@@ -137,6 +149,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     c.train.update(num_steps=6, warmup_steps=2, log_every=2, checkpoint_every=3,
                    async_checkpointing=False)
     c.sample.update(num_steps=4, num_clips=1, tasks="joint|a2v|av_inpaint")
+    c.eval.update(tasks="joint|av_continue", num_clips=2, batch_size=2, num_sample_videos=1)
   elif variant == "bench":
     c.clip.update(height=128, width=128)
     c.data.batch_size = 4

@@ -18,7 +18,9 @@ from avdit.diffusion import schedule as schedule_lib
 def noise_latents(latents_x0, timestep_vector_bmn, rng, *, schedule, layout):
   """(x_t, noise, ᾱ per element) for clean latents and a timestep vector [B, M, N]."""
   alpha_bar = layout.expand_to_latents(schedule.alpha_bar(timestep_vector_bmn))
-  keys = dict(zip(latents_x0, jax.random.split(rng, len(latents_x0))))
+  # Sorted names: jit hands dicts over in sorted key order, so eager and jitted calls with one
+  # rng draw the same noise.
+  keys = dict(zip(sorted(latents_x0), jax.random.split(rng, len(latents_x0))))
   noise = {k: jax.random.normal(keys[k], v.shape, v.dtype) for k, v in latents_x0.items()}
   noisy = {k: schedule_lib.q_sample(latents_x0[k], noise[k], alpha_bar[k]) for k in latents_x0}
   return noisy, noise, alpha_bar

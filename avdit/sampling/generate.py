@@ -74,6 +74,28 @@ def load_for_sampling(config, workdir: str, mesh=None):
   return layout, latent_space, make_apply_fn(graphdef), params, stats, step
 
 
+def held_out_seed(config, seed: int) -> int:
+  """The data seed of held-out clips for a sampling/eval seed (never the training world's)."""
+  return config.data.seed + 1_000_003 + seed
+
+
+def encode_condition(latent_space, stats, clips, mesh):
+  """(normalized latents sharded over data x fsdp, number of real rows) of held-out clips.
+
+  Every host holds the same clips; the batch is padded to divide the mesh's batch axes.
+  """
+  model_inputs, num_clips = sharding.replicated_batch(
+      {k: clips[k] for k in ("video", "audio")}, mesh, pad_to_mesh=True)
+  condition = latent_lib.normalize(
+      jax.jit(latent_space.encode)(model_inputs["video"], model_inputs["audio"]), stats)
+  return condition, num_clips
+
+
+def make_decoder(latent_space, stats):
+  """jitted normalized latents -> (video uint8 [B, F, H, W, 3], audio float32 [B, L])."""
+  return jax.jit(lambda z: latent_space.decode(latent_lib.denormalize(z, stats)))
+
+
 def sample(config, workdir: str) -> list[dict]:
   """Samples every task in `config.sample.tasks`; returns the index entries written."""
   mesh = sharding.make_mesh(config.mesh)
@@ -82,13 +104,9 @@ def sample(config, workdir: str) -> list[dict]:
   spec = samplers.SamplerSpec.from_config(config.sample, config.diffusion, config.model)
   task_list = tasks_lib.parse_tasks(config.sample.tasks, layout)
   clips = pipeline.make_eval_clips(config.data, layout, config.sample.num_clips,
-                                   seed=config.data.seed + 1_000_003 + config.sample.seed)
-  # Every host holds the same clips; the batch is sharded over data x fsdp (padded to divide it).
-  model_inputs, num_clips = sharding.replicated_batch(
-      {k: clips[k] for k in ("video", "audio")}, mesh, pad_to_mesh=True)
-  condition = latent_lib.normalize(
-      jax.jit(latent_space.encode)(model_inputs["video"], model_inputs["audio"]), stats)
-  decode = jax.jit(lambda z: latent_space.decode(latent_lib.denormalize(z, stats)))
+                                   seed=held_out_seed(config, config.sample.seed))
+  condition, num_clips = encode_condition(latent_space, stats, clips, mesh)
+  decode = make_decoder(latent_space, stats)
   is_chief = jax.process_index() == 0
   entries, timings, generated = [], {}, {}
   rng = jax.random.key(config.sample.seed)

@@ -1,0 +1,268 @@
+"""The task suite (`--mode=eval`): every task sampled on held-out clips, measured and written.
+
+  python -m avdit.main --config=configs/avdit_synthetic.py --workdir=DIR --mode=eval
+
+Phases:
+  1. Load     the checkpoint's parameters on the config's mesh (`generate.load_for_sampling`).
+  2. Clips    `eval.num_clips` held-out clips from a fixed seed, encoded once.
+  3. Sample   every task of `eval.tasks`, in batches of `eval.batch_size`, with the sampler, steps,
+              method and guidance weight of `config.sample` (one compiled sampler per task).
+  4. Measure  on the generated elements only (see `measure_task`): the synthetic world's oracle
+              metrics, AV-Align, and FVD/KVD (I3D) and FAD (VGGish) when converted weights are
+              configured (`eval.i3d_weights`, `eval.vggish_weights`; see
+              avdit/evaluation/convert_features.py). The same metrics of the real clips
+              ("reference") are the upper bound, as the paper's ground-truth scores.
+  5. Write    eval/results.json, eval/table.md (the shape of the paper's Table 1), eval/plots/
+              *.png and eval/samples/<task>_<i>.mp4 (+ _compare.mp4 with the condition).
+
+Conditioning segments are excluded from every metric, as in the paper: a metric of one
+modality looks at that modality's generated segments; the cross-modal ones (AV-Align, A/V
+correspondence, synchrony) at the time-segments where anything is generated.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+
+from avdit import layout as layout_lib
+from avdit import workdir as workdir_lib
+from avdit.data import pipeline
+from avdit.diffusion import schedule as schedule_lib
+from avdit.evaluation import av_align
+from avdit.evaluation import oracle
+from avdit.evaluation import report
+from avdit.sampling import generate
+from avdit.sampling import outputs
+from avdit.sampling import samplers
+from avdit.sampling import tasks as tasks_lib
+from avdit.training import sharding
+
+EVAL_DIR = "eval"
+
+
+# --- which parts of a clip a task generates ---------------------------------------------------
+def generated_frames(task: tasks_lib.Task, layout: layout_lib.ClipLayout) -> np.ndarray:
+  """bool [F]: video frames in generated video segments."""
+  return task.generate_mask[layout_lib.VIDEO][layout.segment_of_frame]
+
+
+def generated_samples(task: tasks_lib.Task, layout: layout_lib.ClipLayout) -> np.ndarray:
+  """bool [L]: audio samples in generated audio segments."""
+  return task.generate_mask[layout_lib.AUDIO][audio_sample_segments(layout)]
+
+
+def audio_sample_segments(layout: layout_lib.ClipLayout) -> np.ndarray:
+  """int32 [L]: the segment of each waveform sample."""
+  return layout.segment_of_time(np.arange(layout.audio_samples) / layout.sample_rate)
+
+
+def generated_span(task: tasks_lib.Task, layout: layout_lib.ClipLayout
+                   ) -> tuple[np.ndarray, np.ndarray]:
+  """(frames bool [F], samples bool [L]) of the time-segments where anything is generated.
+
+  The cross-modal metrics look at both modalities there (e.g. for av_continue the clip after
+  the given start; for a2v the whole clip, its video generated and its audio given).
+  """
+  segments = task.generate_mask.any(axis=0)
+  return segments[layout.segment_of_frame], segments[audio_sample_segments(layout)]
+
+
+# --- optional feature networks ------------------------------------------------------------------
+@dataclasses.dataclass
+class FeatureNetworks:
+  """The I3D (FVD, KVD) and VGGish (FAD) embedders, when their weights are configured."""
+
+  video: Any = None  # i3d.InceptionI3d: .features(video uint8 [B, F, H, W, 3]) -> [B, 400]
+  audio: Any = None  # vggish.VGGish: .embeddings(audio [B, L], sample_rate) -> [B, W, 128]
+
+  @classmethod
+  def from_config(cls, eval_config) -> FeatureNetworks:
+    networks = cls()
+    i3d_path = eval_config.get("i3d_weights", "")
+    vggish_path = eval_config.get("vggish_weights", "")
+    if i3d_path:
+      from avdit.evaluation import i3d  # pylint: disable=g-import-not-at-top
+      networks.video = i3d.load(i3d_path)
+    if vggish_path:
+      from avdit.evaluation import vggish  # pylint: disable=g-import-not-at-top
+      networks.audio = vggish.load(vggish_path)
+    return networks
+
+
+def _video_features(networks: FeatureNetworks, video_bfhwc: np.ndarray) -> np.ndarray:
+  return np.asarray(networks.video.features(video_bfhwc), np.float64)
+
+
+def _audio_features(networks: FeatureNetworks, audio_bl: np.ndarray,
+                    sample_rate: int) -> np.ndarray:
+  """VGGish embeddings of every 1 s window of every clip, pooled: [B·W, 128]."""
+  embeddings = np.asarray(networks.audio.embeddings(audio_bl, sample_rate), np.float64)
+  return embeddings.reshape(-1, embeddings.shape[-1])
+
+
+# --- metrics of one task -------------------------------------------------------------------------
+def measure_task(real: dict[str, np.ndarray], generated: dict[str, np.ndarray],
+                 task: tasks_lib.Task, layout: layout_lib.ClipLayout,
+                 networks: FeatureNetworks | None = None,
+                 oracle_metrics: bool = True) -> dict[str, float]:
+  """Metrics of generated clips against the real clips they were conditioned on.
+
+  Args:
+    real: {"video": uint8 [B, F, H, W, 3], "audio": float [B, L]}, the held-out clips (their
+      conditioning elements were the model's input).
+    generated: the same keys and shapes, the sampled clips (conditioning elements as given).
+    task: the task (its condition mask says what was generated).
+    layout: the clips' geometry.
+    networks: I3D/VGGish for FVD/KVD/FAD (skipped when None or absent).
+    oracle_metrics: the synthetic world's oracle metrics (only meaningful on that world).
+
+  Returns:
+    {metric: value}; every metric looks only at generated elements (module docstring).
+  """
+  frames, samples = generated_frames(task, layout), generated_samples(task, layout)
+  span_frames, span_samples = generated_span(task, layout)
+  results: dict[str, float] = {}
+  if oracle_metrics:
+    results.update(oracle.evaluate_batch(real, generated, task.condition_mask, layout))
+  # AV-Align on the generated time span (the clip after a given start, etc.).
+  align = [av_align.av_align(video[span_frames], audio[span_samples], layout.fps,
+                             layout.sample_rate)
+           for video, audio in zip(generated["video"], generated["audio"])]
+  results["av_align"] = float(np.mean(align))
+  networks = networks or FeatureNetworks()
+  if networks.video is not None and frames.any():
+    from avdit.evaluation import distribution  # pylint: disable=g-import-not-at-top
+    real_f = _video_features(networks, real["video"][:, span_frames])
+    fake_f = _video_features(networks, generated["video"][:, span_frames])
+    results["fvd"] = distribution.frechet_distance_of_features(real_f, fake_f)
+    results["kvd"] = distribution.kernel_distance(real_f, fake_f)
+  # VGGish embeds 1 s windows: a shorter generated span has no FAD.
+  if networks.audio is not None and span_samples.sum() >= layout.sample_rate and samples.any():
+    from avdit.evaluation import distribution  # pylint: disable=g-import-not-at-top
+    real_f = _audio_features(networks, real["audio"][:, span_samples], layout.sample_rate)
+    fake_f = _audio_features(networks, generated["audio"][:, span_samples], layout.sample_rate)
+    results["fad"] = distribution.frechet_distance_of_features(real_f, fake_f)
+  return results
+
+
+# --- the suite -------------------------------------------------------------------------------------
+def eval_clips(config, layout) -> dict[str, np.ndarray]:
+  """The held-out clips of the suite: fixed by `eval.seed` and `eval.num_clips`."""
+  return pipeline.make_eval_clips(config.data, layout, config.eval.num_clips,
+                                  seed=generate.held_out_seed(config, config.eval.seed))
+
+
+def _batches(num_clips: int, batch_size: int):
+  for start in range(0, num_clips, batch_size):
+    yield start, min(start + batch_size, num_clips)
+
+
+def _pad_rows(tree: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+  """Pads the batch axis to `rows` with copies of the last row (one compile per task)."""
+  def pad(x):
+    return x if x.shape[0] == rows else np.concatenate(
+        [x, np.repeat(x[-1:], rows - x.shape[0], axis=0)])
+  return {k: pad(np.asarray(v)) for k, v in tree.items()}
+
+
+def sample_task(config, loaded, task: tasks_lib.Task, clips: dict[str, np.ndarray], mesh,
+                spec: samplers.SamplerSpec, rng) -> dict[str, np.ndarray]:
+  """Generated clips {"video": uint8 [B, ...], "audio": float32 [B, L]} for every eval clip."""
+  layout, latent_space, apply_fn, params, stats, _ = loaded
+  schedule = schedule_lib.from_config(config.diffusion)
+  decode = generate.make_decoder(latent_space, stats)
+  num_clips = clips["video"].shape[0]
+  batch_size = min(int(config.eval.batch_size), num_clips)
+  videos, audios = [], []
+  for batch_index, (start, stop) in enumerate(_batches(num_clips, batch_size)):
+    chunk = _pad_rows({k: clips[k][start:stop] for k in ("video", "audio")}, batch_size)
+    condition, _ = generate.encode_condition(latent_space, stats, chunk, mesh)
+    with jax.set_mesh(mesh):
+      latents = samplers.sample_latents(apply_fn, params, condition, task.condition_mask,
+                                        jax.random.fold_in(rng, batch_index), schedule=schedule,
+                                        layout=layout, spec=spec)
+    video, audio = sharding.fetch(decode(latents))
+    videos.append(np.asarray(video)[:stop - start])
+    audios.append(np.asarray(audio)[:stop - start])
+  return {"video": np.concatenate(videos), "audio": np.concatenate(audios)}
+
+
+def evaluate(config, workdir: str, *, name: str | None = None, subdir: str = "") -> dict:
+  """Runs the task suite on the latest (or `sample.checkpoint_step`) checkpoint of `workdir`.
+
+  Returns the results dict written to <workdir>/eval[/<subdir>]/results.json.
+  """
+  # 1. Load.
+  mesh = sharding.make_mesh(config.mesh)
+  loaded = generate.load_for_sampling(config, workdir, mesh)
+  layout, step = loaded[0], loaded[-1]
+  spec = samplers.SamplerSpec.from_config(config.sample, config.diffusion, config.model)
+  task_list = tasks_lib.parse_tasks(config.eval.tasks, layout)
+  # 2. Clips.
+  clips = eval_clips(config, layout)
+  real = {"video": clips["video"], "audio": clips["audio"]}
+  num_clips = real["video"].shape[0]
+  networks = FeatureNetworks.from_config(config.eval)
+  use_oracle = config.data.name == "synthetic" or (
+      config.data.name == "latent_cache" and config.data.raw.name == "synthetic")
+  rng = jax.random.key(config.eval.seed)
+  results = {"name": name or config.get("variant", ""), "checkpoint_step": step,
+             "sampler": dataclasses.asdict(spec), "num_clips": num_clips,
+             "seed": int(config.eval.seed), "tasks": {}}
+  generated_by_task = {}
+  for task_index, task in enumerate(task_list):
+    # 3. Sample (the first batch includes the sampler's compilation).
+    start = time.time()
+    generated = sample_task(config, loaded, task, clips, mesh, spec,
+                            jax.random.fold_in(rng, task_index))
+    sampling_s = time.time() - start
+    # 4. Measure.
+    start = time.time()
+    metrics = measure_task(real, generated, task, layout, networks, use_oracle)
+    reference = measure_task(real, real, task, layout, networks, use_oracle)
+    metrics_s = time.time() - start
+    results["tasks"][task.name] = {
+        "spec": task.spec, "metrics": metrics, "reference": reference,
+        "timing": {"sampling_s": sampling_s, "metrics_s": metrics_s,
+                   "clips_per_s": num_clips / (sampling_s + metrics_s),
+                   "sampling_share": sampling_s / (sampling_s + metrics_s)}}
+    generated_by_task[task.name] = generated
+    logging.info("eval %s: %s (sampling %.1fs, metrics %.1fs)", task.name,
+                 {k: round(v, 4) for k, v in metrics.items()}, sampling_s, metrics_s)
+  total_sampling = sum(t["timing"]["sampling_s"] for t in results["tasks"].values())
+  total_metrics = sum(t["timing"]["metrics_s"] for t in results["tasks"].values())
+  results["timing"] = {"sampling_s": total_sampling, "metrics_s": total_metrics,
+                       "sampling_share": total_sampling / max(total_sampling + total_metrics,
+                                                              1e-9)}
+  # 5. Write (chief only; files staged locally for bucket workdirs).
+  if jax.process_index() == 0:
+    out_dir = workdir_lib.path(workdir, EVAL_DIR, subdir) if subdir else workdir_lib.path(
+        workdir, EVAL_DIR)
+    write(results, generated_by_task, clips, task_list, layout, out_dir,
+          int(config.eval.num_sample_videos))
+  return results
+
+
+def write(results: dict, generated_by_task: dict, clips: dict, task_list, layout,
+          out_dir, num_sample_videos: int) -> None:
+  """results.json, table.md, metrics.png and sample mp4s under `out_dir`."""
+  with workdir_lib.local_staging(out_dir) as out:
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "table.md").write_text(report.single_model_table(results))
+    report.plot_single_model(results, out / "metrics.png")
+    samples_dir = out / "samples"
+    for task in task_list:
+      generated = generated_by_task[task.name]
+      for i in range(min(num_sample_videos, generated["video"].shape[0])):
+        stem = samples_dir / f"{task.name}_{i}"
+        outputs.write_mp4(f"{stem}.mp4", generated["video"][i], generated["audio"][i],
+                          layout.fps, layout.sample_rate)
+        outputs.write_comparison_mp4(f"{stem}_compare.mp4", clips["video"][i],
+                                     generated["video"][i], generated["audio"][i],
+                                     task.condition_mask, layout)

@@ -1,0 +1,152 @@
+"""The task suite and the experiment: what is measured, tables, ranks, the tiny experiment."""
+import json
+
+import numpy as np
+import pytest
+
+from avdit import layout as layout_lib
+from avdit.evaluation import report
+from avdit.evaluation import suite
+from avdit.sampling import tasks as tasks_lib
+
+
+@pytest.fixture
+def layout():
+  # 17 frames at 8 fps -> 5 segments (frame 0, then groups of 4); 2.125 s of 16 kHz audio.
+  return layout_lib.ClipLayout(num_frames=17, fps=8.0, height=32, width=32, sample_rate=16000,
+                               video_channels=768, audio_channels=320)
+
+
+def test_generated_parts_follow_the_task(layout):
+  # av_continue gives segments 0..1 = frames 0..4 = [0, 0.625) s of both modalities.
+  task = tasks_lib.parse_task("av_continue", layout)
+  frames = suite.generated_frames(task, layout)
+  np.testing.assert_array_equal(frames, np.arange(17) >= 5)
+  samples = suite.generated_samples(task, layout)
+  t = np.arange(layout.audio_samples) / 16000
+  np.testing.assert_array_equal(samples, t >= 0.625)
+  span_frames, span_samples = suite.generated_span(task, layout)
+  np.testing.assert_array_equal(span_frames, frames)
+  np.testing.assert_array_equal(span_samples, samples)
+  # a2v: all video generated, no audio; the span (where anything is generated) is the clip.
+  task = tasks_lib.parse_task("a2v", layout)
+  assert suite.generated_frames(task, layout).all()
+  assert not suite.generated_samples(task, layout).any()
+  assert all(x.all() for x in suite.generated_span(task, layout))
+  # av_inpaint: first and last segments given -> frames 1..12 generated.
+  task = tasks_lib.parse_task("av_inpaint", layout)
+  np.testing.assert_array_equal(suite.generated_frames(task, layout),
+                                (np.arange(17) >= 1) & (np.arange(17) <= 12))
+
+
+def _results(name, metrics_by_task, reference=None):
+  tasks = {}
+  for task, metrics in metrics_by_task.items():
+    tasks[task] = {"spec": "", "metrics": metrics, "reference": reference or metrics,
+                   "timing": {"sampling_s": 3.0, "metrics_s": 1.0, "clips_per_s": 4.0,
+                              "sampling_share": 0.75}}
+  return {"name": name, "checkpoint_step": 10, "num_clips": 4, "seed": 0, "tasks": tasks,
+          "sampler": {"sampler": "ddim", "num_steps": 5, "method": "monl",
+                      "guidance_weight": 0.0}}
+
+
+def test_mean_ranks_by_hand():
+  # fvd lower is better, av_align higher is better; "other" has no direction and is not ranked.
+  results = {
+      "a": _results("a", {"t1": {"fvd": 1.0, "av_align": 0.2, "other": 5.0},
+                          "t2": {"fvd": 3.0, "av_align": 0.9, "other": 1.0}}),
+      "b": _results("b", {"t1": {"fvd": 2.0, "av_align": 0.5, "other": 0.0},
+                          "t2": {"fvd": 3.0, "av_align": 0.1, "other": 9.0}}),
+  }
+  ranks = report.mean_ranks(results)
+  # cells: (t1,fvd) a=1 b=2; (t1,align) a=2 b=1; (t2,fvd) tie 1.5/1.5; (t2,align) a=1 b=2.
+  assert ranks["a"] == pytest.approx((1 + 2 + 1.5 + 1) / 4)
+  assert ranks["b"] == pytest.approx((2 + 1 + 1.5 + 2) / 4)
+  text = report.comparison_tables(results, title="T", notes="N")
+  assert "## fvd ↓" in text and "## av_align ↑" in text
+  # Row of setting b in the fvd table: per task values and their average (2.5).
+  assert "| b | 2.000 | 3.000 | 2.500 |" in text
+
+
+def test_single_model_table_and_plot(tmp_path):
+  results = _results("m", {"joint": {"fvd": 10.0}, "a2v": {"fvd": 30.0}},
+                     reference={"fvd": 0.5})
+  text = report.single_model_table(results)
+  assert "| fvd ↓ | model | 10.000 | 30.000 | 20.000 |" in text
+  assert "| fvd ↓ | reference | 0.500 | 0.500 | 0.500 |" in text
+  path = report.plot_single_model(results, tmp_path / "m.png")
+  assert path.stat().st_size > 1000
+
+
+def test_tiny_experiment_trains_evaluates_compares_and_resumes(tmp_path):
+  from avdit import experiment
+  from configs import monl_ablation
+  config = monl_ablation.get_config("tiny")
+  results = experiment.run(config, str(tmp_path))
+  assert list(results) == ["vanilla+replacement", "monl"]
+  for label, setting, method in experiment.runs(config):
+    run_dir = tmp_path / setting
+    assert json.loads((run_dir / "train_summary.json").read_text())["step"] == 3
+    out = run_dir / "eval" / method
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["sampler"]["method"] == method and saved["checkpoint_step"] == 3
+    assert set(saved["tasks"]) == {"joint", "av_continue"}
+    for task in saved["tasks"].values():
+      # Real clips score perfectly on the oracle metrics (the reference row).
+      assert task["reference"]["subject_disc_color_error"] < 1.0
+      assert task["reference"]["continuity_jump_px"] < 0.5
+      assert 0 <= task["timing"]["sampling_share"] <= 1
+    assert (out / "table.md").exists() and (out / "metrics.png").stat().st_size > 1000
+    assert (out / "samples" / "av_continue_0.mp4").stat().st_size > 0
+    assert (out / "samples" / "av_continue_0_compare.mp4").stat().st_size > 0
+  table = (tmp_path / "comparison.md").read_text()
+  assert "| vanilla+replacement |" in table and "| monl |" in table
+  assert (tmp_path / "comparison.png").stat().st_size > 1000
+  # A rerun reuses the trained checkpoints and the finished evaluations.
+  eval_file = tmp_path / "monl" / "eval" / "monl" / "results.json"
+  before = eval_file.stat().st_mtime_ns
+  again = experiment.run(config, str(tmp_path))
+  assert eval_file.stat().st_mtime_ns == before
+  assert again["monl"]["tasks"] == results["monl"]["tasks"]
+
+
+class _MeanColourNet:
+  """A stand-in I3D: per-clip mean RGB of each frame half, 6 numbers (deterministic features)."""
+
+  def __init__(self):
+    self.seen = []
+
+  def features(self, video_bfhwc):
+    self.seen.append(video_bfhwc.shape)
+    v = np.asarray(video_bfhwc, np.float64)
+    half = v.shape[1] // 2
+    return np.concatenate([v[:, :half].mean(axis=(1, 2, 3)), v[:, half:].mean(axis=(1, 2, 3))],
+                          axis=1)
+
+
+def test_measure_task_feature_metrics_on_the_generated_span(layout):
+  from avdit.data import synthetic
+  from avdit.evaluation import distribution
+  world = synthetic.SyntheticWorld.from_layout(layout, num_clips=8, seed=3)
+  clips = [world[i] for i in range(8)]
+  real = {k: np.stack([c[k] for c in clips]) for k in ("video", "audio")}
+  # Inverted colours: another distribution of mean colours.
+  generated = {"video": 255 - real["video"], "audio": real["audio"]}
+  task = tasks_lib.parse_task("av_continue", layout)
+  net = _MeanColourNet()
+  metrics = suite.measure_task(real, generated, task, layout,
+                               suite.FeatureNetworks(video=net), oracle_metrics=False)
+  # Only the 12 generated frames (segments 2..4) are embedded, real and generated alike.
+  assert net.seen == [(8, 12, 32, 32, 3)] * 2
+  span = np.arange(17) >= 5
+  expected = distribution.frechet_distance_of_features(
+      _MeanColourNet().features(real["video"][:, span]),
+      _MeanColourNet().features(generated["video"][:, span]))
+  assert metrics["fvd"] == pytest.approx(expected)
+  assert metrics["fvd"] > 0 and np.isfinite(metrics["kvd"])
+  assert "fad" not in metrics  # no VGGish configured
+  # The real clips against themselves: zero distance (up to round-off relative to the spread).
+  same = suite.measure_task(real, real, task, layout, suite.FeatureNetworks(video=net),
+                            oracle_metrics=False)
+  spread = np.trace(np.cov(_MeanColourNet().features(real["video"][:, span]).T))
+  assert abs(same["fvd"]) < 1e-6 * spread < 1e-3 * metrics["fvd"]
