@@ -1,0 +1,454 @@
+"""Contrastive Diffusion Loss (CDL): the denoiser as an implicit noise classifier (SPEC §7).
+
+Paper: Wu et al., "Your Diffusion Model is Secretly a Noise Classifier and Benefits from
+Contrastive Training" (papers/cdl.txt). Notation: log-SNR α; the variance-preserving channel
+z_α = sqrt(σ(α)) x + sqrt(σ(-α)) ε with σ the sigmoid (our ᾱ is σ(α)); ε̂(z, α) the network's
+ε-prediction; d the number of data elements.
+
+From the paper
+  * Eq. 7 / Algorithm 1: L = E_{q(x, y)} softplus(y · (log p_ζ(x) - log p(x))). Per example a
+    label y = ±1 with probability ½; y = +1: x = x_0 from the data p; y = -1: x = z_ζ(x_0), the
+    data pushed through the channel at log-SNR ζ ~ U[6, 15] (the distribution p_ζ). Smaller ζ
+    is noisier; ζ in [6, 15] adds noise of standard deviation ≈ e^{-ζ/2} per element, i.e. the
+    classifier separates data from slightly noisier data. (Algorithm 1 prints "softmax": the
+    text, Eq. 7, says softplus.)
+  * Eq. 2 (Kong et al. 2023): -log p(x) = c + ½ ∫ E_ε‖ε - ε̂(z_α, α)‖² dα, and Eq. 3/5 (App. A.2):
+    the optimal denoiser of p_ζ is b·ε̂(z, β) with β = logit(σ(ζ)σ(α)), b = sqrt(σ(-α)/σ(-β)).
+    Hence (Eq. 8) the log-likelihood ratio
+        LLR(x) = log p_ζ(x) - log p(x) = ½ ∫ dα E_ε[‖ε - ε̂(z_α, α)‖² - ‖ε - b ε̂(z_α, β)‖²]
+    with the same ε in both terms. The printed Eq. 8 drops the ½ that Eq. 2 and 3 carry; we keep
+    it (the tests compare against the closed form of a Gaussian mixture, which needs it). The
+    integrand vanishes at both ends (α → -∞: both terms → 0; α → +∞: β → ζ, b → 0 and both terms
+    → d), roughly like e^{-|α - ζ|}, so the integral converges without the Gaussian reference
+    term that -log p(x) alone needs.
+  * A point is classified as data when LLR(x) < 0; `cdl_accuracy` reports that classifier.
+
+Our adaptation
+  * Monte Carlo over log-SNR: per example K = `num_logsnr_samples` draws of a path coordinate s
+    from a proposal q with importance weight 1/q(s). Proposals: "logistic" (default) centred at
+    the example's ζ with scale `proposal_scale` (default 2), truncated to the integration range:
+    its tails e^{-|s-ζ|/2} are heavier than the integrand's mean (≈ e^{-|α-ζ|}) and as heavy as
+    its spread over ε (≈ e^{-α/2} above the peak on the test mixtures), so the weighted draws
+    have finite variance; or "uniform" on the range. Draws are stratified in the proposal's CDF
+    (u_k = (k + U_k)/K) unless `stratified=False`; the estimate is unbiased either way, and with
+    stratification the standard error computed from the draws as if independent is
+    conservative. The two terms of a
+    draw share ε and z_α and are computed as one product, (bε̂_β - ε̂_α)·(2ε - ε̂_α - bε̂_β), which
+    is their exact difference without the float32 cancellation of two O(d) sums.
+    Cost: 2K denoiser evaluations per example (ε̂ at α and at β), made as ONE call of the
+    denoiser on a batch of 2·K·B; reported as `cdl_extra_denoiser_evaluations` = 2K, i.e.
+    extra forward (and backward) passes over the batch, against 1 (2 with self-conditioning) of
+    the MSE loss.
+  * Vector log-SNR (MoNL): the pointwise I-MMSE relation holds per element. With a log-SNR α_j
+    per element group j (for AVDiT a (modality, segment) row), D(x, α) = KL(p(z | x) ‖ p(z))
+    satisfies ∂D/∂α_j = ½ E_ε‖ε_j - ε̂_j(z, α)‖² (the scalar pointwise I-MMSE derivation with
+    Stein's lemma goes through component by component; the tests check the consequence on a 2-D
+    mixture with dependent coordinates and on correlated Gaussian latents), so for the exact
+    denoiser log-densities are line
+    integrals of a gradient field and every monotone path from "all noise" to "all clean" gives
+    the same LLR; A.2's rotation is also per component (β_j = logit(σ(ζ)σ(α_j)), b_j likewise).
+    We integrate along the shifted diagonal α_j(s) = clip(s + δ_j, lo, hi) with per-element
+    offsets δ_j, so the elements of one evaluation see different log-SNRs. Its Jacobian
+    dα_j/ds is 1 inside the range and 0 where clipped, so one draw contributes
+    ½ Σ_j 1[lo < s + δ_j < hi] g_j / q(s), summed over every data element; s lives on
+    [lo - max_j δ_j, hi - min_j δ_j]. δ = 0 is the paper's scalar integral. (Independent
+    per-element draws with a product weight would NOT be exact: for correlated elements the sum
+    of per-coordinate integrals does not telescope.) The AVDiT adapter draws δ per
+    (modality, segment) row with the MoNL strategies (vanilla / pm / pt / ptm) from
+    U[-offset_range, offset_range]; ζ stays one scalar per example (p_ζ noises the whole clip).
+  * Truncation: the integral runs over [lo, hi] = `logsnr_range` (default [-10, 25]; for the
+    AVDiT schedule lo = λ(T) ≈ -10.1, below which no timestep exists, and hi = `logsnr_max` =
+    25, i.e. ζ_max + 10). With the e^{-|α-ζ|} decay and ζ in [6, 15] the dropped tails are about
+    e^{-16} (below) and e^{-10} (above) of the integrand's scale. The paper gives no tail
+    correction and none is needed for the LLR (Kong et al.'s Gaussian tail is for log p alone,
+    whose integral diverges); we add none. β < α can fall below lo when α is within ~e^{-ζ} of
+    lo; the AVDiT adapter then evaluates at t = T (negligible: b ≈ 1 and β ≈ α there).
+
+Variance (measured on the test mixtures, 1-D and 2-D): one draw's standard deviation is several
+times |LLR| (≈ 12 against ≈ 5), so with small K the LLR inside the softplus is mostly noise and
+softplus of a noisy estimate is biased upward (Jensen). In our 1-D toy runs (equal MSE steps)
+K = 8 raised the denoiser's error on noisier-than-told points and K = 32-64 lowered it. In latents
+with many elements
+the relative noise of the summed terms should be much smaller (not measured): choose K with the
+`cdl_llr_stderr` metric, which is logged when K > 1.
+
+Schedule ↔ log-SNR (our discrete linear-β schedule, `schedule.LinearSchedule`)
+  λ(t) = log(ᾱ_t / (1 - ᾱ_t)) at integer t in {1..T}, λ(0) = +∞. Float timesteps (the network
+  embeds float t): for t in [1, T] λ is linear between integers (interpolation of the logit-ᾱ
+  table, exact at integers and well conditioned in float32, where 1 - ᾱ near t = 1 is not); for
+  t in [0, 1] ᾱ is linear between ᾱ_0 = 1 and ᾱ_1 = 1 - β_1, so λ = log((1 - tβ_1)/(tβ_1)) → ∞
+  as t → 0. Every λ ≥ λ(T) ≈ -10.1 therefore has a timestep, λ > λ(1) ≈ 9.2 included (t in
+  (0, 1), between the clean conditioning value t = 0 and t = 1, never seen by the MSE loss:
+  CDL with ζ in [6, 15] evaluates there, which is the regime it is meant to train); λ < λ(T)
+  is clipped to t = T.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from avdit import layout as layout_lib
+from avdit.diffusion import monl
+from avdit.diffusion import schedule as schedule_lib
+
+DEFAULT_ZETA_RANGE = (6.0, 15.0)  # the paper's ζ ~ U[6, 15]
+DEFAULT_LOGSNR_RANGE = (-10.0, 25.0)
+PROPOSALS = ("logistic", "uniform")
+
+EpsFn = Callable[[Any, jax.Array], Any]
+
+
+# --- the schedule in log-SNR ----------------------------------------------------------------------
+def logsnr_table(schedule: schedule_lib.LinearSchedule) -> np.ndarray:
+  """float64 [T + 1]: λ_t = log(ᾱ_t / (1 - ᾱ_t)); λ_0 = +inf."""
+  log_alpha_bar = np.cumsum(np.log1p(-schedule.betas))
+  one_minus_alpha_bar = -np.expm1(log_alpha_bar)  # accurate near t = 1, where ᾱ ≈ 1
+  with np.errstate(divide="ignore"):
+    return log_alpha_bar - np.log(one_minus_alpha_bar)
+
+
+def logsnr_bounds(schedule: schedule_lib.LinearSchedule) -> tuple[float, float]:
+  """(λ(T), λ(1)): the log-SNRs of the noisiest and the least noisy integer timestep."""
+  table = logsnr_table(schedule)
+  return float(table[-1]), float(table[1])
+
+
+def timestep_to_logsnr(schedule: schedule_lib.LinearSchedule, timesteps) -> jax.Array:
+  """Float timesteps (any shape, clipped to [0, T]) -> float32 log-SNR (module docstring)."""
+  t = jnp.clip(jnp.asarray(timesteps, jnp.float32), 0.0, schedule.num_timesteps)
+  table = logsnr_table(schedule)
+  grid = jnp.arange(1, schedule.num_timesteps + 1, dtype=jnp.float32)
+  upper = jnp.interp(t, grid, jnp.asarray(table[1:], jnp.float32))
+  one_minus_alpha_bar = jnp.clip(t, 0.0, 1.0) * schedule.betas[1]  # ᾱ linear on [0, 1]
+  lower = jnp.log1p(-one_minus_alpha_bar) - jnp.log(one_minus_alpha_bar)  # +inf at t = 0
+  return jnp.where(t < 1.0, lower, upper)
+
+
+def logsnr_to_timestep(schedule: schedule_lib.LinearSchedule, logsnr) -> jax.Array:
+  """Log-SNR (any shape) -> float32 timesteps in [0, T]; λ < λ(T) clips to T, λ = +inf is 0."""
+  lam = jnp.asarray(logsnr, jnp.float32)
+  table = logsnr_table(schedule)
+  grid = jnp.arange(1, schedule.num_timesteps + 1, dtype=jnp.float32)
+  # jnp.interp wants increasing abscissae: -λ grows with t. It clamps outside the table.
+  upper = jnp.interp(-lam, jnp.asarray(-table[1:], jnp.float32), grid)
+  lower = jax.nn.sigmoid(-lam) / schedule.betas[1]  # 1 - ᾱ = σ(-λ) = t β_1 on [0, 1]
+  return jnp.where(lam > table[1], lower, upper)
+
+
+# --- the log-likelihood ratio --------------------------------------------------------------------
+def composed_logsnr(alpha, zeta) -> jax.Array:
+  """β = logit(σ(ζ)σ(α)) (Eq. 5): two channels in series, computed in log space."""
+  log_signal = jax.nn.log_sigmoid(alpha) + jax.nn.log_sigmoid(zeta)
+  return log_signal - jnp.log(-jnp.expm1(log_signal))
+
+
+def noise_at_logsnr(x, noise, logsnr):
+  """z = sqrt(σ(λ)) x + sqrt(σ(-λ)) ε, elementwise in λ (broadcast to x)."""
+  return jnp.sqrt(jax.nn.sigmoid(logsnr)) * x + jnp.sqrt(jax.nn.sigmoid(-logsnr)) * noise
+
+
+class LogLikelihoodRatio(NamedTuple):
+  """Monte Carlo estimate of log p_ζ(x) - log p(x) per example."""
+  llr: jax.Array  # [B], the mean of `samples` over draws
+  stderr: jax.Array  # [B], std of the draws / sqrt(K) (NaN when K = 1)
+  samples: jax.Array  # [K, B], one importance-weighted estimate per draw
+  denoiser_evaluations: int  # per example: 2K
+
+
+def _batch_size(tree) -> int:
+  leaves = jax.tree_util.tree_leaves(tree)
+  if not leaves:
+    raise ValueError("x is empty")
+  sizes = {leaf.shape[0] if leaf.ndim else None for leaf in leaves}
+  if len(sizes) != 1 or None in sizes:
+    raise ValueError(f"every leaf of x needs the same leading batch axis, got {sizes}")
+  return sizes.pop()
+
+
+def _per_example_expand(x):
+  """Per-example values [N] -> a tree like x of [N, 1, ..., 1]."""
+  return lambda values_n: jax.tree_util.tree_map(
+      lambda leaf: values_n.reshape(values_n.shape + (1,) * (leaf.ndim - 1)), x)
+
+
+def _sample_path_coordinate(rng, zeta_b, support_lo_b, support_hi_b, num_samples: int,
+                            proposal: str, proposal_scale: float, stratified: bool):
+  """(s [K, B], log q(s) [K, B]) from the truncated proposal on [support_lo, support_hi]."""
+  u_kb = jax.random.uniform(rng, (num_samples, zeta_b.shape[0]))
+  if stratified:
+    u_kb = (jnp.arange(num_samples, dtype=jnp.float32)[:, None] + u_kb) / num_samples
+  if proposal == "uniform":
+    width_b = support_hi_b - support_lo_b
+    s_kb = support_lo_b + width_b * u_kb
+    return s_kb, jnp.broadcast_to(-jnp.log(width_b), s_kb.shape)
+  cdf_lo_b = jax.nn.sigmoid((support_lo_b - zeta_b) / proposal_scale)
+  cdf_hi_b = jax.nn.sigmoid((support_hi_b - zeta_b) / proposal_scale)
+  p_kb = jnp.clip(cdf_lo_b + (cdf_hi_b - cdf_lo_b) * u_kb, 1e-30, 1.0 - 1e-7)
+  s_kb = jnp.clip(zeta_b + proposal_scale * (jnp.log(p_kb) - jnp.log1p(-p_kb)),
+                  support_lo_b, support_hi_b)
+  scaled_kb = (s_kb - zeta_b) / proposal_scale
+  log_q_kb = (jax.nn.log_sigmoid(scaled_kb) + jax.nn.log_sigmoid(-scaled_kb)
+              - np.log(proposal_scale) - jnp.log(cdf_hi_b - cdf_lo_b))
+  return s_kb, log_q_kb
+
+
+def estimate_log_likelihood_ratio(
+    eps_fn: EpsFn, x, zeta_b, rng, *, num_logsnr_samples: int,
+    logsnr_range: Sequence[float] = DEFAULT_LOGSNR_RANGE, proposal: str = "logistic",
+    proposal_scale: float = 2.0, stratified: bool = True, logsnr_offsets=None,
+    expand_fn: Callable[[jax.Array], Any] | None = None) -> LogLikelihoodRatio:
+  """Estimates LLR(x) = log p_ζ(x) - log p(x) per example from a denoiser (module docstring).
+
+  Args:
+    eps_fn: the denoiser, `eps_fn(z, logsnr) -> ε̂` with z like x (batch 2·K·B) and logsnr
+      [2KB] (no offsets) or [2KB, *G] (one log-SNR per element group).
+    x: points [B, ...] (an array or a pytree of arrays sharing the batch axis).
+    zeta_b: [B] log-SNR ζ of the noisier distribution p_ζ, inside `logsnr_range`.
+    rng: PRNG key.
+    num_logsnr_samples: K, draws of the path coordinate per example.
+    logsnr_range: (lo, hi), the integration range of every element's log-SNR.
+    proposal: "logistic" (centred at ζ, scale `proposal_scale`) or "uniform", both truncated.
+    proposal_scale: scale of the logistic proposal.
+    stratified: stratify the K draws in the proposal's CDF.
+    logsnr_offsets: optional [B, *G] per-group offsets δ of the path α_j = clip(s + δ_j).
+    expand_fn: maps group values [N, *G] to a tree like x of arrays broadcastable to its leaves;
+      default: per example without offsets, groups on the axes after the batch for an array x.
+
+  Returns:
+    A `LogLikelihoodRatio`.
+  """
+  batch = _batch_size(x)
+  lo, hi = (float(v) for v in logsnr_range)
+  if not lo < hi:
+    raise ValueError(f"logsnr_range {logsnr_range} must be (lo, hi) with lo < hi")
+  if num_logsnr_samples < 1:
+    raise ValueError(f"num_logsnr_samples must be >= 1, got {num_logsnr_samples}")
+  if proposal not in PROPOSALS:
+    raise ValueError(f"unknown proposal {proposal!r}; use one of {PROPOSALS}")
+  if proposal_scale <= 0:
+    raise ValueError(f"proposal_scale must be positive, got {proposal_scale}")
+  zeta_b = jnp.asarray(zeta_b, jnp.float32)
+  if zeta_b.shape != (batch,):
+    raise ValueError(f"zeta must be [B={batch}], got {zeta_b.shape}")
+  k = num_logsnr_samples
+
+  if logsnr_offsets is None:
+    offsets_bg = jnp.zeros((batch,), jnp.float32)
+    expand = _per_example_expand(x) if expand_fn is None else expand_fn
+  else:
+    offsets_bg = jnp.asarray(logsnr_offsets, jnp.float32)
+    if offsets_bg.ndim < 2 or offsets_bg.shape[0] != batch:
+      raise ValueError(f"logsnr_offsets must be [B={batch}, *groups], got {offsets_bg.shape}")
+    if expand_fn is None:
+      if not isinstance(x, jax.Array | np.ndarray) or x.shape[1:offsets_bg.ndim] != \
+          offsets_bg.shape[1:]:
+        raise ValueError("without expand_fn, x must be an array [B, *groups, ...] matching "
+                         f"logsnr_offsets {offsets_bg.shape}")
+      expand = lambda v: v.reshape(v.shape + (1,) * (x.ndim - offsets_bg.ndim))
+    else:
+      expand = expand_fn
+  group_axes = tuple(range(1, offsets_bg.ndim))
+  group_ones = (1,) * len(group_axes)
+
+  # s lives where at least one element is inside (lo, hi).
+  support_lo_b = lo - (jnp.max(offsets_bg, axis=group_axes) if group_axes else offsets_bg)
+  support_hi_b = hi - (jnp.min(offsets_bg, axis=group_axes) if group_axes else offsets_bg)
+  s_rng, noise_rng = jax.random.split(rng)
+  s_kb, log_q_kb = _sample_path_coordinate(s_rng, zeta_b, support_lo_b, support_hi_b, k,
+                                           proposal, proposal_scale, stratified)
+  shifted = s_kb.reshape(s_kb.shape + group_ones) + offsets_bg[None]  # [K, B, *G]
+  inside = ((shifted > lo) & (shifted < hi)).astype(jnp.float32)
+  alpha = jnp.clip(shifted, lo, hi)
+  zeta_kbg = zeta_b.reshape((1, batch) + group_ones)
+  beta = composed_logsnr(alpha, zeta_kbg)
+  b_coef = jnp.exp(0.5 * (jax.nn.log_sigmoid(-alpha) - jax.nn.log_sigmoid(-beta)))
+  flat = lambda a: a.reshape((k * batch,) + a.shape[2:])
+  alpha_n, beta_n, b_n, inside_n = flat(alpha), flat(beta), flat(b_coef), flat(inside)
+
+  x_n = jax.tree_util.tree_map(
+      lambda leaf: jnp.broadcast_to(leaf[None], (k,) + leaf.shape).reshape(
+          (k * batch,) + leaf.shape[1:]).astype(jnp.float32), x)
+  leaves, treedef = jax.tree_util.tree_flatten(x_n)
+  noise_keys = jax.random.split(noise_rng, len(leaves))
+  noise_n = jax.tree_util.tree_unflatten(
+      treedef, [jax.random.normal(key, leaf.shape) for key, leaf in zip(noise_keys, leaves)])
+  z_n = jax.tree_util.tree_map(noise_at_logsnr, x_n, noise_n, expand(alpha_n))
+
+  # One call: ε̂(z, α) for the first half of the batch, ε̂(z, β) for the second.
+  eps_hat = eps_fn(jax.tree_util.tree_map(lambda a: jnp.concatenate([a, a]), z_n),
+                   jnp.concatenate([alpha_n, beta_n]))
+  b_tree, inside_tree = expand(b_n), expand(inside_n)
+
+  def element_terms(eps, eps_both, b_e, inside_e):
+    eps_both = eps_both.astype(jnp.float32)
+    eps_alpha, eps_beta = eps_both[:k * batch], eps_both[k * batch:]
+    if eps_alpha.shape != eps.shape:
+      raise ValueError(f"eps_fn returned {eps_both.shape}, expected [{2 * k * batch}, "
+                       f"{', '.join(map(str, eps.shape[1:]))}]")
+    scaled_beta = b_e * eps_beta
+    # ‖ε - ε̂_α‖² - ‖ε - bε̂_β‖² per element, without cancellation.
+    diff = (scaled_beta - eps_alpha) * (2.0 * eps - eps_alpha - scaled_beta) * inside_e
+    return jnp.sum(diff.reshape(diff.shape[0], -1), axis=1)
+
+  per_leaf = jax.tree_util.tree_map(element_terms, noise_n, eps_hat, b_tree, inside_tree)
+  g_n = sum(jax.tree_util.tree_leaves(per_leaf))
+  samples_kb = 0.5 * g_n.reshape(k, batch) * jnp.exp(-log_q_kb)
+  llr_b = jnp.mean(samples_kb, axis=0)
+  if k > 1:
+    stderr_b = jnp.std(samples_kb, axis=0, ddof=1) / np.sqrt(k)
+  else:
+    stderr_b = jnp.full((batch,), jnp.nan)
+  return LogLikelihoodRatio(llr_b, stderr_b, samples_kb, 2 * k)
+
+
+# --- the contrastive loss ------------------------------------------------------------------------
+class CDLOutput(NamedTuple):
+  """Everything one CDL evaluation computed, per example."""
+  loss: jax.Array  # scalar: mean softplus(y · LLR)
+  x: Any  # the classified points, like x0
+  labels: jax.Array  # [B] float: +1 data, -1 noisier (p_ζ)
+  zeta_b: jax.Array  # [B]
+  llr: LogLikelihoodRatio
+
+
+def cdl_forward(eps_fn: EpsFn, x0, rng, *, num_logsnr_samples: int,
+                zeta_range: Sequence[float] = DEFAULT_ZETA_RANGE,
+                logsnr_range: Sequence[float] = DEFAULT_LOGSNR_RANGE, proposal: str = "logistic",
+                proposal_scale: float = 2.0, stratified: bool = True, logsnr_offsets=None,
+                expand_fn: Callable[[jax.Array], Any] | None = None) -> CDLOutput:
+  """Algorithm 1 on a batch of clean x0 [B, ...] (array or pytree); see `CDLOutput`.
+
+  Per example: ζ ~ U[zeta_range], y = ±1 with probability ½, x = x0 (y = +1) or
+  sqrt(σ(ζ)) x0 + sqrt(σ(-ζ)) ε (y = -1), LLR(x) from `estimate_log_likelihood_ratio` (same
+  keyword arguments), loss = mean softplus(y · LLR) (Eq. 7).
+  """
+  batch = _batch_size(x0)
+  zeta_lo, zeta_hi = (float(v) for v in zeta_range)
+  lo, hi = (float(v) for v in logsnr_range)
+  if not lo < zeta_lo <= zeta_hi < hi:
+    raise ValueError(f"zeta_range {zeta_range} must lie inside logsnr_range {logsnr_range}")
+  zeta_rng, label_rng, noise_rng, llr_rng = jax.random.split(rng, 4)
+  zeta_b = jax.random.uniform(zeta_rng, (batch,), minval=zeta_lo, maxval=zeta_hi)
+  labels_b = jnp.where(jax.random.bernoulli(label_rng, 0.5, (batch,)), 1.0, -1.0)
+  leaves, treedef = jax.tree_util.tree_flatten(x0)
+  keys = jax.random.split(noise_rng, len(leaves))
+
+  def make_point(leaf, key):
+    leaf = leaf.astype(jnp.float32)
+    shape = (batch,) + (1,) * (leaf.ndim - 1)
+    noisier = noise_at_logsnr(leaf, jax.random.normal(key, leaf.shape), zeta_b.reshape(shape))
+    return jnp.where(labels_b.reshape(shape) > 0, leaf, noisier)
+
+  x = jax.tree_util.tree_unflatten(treedef, [make_point(l, key) for l, key in zip(leaves, keys)])
+  llr = estimate_log_likelihood_ratio(
+      eps_fn, x, zeta_b, llr_rng, num_logsnr_samples=num_logsnr_samples,
+      logsnr_range=logsnr_range, proposal=proposal, proposal_scale=proposal_scale,
+      stratified=stratified, logsnr_offsets=logsnr_offsets, expand_fn=expand_fn)
+  loss = jnp.mean(jax.nn.softplus(labels_b * llr.llr))
+  return CDLOutput(loss, x, labels_b, zeta_b, llr)
+
+
+def cdl_metrics(output: CDLOutput) -> dict[str, jax.Array]:
+  """Scalar metrics of a `CDLOutput`, for logging."""
+  is_data = output.labels > 0
+  llr = output.llr.llr
+  count_data = jnp.maximum(jnp.sum(is_data), 1)
+  count_noisy = jnp.maximum(jnp.sum(~is_data), 1)
+  metrics = {
+      "cdl_loss": output.loss,
+      # The implicit classifier: "data" when log p_ζ(x) < log p(x).
+      "cdl_accuracy": jnp.mean((llr < 0) == is_data),
+      "cdl_llr_data": jnp.sum(jnp.where(is_data, llr, 0.0)) / count_data,
+      "cdl_llr_noisier": jnp.sum(jnp.where(is_data, 0.0, llr)) / count_noisy,
+      "cdl_extra_denoiser_evaluations": jnp.asarray(output.llr.denoiser_evaluations,
+                                                    jnp.float32),
+  }
+  if output.llr.samples.shape[0] > 1:
+    metrics["cdl_llr_stderr"] = jnp.mean(output.llr.stderr)
+  return metrics
+
+
+def contrastive_diffusion_loss(eps_fn: EpsFn, x0, rng, **kwargs):
+  """(scalar CDL, scalar metrics) for clean x0; keyword arguments as `cdl_forward`."""
+  output = cdl_forward(eps_fn, x0, rng, **kwargs)
+  return output.loss, cdl_metrics(output)
+
+
+# --- the AVDiT adapter ---------------------------------------------------------------------------
+def avdit_cdl_forward(model, latents_x0: dict[str, jax.Array], rng, *,
+                      schedule: schedule_lib.LinearSchedule, layout: layout_lib.ClipLayout,
+                      num_logsnr_samples: int = 1,
+                      zeta_range: Sequence[float] = DEFAULT_ZETA_RANGE,
+                      logsnr_max: float = DEFAULT_LOGSNR_RANGE[1], offset_range: float = 2.0,
+                      mixture_weights=None, prediction: str = "eps", proposal: str = "logistic",
+                      proposal_scale: float = 2.0, stratified: bool = True) -> CDLOutput:
+  """CDL of the AVDiT denoiser on normalized clean latents; see `CDLOutput`.
+
+  Args:
+    model: `model(noisy_latents, timestep_vector_bmn_float, self_cond) -> prediction dict`;
+      called once, on a batch of 2·K·B, with self_cond None (zero self-conditioning, the
+      MSE loss's first pass; a self-conditioned second pass would double the cost to 4K).
+    latents_x0: {"video": [B, N, h, w, d_v], "audio": [B, l_a, d_a]}.
+    rng: PRNG key.
+    schedule, layout: the discrete schedule (log-SNRs map to float timesteps through
+      `logsnr_to_timestep`) and the segment layout (`expand_to_latents`).
+    num_logsnr_samples: K; the cost is 2K extra denoiser passes over the batch.
+    zeta_range: ζ ~ U[zeta_range] (paper: [6, 15]).
+    logsnr_max: upper end of the integral; the lower end is λ(T) of the schedule.
+    offset_range: per-(modality, segment) path offsets δ ~ U[-offset_range, offset_range],
+      applied with a MoNL strategy per example (0: every element at the same log-SNR).
+    mixture_weights: weights over `monl.STRATEGIES` for the offsets (default uniform, "monl").
+    prediction: "eps" or "v" (v is converted to ε at the log-SNR the model was told).
+    proposal, proposal_scale, stratified: as `estimate_log_likelihood_ratio`.
+  """
+  if prediction not in ("eps", "v"):
+    raise ValueError(f"unknown prediction {prediction!r}; use 'eps' or 'v'")
+  if offset_range < 0:
+    raise ValueError(f"offset_range must be >= 0, got {offset_range}")
+  missing = set(layout_lib.MODALITIES) - set(latents_x0)
+  if missing:
+    raise ValueError(f"latents_x0 lacks {sorted(missing)}")
+  batch = latents_x0["video"].shape[0]
+  lam_min, _ = logsnr_bounds(schedule)
+  if mixture_weights is None:
+    mixture_weights = monl.parse_mixture("monl")
+
+  def eps_fn(noisy, logsnr_bmn):
+    # β can fall just below λ(T) (module docstring): evaluate it at t = T, consistently for v.
+    logsnr_bmn = jnp.maximum(logsnr_bmn, lam_min)
+    output = model(noisy, logsnr_to_timestep(schedule, logsnr_bmn), None)
+    if prediction == "eps":
+      return output
+    alpha_bar = layout.expand_to_latents(jax.nn.sigmoid(logsnr_bmn))
+    return {key: schedule_lib.prediction_to_x0_eps(output[key].astype(jnp.float32), noisy[key],
+                                                   alpha_bar[key], "v")[1] for key in output}
+
+  offset_rng, strategy_rng, cdl_rng = jax.random.split(rng, 3)
+  shape_bmn = (batch, layout_lib.NUM_MODALITIES, layout.num_segments)
+  offsets_ref = jax.random.uniform(offset_rng, shape_bmn, minval=-offset_range,
+                                   maxval=offset_range)
+  strategy = jax.random.choice(strategy_rng, len(monl.STRATEGIES), (batch,),
+                               p=jnp.asarray(mixture_weights, jnp.float32))
+  offsets_bmn = monl.timesteps_for_strategies(offsets_ref, strategy)
+  latents = {key: latents_x0[key] for key in layout_lib.MODALITIES}
+  return cdl_forward(
+      eps_fn, latents, cdl_rng, num_logsnr_samples=num_logsnr_samples, zeta_range=zeta_range,
+      logsnr_range=(lam_min, logsnr_max), proposal=proposal, proposal_scale=proposal_scale,
+      stratified=stratified, logsnr_offsets=offsets_bmn, expand_fn=layout.expand_to_latents)
+
+
+def avdit_cdl_loss(model, latents_x0: dict[str, jax.Array], rng, **kwargs):
+  """(scalar CDL, scalar metrics) of the AVDiT denoiser; arguments as `avdit_cdl_forward`.
+
+  To add it to the MoNL objective: loss = diffusion_loss + weight · cdl, with `weight` and
+  `num_logsnr_samples` (cost: 2K extra passes) from the config; log the metrics. Scale: the
+  MoNL loss is a MEAN over latent elements, while the LLR inside the softplus is a SUM over the
+  d elements of a clip (a log-density ratio in nats), so near the decision boundary the CDL
+  gradient is O(d) times larger: on the tiny AVDiT of the model tests (d = 4584, untrained) its
+  gradient norm was ~4000x that of the MSE loss. A weight of order 1/d makes them comparable.
+  """
+  output = avdit_cdl_forward(model, latents_x0, rng, **kwargs)
+  return output.loss, cdl_metrics(output)
