@@ -63,6 +63,14 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       # strategy, a comma list (uniform), or weighted "pt:2,pm:1,ptm:1".
       noise_mixture="monl",
       self_condition_rate=0.9,
+      # Contrastive terms (SPEC §7), off at weight 0; each costs extra denoiser passes per step.
+      # CDL (avdit/diffusion/cdl.py): 2 x cdl_logsnr_samples passes; ζ ~ U[cdl_zeta_range].
+      cdl_weight=0.0, cdl_logsnr_samples=1, cdl_zeta_range=(6.0, 15.0),
+      # CDCD (avdit/diffusion/cdcd.py): InfoNCE over ε-errors under the true condition vs
+      # cdcd_num_negatives shuffled (intra) / other clips' (inter) conditions; paper λ = 5e-5.
+      cdcd_weight=0.0, cdcd_num_negatives=10, cdcd_negatives="mixed",  # intra | inter | mixed
+      cdcd_variant="step",  # step | sample
+      cdcd_masks="a2v,v2a,continue", cdcd_temperature=0.1,
   ))
 
   # --- device mesh and logical-axis rules (SPEC §9) ---------------------------------------------

@@ -67,3 +67,39 @@ def diffusion_loss(model, latents_x0, rng, *, schedule: schedule_lib.LinearSched
   for i, name in enumerate(monl.STRATEGIES):
     aux[f"strategy_fraction_{name}"] = jnp.mean(strategy == i)
   return loss, aux
+
+
+def contrastive_terms(model, latents_x0, rng, *, diffusion_config, schedule, layout,
+                      mixture_weights):
+  """(weighted sum of the optional contrastive terms, aux metrics) — SPEC §7, off by default.
+
+  CDL (avdit.diffusion.cdl) when `diffusion_config.cdl_weight > 0`: 2K extra denoiser passes
+  (K = cdl_logsnr_samples). CDCD (avdit.diffusion.cdcd) when `cdcd_weight > 0`: N extra
+  passes (N = cdcd_num_negatives) plus the positive. The extra passes are logged
+  (`*_extra_denoiser_evaluations`); the MFU of the training log counts the MoNL passes only.
+  """
+  from avdit.diffusion import cdcd  # pylint: disable=g-import-not-at-top
+  from avdit.diffusion import cdl  # pylint: disable=g-import-not-at-top
+  get = lambda name, default: diffusion_config.get(name, default)
+  total = jnp.zeros((), jnp.float32)
+  aux = {}
+  cdl_rng, cdcd_rng = jax.random.split(rng)
+  if get("cdl_weight", 0.0) > 0:
+    value, metrics = cdl.avdit_cdl_loss(
+        model, latents_x0, cdl_rng, schedule=schedule, layout=layout,
+        num_logsnr_samples=int(get("cdl_logsnr_samples", 1)),
+        zeta_range=tuple(get("cdl_zeta_range", cdl.DEFAULT_ZETA_RANGE)),
+        mixture_weights=mixture_weights, prediction=diffusion_config.prediction)
+    total = total + diffusion_config.cdl_weight * value
+    aux.update(metrics)
+  if get("cdcd_weight", 0.0) > 0:
+    value, metrics = cdcd.cdcd_loss(
+        model, latents_x0, cdcd_rng, schedule=schedule, layout=layout,
+        num_negatives=int(get("cdcd_num_negatives", cdcd.DEFAULT_NUM_NEGATIVES)),
+        negative_kind=get("cdcd_negatives", "mixed"), variant=get("cdcd_variant", "step"),
+        mask_kinds=tuple(get("cdcd_masks", "a2v,v2a,continue").split(",")),
+        temperature=float(get("cdcd_temperature", cdcd.DEFAULT_TEMPERATURE)),
+        prediction=diffusion_config.prediction)
+    total = total + diffusion_config.cdcd_weight * value
+    aux.update(metrics)
+  return total, aux

@@ -116,6 +116,8 @@ def make_train_step(config, layout, graphdef, latent_space, latent_stats, *,
   lr_schedule = learning_rate_schedule(config.train)
   # Host constants, placed by jit: nothing here may run eagerly on a (possibly abstract) mesh.
   stats = {k: np.asarray(v, np.float32) for k, v in latent_stats.items()}
+  contrastive = (config.diffusion.get("cdl_weight", 0.0) > 0
+                 or config.diffusion.get("cdcd_weight", 0.0) > 0)
 
   def train_step(state: TrainState, batch):
     with sharding_context(config, batch_sharding):
@@ -127,10 +129,18 @@ def make_train_step(config, layout, graphdef, latent_space, latent_stats, *,
 
     def loss_fn(params):
       model = nnx.merge(graphdef, params)
-      return loss_lib.diffusion_loss(
+      loss, aux = loss_lib.diffusion_loss(
           model, latents, rng, schedule=schedule, layout=layout, mixture_weights=mixture,
           prediction=config.diffusion.prediction, self_condition=config.model.self_condition,
           self_condition_rate=config.diffusion.self_condition_rate)
+      if contrastive:  # CDL / CDCD (SPEC §7), on their own stream of randomness
+        extra, extra_aux = loss_lib.contrastive_terms(
+            model, latents, jax.random.fold_in(rng, 1), diffusion_config=config.diffusion,
+            schedule=schedule, layout=layout, mixture_weights=mixture)
+        aux = dict(aux, **extra_aux, loss_monl=loss)
+        loss = loss + extra
+        aux["loss"] = loss
+      return loss, aux
 
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)

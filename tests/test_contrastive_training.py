@@ -1,0 +1,79 @@
+"""CDL and CDCD as terms of the training objective: switched by config, logged, differentiable."""
+import jax
+import numpy as np
+import pytest
+
+from avdit import layout as layout_lib
+from avdit.diffusion import cdcd
+from avdit.diffusion import loss as loss_lib
+from avdit.diffusion import monl
+from avdit.diffusion import schedule as schedule_lib
+from avdit.models import latent_space as latent_lib
+from avdit.training import state as state_lib
+
+
+@pytest.fixture
+def config(tiny_config):
+  with tiny_config.unlocked():
+    tiny_config.data.batch_size = 4
+  return tiny_config
+
+
+def test_contrastive_terms_add_to_the_loss_and_are_logged(config):
+  with config.unlocked():
+    config.diffusion.update(cdl_weight=1e-4, cdl_logsnr_samples=1, cdcd_weight=0.05,
+                            cdcd_num_negatives=2, cdcd_negatives="mixed")
+  layout = layout_lib.layout_from_config(config)
+  latent_space = latent_lib.make_latent_space(config, layout)
+  graphdef, state = state_lib.create_train_state(config, layout)
+  stats = {f"{k}_{s}": np.full(n, 0.0 if s == "mean" else 1.0, np.float32)
+           for k, n in (("video", layout.video_channels), ("audio", layout.audio_channels))
+           for s in ("mean", "std")}
+  rng = np.random.default_rng(0)
+  batch = {"video": rng.integers(0, 256, (4, layout.num_frames, layout.height, layout.width, 3),
+                                 dtype=np.uint8),
+           "audio": rng.uniform(-0.5, 0.5, (4, layout.audio_samples)).astype(np.float32)}
+  # The MoNL part alone, computed eagerly on the step's rng (step 0) and parameters.
+  from flax import nnx
+  latents = latent_lib.normalize(latent_space.encode(batch["video"], batch["audio"]), stats)
+  monl_loss, _ = loss_lib.diffusion_loss(
+      nnx.merge(graphdef, state.params), latents,
+      jax.random.fold_in(jax.random.key(config.seed), 0),
+      schedule=schedule_lib.from_config(config.diffusion), layout=layout,
+      mixture_weights=monl.parse_mixture(config.diffusion.noise_mixture),
+      prediction=config.diffusion.prediction, self_condition=config.model.self_condition,
+      self_condition_rate=config.diffusion.self_condition_rate)
+  step = state_lib.make_train_step(config, layout, graphdef, latent_space, stats)
+  _, metrics = step(state, batch)
+  metrics = jax.device_get(metrics)
+  np.testing.assert_allclose(metrics["loss_monl"], monl_loss, rtol=1e-5)
+  expected = metrics["loss_monl"] + 1e-4 * metrics["cdl_loss"] + 0.05 * metrics["cdcd_loss"]
+  np.testing.assert_allclose(metrics["loss"], expected, rtol=1e-5)
+  # Extra passes over the batch: N negatives for CDCD, 2K for CDL.
+  assert metrics["cdcd_extra_denoiser_evaluations"] == 2
+  assert metrics["cdl_extra_denoiser_evaluations"] == 2 * 1
+  assert np.isfinite(metrics["loss"]) and metrics["grad_norm"] > 0
+
+
+def test_contrastive_terms_function_matches_its_parts(config):
+  layout = layout_lib.layout_from_config(config)
+  graphdef, state = state_lib.create_train_state(config, layout)
+  from flax import nnx
+  model = nnx.merge(graphdef, state.params)
+  rng = jax.random.key(3)
+  latents = {k: jax.random.normal(jax.random.fold_in(rng, i), s)
+             for i, (k, s) in enumerate(layout.latent_shapes(4).items())}
+  schedule = schedule_lib.from_config(config.diffusion)
+  with config.unlocked():
+    config.diffusion.update(cdcd_weight=2.0, cdcd_num_negatives=3, cdcd_negatives="inter",
+                            cdcd_variant="sample")
+  total, aux = loss_lib.contrastive_terms(
+      model, latents, rng, diffusion_config=config.diffusion, schedule=schedule, layout=layout,
+      mixture_weights=monl.parse_mixture("monl"))
+  # Off switches are honoured (no CDL metrics) and the CDCD part is the module's own loss.
+  assert not any(k.startswith("cdl") for k in aux)
+  _, cdcd_rng = jax.random.split(rng)
+  value, _ = cdcd.cdcd_loss(model, latents, cdcd_rng, schedule=schedule, layout=layout,
+                            num_negatives=3, negative_kind="inter", variant="sample",
+                            mask_kinds=("a2v", "v2a", "continue"), temperature=0.1)
+  np.testing.assert_allclose(total, 2.0 * value, rtol=1e-6)
