@@ -150,3 +150,24 @@ def test_measure_task_feature_metrics_on_the_generated_span(layout):
                             oracle_metrics=False)
   spread = np.trace(np.cov(_MeanColourNet().features(real["video"][:, span]).T))
   assert abs(same["fvd"]) < 1e-6 * spread < 1e-3 * metrics["fvd"]
+
+
+def test_experiment_settings_and_overrides():
+  from avdit import experiment
+  from configs import contrastive_ablation
+  from configs import monl_ablation
+  config = monl_ablation.get_config("default")
+  rows = experiment.runs(config)
+  assert [r[0] for r in rows] == ["vanilla+replacement", "vanilla+reconstruction", "pm", "pt",
+                                  "ptm", "pt-pm-ptm", "monl"]
+  run_config = experiment.setting_config(config, "pt,pm,ptm", "monl")
+  assert run_config.diffusion.noise_mixture == "pt,pm,ptm" and "experiment" not in run_config
+  assert experiment.setting_config(config, "vanilla", "reconstruction").sample.method == (
+      "reconstruction")
+  config = contrastive_ablation.get_config("default")
+  cdcd_config = experiment.setting_config(config, "monl_cdcd", "monl")
+  assert cdcd_config.diffusion.cdcd_weight > 0 and cdcd_config.diffusion.cdl_weight == 0
+  cdl_config = experiment.setting_config(config, "monl_cdl", "monl")
+  assert cdl_config.diffusion.cdl_weight > 0 and cdl_config.diffusion.cdcd_weight == 0
+  plain = experiment.setting_config(config, "monl", "monl").diffusion
+  assert plain.cdl_weight == plain.cdcd_weight == 0 and plain.noise_mixture == "monl"
