@@ -3,7 +3,9 @@
 Every sampler runs as a single `jax.jit`-compiled function whose step loop is a `lax.scan`;
 nothing is synchronized with the host between steps. The compiled function is cached per
 (apply_fn, SamplerSpec, condition mask, guidance mask, schedule, layout) and jit caches it per
-input shape, so calling `sample_latents` again with the same statics does not retrace.
+input shape, so calling `sample_latents` again with the same statics does not retrace. One step
+is `SamplerStep`, split around its network call; the parallel (Picard) sampler of
+avdit.sampling.parallel runs the same step on a window of steps as one batched call.
 
 Timesteps. With K = `num_steps`, the sampler visits the "trailing" sequence
 t_k = round(k T / K), k = K, K-1, ..., 1 (t_K = T; K = T visits every timestep) and steps
@@ -243,6 +245,223 @@ def _element_mask(mask_mn: np.ndarray, layout: layout_lib.ClipLayout) -> Latents
   return {k: v > 0.5 for k, v in expanded.items()}
 
 
+# --- one sampler step, shared by the sequential loop and the parallel sampler ------------------
+def step_tables(schedule: schedule_lib.LinearSchedule, spec: SamplerSpec
+                ) -> dict[str, np.ndarray]:
+  """The step loop's inputs, one row per step in loop order (t = T first), each [K].
+
+  float32 alpha_bar_cur, alpha_bar_next, c_x, c_x0, c_prev, c_eps, c_z and t_cur; int32 index.
+  numpy, not jnp: host constants that jit places, so building runs nothing eagerly (an AOT
+  compile for a TPU topology has no device to run on).
+  """
+  coeffs = step_coefficients(schedule, spec)
+  tables = {name: np.asarray(coeffs[name], np.float32)
+            for name in ("alpha_bar_cur", "alpha_bar_next", "c_x", "c_x0", "c_prev", "c_eps",
+                         "c_z")}
+  tables["t_cur"] = np.asarray(coeffs["t_cur"], np.float32)
+  tables["index"] = np.arange(spec.num_steps, dtype=np.int32)
+  return tables
+
+
+class SamplerStep:
+  """One step (x_{k+1}, x̂0_k, x̂0u_k) = F_k(x_k, x̂0_{k-1}, x̂0u_{k-1}) of a task's sampler.
+
+  The state carried between steps is x, the previous x̂0 (self-conditioning and dpmpp_2m's
+  x̂0_prev) and CFG's previous unconditional x̂0. A step is split around its one network call
+  so that the same code serves the sequential loop and the parallel (Picard) sampler:
+    `inputs`   state and step scalars -> the network's input rows and what `update` needs;
+    `evaluate` the network call on rows of any count (one step's batch here; a window of steps
+               folded into the batch in avdit.sampling.parallel);
+    `update`   the network outputs -> the next state.
+  `inputs` and `update` are elementwise per example with scalar step values, so the parallel
+  sampler vmaps them over a window of steps. Build it inside the jitted function: it holds the
+  traced condition. See the module docstring for the algorithms.
+  """
+
+  def __init__(self, apply_fn: ApplyFn, spec: SamplerSpec, cond_mn: np.ndarray,
+               uncond_mn: np.ndarray, schedule: schedule_lib.LinearSchedule,
+               layout: layout_lib.ClipLayout, condition: Latents):
+    self.apply_fn, self.spec, self.layout = apply_fn, spec, layout
+    self.tables = step_tables(schedule, spec)
+    self.num_t = schedule.num_timesteps
+    self.monl = spec.method == "monl"
+    self.reconstruct = spec.method == "reconstruction"
+    self.has_condition = bool(cond_mn.any())
+    self.guided = (self.monl and self.has_condition and spec.guidance_weight != 0
+                   and bool(uncond_mn.any()))
+    self.stochastic = bool(np.any(step_coefficients(schedule, spec)["c_z"] > 0))  # float64
+    self.replace = (not self.monl) and self.has_condition
+    self.draw_names = [name for name, used in (("step", self.stochastic),
+                                               ("replace", self.replace),
+                                               ("uncond", self.guided)) if used]
+    self.ab_max_t = float(schedule.alpha_bar_table[self.num_t])
+    self.condition = {k: jnp.asarray(condition[k], jnp.float32) for k in layout_lib.MODALITIES}
+    self.batch = self.condition["video"].shape[0]
+    self.cond_elem = _element_mask(cond_mn, layout)
+    self.gen_elem = jax.tree.map(jnp.logical_not, self.cond_elem)
+    self.uncond_elem = _element_mask(uncond_mn, layout)
+    self.cond_bmn = jnp.asarray(cond_mn)[None]  # [1, 2, N]
+    self.uncond_bmn = jnp.asarray(uncond_mn)[None]
+    self._leaves, self._treedef = jax.tree.flatten(self.condition)
+    self._offsets = np.cumsum([0] + [math.prod(x.shape) for x in self._leaves])
+    self.zeros = jax.tree.map(jnp.zeros_like, self.condition)
+
+  def normal_trees(self, key: Array, count: int) -> list[Latents]:
+    """`count` latent dicts of N(0, I) noise from one flat draw.
+
+    XLA:CPU compiles one 1-D threefry draw several times faster than a multi-dimensional
+    draw per leaf and per use (seconds per sampler otherwise).
+    """
+    offsets = self._offsets
+    total = int(offsets[-1])
+    flat = jax.random.normal(key, (count * total,), jnp.float32)
+    return [jax.tree.unflatten(self._treedef, [
+        flat[c * total + offsets[i]:c * total + offsets[i + 1]].reshape(x.shape)
+        for i, x in enumerate(self._leaves)]) for c in range(count)]
+
+  def keep_condition(self, tree: Latents) -> Latents:
+    """Conditioning elements exactly as given (bit-identical), generated ones from `tree`.
+
+    `tree` may carry extra leading axes (a window of steps): the masks broadcast from the right.
+    """
+    return jax.tree.map(jnp.where, self.cond_elem, self.condition, tree)
+
+  def initial(self, rng: Array, initial_noise: Latents | None) -> tuple[Latents, Array]:
+    """(x_T, the key whose fold_in(·, k) gives step k's noise) from `rng`."""
+    init_key, loop_key = jax.random.split(rng)
+    if initial_noise is None:
+      x_init, = self.normal_trees(init_key, 1)
+    else:
+      x_init = {k: jnp.asarray(initial_noise[k], jnp.float32) for k in layout_lib.MODALITIES}
+    x_init = self.keep_condition(x_init) if self.monl else x_init
+    return x_init, loop_key
+
+  def draws(self, loop_key: Array, index: Array) -> dict[str, Latents]:
+    """All of step `index`'s noise in one draw: ancestral/DDIM noise, the replacement method's
+    forward noise of the condition, CFG's unconditional noise (those that are used)."""
+    if not self.draw_names:
+      return {}
+    return dict(zip(self.draw_names, self.normal_trees(jax.random.fold_in(loop_key, index),
+                                                       len(self.draw_names))))
+
+  def to_x0_eps(self, pred: Latents, x_in: Latents, ab: Latents) -> tuple[Latents, Latents]:
+    out = jax.tree.map(
+        lambda p, x, a: schedule_lib.prediction_to_x0_eps(p, x, a, self.spec.prediction),
+        pred, x_in, ab)
+    return ({k: v[0] for k, v in out.items()}, {k: v[1] for k, v in out.items()})
+
+  def inputs(self, x: Latents, x0_prev: Latents, x0_uncond_prev: Latents,
+             step: dict[str, Array], draws: dict[str, Latents]) -> tuple[dict, dict]:
+    """(network input rows, aux for `update`) of one step.
+
+    Rows: {"x", "t" [R, 2, N], "self_cond" (or None)} with R = B, or R = 2B (conditional then
+    unconditional pass) with CFG; the reconstruction method adds "ab" (ᾱ per element) and
+    "target" (the condition) for its loss. Leaves with a leading 1 broadcast over the rows.
+    """
+    spec, batch = self.spec, self.batch
+    t_cur, ab_t = step["t_cur"], step["alpha_bar_cur"]
+    if self.monl:
+      # Conditioning elements: clean values with t = 0 (ᾱ = 1); generated: t_k.
+      x_in = self.keep_condition(x)
+      t_bmn = jnp.broadcast_to(jnp.where(self.cond_bmn, 0.0, t_cur),
+                               (batch, layout_lib.NUM_MODALITIES, self.layout.num_segments))
+      ab_elem = jax.tree.map(lambda c: jnp.where(c, 1.0, ab_t), self.cond_elem)
+    else:
+      # One scalar timestep for all elements; the condition is noised afresh to t_k.
+      x_in = x
+      if self.replace:
+        noised = jax.tree.map(lambda c, n: schedule_lib.q_sample(c, n, ab_t),
+                              self.condition, draws["replace"])
+        x_in = jax.tree.map(jnp.where, self.cond_elem, noised, x)
+      t_bmn = jnp.full((batch, layout_lib.NUM_MODALITIES, self.layout.num_segments), t_cur)
+      ab_elem = jax.tree.map(lambda c: jnp.broadcast_to(ab_t, c.shape), self.cond_elem)
+    self_cond = x0_prev if spec.self_condition else None
+    aux = {"x_in": x_in, "ab": ab_elem}
+    if self.reconstruct and self.has_condition:
+      rows = {"x": x_in, "t": t_bmn, "self_cond": self_cond, "ab": ab_elem,
+              "target": self.condition}
+    elif self.guided:
+      # Unconditional pass: the guidance-masked conditioning elements are pure noise at t=T.
+      noise_u = draws["uncond"]
+      x_u = jax.tree.map(jnp.where, self.uncond_elem, noise_u, x_in)
+      t_u = jnp.where(self.uncond_bmn, float(self.num_t), t_bmn)
+      ab_u = jax.tree.map(lambda u, a: jnp.where(u, self.ab_max_t, a), self.uncond_elem, ab_elem)
+      both = lambda a, b: jnp.concatenate([a, b], axis=0)
+      self_both = None
+      if spec.self_condition:
+        self_u = jax.tree.map(jnp.where, self.uncond_elem, x0_uncond_prev, x0_prev)
+        self_both = jax.tree.map(both, x0_prev, self_u)
+      rows = {"x": jax.tree.map(both, x_in, x_u), "t": both(t_bmn, t_u), "self_cond": self_both}
+      aux.update(x_u=x_u, ab_u=ab_u)
+    else:
+      rows = {"x": x_in, "t": t_bmn, "self_cond": self_cond}
+    return rows, aux
+
+  def evaluate(self, params, rows: dict) -> dict:
+    """The step's one network call on `rows` (any number of rows, examples independent).
+
+    Returns {"pred"}, or for the reconstruction method {"x0", "eps", "grad"} with the gradient
+    of its loss w.r.t. the rows' x.
+    """
+    apply_fn = self.apply_fn
+    if "target" not in rows:
+      return {"pred": apply_fn(params, rows["x"], rows["t"], rows["self_cond"])}
+
+    def recon_loss(x_t):
+      pred = apply_fn(params, x_t, rows["t"], rows["self_cond"])
+      x0_hat, eps_hat = self.to_x0_eps(pred, x_t, rows["ab"])
+      # Σ over conditioning elements; a sum over the batch keeps examples independent.
+      loss = sum(jnp.sum(jnp.where(self.cond_elem[k], (x0_hat[k] - rows["target"][k])**2, 0.0))
+                 for k in layout_lib.MODALITIES)
+      return loss, (x0_hat, eps_hat)
+
+    grad, (x0_hat, eps_hat) = jax.grad(recon_loss, has_aux=True)(rows["x"])
+    return {"x0": x0_hat, "eps": eps_hat, "grad": grad}
+
+  def update(self, outputs: dict, aux: dict, x0_prev: Latents, x0_uncond_prev: Latents,
+             step: dict[str, Array], draws: dict[str, Latents]
+             ) -> tuple[Latents, Latents, Latents]:
+    """(x_next, x̂0, unconditional x̂0) of the step from `evaluate`'s outputs on its rows."""
+    spec, batch = self.spec, self.batch
+    x_in, ab_elem = aux["x_in"], aux["ab"]
+    recon_grad = None
+    x0_uncond = x0_uncond_prev
+    if "grad" in outputs:
+      recon_grad, x0_hat, eps_hat = outputs["grad"], outputs["x0"], outputs["eps"]
+    elif self.guided:
+      pred_both = outputs["pred"]
+      pred_c = jax.tree.map(lambda p: p[:batch], pred_both)
+      pred_u = jax.tree.map(lambda p: p[batch:], pred_both)
+      x0_uncond, _ = self.to_x0_eps(pred_u, aux["x_u"], aux["ab_u"])
+      pred = guided_prediction(pred_c, pred_u, self.gen_elem, spec.guidance_weight)
+      x0_hat, eps_hat = self.to_x0_eps(pred, x_in, ab_elem)
+    else:
+      x0_hat, eps_hat = self.to_x0_eps(outputs["pred"], x_in, ab_elem)
+    if self.monl:
+      x0_hat = self.keep_condition(x0_hat)  # exact at t = 0 whatever the network says there
+
+    noise = draws["step"] if self.stochastic else self.zeros
+    x_next = jax.tree.map(
+        lambda xt, x0, xp, e, z: (step["c_x"] * xt + step["c_x0"] * x0 + step["c_prev"] * xp
+                                  + step["c_eps"] * e + step["c_z"] * z),
+        x_in, x0_hat, x0_prev, eps_hat, noise)
+    if recon_grad is not None:
+      scale = spec.reconstruction_lambda * jnp.sqrt(1.0 - step["alpha_bar_next"])
+      x_next = jax.tree.map(lambda xn, g, gen: jnp.where(gen, xn - scale * g, xn),
+                            x_next, recon_grad, self.gen_elem)
+    x_next = self.keep_condition(x_next)
+    return x_next, x0_hat, x0_uncond
+
+  def __call__(self, params, state: tuple[Latents, Latents, Latents], step: dict[str, Array],
+               loop_key: Array) -> tuple[Latents, Latents, Latents]:
+    """The whole step, as the sequential loop runs it."""
+    x, x0_prev, x0_uncond_prev = state
+    draws = self.draws(loop_key, step["index"])
+    rows, aux = self.inputs(x, x0_prev, x0_uncond_prev, step, draws)
+    outputs = self.evaluate(params, rows)
+    return self.update(outputs, aux, x0_prev, x0_uncond_prev, step, draws)
+
+
 # --- the jitted sampler --------------------------------------------------------------------------
 _CACHE_SIZE = 64
 _cache: collections.OrderedDict = collections.OrderedDict()
@@ -258,163 +477,44 @@ def _fn_key(fn: Callable) -> Any:
     return ("id", id(fn))
 
 
-def _get_sampler(apply_fn, spec, cond_key, uncond_key, schedule, layout):
-  key = (_fn_key(apply_fn), spec, cond_key, uncond_key, schedule, layout)
+def cached_build(key: tuple, apply_fn: ApplyFn, build: Callable[[], Callable]) -> Callable:
+  """`build()` once per (apply_fn, key): the compiled-sampler cache both samplers share.
+
+  `key` holds the statics (hashable); apply_fn is keyed by itself or its id and kept alive by
+  the entry, so an id is never reused while cached. Least recently used entries are dropped.
+  """
+  key = (_fn_key(apply_fn),) + tuple(key)
   with _cache_lock:
     if key in _cache:
       _cache.move_to_end(key)
       return _cache[key][1]
-  fn = _build_sampler(apply_fn, spec, np.array(cond_key, bool),
-                      np.array(uncond_key, bool), schedule, layout)
+  fn = build()
   with _cache_lock:
-    _cache[key] = (apply_fn, fn)  # apply_fn kept alive so an id key is never reused
+    _cache[key] = (apply_fn, fn)
     while len(_cache) > _CACHE_SIZE:
       _cache.popitem(last=False)
   return fn
+
+
+def _get_sampler(apply_fn, spec, cond_key, uncond_key, schedule, layout):
+  return cached_build(
+      ("sequential", spec, cond_key, uncond_key, schedule, layout), apply_fn,
+      lambda: _build_sampler(apply_fn, spec, np.array(cond_key, bool),
+                             np.array(uncond_key, bool), schedule, layout))
 
 
 def _build_sampler(apply_fn: ApplyFn, spec: SamplerSpec, cond_mn: np.ndarray,
                    uncond_mn: np.ndarray, schedule: schedule_lib.LinearSchedule,
                    layout: layout_lib.ClipLayout):
   """The jitted `run(params, condition, rng, initial_noise) -> latents` for fixed statics."""
-  coeffs = step_coefficients(schedule, spec)
-  num_steps = spec.num_steps
-  num_t = schedule.num_timesteps
-  monl = spec.method == "monl"
-  reconstruct = spec.method == "reconstruction"
-  has_condition = bool(cond_mn.any())
-  guided = monl and has_condition and spec.guidance_weight != 0 and bool(uncond_mn.any())
-  stochastic = bool(np.any(coeffs["c_z"] > 0))
-  replace = (not monl) and has_condition
-  draw_names = [name for name, used in (("step", stochastic), ("replace", replace),
-                                         ("uncond", guided)) if used]
-  # Loop inputs, one row per step in loop order (t = T first).
-  # numpy, not jnp: host constants that jit places, so building runs nothing eagerly (an AOT
-  # compile for a TPU topology has no device to run on).
-  xs = {name: np.asarray(coeffs[name], np.float32)
-        for name in ("alpha_bar_cur", "alpha_bar_next", "c_x", "c_x0", "c_prev", "c_eps", "c_z")}
-  xs["t_cur"] = np.asarray(coeffs["t_cur"], np.float32)
-  xs["index"] = np.arange(num_steps, dtype=np.int32)
-  ab_max_t = float(schedule.alpha_bar_table[num_t])
 
   def run(params, condition: Latents, rng: Array, initial_noise: Latents | None) -> Latents:
-    condition = {k: jnp.asarray(condition[k], jnp.float32) for k in layout_lib.MODALITIES}
-    batch = condition["video"].shape[0]
-    cond_elem = _element_mask(cond_mn, layout)
-    gen_elem = jax.tree.map(jnp.logical_not, cond_elem)
-    uncond_elem = _element_mask(uncond_mn, layout)
-    cond_bmn = jnp.asarray(cond_mn)[None]  # [1, 2, N]
-    uncond_bmn = jnp.asarray(uncond_mn)[None]
-    init_key, loop_key = jax.random.split(rng)
-
-    leaves, treedef = jax.tree.flatten(condition)
-    sizes = [math.prod(x.shape) for x in leaves]
-    offsets = np.cumsum([0] + sizes)
-
-    def normal_trees(key, count):
-      """`count` latent dicts of N(0, I) noise from one flat draw.
-
-      XLA:CPU compiles one 1-D threefry draw several times faster than a multi-dimensional
-      draw per leaf and per use (seconds per sampler otherwise).
-      """
-      total = int(offsets[-1])
-      flat = jax.random.normal(key, (count * total,), jnp.float32)
-      return [jax.tree.unflatten(treedef, [
-          flat[c * total + offsets[i]:c * total + offsets[i + 1]].reshape(x.shape)
-          for i, x in enumerate(leaves)]) for c in range(count)]
-
-    def keep_condition(tree):
-      # Conditioning elements exactly as given (bit-identical), generated ones from `tree`.
-      return jax.tree.map(jnp.where, cond_elem, condition, tree)
-
-    if initial_noise is None:
-      x_init, = normal_trees(init_key, 1)
-    else:
-      x_init = {k: jnp.asarray(initial_noise[k], jnp.float32) for k in layout_lib.MODALITIES}
-    x_init = keep_condition(x_init) if monl else x_init
-    zeros = jax.tree.map(jnp.zeros_like, condition)
-
-    def to_x0_eps(pred, x_in, ab):
-      out = jax.tree.map(
-          lambda p, x, a: schedule_lib.prediction_to_x0_eps(p, x, a, spec.prediction),
-          pred, x_in, ab)
-      return ({k: v[0] for k, v in out.items()}, {k: v[1] for k, v in out.items()})
-
-    def body(carry, step):
-      x, x0_prev, x0_uncond_prev = carry
-      t_cur, ab_t = step["t_cur"], step["alpha_bar_cur"]
-      # All of this step's noise in one draw: ancestral/DDIM noise, the replacement method's
-      # forward noise of the condition, CFG's unconditional noise (those that are used).
-      draws = dict(zip(draw_names, normal_trees(jax.random.fold_in(loop_key, step["index"]),
-                                                len(draw_names)))) if draw_names else {}
-      if monl:
-        # Conditioning elements: clean values with t = 0 (ᾱ = 1); generated: t_k.
-        x_in = keep_condition(x)
-        t_bmn = jnp.broadcast_to(jnp.where(cond_bmn, 0.0, t_cur),
-                                 (batch, layout_lib.NUM_MODALITIES, layout.num_segments))
-        ab_elem = jax.tree.map(lambda c: jnp.where(c, 1.0, ab_t), cond_elem)
-      else:
-        # One scalar timestep for all elements; the condition is noised afresh to t_k.
-        x_in = x
-        if replace:
-          noised = jax.tree.map(lambda c, n: schedule_lib.q_sample(c, n, ab_t),
-                                condition, draws["replace"])
-          x_in = jax.tree.map(jnp.where, cond_elem, noised, x)
-        t_bmn = jnp.full((batch, layout_lib.NUM_MODALITIES, layout.num_segments), t_cur)
-        ab_elem = jax.tree.map(lambda c: jnp.broadcast_to(ab_t, c.shape), cond_elem)
-      self_cond = x0_prev if spec.self_condition else None
-
-      recon_grad = None
-      x0_uncond = x0_uncond_prev
-      if reconstruct and has_condition:
-        def recon_loss(x_t):
-          pred = apply_fn(params, x_t, t_bmn, self_cond)
-          x0_hat, eps_hat = to_x0_eps(pred, x_t, ab_elem)
-          # Σ over conditioning elements; a sum over the batch keeps examples independent.
-          loss = sum(jnp.sum(jnp.where(cond_elem[k], (x0_hat[k] - condition[k])**2, 0.0))
-                     for k in layout_lib.MODALITIES)
-          return loss, (x0_hat, eps_hat)
-
-        recon_grad, (x0_hat, eps_hat) = jax.grad(recon_loss, has_aux=True)(x_in)
-      elif guided:
-        # Unconditional pass: the guidance-masked conditioning elements are pure noise at t=T.
-        noise_u = draws["uncond"]
-        x_u = jax.tree.map(jnp.where, uncond_elem, noise_u, x_in)
-        t_u = jnp.where(uncond_bmn, float(num_t), t_bmn)
-        ab_u = jax.tree.map(lambda u, a: jnp.where(u, ab_max_t, a), uncond_elem, ab_elem)
-        both = lambda a, b: jnp.concatenate([a, b], axis=0)
-        x_both = jax.tree.map(both, x_in, x_u)
-        t_both = both(t_bmn, t_u)
-        self_both = None
-        if spec.self_condition:
-          self_u = jax.tree.map(jnp.where, uncond_elem, x0_uncond_prev, x0_prev)
-          self_both = jax.tree.map(both, x0_prev, self_u)
-        pred_both = apply_fn(params, x_both, t_both, self_both)
-        pred_c = jax.tree.map(lambda p: p[:batch], pred_both)
-        pred_u = jax.tree.map(lambda p: p[batch:], pred_both)
-        x0_uncond, _ = to_x0_eps(pred_u, x_u, ab_u)
-        pred = guided_prediction(pred_c, pred_u, gen_elem, spec.guidance_weight)
-        x0_hat, eps_hat = to_x0_eps(pred, x_in, ab_elem)
-      else:
-        pred = apply_fn(params, x_in, t_bmn, self_cond)
-        x0_hat, eps_hat = to_x0_eps(pred, x_in, ab_elem)
-      if monl:
-        x0_hat = keep_condition(x0_hat)  # exact at t = 0 whatever the network says there
-
-      noise = draws["step"] if stochastic else zeros
-      x_next = jax.tree.map(
-          lambda xt, x0, xp, e, z: (step["c_x"] * xt + step["c_x0"] * x0 + step["c_prev"] * xp
-                                    + step["c_eps"] * e + step["c_z"] * z),
-          x_in, x0_hat, x0_prev, eps_hat, noise)
-      if recon_grad is not None:
-        scale = spec.reconstruction_lambda * jnp.sqrt(1.0 - step["alpha_bar_next"])
-        x_next = jax.tree.map(lambda xn, g, gen: jnp.where(gen, xn - scale * g, xn),
-                              x_next, recon_grad, gen_elem)
-      x_next = keep_condition(x_next)
-      return (x_next, x0_hat, x0_uncond), None
-
-    (x_final, _, _), _ = jax.lax.scan(body, (x_init, zeros, zeros), xs)
-    return keep_condition(x_final)
+    step_fn = SamplerStep(apply_fn, spec, cond_mn, uncond_mn, schedule, layout, condition)
+    x_init, loop_key = step_fn.initial(rng, initial_noise)
+    zeros = step_fn.zeros
+    body = lambda state, step: (step_fn(params, state, step, loop_key), None)
+    (x_final, _, _), _ = jax.lax.scan(body, (x_init, zeros, zeros), step_fn.tables)
+    return step_fn.keep_condition(x_final)
 
   return jax.jit(run)
 
@@ -445,17 +545,7 @@ def sample_latents(apply_fn: ApplyFn, params, condition: dict[str, Array],
   """
   run = compiled_sampler(apply_fn, condition_mask, schedule=schedule, layout=layout, spec=spec,
                          guidance_uncond_mask=guidance_uncond_mask)
-  if set(condition) != set(layout_lib.MODALITIES):
-    raise ValueError(f"condition must have keys {layout_lib.MODALITIES}, got {sorted(condition)}")
-  batch = np.shape(condition["video"])[0]
-  expected = layout.latent_shapes(batch)
-  for name in layout_lib.MODALITIES:
-    if tuple(np.shape(condition[name])) != expected[name]:
-      raise ValueError(f"condition[{name!r}] has shape {np.shape(condition[name])}, the layout "
-                       f"needs {expected[name]}")
-    if initial_noise is not None and tuple(np.shape(initial_noise[name])) != expected[name]:
-      raise ValueError(f"initial_noise[{name!r}] has shape {np.shape(initial_noise[name])}, "
-                       f"expected {expected[name]}")
+  check_latent_inputs(condition, initial_noise, layout)
   return run(params, dict(condition), rng, None if initial_noise is None else dict(initial_noise))
 
 
@@ -466,6 +556,20 @@ def compiled_sampler(apply_fn: ApplyFn, condition_mask: np.ndarray, *,
 
   `sample_latents` calls it; it is public so the whole sampling loop can be lowered and compiled
   ahead of time (`avdit.train_compile --mode=sample`) from abstract, sharded inputs.
+  """
+  cond_key, uncond_key = check_task_masks(condition_mask, guidance_uncond_mask,
+                                          schedule=schedule, layout=layout, spec=spec)
+  return _get_sampler(apply_fn, spec, cond_key, uncond_key, schedule, layout)
+
+
+def check_task_masks(condition_mask: np.ndarray, guidance_uncond_mask: np.ndarray | None, *,
+                     schedule: schedule_lib.LinearSchedule, layout: layout_lib.ClipLayout,
+                     spec: SamplerSpec) -> tuple[tuple, tuple]:
+  """(condition mask, guidance mask) as hashable (2, N) tuples; ValueError on bad input.
+
+  Shared by the sequential and the parallel sampler: the step count must fit the schedule, the
+  masks the layout, the guidance mask must be a subset of the condition mask, and something
+  must be left to generate.
   """
   if not 1 <= spec.num_steps <= schedule.num_timesteps:
     raise ValueError(f"num_steps={spec.num_steps} must be in 1..T={schedule.num_timesteps}")
@@ -479,4 +583,20 @@ def compiled_sampler(apply_fn: ApplyFn, condition_mask: np.ndarray, *,
                        "conditioning elements can be replaced by noise in the unconditional pass")
   if np.all(cond_key):
     raise ValueError("condition_mask conditions on every element: nothing to generate")
-  return _get_sampler(apply_fn, spec, cond_key, uncond_key, schedule, layout)
+  return cond_key, uncond_key
+
+
+def check_latent_inputs(condition: dict[str, Array], initial_noise: dict[str, Array] | None,
+                        layout: layout_lib.ClipLayout) -> None:
+  """ValueError unless `condition` (and `initial_noise`) are latent dicts of the layout's shapes."""
+  if set(condition) != set(layout_lib.MODALITIES):
+    raise ValueError(f"condition must have keys {layout_lib.MODALITIES}, got {sorted(condition)}")
+  batch = np.shape(condition["video"])[0]
+  expected = layout.latent_shapes(batch)
+  for name in layout_lib.MODALITIES:
+    if tuple(np.shape(condition[name])) != expected[name]:
+      raise ValueError(f"condition[{name!r}] has shape {np.shape(condition[name])}, the layout "
+                       f"needs {expected[name]}")
+    if initial_noise is not None and tuple(np.shape(initial_noise[name])) != expected[name]:
+      raise ValueError(f"initial_noise[{name!r}] has shape {np.shape(initial_noise[name])}, "
+                       f"expected {expected[name]}")
