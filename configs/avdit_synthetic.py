@@ -131,6 +131,9 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       guidance_weight=0.0,  # classifier-free guidance "for free", w
       method="monl",  # monl | replacement | reconstruction (the last two: baselines for vanilla)
       reconstruction_lambda=0.02,
+      # Parallel sampling by Picard iteration (ParaDiGMS; avdit/sampling/parallel.py): the same
+      # result within the tolerance, `parallel_window` steps evaluated per (batched) call.
+      parallel=False, parallel_window=16, parallel_tolerance=0.05,
       num_clips=2,  # conditioning clips per task, from a held-out seed of the data
       use_ema=True,
       seed=1,

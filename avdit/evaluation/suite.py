@@ -184,9 +184,9 @@ def sample_task(config, loaded, task: tasks_lib.Task, clips: dict[str, np.ndarra
     chunk = _pad_rows({k: clips[k][start:stop] for k in ("video", "audio")}, batch_size)
     condition, _ = generate.encode_condition(latent_space, stats, chunk, mesh)
     with jax.set_mesh(mesh):
-      latents = samplers.sample_latents(apply_fn, params, condition, task.condition_mask,
-                                        jax.random.fold_in(rng, batch_index), schedule=schedule,
-                                        layout=layout, spec=spec)
+      latents, _ = generate.sample_task_latents(
+          config, apply_fn, params, condition, task, jax.random.fold_in(rng, batch_index),
+          schedule=schedule, layout=layout, spec=spec)
     video, audio = sharding.fetch(decode(latents))
     videos.append(np.asarray(video)[:stop - start])
     audios.append(np.asarray(audio)[:stop - start])
