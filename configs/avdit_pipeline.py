@@ -35,6 +35,9 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict(dict(
       name="latent_cache", cache_dir="", raw=raw, seed=raw.seed, batch_size=raw.batch_size,
       shuffle_seed=raw.shuffle_seed, worker_count=0, prefetch_buffer=raw.prefetch_buffer))
+  # The learned latents (8 video / 16 audio channels) are narrower than the model: ε-prediction,
+  # as the paper.
+  c.diffusion.prediction = "eps"
   c.encode = ml_collections.ConfigDict(dict(num_clips=1024, batch_size=16))
   c.model.update(width=256, num_heads=4)
   c.train.update(num_steps=600)

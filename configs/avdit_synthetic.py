@@ -58,7 +58,10 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   # --- diffusion and MoNL ------------------------------------------------------------------------
   c.diffusion = ml_collections.ConfigDict(dict(
       num_timesteps=1000, beta_start=1e-4, beta_end=0.02,
-      prediction="eps",  # eps | v
+      # eps | v | x0. x0 here: the space-to-depth tokens (768 video / 320 audio channels) are
+      # wider than the model, and under eps the noise in the directions it cannot represent is
+      # never removed (samples stay noise there; see schedule.prediction_to_x0_eps).
+      prediction="x0",
       # Noise-level strategy per training example: "monl" (= vanilla,pm,pt,ptm uniformly), one
       # strategy, a comma list (uniform), or weighted "pt:2,pm:1,ptm:1".
       noise_mixture="monl",

@@ -34,6 +34,10 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       title="MoNL vs its ablations on the synthetic world (Table 1 at small scale)",
       command=COMMAND,
   ))
+  # x0-prediction (as avdit_synthetic): the space-to-depth tokens (768 video / 320 audio
+  # channels) are wider than the model (128); under eps-prediction the noise the network cannot
+  # represent is never removed and samples stay noise (schedule.prediction_to_x0_eps).
+  c.diffusion.prediction = "x0"
   if variant == "default":
     c.clip.update(height=32, width=32)
     c.model.update(width=128, depth=4, num_heads=4, timestep_embed_dim=128, adaln_lora_rank=8)

@@ -441,7 +441,7 @@ def test_condition_aware_model_beats_condition_blind_model(variant):
 @pytest.mark.parametrize("kwargs,match", [
     (dict(variant="final"), "variant"), (dict(negative_kind="both"), "negative_kind"),
     (dict(mask_kinds=("a2v", "joint")), "mask_kinds"), (dict(num_negatives=0), "num_negatives"),
-    (dict(prediction="x0"), "prediction")])
+    (dict(prediction="score"), "prediction")])
 def test_cdcd_loss_bad_arguments(kwargs, match):
   x0 = {k: jnp.asarray(v) for k, v in _latents(LAYOUT3, 4, 0).items()}
   with pytest.raises(ValueError, match=match):

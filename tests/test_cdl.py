@@ -231,7 +231,7 @@ def test_bad_arguments_raise():
                                       num_logsnr_samples=2, logsnr_offsets=jnp.zeros((4, 3)))
   with pytest.raises(ValueError, match="prediction"):
     cdl.avdit_cdl_forward(None, {"video": x0, "audio": x0}, jax.random.key(0),
-                          schedule=SCHEDULE, layout=LAYOUT, prediction="x0")
+                          schedule=SCHEDULE, layout=LAYOUT, prediction="score")
 
 
 # --- the AVDiT adapter on correlated Gaussian latents -----------------------------------------

@@ -60,12 +60,12 @@ class OracleModel:
     out = {}
     for k, x_t in noisy.items():
       eps = (x_t - jnp.sqrt(ab[k]) * self.x0[k]) / jnp.sqrt(1 - ab[k])
-      out[k] = eps if self.prediction == "eps" else (
-          jnp.sqrt(ab[k]) * eps - jnp.sqrt(1 - ab[k]) * self.x0[k])
+      out[k] = {"eps": eps, "x0": self.x0[k],
+                "v": jnp.sqrt(ab[k]) * eps - jnp.sqrt(1 - ab[k]) * self.x0[k]}[self.prediction]
     return out
 
 
-@pytest.mark.parametrize("prediction", ["eps", "v"])
+@pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
 def test_oracle_has_zero_loss_and_zero_model_has_unit_loss(prediction):
   rng = np.random.default_rng(0)
   x0 = {"video": jnp.asarray(rng.normal(size=(8, 3, 2, 2, 3)), jnp.float32),
@@ -80,6 +80,9 @@ def test_oracle_has_zero_loss_and_zero_model_has_unit_loss(prediction):
   loss0, _ = loss_lib.diffusion_loss(zero, big, jax.random.key(2), **kwargs)
   if prediction == "eps":  # E[ε²] = 1
     assert float(loss0) == pytest.approx(1.0, abs=0.02)
+  elif prediction == "x0":  # E[x0²]
+    expected = sum(float(jnp.sum(v**2)) for v in big.values()) / sum(v.size for v in big.values())
+    assert float(loss0) == pytest.approx(expected, rel=1e-4)
   else:  # E[v²] = ᾱ + (1-ᾱ) E[x0²] with E[x0²] ≈ 1
     assert float(loss0) == pytest.approx(1.0, abs=0.1)
   assert set(aux) >= {"loss_video", "loss_audio", "strategy_fraction_pt"}
@@ -98,3 +101,27 @@ def test_self_conditioning_feeds_previous_estimate(rate):
   for k in x0:
     expected = x0[k] if rate == 1.0 else jnp.zeros_like(x0[k])  # the oracle's x̂0 is x0
     np.testing.assert_allclose(np.asarray(model.calls[1][k]), np.asarray(expected), atol=2e-2)
+
+
+@pytest.mark.parametrize("parameterization", ["eps", "v", "x0"])
+def test_prediction_conversions_recover_x0_and_eps(parameterization):
+  """Each parameterization's exact target converts back to the (x0, ε) that made x_t."""
+  rng = np.random.default_rng(4)
+  x0 = rng.normal(size=(5, 7))
+  eps = rng.normal(size=(5, 7))
+  alpha_bar = np.array([1.0, 0.999, 0.5, 1e-3, 4e-5])[:, None]
+  x_t = np.sqrt(alpha_bar) * x0 + np.sqrt(1 - alpha_bar) * eps
+  target = {"eps": eps, "x0": x0,
+            "v": np.sqrt(alpha_bar) * eps - np.sqrt(1 - alpha_bar) * x0}[parameterization]
+  x0_hat, eps_hat = schedule_lib.prediction_to_x0_eps(
+      jnp.asarray(target, jnp.float32), jnp.asarray(x_t, jnp.float32),
+      jnp.asarray(alpha_bar, jnp.float32), parameterization)
+  # At ᾱ = 1 (the clean condition) x_t = x0 and no parameterization can recover ε; x0 is exact.
+  np.testing.assert_allclose(x0_hat[0], x0[0], atol=1e-6)
+  tol = {"eps": 5e-2, "v": 1e-4, "x0": 1e-4}[parameterization]  # eps: /sqrt(ᾱ_T) amplifies
+  np.testing.assert_allclose(x0_hat[1:], x0[1:], atol=tol, rtol=1e-3)
+  np.testing.assert_allclose(eps_hat[1:], eps[1:], atol=2e-3 if parameterization == "x0" else 1e-4)
+  if parameterization == "x0":
+    assert np.all(np.asarray(eps_hat[0]) == 0.0)
+  with pytest.raises(ValueError, match="unknown prediction"):
+    schedule_lib.prediction_to_x0_eps(target, x_t, alpha_bar, "score")

@@ -606,7 +606,7 @@ def test_baselines_on_an_unconditional_task_are_plain_sampling():
 @pytest.mark.parametrize("kwargs,match", [
     (dict(sampler="euler"), "unknown sampler"),
     (dict(method="inpaint"), "unknown conditioning method"),
-    (dict(prediction="x0"), "unknown prediction"),
+    (dict(prediction="score"), "unknown prediction"),
     (dict(num_steps=0), "num_steps"),
     (dict(eta=-1.0), "eta"),
     (dict(reconstruction_lambda=-0.1), "reconstruction_lambda"),

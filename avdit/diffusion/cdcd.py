@@ -407,7 +407,7 @@ def cdcd_loss(model: Model, latents_x0: Latents, rng, *, schedule: schedule_lib.
     variant: "step" (ε-error at the step) | "sample" (x0-error of the predicted sample).
     mask_kinds: subset of ("a2v", "v2a", "continue") drawn uniformly per example.
     temperature: logits are -error / temperature.
-    prediction: "eps" | "v", the model's parameterization.
+    prediction: "eps" | "v" | "x0", the model's parameterization.
 
   Returns:
     (loss, aux) with aux["cdcd_extra_denoiser_evaluations"] = N (passes over the batch), the InfoNCE accuracy (the
@@ -415,8 +415,8 @@ def cdcd_loss(model: Model, latents_x0: Latents, rng, *, schedule: schedule_lib.
   """
   if variant not in VARIANTS:
     raise ValueError(f"unknown CDCD variant {variant!r}; use one of {VARIANTS}")
-  if prediction not in ("eps", "v"):
-    raise ValueError(f"unknown prediction {prediction!r}; use 'eps' or 'v'")
+  if prediction not in schedule_lib.PREDICTIONS:
+    raise ValueError(f"unknown prediction {prediction!r}; use one of {schedule_lib.PREDICTIONS}")
   shapes = layout.latent_shapes(latents_x0["video"].shape[0])
   for k, shape in shapes.items():
     if k not in latents_x0 or tuple(latents_x0[k].shape) != shape:

@@ -401,11 +401,12 @@ def avdit_cdl_forward(model, latents_x0: dict[str, jax.Array], rng, *,
     offset_range: per-(modality, segment) path offsets δ ~ U[-offset_range, offset_range],
       applied with a MoNL strategy per example (0: every element at the same log-SNR).
     mixture_weights: weights over `monl.STRATEGIES` for the offsets (default uniform, "monl").
-    prediction: "eps" or "v" (v is converted to ε at the log-SNR the model was told).
+    prediction: "eps", "v" or "x0" (v and x0 are converted to ε at the log-SNR the model was
+      told).
     proposal, proposal_scale, stratified: as `estimate_log_likelihood_ratio`.
   """
-  if prediction not in ("eps", "v"):
-    raise ValueError(f"unknown prediction {prediction!r}; use 'eps' or 'v'")
+  if prediction not in schedule_lib.PREDICTIONS:
+    raise ValueError(f"unknown prediction {prediction!r}; use one of {schedule_lib.PREDICTIONS}")
   if offset_range < 0:
     raise ValueError(f"offset_range must be >= 0, got {offset_range}")
   missing = set(layout_lib.MODALITIES) - set(latents_x0)
@@ -424,7 +425,8 @@ def avdit_cdl_forward(model, latents_x0: dict[str, jax.Array], rng, *,
       return output
     alpha_bar = layout.expand_to_latents(jax.nn.sigmoid(logsnr_bmn))
     return {key: schedule_lib.prediction_to_x0_eps(output[key].astype(jnp.float32), noisy[key],
-                                                   alpha_bar[key], "v")[1] for key in output}
+                                                   alpha_bar[key], prediction)[1]
+            for key in output}
 
   offset_rng, strategy_rng, cdl_rng = jax.random.split(rng, 3)
   shape_bmn = (batch, layout_lib.NUM_MODALITIES, layout.num_segments)

@@ -1,7 +1,8 @@
 """The MoNL training objective (Eq. 6 / Algorithm 2) with self-conditioning.
 
 Each (modality, segment) element is noised with its own ᾱ from the timestep vector; the loss is
-the mean squared error of the network's ε (or v) over every latent element of both modalities.
+the mean squared error of the network's ε (or v, or x_0) over every latent element of both
+modalities.
 Self-conditioning (W.A.L.T, rate 0.9): for a `rate` fraction of the examples, a first pass with
 zero self-conditioning gives x̂_0 (no gradient), which the second pass receives on the channel axis.
 """
@@ -54,8 +55,10 @@ def diffusion_loss(model, latents_x0, rng, *, schedule: schedule_lib.LinearSched
     target = noise
   elif prediction == "v":
     target = {k: schedule_lib.v_target(latents_x0[k], noise[k], alpha_bar[k]) for k in noise}
+  elif prediction == "x0":
+    target = latents_x0
   else:
-    raise ValueError(f"unknown prediction {prediction!r}; use 'eps' or 'v'")
+    raise ValueError(f"unknown prediction {prediction!r}; use one of {schedule_lib.PREDICTIONS}")
 
   squared = {k: jnp.square(output[k].astype(jnp.float32) - target[k]) for k in target}
   total = sum(jnp.sum(s) for s in squared.values())

@@ -54,11 +54,20 @@ def v_target(x0, noise, alpha_bar):
   return jnp.sqrt(alpha_bar) * noise - jnp.sqrt(1.0 - alpha_bar) * x0
 
 
+PREDICTIONS = ("eps", "v", "x0")
+
+
 def prediction_to_x0_eps(prediction, x_t, alpha_bar, parameterization: str):
-  """(x̂_0, ε̂) from the network output under 'eps' or 'v' parameterization.
+  """(x̂_0, ε̂) from the network output under 'eps', 'v' or 'x0' parameterization.
 
   For 'eps' at ᾱ -> 1 (t = 0, the clean condition) x̂_0 = x_t exactly; the tiny floor on
   sqrt(ᾱ) only guards against ᾱ underflow, it never triggers with T = 1000 linear β.
+  For 'x0' at ᾱ = 1 the noise is undefined (x_t = x_0): ε̂ is 0 there.
+
+  Why 'x0': a network narrower than a latent token (e.g. width 128 on the 768-channel
+  space-to-depth tokens) predicts in a subspace of the token. Under 'eps' (or 'v') the noise in
+  the directions it cannot represent is never removed and samples stay noise there; under 'x0'
+  those directions of x̂_0 sit at the (normalized) mean, so samples are clean, only low-rank.
   """
   sqrt_ab = jnp.sqrt(alpha_bar)
   sqrt_1m = jnp.sqrt(1.0 - alpha_bar)
@@ -68,6 +77,11 @@ def prediction_to_x0_eps(prediction, x_t, alpha_bar, parameterization: str):
   elif parameterization == "v":
     x0 = sqrt_ab * x_t - sqrt_1m * prediction
     eps = sqrt_1m * x_t + sqrt_ab * prediction
+  elif parameterization == "x0":
+    x0 = prediction
+    noisy = sqrt_1m > 0
+    eps = jnp.where(noisy, (x_t - sqrt_ab * x0) / jnp.where(noisy, sqrt_1m, 1.0), 0.0)
   else:
-    raise ValueError(f"unknown prediction parameterization {parameterization!r}; use 'eps' or 'v'")
+    raise ValueError(f"unknown prediction parameterization {parameterization!r}; use one of "
+                     f"{PREDICTIONS}")
   return x0, eps

@@ -83,7 +83,7 @@ ApplyFn = Callable[[Any, Latents, Array, "Latents | None"], Latents]
 
 SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
 METHODS = ("monl", "replacement", "reconstruction")
-PREDICTIONS = ("eps", "v")
+PREDICTIONS = schedule_lib.PREDICTIONS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +96,7 @@ class SamplerSpec:
   guidance_weight: float = 0.0  # w of CFG-for-free: (1 + w) ε_cond - w ε_uncond
   method: str = "monl"  # "monl" | "replacement" | "reconstruction"
   reconstruction_lambda: float = 0.02
-  prediction: str = "eps"  # the network's parameterization, "eps" | "v"
+  prediction: str = "eps"  # the network's parameterization, "eps" | "v" | "x0"
   self_condition: bool = True
 
   def __post_init__(self):
