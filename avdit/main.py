@@ -32,6 +32,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from avdit import layout as layout_lib
+from avdit import workdir as workdir_lib
 from avdit.training import state as state_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:variant]).",
@@ -144,12 +145,14 @@ def main(argv):
     if is_experiment:
       raise app.UsageError("--mode=eval takes one model's config; the experiment config "
                            "evaluates its settings itself (--mode=experiment)")
+    # The pipeline's AVDiT lives in <workdir>/avdit.
+    model_dir = str(workdir_lib.path(_WORKDIR.value, "avdit")) if is_pipeline else _WORKDIR.value
     try:
-      suite.evaluate(config, _WORKDIR.value)
+      suite.evaluate(config, model_dir)
     except FileNotFoundError as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(1)
-    print(f"wrote {_WORKDIR.value}/eval/table.md and results.json")
+    print(f"wrote {model_dir}/eval/table.md and results.json")
     return
   if mode == "encode":
     meta = end_to_end.encode(config, _WORKDIR.value)

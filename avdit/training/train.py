@@ -156,13 +156,14 @@ def train(config, workdir: str, steps_this_run: int | None = None,
                                                  config.model.patch_size**2),
                                                 ("audio", layout.audio_channels))
             if c > config.model.width]
-  if narrow:
+  if narrow and config.diffusion.prediction != "x0":
     # The output head is a rank-`width` map: ε (full rank) cannot be predicted beyond a
-    # width-dimensional subspace, which floors the loss at ≈ 1 - width / channels.
+    # width-dimensional subspace, which floors the loss at ≈ 1 - width / channels, and the noise
+    # outside it is never removed (schedule.prediction_to_x0_eps).
     logging.warning("model.width=%d is below the latent channels of %s: the ε/v head cannot "
-                    "represent the target; expect a loss floor and noisy samples. Use a wider "
-                    "model or a latent space with fewer channels.", config.model.width,
-                    ", ".join(narrow))
+                    "represent the target; expect a loss floor and noisy samples. Use "
+                    "diffusion.prediction=x0, a wider model or a latent space with fewer "
+                    "channels.", config.model.width, ", ".join(narrow))
   if is_chief and latest is None:
     writer.write_hparams({k: v for k, v in config.to_dict().items() if not isinstance(v, dict)})
 
