@@ -68,7 +68,10 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       self_condition_rate=0.9,
       # Contrastive terms (SPEC §7), off at weight 0; each costs extra denoiser passes per step.
       # CDL (avdit/diffusion/cdl.py): 2 x cdl_logsnr_samples passes; ζ ~ U[cdl_zeta_range].
-      cdl_weight=0.0, cdl_logsnr_samples=1, cdl_zeta_range=(6.0, 15.0),
+      # cdl_logsnr_max: the top of the log-SNR integral (the schedule's t = 1 is λ = 9.2; above
+      # it the denoiser is never trained and, under x0-prediction, its ε is amplified by
+      # e^{λ/2}).
+      cdl_weight=0.0, cdl_logsnr_samples=1, cdl_zeta_range=(6.0, 15.0), cdl_logsnr_max=25.0,
       # CDCD (avdit/diffusion/cdcd.py): InfoNCE over ε-errors under the true condition vs
       # cdcd_num_negatives shuffled (intra) / other clips' (inter) conditions; paper λ = 5e-5.
       cdcd_weight=0.0, cdcd_num_negatives=10, cdcd_negatives="mixed",  # intra | inter | mixed

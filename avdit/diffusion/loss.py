@@ -92,6 +92,7 @@ def contrastive_terms(model, latents_x0, rng, *, diffusion_config, schedule, lay
         model, latents_x0, cdl_rng, schedule=schedule, layout=layout,
         num_logsnr_samples=int(get("cdl_logsnr_samples", 1)),
         zeta_range=tuple(get("cdl_zeta_range", cdl.DEFAULT_ZETA_RANGE)),
+        logsnr_max=float(get("cdl_logsnr_max", cdl.DEFAULT_LOGSNR_RANGE[1])),
         mixture_weights=mixture_weights, prediction=diffusion_config.prediction)
     total = total + diffusion_config.cdl_weight * value
     aux.update(metrics)
