@@ -102,11 +102,15 @@ def test_tiny_experiment_trains_evaluates_compares_and_resumes(tmp_path):
   table = (tmp_path / "comparison.md").read_text()
   assert "| vanilla+replacement |" in table and "| monl |" in table
   assert (tmp_path / "comparison.png").stat().st_size > 1000
-  # A rerun reuses the trained checkpoints and the finished evaluations.
+  # A rerun reuses the trained checkpoints and the finished evaluations, and keeps the summary
+  # of the training run.
   eval_file = tmp_path / "monl" / "eval" / "monl" / "results.json"
   before = eval_file.stat().st_mtime_ns
+  summary = (tmp_path / "monl" / "train_summary.json").read_text()
+  assert json.loads(summary)["metrics"]
   again = experiment.run(config, str(tmp_path))
   assert eval_file.stat().st_mtime_ns == before
+  assert (tmp_path / "monl" / "train_summary.json").read_text() == summary
   assert again["monl"]["tasks"] == results["monl"]["tasks"]
 
 

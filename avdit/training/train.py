@@ -225,5 +225,10 @@ def train(config, workdir: str, steps_this_run: int | None = None,
 
 
 def write_summary(workdir: str, summary: dict) -> None:
+  """train_summary.json; a rerun of a finished training (no step left, no metrics) keeps the
+  summary of the run that finished it."""
+  path = workdir_lib.path(workdir, "train_summary.json")
+  if not summary["metrics"] and path.exists():
+    return
   keep = {k: summary[k] for k in ("step", "metrics", "stopped_by", "num_params", "flops_per_step")}
   workdir_lib.write_text(workdir, "train_summary.json", json.dumps(keep, indent=2))
