@@ -5,6 +5,7 @@ import pytest
 
 from avdit import layout as layout_lib
 from avdit.diffusion import cdcd
+from avdit.diffusion import cdl
 from avdit.diffusion import loss as loss_lib
 from avdit.diffusion import monl
 from avdit.diffusion import schedule as schedule_lib
@@ -19,10 +20,12 @@ def config(tiny_config):
   return tiny_config
 
 
-def test_contrastive_terms_add_to_the_loss_and_are_logged(config):
+@pytest.mark.parametrize("with_cdl", [
+    False, pytest.param(True, marks=pytest.mark.slow)])  # CDL's extra passes double the compile
+def test_contrastive_terms_add_to_the_loss_and_are_logged(config, with_cdl):
   with config.unlocked():
-    config.diffusion.update(cdl_weight=1e-4, cdl_logsnr_samples=1, cdcd_weight=0.05,
-                            cdcd_num_negatives=2, cdcd_negatives="mixed")
+    config.diffusion.update(cdl_weight=1e-4 if with_cdl else 0.0, cdl_logsnr_samples=1,
+                            cdcd_weight=0.05, cdcd_num_negatives=2, cdcd_negatives="mixed")
   layout = layout_lib.layout_from_config(config)
   latent_space = latent_lib.make_latent_space(config, layout)
   graphdef, state = state_lib.create_train_state(config, layout)
@@ -47,11 +50,14 @@ def test_contrastive_terms_add_to_the_loss_and_are_logged(config):
   _, metrics = step(state, batch)
   metrics = jax.device_get(metrics)
   np.testing.assert_allclose(metrics["loss_monl"], monl_loss, rtol=1e-5)
-  expected = metrics["loss_monl"] + 1e-4 * metrics["cdl_loss"] + 0.05 * metrics["cdcd_loss"]
+  expected = metrics["loss_monl"] + 0.05 * metrics["cdcd_loss"]
+  if with_cdl:
+    expected += 1e-4 * metrics["cdl_loss"]
+    assert metrics["cdl_extra_denoiser_evaluations"] == 2 * 1  # 2K passes over the batch
+  else:
+    assert "cdl_loss" not in metrics
   np.testing.assert_allclose(metrics["loss"], expected, rtol=1e-5)
-  # Extra passes over the batch: N negatives for CDCD, 2K for CDL.
-  assert metrics["cdcd_extra_denoiser_evaluations"] == 2
-  assert metrics["cdl_extra_denoiser_evaluations"] == 2 * 1
+  assert metrics["cdcd_extra_denoiser_evaluations"] == 2  # N passes over the batch
   assert np.isfinite(metrics["loss"]) and metrics["grad_norm"] > 0
 
 
@@ -64,16 +70,31 @@ def test_contrastive_terms_function_matches_its_parts(config):
   latents = {k: jax.random.normal(jax.random.fold_in(rng, i), s)
              for i, (k, s) in enumerate(layout.latent_shapes(4).items())}
   schedule = schedule_lib.from_config(config.diffusion)
+  mixture = monl.parse_mixture("monl")
   with config.unlocked():
     config.diffusion.update(cdcd_weight=2.0, cdcd_num_negatives=3, cdcd_negatives="inter",
                             cdcd_variant="sample")
   total, aux = loss_lib.contrastive_terms(
       model, latents, rng, diffusion_config=config.diffusion, schedule=schedule, layout=layout,
-      mixture_weights=monl.parse_mixture("monl"))
+      mixture_weights=mixture)
   # Off switches are honoured (no CDL metrics) and the CDCD part is the module's own loss.
   assert not any(k.startswith("cdl") for k in aux)
-  _, cdcd_rng = jax.random.split(rng)
+  cdl_rng, cdcd_rng = jax.random.split(rng)
   value, _ = cdcd.cdcd_loss(model, latents, cdcd_rng, schedule=schedule, layout=layout,
                             num_negatives=3, negative_kind="inter", variant="sample",
-                            mask_kinds=("a2v", "v2a", "continue"), temperature=0.1)
+                            mask_kinds=("a2v", "v2a", "continue"), temperature=0.1,
+                            prediction=config.diffusion.prediction)
   np.testing.assert_allclose(total, 2.0 * value, rtol=1e-6)
+  # With CDL on too: the weighted sum of both modules' losses, each on its own rng.
+  with config.unlocked():
+    config.diffusion.update(cdl_weight=0.5, cdl_logsnr_samples=1, cdl_zeta_range=(2.0, 6.0),
+                            cdl_logsnr_max=9.0)
+  total, aux = loss_lib.contrastive_terms(
+      model, latents, rng, diffusion_config=config.diffusion, schedule=schedule, layout=layout,
+      mixture_weights=mixture)
+  cdl_value, _ = cdl.avdit_cdl_loss(model, latents, cdl_rng, schedule=schedule, layout=layout,
+                                    num_logsnr_samples=1, zeta_range=(2.0, 6.0), logsnr_max=9.0,
+                                    mixture_weights=mixture,
+                                    prediction=config.diffusion.prediction)
+  np.testing.assert_allclose(total, 0.5 * cdl_value + 2.0 * value, rtol=1e-5)
+  assert aux["cdl_extra_denoiser_evaluations"] == 2

@@ -83,14 +83,14 @@ def test_tiny_experiment_trains_evaluates_compares_and_resumes(tmp_path):
   from configs import monl_ablation
   config = monl_ablation.get_config("tiny")
   results = experiment.run(config, str(tmp_path))
-  assert list(results) == ["vanilla+replacement", "monl"]
+  assert list(results) == ["pt", "monl"]
   for label, setting, method in experiment.runs(config):
     run_dir = tmp_path / setting
     assert json.loads((run_dir / "train_summary.json").read_text())["step"] == 3
     out = run_dir / "eval" / method
     saved = json.loads((out / "results.json").read_text())
     assert saved["sampler"]["method"] == method and saved["checkpoint_step"] == 3
-    assert set(saved["tasks"]) == {"joint", "av_continue"}
+    assert set(saved["tasks"]) == {"av_continue"}
     for task in saved["tasks"].values():
       # Real clips score perfectly on the oracle metrics (the reference row).
       assert task["reference"]["subject_disc_color_error"] < 1.0
@@ -100,7 +100,7 @@ def test_tiny_experiment_trains_evaluates_compares_and_resumes(tmp_path):
     assert (out / "samples" / "av_continue_0.mp4").stat().st_size > 0
     assert (out / "samples" / "av_continue_0_compare.mp4").stat().st_size > 0
   table = (tmp_path / "comparison.md").read_text()
-  assert "| vanilla+replacement |" in table and "| monl |" in table
+  assert "| pt |" in table and "| monl |" in table
   assert (tmp_path / "comparison.png").stat().st_size > 1000
   # A rerun reuses the trained checkpoints and the finished evaluations, and keeps the summary
   # of the training run.
@@ -111,7 +111,8 @@ def test_tiny_experiment_trains_evaluates_compares_and_resumes(tmp_path):
   again = experiment.run(config, str(tmp_path))
   assert eval_file.stat().st_mtime_ns == before
   assert (tmp_path / "monl" / "train_summary.json").read_text() == summary
-  assert again["monl"]["tasks"] == results["monl"]["tasks"]
+  # (as JSON text: NaN metrics, e.g. a task without events, are not == to themselves)
+  assert json.dumps(again["monl"]["tasks"]) == json.dumps(results["monl"]["tasks"])
 
 
 class _MeanColourNet:

@@ -646,7 +646,7 @@ def test_from_config():
   spec = samplers.SamplerSpec.from_config(config.sample, config.diffusion)
   assert spec == samplers.SamplerSpec(sampler="ddim", num_steps=4, eta=0.0, guidance_weight=0.0,
                                       method="monl", reconstruction_lambda=0.02,
-                                      prediction="eps", self_condition=True)
+                                      prediction="x0", self_condition=True)
   spec = samplers.SamplerSpec.from_config(
       {"sampler": "dpmpp_2m", "num_steps": 20, "method": "replacement"},
       {"prediction": "v", "self_condition_rate": 0.0})

@@ -3,9 +3,11 @@
 The comparison runs in a subprocess (`sharding_worker.py`) because the fake device count must be
 set before JAX starts. Tolerance: the sharded step sums gradients over devices in another order
 than the single-device step, so float32 rounding differs at ~1e-7 of the values; after two AdamW
-steps (lr 5e-4 at step 1) every parameter, moment and EMA entry must agree within 1e-6 absolute
-and the losses within 1e-6 relative. A real sharding bug (a wrong reduction, a missing shard)
-changes values at the 1e-3 level or more.
+steps (lr 5e-4 at step 1) every parameter, moment and EMA entry must agree within 1e-5 absolute
+(measured: 1.3e-6 to 4.7e-6 with the tiny config's x0-prediction, whose gradients on the
+768-channel tokens are larger than ε-prediction's, which gave < 1e-6) and the losses within 1e-6
+relative. A real sharding bug (a wrong reduction, a missing shard) changes values at the 1e-3
+level or more.
 """
 import json
 import os
@@ -43,7 +45,7 @@ def test_sharded_step_equals_single_device(result, mesh):
   assert got["init_max_abs_diff"] < 1e-7  # same initial parameters, created sharded
   for a, b in zip(result["reference_losses"], got["losses"]):
     assert abs(a - b) <= 1e-6 * abs(a)
-  assert got["state_max_abs_diff"] < 1e-6
+  assert got["state_max_abs_diff"] < 1e-5
 
 
 def test_activation_constraints_are_traced_into_the_step(result):
@@ -55,7 +57,7 @@ def test_scanned_layers_shard_and_match_single_device(result):
   scan = result["scan"]
   assert scan["mlp_kernel_shape"] == [2, 64, 256]  # [layers, embed, mlp] of the tiny config
   assert scan["mlp_kernel_spec"] == "P(None, 'fsdp', 'tensor')"
-  assert scan["state_max_abs_diff"] < 1e-6
+  assert scan["state_max_abs_diff"] < 1e-5
 
 
 def test_autoencoder_step_shards_and_matches_single_device(result):
