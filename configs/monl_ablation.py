@@ -10,7 +10,7 @@ Variants:
   default  17 frames 32x32 at 8 fps + 2.125 s of 16 kHz audio (space-to-depth latents:
            5 x 4 x 4 video + 107 audio tokens), width 128, depth 4, batch 8; the README's
            Results table.
-  tiny     tests: two settings, a few steps, one task.
+  tiny     tests: one setting, a few steps, one task.
 """
 import ml_collections
 
@@ -44,7 +44,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     c.train.update(num_steps=1000, warmup_steps=100, log_every=100, checkpoint_every=500)
     c.sample.update(sampler="ddim", num_steps=25)
   else:
-    c.experiment.settings = "pt|monl"
+    c.experiment.settings = "monl"
     c.train.update(num_steps=3, checkpoint_every=3)
     c.eval.tasks = "av_continue"
   return c

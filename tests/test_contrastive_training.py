@@ -85,6 +85,27 @@ def test_contrastive_terms_function_matches_its_parts(config):
                             mask_kinds=("a2v", "v2a", "continue"), temperature=0.1,
                             prediction=config.diffusion.prediction)
   np.testing.assert_allclose(total, 2.0 * value, rtol=1e-6)
+
+
+@pytest.mark.slow  # eager CDL through the tiny AVDiT: ~15 s
+def test_contrastive_terms_with_cdl_match_their_parts(config):
+  layout = layout_lib.layout_from_config(config)
+  graphdef, state = state_lib.create_train_state(config, layout)
+  from flax import nnx
+  model = nnx.merge(graphdef, state.params)
+  rng = jax.random.key(3)
+  latents = {k: jax.random.normal(jax.random.fold_in(rng, i), s)
+             for i, (k, s) in enumerate(layout.latent_shapes(4).items())}
+  schedule = schedule_lib.from_config(config.diffusion)
+  mixture = monl.parse_mixture("monl")
+  cdl_rng, cdcd_rng = jax.random.split(rng)
+  with config.unlocked():
+    config.diffusion.update(cdcd_weight=2.0, cdcd_num_negatives=3, cdcd_negatives="inter",
+                            cdcd_variant="sample")
+  value, _ = cdcd.cdcd_loss(model, latents, cdcd_rng, schedule=schedule, layout=layout,
+                            num_negatives=3, negative_kind="inter", variant="sample",
+                            mask_kinds=("a2v", "v2a", "continue"), temperature=0.1,
+                            prediction=config.diffusion.prediction)
   # With CDL on too: the weighted sum of both modules' losses, each on its own rng.
   with config.unlocked():
     config.diffusion.update(cdl_weight=0.5, cdl_logsnr_samples=1, cdl_zeta_range=(2.0, 6.0),

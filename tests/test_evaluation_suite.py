@@ -83,7 +83,7 @@ def test_tiny_experiment_trains_evaluates_compares_and_resumes(tmp_path):
   from configs import monl_ablation
   config = monl_ablation.get_config("tiny")
   results = experiment.run(config, str(tmp_path))
-  assert list(results) == ["pt", "monl"]
+  assert list(results) == ["monl"]
   for label, setting, method in experiment.runs(config):
     run_dir = tmp_path / setting
     assert json.loads((run_dir / "train_summary.json").read_text())["step"] == 3
@@ -100,7 +100,7 @@ def test_tiny_experiment_trains_evaluates_compares_and_resumes(tmp_path):
     assert (out / "samples" / "av_continue_0.mp4").stat().st_size > 0
     assert (out / "samples" / "av_continue_0_compare.mp4").stat().st_size > 0
   table = (tmp_path / "comparison.md").read_text()
-  assert "| pt |" in table and "| monl |" in table
+  assert "| monl |" in table
   assert (tmp_path / "comparison.png").stat().st_size > 1000
   # A rerun reuses the trained checkpoints and the finished evaluations, and keeps the summary
   # of the training run.

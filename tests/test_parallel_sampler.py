@@ -384,6 +384,7 @@ def test_bad_inputs():
                                        layout=LAYOUT, spec=spec, window=0)
 
 
+@pytest.mark.slow  # compiles both samplers around the tiny AVDiT: ~13 s
 def test_config_switches_generate_to_the_parallel_sampler(tiny_config):
   """`sample.parallel` routes sampling (generate, the eval suite) through Picard iteration."""
   from avdit.sampling import generate
