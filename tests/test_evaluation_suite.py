@@ -78,6 +78,7 @@ def test_single_model_table_and_plot(tmp_path):
   assert path.stat().st_size > 1000
 
 
+@pytest.mark.slow  # trains and evaluates a tiny AVDiT end to end: ~35 s on 2 cores
 def test_tiny_experiment_trains_evaluates_compares_and_resumes(tmp_path):
   from avdit import experiment
   from configs import monl_ablation
