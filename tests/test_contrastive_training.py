@@ -61,16 +61,20 @@ def test_contrastive_terms_add_to_the_loss_and_are_logged(config, with_cdl):
   assert np.isfinite(metrics["loss"]) and metrics["grad_norm"] > 0
 
 
-def test_contrastive_terms_function_matches_its_parts(config):
+def _model_and_latents(config):
+  """(layout, the tiny AVDiT, random latents of 4 clips, rng, schedule, MoNL mixture)."""
+  from flax import nnx
   layout = layout_lib.layout_from_config(config)
   graphdef, state = state_lib.create_train_state(config, layout)
-  from flax import nnx
-  model = nnx.merge(graphdef, state.params)
   rng = jax.random.key(3)
   latents = {k: jax.random.normal(jax.random.fold_in(rng, i), s)
              for i, (k, s) in enumerate(layout.latent_shapes(4).items())}
-  schedule = schedule_lib.from_config(config.diffusion)
-  mixture = monl.parse_mixture("monl")
+  return (layout, nnx.merge(graphdef, state.params), latents, rng,
+          schedule_lib.from_config(config.diffusion), monl.parse_mixture("monl"))
+
+
+def test_contrastive_terms_function_matches_its_parts(config):
+  layout, model, latents, rng, schedule, mixture = _model_and_latents(config)
   with config.unlocked():
     config.diffusion.update(cdcd_weight=2.0, cdcd_num_negatives=3, cdcd_negatives="inter",
                             cdcd_variant="sample")
@@ -89,15 +93,7 @@ def test_contrastive_terms_function_matches_its_parts(config):
 
 @pytest.mark.slow  # eager CDL through the tiny AVDiT: ~15 s
 def test_contrastive_terms_with_cdl_match_their_parts(config):
-  layout = layout_lib.layout_from_config(config)
-  graphdef, state = state_lib.create_train_state(config, layout)
-  from flax import nnx
-  model = nnx.merge(graphdef, state.params)
-  rng = jax.random.key(3)
-  latents = {k: jax.random.normal(jax.random.fold_in(rng, i), s)
-             for i, (k, s) in enumerate(layout.latent_shapes(4).items())}
-  schedule = schedule_lib.from_config(config.diffusion)
-  mixture = monl.parse_mixture("monl")
+  layout, model, latents, rng, schedule, mixture = _model_and_latents(config)
   cdl_rng, cdcd_rng = jax.random.split(rng)
   with config.unlocked():
     config.diffusion.update(cdcd_weight=2.0, cdcd_num_negatives=3, cdcd_negatives="inter",
