@@ -166,16 +166,35 @@ class CausalConv3d(nnx.Module):
       # A pointwise conv is a matmul; this path keeps bfloat16 fast on every backend.
       y = layers.matmul_in_dtype("bthwi,io->bthwo", x_bthwc, kernel[0, 0, 0], self.dtype)
     else:
-      (kt, kh, kw), (st, sh, sw) = self.kernel_size, self.strides
-      _, t, h, w, _ = x_bthwc.shape
-      pad_t = (kt - 1, 0) if self.causal else same_padding(t, kt, st)
-      padding = [pad_t, same_padding(h, kh, sh), same_padding(w, kw, sw)]
-      y = jax.lax.conv_general_dilated(
-          x_bthwc.astype(self.dtype), kernel.astype(self.dtype), self.strides, padding,
-          dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+      y = conv3d_as_2d(x_bthwc.astype(self.dtype), kernel.astype(self.dtype), self.strides,
+                       causal=self.causal)
     if self.bias is not None:
       y = y + self.bias[...].astype(self.dtype)
     return y
+
+
+def conv3d_as_2d(x_bthwc: jax.Array, kernel_thwio: jax.Array, strides: Sequence[int], *,
+                 causal: bool) -> jax.Array:
+  """3D convolution (time causal or 'SAME', space 'SAME') as one 2D convolution.
+
+  The kt time taps are stacked on the channel axis ([B·T', H, W, kt·C]) and convolved with the
+  kernel reshaped to [kh, kw, kt·C, O]: the same sums as `conv_general_dilated` in 3D, but
+  XLA's CPU backend runs 2D convolutions (and their gradients) 2.5-6x faster than 3D ones at
+  these widths (measured on 2 cores), and TPUs see a deeper contraction.
+  """
+  (kt, kh, kw, c, o), (st, sh, sw) = kernel_thwio.shape, strides
+  b, t, h, w, _ = x_bthwc.shape
+  pad_t = (kt - 1, 0) if causal else same_padding(t, kt, st)
+  x = jnp.pad(x_bthwc, ((0, 0), pad_t, (0, 0), (0, 0), (0, 0)))
+  t_out = (x.shape[1] - kt) // st + 1
+  taps = [x[:, a:a + st * (t_out - 1) + 1:st] for a in range(kt)]
+  stacked = taps[0] if kt == 1 else jnp.concatenate(taps, axis=-1)
+  kernel_hwio = kernel_thwio.transpose(1, 2, 0, 3, 4).reshape(kh, kw, kt * c, o)
+  y = jax.lax.conv_general_dilated(
+      stacked.reshape(b * t_out, h, w, kt * c), kernel_hwio, (sh, sw),
+      [same_padding(h, kh, sh), same_padding(w, kw, sw)],
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return y.reshape(b, t_out, *y.shape[1:])
 
 
 def depth_to_space(x_bthwc: jax.Array, *, time_factor: int, space_factor: int) -> jax.Array:
