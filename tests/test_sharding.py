@@ -62,13 +62,15 @@ def test_scanned_layers_shard_and_match_single_device(result):
 
 def test_autoencoder_step_shards_and_matches_single_device(result):
   """SoundStream (generator + EMA codebooks) on fsdp=2 x data=4: parameters, EMA and codebooks
-  agree to float32 round-off of the reordered sums (1e-4 relative to each array's largest
-  entry; a wrong reduction would be off by O(1))."""
+  agree to float32 round-off of the reordered sums (1e-3 relative to each array's largest
+  entry; a wrong reduction would be off by O(1)). The residual units' 1x1 kernels start at zero,
+  so after the one Adam step that moves them they hold only ±lr-sized entries, and Adam turns
+  round-off in gradients near its eps into differences of that size: measured 3.1e-4."""
   got = result["autoencoder"]
   assert got["num_sharded"] > 10
   reference, sharded = got["loss"]
   assert abs(reference - sharded) <= 1e-5 * abs(reference)
-  assert got["generator_max_rel_diff"] < 1e-4
+  assert got["generator_max_rel_diff"] < 1e-3
 
 
 def test_large_parameters_are_sharded(result):
