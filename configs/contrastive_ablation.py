@@ -9,9 +9,9 @@ Weights. Our MoNL loss is a mean over latent elements; CDL's log-likelihood rati
 a clip's d latent elements (d = 95 680 here), so its weight is ~1/d (the cdl module docstring);
 CDCD's InfoNCE is O(log(N + 1)) per example, against a MoNL loss of ~0.1, so the paper's
 λ = 5e-5 (for their summed loss) would make it vanish: 0.02 puts it at ~20% of the objective.
-Neither was tuned beyond keeping CDL's integral inside the schedule's trained log-SNR range. Cost: CDL with K = 1 adds 2 denoiser passes per step, CDCD with N = 4
-negatives (2 intra, 2 inter) adds 4; the experiment uses a shorter budget than the MoNL
-ablation to fit on 2 cores.
+Neither was tuned beyond keeping CDL's integral inside the schedule's trained log-SNR range.
+Cost: CDL with K = 1 adds 2 denoiser passes per step, CDCD with N = 4 negatives (2 intra,
+2 inter) adds 4; the experiment uses a shorter budget than the MoNL ablation to fit on 2 cores.
 
 Variants: default, tiny (tests).
 """

@@ -224,8 +224,17 @@ def test_killed_command_rerun_equals_a_clean_run(clean, manual_dir, tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
   finally:
     proc.wait()
-  done_at_kill = len(cache_files(data_dir))
+  left_by_kill = cache_files(data_dir)
+  done_at_kill = len(left_by_kill)
   assert 1 <= done_at_kill < len(GOOD) + len(SKIPPED), "the kill did not land mid-preparation"
+  cache = prepare.cache_dir_for(os.path.join(data_dir, "av_folder", "_prepare_cache"), GEOMETRY)
+  for name in left_by_kill:  # every intermediate the kill left is complete (written atomically)
+    outcome = prepare.read_outcome(os.path.join(cache, name))
+    assert outcome is not None and outcome["status"] in ("decoded", "skipped"), (name, outcome)
+    if outcome["status"] == "decoded":
+      decoded = prepare.load_decoded(os.path.join(cache, name), outcome["relpath"])
+      assert decoded.frames_thwc.shape[1:] == (GEOMETRY.height, GEOMETRY.width, 3)
+      assert decoded.audio_l.size > 0
   assert not os.path.exists(os.path.join(data_dir, "av_folder", CONFIG.name, "1.0.0"))
 
   # The real command line finishes the job.

@@ -52,7 +52,7 @@ parameters (144.9M encoder, 225.7M decoder; the depth-to-space convs, 512 -> 409
 the lowest resolution, are most of the difference). The MAGVIT-v2 paper text is not in
 ../shared/papers: these widths are recalled from the published work, not checked against it.
 Tiny: base 16, (1, 2, 2, 2), 1 block per stage, 1 mid block, 8 groups: 9×32×32 clips -> 3×4×4
-latents; 1.1M parameters, a forward pass of two clips takes ≈ 0.3 s on 2 CPU cores.
+latents; 1.1M parameters.
 """
 from __future__ import annotations
 

@@ -178,14 +178,14 @@ class CausalConv1d(nnx.Module):
   """
 
   def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1,
-               dilation: int = 1, dtype: jnp.dtype, rngs: nnx.Rngs, kernel_init=None):
+               dilation: int = 1, dtype: jnp.dtype, rngs: nnx.Rngs, kernel_init=_conv_init):
     if kernel_size < 1 or stride < 1 or dilation < 1:
       raise ValueError(f"bad conv: kernel {kernel_size}, stride {stride}, dilation {dilation}")
     if (kernel_size - 1) * dilation + 1 < stride:
       raise ValueError(f"kernel span {(kernel_size - 1) * dilation + 1} < stride {stride} would "
                        "skip samples")
-    self.kernel = make_param(rngs, kernel_init or _conv_init,
-                             (kernel_size, in_channels, out_channels), AUDIO_AXES.conv1d_kernel)
+    self.kernel = make_param(rngs, kernel_init, (kernel_size, in_channels, out_channels),
+                             AUDIO_AXES.conv1d_kernel)
     self.bias = make_param(rngs, _zeros, (out_channels,), AUDIO_AXES.conv_bias)
     self.stride, self.dilation, self.dtype = stride, dilation, dtype
     self.left_pad = (kernel_size - 1) * dilation + 1 - stride
