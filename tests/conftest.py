@@ -7,6 +7,18 @@ import pytest
 # Tests run on the CPU; quiet TensorFlow (imported by clu) before anything imports it.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Many tests (and the subprocesses they start, which inherit this) compile the same tiny train
+# and sample steps again: a persistent compilation cache, one per pytest worker and session so
+# workers never read an entry the other is still writing, turns those recompiles into loads.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  import atexit  # noqa: E402
+  import shutil  # noqa: E402
+  import tempfile  # noqa: E402
+  _cache_dir = tempfile.mkdtemp(
+      prefix=f"avdit-test-jax-cache-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-")
+  atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache_dir
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:

@@ -205,7 +205,7 @@ def sharded_state(config, mesh):
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
     abstract = jax.eval_shape(init)
     shardings = sharding.state_shardings(abstract, mesh, rules)
-    state = jax.jit(init, out_shardings=shardings)()
+    state = sharding.create_in_shardings(init, shardings)
   return (*graphdefs[0], state, shardings)
 
 

@@ -10,6 +10,7 @@ data parallel, FSDP, or FSDP + tensor parallel by configuration alone. The batch
 from __future__ import annotations
 
 import math
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -192,6 +193,18 @@ def largest_unsharded(state, shardings) -> tuple[str, int]:
   return best
 
 
+def create_in_shardings(create: Callable[[], Any], shardings):
+  """`create()` run as one jit whose outputs land in `shardings`, so no host ever holds the
+  whole state.
+
+  On CPU the program is compiled at XLA backend optimization level 0: it runs once, and
+  optimizing its hundreds of random-number fusions triples its compile time (tiny SoundStream
+  state: 11 s -> 3.6 s; the values agree to float32 round-off). Other backends compile as usual.
+  """
+  options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
+  return jax.jit(create, out_shardings=shardings).lower().compile(compiler_options=options)()
+
+
 def sharded_train_state(config, layout, mesh: Mesh):
   """(graphdef, TrainState created directly in its shardings, TrainState of NamedShardings).
 
@@ -204,5 +217,5 @@ def sharded_train_state(config, layout, mesh: Mesh):
     graphdef, abstract = state_lib.abstract_train_state(config, layout)
     shardings = state_shardings(abstract, mesh, rules)
     create = lambda: state_lib.create_train_state(config, layout)[1]
-    state = jax.jit(create, out_shardings=shardings)()
+    state = create_in_shardings(create, shardings)
   return graphdef, state, shardings
