@@ -8,7 +8,7 @@ runs, each resumable in its own sub-directory of DIR:
   3. latent_cache/  `encode.num_clips` training clips encoded by both (ArrayRecord + meta.json)
   4. avdit/         AVDiT + MoNL trained on the cached latents
   5. avdit/samples  every task, decoded by the autoencoders to mp4 with sound
-Variants: default (the README's main job, ~35 min on 2 cores: ~10 of them the video
+Variants: default (the README's main job, ~30 min on 2 cores: ~13 of them the video
 autoencoder, ~12 the audio one) and tiny (tests).
 """
 import ml_collections
