@@ -185,17 +185,22 @@ def test_examples_equal_a_direct_decode_of_their_file(clean, manual_dir):
 # --------------------------------------------------------------------------------------------
 # Interruptions
 # --------------------------------------------------------------------------------------------
-# The command, with each decode slowed down so that a kill lands between two files.
-SLOW_COMMAND = """
+# The command, with the decode of file number FILES_BEFORE_HANG + 1 hanging, so the kill always
+# lands after exactly FILES_BEFORE_HANG files were decoded (one process decodes in order).
+FILES_BEFORE_HANG = 2
+SLOW_COMMAND = f"""
 import time
 from absl import app
 from avdit.data import av_decode
 from avdit.data import prepare
 decode_file = av_decode.decode_file
-def slow_decode_file(*args, **kwargs):
-  time.sleep(0.4)
+calls = []
+def hanging_decode_file(*args, **kwargs):
+  calls.append(args)
+  if len(calls) > {FILES_BEFORE_HANG}:
+    time.sleep(3600)
   return decode_file(*args, **kwargs)
-av_decode.decode_file = slow_decode_file
+av_decode.decode_file = hanging_decode_file
 prepare.define_flags()
 app.run(prepare.main)
 """
@@ -219,14 +224,16 @@ def test_killed_command_rerun_equals_a_clean_run(clean, manual_dir, tmp_path):
                           stderr=subprocess.DEVNULL)
   try:
     deadline = time.time() + 60
-    while not cache_files(data_dir) and proc.poll() is None and time.time() < deadline:
+    while (len(cache_files(data_dir)) < FILES_BEFORE_HANG and proc.poll() is None
+           and time.time() < deadline):
       time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
   finally:
     proc.wait()
   left_by_kill = cache_files(data_dir)
   done_at_kill = len(left_by_kill)
-  assert 1 <= done_at_kill < len(GOOD) + len(SKIPPED), "the kill did not land mid-preparation"
+  # Each file's intermediate is written as soon as it is decoded, not at the end of the run.
+  assert done_at_kill == FILES_BEFORE_HANG
   cache = prepare.cache_dir_for(os.path.join(data_dir, "av_folder", "_prepare_cache"), GEOMETRY)
   for name in left_by_kill:  # every intermediate the kill left is complete (written atomically)
     outcome = prepare.read_outcome(os.path.join(cache, name))
