@@ -132,7 +132,6 @@ def _jitted(initializer):
 
 
 _conv_init = _jitted(nnx.initializers.lecun_normal())
-_zeros = nnx.initializers.zeros_init()
 _LEAKY_SLOPE = 0.2
 
 
@@ -186,7 +185,7 @@ class CausalConv1d(nnx.Module):
                        "skip samples")
     self.kernel = make_param(rngs, kernel_init, (kernel_size, in_channels, out_channels),
                              AUDIO_AXES.conv1d_kernel)
-    self.bias = make_param(rngs, _zeros, (out_channels,), AUDIO_AXES.conv_bias)
+    self.bias = make_param(rngs, layers.zeros, (out_channels,), AUDIO_AXES.conv_bias)
     self.stride, self.dilation, self.dtype = stride, dilation, dtype
     self.left_pad = (kernel_size - 1) * dilation + 1 - stride
 
@@ -217,7 +216,7 @@ class CausalConvTranspose1d(nnx.Module):
     init = _jitted(nnx.initializers.variance_scaling(float(stride), "fan_in", "truncated_normal"))
     self.kernel = make_param(rngs, init, (kernel_size, in_channels, out_channels),
                              AUDIO_AXES.conv1d_kernel)
-    self.bias = make_param(rngs, _zeros, (out_channels,), AUDIO_AXES.conv_bias)
+    self.bias = make_param(rngs, layers.zeros, (out_channels,), AUDIO_AXES.conv_bias)
     self.stride, self.dtype = stride, dtype
 
   def __call__(self, x_bnc: jax.Array) -> jax.Array:
@@ -243,7 +242,7 @@ class ResidualUnit(nnx.Module):
     # The residual branch starts at zero (each unit starts as the identity): the small default
     # model then leaves the near-silent output it first collapses to much sooner.
     self.pointwise = CausalConv1d(channels, channels, 1, dtype=dtype, rngs=rngs,
-                                  kernel_init=_zeros)
+                                  kernel_init=layers.zeros)
 
   def __call__(self, x_btc: jax.Array) -> jax.Array:
     return x_btc + self.pointwise(jax.nn.elu(self.conv(jax.nn.elu(x_btc))))
@@ -620,7 +619,7 @@ class Conv1d(nnx.Module):
       raise ValueError(f"groups={groups} must divide {in_channels} and {out_channels}")
     self.kernel = make_param(rngs, _conv_init, (kernel_size, in_channels // groups, out_channels),
                              AUDIO_AXES.conv1d_kernel)
-    self.bias = make_param(rngs, _zeros, (out_channels,), AUDIO_AXES.conv_bias)
+    self.bias = make_param(rngs, layers.zeros, (out_channels,), AUDIO_AXES.conv_bias)
     self.stride, self.groups, self.dtype = stride, groups, dtype
 
   def __call__(self, x_btc: jax.Array) -> jax.Array:
@@ -637,7 +636,7 @@ class Conv2d(nnx.Module):
                rngs: nnx.Rngs):
     self.kernel = make_param(rngs, _conv_init, (*kernel_size, in_channels, out_channels),
                              AUDIO_AXES.conv2d_kernel)
-    self.bias = make_param(rngs, _zeros, (out_channels,), AUDIO_AXES.conv_bias)
+    self.bias = make_param(rngs, layers.zeros, (out_channels,), AUDIO_AXES.conv_bias)
     self.strides, self.padding, self.dtype = tuple(strides), padding, dtype
 
   def __call__(self, x_btfc: jax.Array) -> jax.Array:
