@@ -1,9 +1,10 @@
 """Oracle metrics of the synthetic world: estimators vs its ground truth, metrics vs known damage.
 
 Estimators are checked against the world's analytic ground truth (`disc_xy`, colours,
-`pitch_hz`, bounce times); metrics against ground-truth clips (near-perfect), deliberately
-damaged clips with a known size of damage (closed-form expected values), and the rule that
-conditioning elements are never scored.
+`pitch_hz`, bounce times), and the disc finder against frames without the world's disc
+(colour patches, noise, smooth noise as decoded from noise latents, wrong shapes); metrics against
+ground-truth clips (near-perfect), deliberately damaged clips with a known size of damage
+(closed-form expected values), and the rule that conditioning elements are never scored.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from avdit import layout as layout_lib
 from avdit.data import synthetic
@@ -71,6 +73,132 @@ def test_estimate_disc_is_robust_to_pixel_noise_and_reports_missing_discs(clips)
   empty = empty + rng.normal(0, 12, empty.shape)
   centre_f2, disc_f3, _, found_f = oracle.estimate_disc(np.clip(empty, 0, 255))
   assert not found_f.any() and np.isnan(centre_f2).all() and np.isnan(disc_f3).all()
+
+
+# --- disc acceptance: real frames pass, frames without the world's disc do not ------------------
+# What a bad (e.g. untrained) model makes has no disc, so `subject_disc_found_fraction` must stay
+# near 0 on it. 200 frames per kind, fixed seeds; "found in at most 5%".
+MAX_FOUND_IN_GARBAGE = 0.05
+
+
+def _world_colours(rng) -> tuple[np.ndarray, np.ndarray]:
+  """Disc and background colours drawn by the world's rule (channel-summed distance >= 240)."""
+  while True:
+    disc, background = rng.integers(0, 256, (2, 3)).astype(np.float64)
+    if np.abs(disc - background).sum() >= synthetic.MIN_COLOR_DISTANCE:
+      return disc, background
+
+
+def _colour_patch_frames(rng, size: int) -> np.ndarray:
+  """Colour patches: 4x4 grids of random colours (half of the grids in pure colours, channels 0
+  or 255) upsampled and blurred a little, and three random rectangles on a random background."""
+  frames = []
+  for i in range(200):
+    if i % 2 == 0:
+      colours = (rng.integers(0, 256, (4, 4, 3)) if i % 4 == 0
+                 else 255 * rng.integers(0, 2, (4, 4, 3)))
+      frame = np.kron(colours, np.ones((size // 4, size // 4, 1))).astype(np.float64)
+      frames.append(ndimage.gaussian_filter(frame, (1.0, 1.0, 0.0)))
+    else:
+      frame = np.broadcast_to(rng.integers(0, 256, 3), (size, size, 3)).astype(np.float64)
+      for _ in range(3):
+        (top, bottom), (left, right) = np.sort(rng.integers(0, size + 1, (2, 2)), axis=1)
+        frame[top:bottom, left:right] = rng.integers(0, 256, 3)
+      frames.append(frame)
+  return np.round(np.stack(frames)).astype(np.uint8)
+
+
+def _decoded_noise_frames(rng, size: int) -> np.ndarray:
+  """Stand-in for decoding noise latents with an untrained decoder: Gaussian noise at 4x4x3 or
+  8x8x3, upsampled (nearest or bilinear) to the frame and mapped to 0..255 with saturation."""
+  frames = []
+  for i in range(200):
+    latent = 4 if i % 2 == 0 else 8
+    noise = rng.normal(size=(latent, latent, 3))
+    smooth = ndimage.zoom(noise, (size / latent, size / latent, 1), order=(i // 2) % 2)
+    frames.append(np.clip(127.5 + rng.uniform(64, 256) * smooth, 0, 255))
+  return np.round(np.stack(frames)).astype(np.uint8)
+
+
+def _shape_frames(rng, size: int, shape: str) -> np.ndarray:
+  """200 frames of one anti-aliased shape of the world's disc area (or two discs), at random
+  places, in colours drawn by the world's rule."""
+  radius = synthetic.RADIUS_FRACTION * size
+  ys, xs = np.indices((size, size), dtype=np.float64)
+
+  def disc(cx, cy):
+    return np.clip(radius + 0.5 - np.hypot(xs - cx, ys - cy), 0, 1)
+
+  frames = []
+  for _ in range(200):
+    disc_colour, background = _world_colours(rng)
+    cx, cy = rng.uniform(1.5 * radius, size - 1 - 1.5 * radius, 2)
+    if shape == "disc":  # the control: the world's disc, drawn the same way
+      coverage = disc(cx, cy)
+    elif shape == "two_discs":  # one in the left half, one in the right half
+      other_y = rng.uniform(radius, size - 1 - radius)
+      coverage = np.maximum(disc(size / 4 + rng.uniform(-1, 1), cy),
+                            disc(3 * size / 4 + rng.uniform(-1, 1), other_y))
+    elif shape == "ellipse_2to1":  # axes sqrt(2) r and r / sqrt(2), any orientation
+      angle = rng.uniform(0, np.pi)
+      u = (xs - cx) * np.cos(angle) + (ys - cy) * np.sin(angle)
+      v = (ys - cy) * np.cos(angle) - (xs - cx) * np.sin(angle)
+      coverage = np.clip(radius + 0.5 - np.hypot(u / np.sqrt(2), v * np.sqrt(2)), 0, 1)
+    elif shape == "square":  # side sqrt(pi) r
+      half = 0.5 * np.sqrt(np.pi) * radius
+      coverage = (np.clip(half + 0.5 - np.abs(xs - cx), 0, 1)
+                  * np.clip(half + 0.5 - np.abs(ys - cy), 0, 1))
+    elif shape == "two_tone_disc":  # halves > 2.5 x DISC_MIN_DISTANCE apart: one is off-colour
+      coverage = disc(cx, cy)
+      while True:
+        other = rng.integers(0, 256, 3).astype(np.float64)
+        if (np.abs(other - disc_colour).sum() > 2.5 * oracle.DISC_MIN_DISTANCE
+            and np.abs(other - background).sum() >= synthetic.MIN_COLOR_DISTANCE):
+          break
+      disc_colour = np.where((xs < cx)[..., None], disc_colour, other)
+    frames.append(background + coverage[..., None] * (disc_colour - background))
+  return np.round(np.stack(frames)).astype(np.uint8)
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_estimate_disc_finds_the_disc_in_every_real_frame(size):
+  world = synthetic.SyntheticWorld(num_frames=17, fps=8.0, height=size, width=size,
+                                   sample_rate=16000, num_clips=50, seed=1)
+  video = np.concatenate([world.render_video(world.clip_params(i)) for i in range(50)])
+  assert oracle.estimate_disc(video)[3].all()
+  # Also slightly blurred (as a decoder's smoothing might).
+  blurred = ndimage.gaussian_filter(video[::5].astype(np.float64), (0, 0.7, 0.7, 0))
+  assert oracle.estimate_disc(blurred)[3].all()
+  # The control for the shape tests below: their renderer's discs are found.
+  assert oracle.estimate_disc(_shape_frames(np.random.default_rng(0), size, "disc"))[3].all()
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_estimate_disc_rejects_colour_patches_noise_and_flat_frames(size):
+  rng = np.random.default_rng(0)
+  kinds = {
+      "colour patches": _colour_patch_frames(rng, size),
+      "uniform noise": rng.integers(0, 256, (200, size, size, 3)).astype(np.uint8),
+      "flat colour": np.broadcast_to(rng.integers(0, 256, (200, 1, 1, 3)),
+                                     (200, size, size, 3)).astype(np.uint8),
+  }
+  for kind, video in kinds.items():
+    assert oracle.estimate_disc(video)[3].mean() <= MAX_FOUND_IN_GARBAGE, kind
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_estimate_disc_rejects_decoded_noise_latents(size):
+  video = _decoded_noise_frames(np.random.default_rng(0), size)
+  assert oracle.estimate_disc(video)[3].mean() <= MAX_FOUND_IN_GARBAGE
+
+
+@pytest.mark.parametrize("size", [32, 64])
+@pytest.mark.parametrize("shape", ["two_discs", "ellipse_2to1", "square", "two_tone_disc"])
+def test_estimate_disc_rejects_wrong_shapes_of_the_disc_area(size, shape):
+  # Two discs: the second is stray far pixels; the 2:1 ellipse: elongation (4) and misfit; the
+  # square: misfit (its corners); the two-tone disc: off-colour inner pixels.
+  video = _shape_frames(np.random.default_rng(0), size, shape)
+  assert not oracle.estimate_disc(video)[3].any()
 
 
 @pytest.mark.parametrize("world", [WORLD, SMALL_WORLD], ids=["64px", "32px"])

@@ -6,7 +6,11 @@ them against `avdit.data.synthetic`):
 
 * `estimate_disc`: per frame, the background colour (median of the border pixels), the disc
   colour (median of the largest blob of pixels far from the background) and the disc centre
-  (centroid weighted by each pixel's estimated disc coverage, i.e. sub-pixel accurate).
+  (centroid weighted by each pixel's estimated disc coverage, i.e. sub-pixel accurate). The blob
+  counts as the disc only if it looks like the world's disc: enough contrast, about the world
+  disc's area, round (second moments), shaped like an anti-aliased disc (coverage fit), of one
+  colour, and alone on a background otherwise free of far pixels (`DISC_*` thresholds). Frames
+  of colour patches or smooth noise, what an untrained model makes, are therefore not counted.
 * `estimate_pitch`: the tone frequency around given times (peak of a Hann-windowed, zero-padded
   FFT in the world's pitch band, refined by parabolic interpolation of the log magnitude). The
   click bursts are broadband and ~40 dB below the tonal peak, so they cannot move the argmax.
@@ -97,9 +101,35 @@ COUNTS = ("subject_num_frames", "av_num_frames", "sync_num_clicks", "sync_num_bo
 # --- estimator settings -------------------------------------------------------------------------
 # A pixel belongs to the disc when its channel-summed |RGB - background| exceeds half of the
 # world's minimum disc/background distance (so anti-aliased edge pixels count from ~50% coverage).
+# The disc colour must differ from the background by as much (real frames >= 226 even with
+# N(0, 12) pixel noise; uniform noise frames <= 82).
 DISC_MIN_DISTANCE = synthetic.MIN_COLOR_DISTANCE / 2
-# A blob smaller than this fraction of the world's disc area is not a disc.
-DISC_MIN_AREA_FRACTION = 0.25
+# Disc acceptance. Statistics are in units of the world's disc (radius r = `_world_radius`, area
+# pi r^2). The values quoted were measured over 200 real clips (3400 frames) at each of 32x32 and
+# 64x64 ("real": clean and with N(0, 12) pixel noise) against 200 frames each of colour patches,
+# uniform noise, smooth noise (decoded noise latents) and wrong shapes, made as in
+# tests/test_oracle_metrics.py.
+# Size: coverage-weighted area / pi r^2, i.e. a radius within -23%..+22% of the world's (real
+# 0.97-1.04, 1.18 blurred by a 1 px Gaussian; uniform noise >= 6.7).
+DISC_AREA_RANGE = (0.6, 1.5)
+# Roundness: ratio of the principal variances of the coverage (1 for a disc, 4 for a 2:1 ellipse;
+# real <= 1.1, 1.17 with N(0, 20) noise; 2:1 ellipses >= 3.8).
+DISC_MAX_ELONGATION = 1.5
+# Shape: |coverage - that of an anti-aliased disc of the same area and centre| beyond
+# DISC_FIT_SLACK per pixel (what pixel noise, sub-pixel edge error or a slight blur cause),
+# summed over the frame / pi r^2 (real <= 0.0012, 0.0063 with N(0, 20) noise, 0.011 blurred by a
+# 1 px Gaussian; a square of the disc's area >= 0.044, a 2:1 ellipse >= 0.24, decoded noise
+# >= 0.17).
+DISC_FIT_SLACK = 0.25
+DISC_MAX_MISFIT = 0.025
+# The rest of the frame is background: pixels far from it (as above) outside the blob grown by
+# 2 px, / pi r^2 (real 0, <= 0.1 with N(0, 20) noise; a second disc >= 0.95).
+DISC_MAX_STRAY_AREA = 0.25
+# One disc colour: the fraction of the pixels 1.5 px or more inside the fitted disc's edge that
+# are far (as above) from their median colour (real 0, <= 0.03 with N(0, 20) noise; discs of two
+# halves in colours > 300 apart that pass the other checks >= 0.31).
+DISC_INNER_MARGIN_PX = 1.5
+DISC_MAX_OFF_COLOUR = 0.1
 # Pitch: 64 ms windows (1024 samples at 16 kHz: 15.6 Hz bins, ~18 bins above the lowest tone),
 # short enough that the pitch glide inside a window is a few %; never shorter than 32 ms at
 # the clip edges, where the window cannot be centred on the time.
@@ -156,8 +186,75 @@ def _world_radius(height: int, width: int) -> float:
   return synthetic.RADIUS_FRACTION * min(height, width)
 
 
+def _disc_candidate(frame_hw3: np.ndarray, background: np.ndarray, radius: float):
+  """The largest blob of pixels far from `background`, measured as a candidate disc.
+
+  Returns None if there is no such blob, else (centre (x, y), disc colour, statistics), the
+  statistics being those the `DISC_*` thresholds judge (see `_is_disc`).
+  """
+  height, width, _ = frame_hw3.shape
+  rows, cols = np.indices((height, width), dtype=np.float64)
+  world_area = np.pi * radius**2
+  offset_hw3 = frame_hw3 - background
+  far_hw = np.abs(offset_hw3).sum(-1) > DISC_MIN_DISTANCE
+  labels_hw, num_blobs = ndimage.label(far_hw)
+  if num_blobs == 0:
+    return None
+  blob_hw = labels_hw == int(np.argmax(np.bincount(labels_hw.ravel())[1:])) + 1
+  # The median keeps the anti-aliased edge (a minority of the blob) out of the disc colour.
+  disc = np.median(frame_hw3[blob_hw], axis=0)
+  direction = disc - background
+  if not direction.any():
+    return None
+  # Coverage of each pixel: its offset projected on the disc - background direction (exact for
+  # a rendered blend, up to uint8 rounding). Weighting the centroid by coverage, over the blob
+  # grown by 2 px to include the faint edge, gives a sub-pixel centre.
+  grown_hw = ndimage.binary_dilation(blob_hw, iterations=2)
+  coverage_hw = np.clip(offset_hw3 @ direction / (direction @ direction), 0.0, 1.0) * grown_hw
+  area = coverage_hw.sum()
+  if area == 0:
+    return None
+  centre = np.array([(coverage_hw * cols).sum(), (coverage_hw * rows).sum()]) / area
+  variances = np.linalg.eigvalsh(np.cov(np.stack([cols.ravel(), rows.ravel()]),
+                                        aweights=coverage_hw.ravel(), bias=True))
+  # The anti-aliased disc (the world's 1 px edge ramp) of the blob's own area, at its centre.
+  distance_hw = np.hypot(cols - centre[0], rows - centre[1])
+  fitted_radius = np.sqrt(area / np.pi)
+  ideal_hw = np.clip(fitted_radius + 0.5 - distance_hw, 0.0, 1.0)
+  misfit = np.maximum(np.abs(coverage_hw - ideal_hw) - DISC_FIT_SLACK, 0.0).sum()
+  # The fraction of the inside far from its median colour (which, unlike the blob's, a blurred
+  # edge does not pull); a blob without an inside counts as all off-colour.
+  inner_n3 = frame_hw3[distance_hw <= fitted_radius - DISC_INNER_MARGIN_PX]
+  off_colour = 1.0
+  if inner_n3.shape[0]:
+    off_colour_n = np.abs(inner_n3 - np.median(inner_n3, axis=0)).sum(-1) > DISC_MIN_DISTANCE
+    off_colour = off_colour_n.mean()
+  statistics = {
+      "contrast": np.abs(direction).sum(),
+      "area": area / world_area,
+      "elongation": variances[1] / variances[0] if variances[0] > 0 else np.inf,
+      "misfit": misfit / world_area,
+      "stray_area": (far_hw & ~grown_hw).sum() / world_area,
+      "off_colour": off_colour,
+  }
+  return centre, disc, statistics
+
+
+def _is_disc(statistics: Mapping[str, float]) -> bool:
+  """Whether a candidate's statistics (`_disc_candidate`) are those of the world's disc."""
+  return bool(statistics["contrast"] >= DISC_MIN_DISTANCE
+              and DISC_AREA_RANGE[0] <= statistics["area"] <= DISC_AREA_RANGE[1]
+              and statistics["elongation"] <= DISC_MAX_ELONGATION
+              and statistics["misfit"] <= DISC_MAX_MISFIT
+              and statistics["stray_area"] <= DISC_MAX_STRAY_AREA
+              and statistics["off_colour"] <= DISC_MAX_OFF_COLOUR)
+
+
 def estimate_disc(video_fhwc_u8) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
   """Disc centre, disc colour and background colour of every frame, from pixels only.
+
+  A frame has a disc only where its largest blob far from the background passes the `DISC_*`
+  checks (see the module docstring); frames of colour patches or noise have none.
 
   Args:
     video_fhwc_u8: uint8 [F, H, W, 3] (or float on the 0..255 scale).
@@ -171,8 +268,7 @@ def estimate_disc(video_fhwc_u8) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
   """
   video = _check_video(video_fhwc_u8, "video_fhwc_u8")
   num_frames, height, width, _ = video.shape
-  min_area = DISC_MIN_AREA_FRACTION * np.pi * _world_radius(height, width) ** 2
-  rows, cols = np.indices((height, width), dtype=np.float64)
+  radius = _world_radius(height, width)
   centre_f2 = np.full((num_frames, 2), np.nan)
   disc_f3 = np.full((num_frames, 3), np.nan)
   background_f3 = np.empty((num_frames, 3))
@@ -180,33 +276,13 @@ def estimate_disc(video_fhwc_u8) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
   border_hw = np.ones((height, width), bool)
   border_hw[1:-1, 1:-1] = False
   for f in range(num_frames):
-    frame_hw3 = video[f]
     # The disc covers a small part of the border at most (it never leaves the frame), so the
     # border's median is the background.
-    background = np.median(frame_hw3[border_hw], axis=0)
-    background_f3[f] = background
-    offset_hw3 = frame_hw3 - background
-    far_hw = np.abs(offset_hw3).sum(-1) > DISC_MIN_DISTANCE
-    labels_hw, num_blobs = ndimage.label(far_hw)
-    if num_blobs == 0:
-      continue
-    sizes = np.bincount(labels_hw.ravel())[1:]
-    blob = int(np.argmax(sizes)) + 1
-    if sizes[blob - 1] < min_area:
-      continue
-    blob_hw = labels_hw == blob
-    # The median keeps the anti-aliased edge (a minority of the blob) out of the disc colour.
-    disc = np.median(frame_hw3[blob_hw], axis=0)
-    direction = disc - background
-    # Coverage of each pixel: its offset projected on the disc - background direction (exact for
-    # a rendered blend, up to uint8 rounding). Weighting the centroid by coverage, over the blob
-    # grown by 2 px to include the faint edge, gives a sub-pixel centre.
-    coverage_hw = np.clip(offset_hw3 @ direction / (direction @ direction), 0.0, 1.0)
-    coverage_hw = coverage_hw * ndimage.binary_dilation(blob_hw, iterations=2)
-    total = coverage_hw.sum()
-    centre_f2[f] = (coverage_hw * cols).sum() / total, (coverage_hw * rows).sum() / total
-    disc_f3[f] = disc
-    found_f[f] = True
+    background_f3[f] = np.median(video[f][border_hw], axis=0)
+    candidate = _disc_candidate(video[f], background_f3[f], radius)
+    if candidate is not None and _is_disc(candidate[2]):
+      centre_f2[f], disc_f3[f], _ = candidate
+      found_f[f] = True
   return centre_f2, disc_f3, background_f3, found_f
 
 
