@@ -73,9 +73,135 @@ def test_single_model_table_and_plot(tmp_path):
                      reference={"fvd": 0.5})
   text = report.single_model_table(results)
   assert "| fvd ↓ | model | 10.000 | 30.000 | 20.000 |" in text
-  assert "| fvd ↓ | reference | 0.500 | 0.500 | 0.500 |" in text
+  assert "| fvd ↓ | real clips | 0.500 | 0.500 | 0.500 |" in text
   path = report.plot_single_model(results, tmp_path / "m.png")
   assert path.stat().st_size > 1000
+
+
+# --- baselines ------------------------------------------------------------------------------------
+def _numbered_clips(layout, num_clips=3):
+  """Clip i: every pixel i + 1 and every sample (i + 1) / 10, so any element names its clip."""
+  index_b = np.arange(1, num_clips + 1)
+  video = np.broadcast_to(index_b[:, None, None, None, None],
+                          (num_clips, layout.num_frames, layout.height, layout.width, 3))
+  audio = np.broadcast_to(index_b[:, None] / 10, (num_clips, layout.audio_samples))
+  return {"video": video.astype(np.uint8), "audio": audio.astype(np.float32)}
+
+
+@pytest.mark.parametrize("name", ["a2v", "v2a", "av_continue", "av_inpaint", "joint"])
+def test_shuffled_baseline_takes_generated_elements_from_the_next_clip(layout, name):
+  task = tasks_lib.parse_task(name, layout)
+  real = _numbered_clips(layout)
+  shuffled = suite.baseline_clips("shuffled", real, task, layout)
+  assert shuffled["video"].dtype == np.uint8 and shuffled["audio"].dtype == np.float32
+  frames, samples = suite.generated_frames(task, layout), suite.generated_latent_samples(
+      task, layout)
+  if name == "joint":  # a real video with the next clip's audio: a mismatched pair
+    frames = np.zeros_like(frames)
+  for i in range(3):
+    source = (i + 1) % 3 + 1
+    np.testing.assert_array_equal(shuffled["video"][i, frames], source)
+    np.testing.assert_array_equal(shuffled["video"][i, ~frames], i + 1)
+    np.testing.assert_allclose(shuffled["audio"][i, samples], source / 10)
+    np.testing.assert_allclose(shuffled["audio"][i, ~samples], (i + 1) / 10)
+
+
+def test_constant_baseline_is_a_mid_screen_tone_and_a_frozen_frame(layout):
+  from avdit.data import synthetic
+  from avdit.evaluation import oracle
+  real = _numbered_clips(layout)
+  real["video"] = real["video"] + np.arange(layout.num_frames, dtype=np.uint8)[
+      None, :, None, None, None] * 10  # frames differ: the frozen one is recognisable
+  constant = suite.baseline_clips("constant", real, tasks_lib.parse_task("v2a", layout), layout)
+  np.testing.assert_array_equal(constant["video"], real["video"])  # v2a gives all video
+  tone = constant["audio"][0]
+  mid_hz = synthetic.pitch_of_height((layout.height - 1) / 2, layout.height)
+  pitch = oracle.estimate_pitch(tone, layout.sample_rate, np.arange(1, 16) / layout.fps)
+  np.testing.assert_allclose(pitch, mid_hz, rtol=0.01)
+  assert len(oracle.detect_clicks(tone, layout.sample_rate)) == 0
+  # av_continue: frames 0..4 given, every generated frame is frame 4.
+  task = tasks_lib.parse_task("av_continue", layout)
+  constant = suite.baseline_clips("constant", real, task, layout)
+  np.testing.assert_array_equal(constant["video"][:, :5], real["video"][:, :5])
+  np.testing.assert_array_equal(constant["video"][:, 5:],
+                                np.repeat(real["video"][:, 4:5], 12, axis=1))
+  # a2v (no video given): the still first frame of the next clip.
+  constant = suite.baseline_clips("constant", real, tasks_lib.parse_task("a2v", layout), layout)
+  np.testing.assert_array_equal(constant["video"][0], np.repeat(real["video"][1, :1], 17, 0))
+  np.testing.assert_array_equal(constant["audio"], real["audio"])
+
+
+def test_baseline_names_from_config():
+  import ml_collections
+  assert suite.baseline_names(ml_collections.ConfigDict({})) == [
+      "autoencoder", "shuffled", "constant"]
+  assert suite.baseline_names(ml_collections.ConfigDict({"baselines": ""})) == []
+  assert suite.baseline_names(ml_collections.ConfigDict({"baselines": " shuffled"})) == [
+      "shuffled"]
+  with pytest.raises(ValueError, match="unknown"):
+    suite.baseline_names(ml_collections.ConfigDict({"baselines": "random"}))
+
+
+@pytest.fixture(scope="module")
+def world_clips():
+  """8 real clips of the synthetic world at the `layout` fixture's geometry."""
+  from avdit.data import synthetic
+  world = synthetic.SyntheticWorld(num_frames=17, fps=8.0, height=32, width=32,
+                                   sample_rate=16000, num_clips=8, seed=5)
+  clips = [world[i] for i in range(8)]
+  return {k: np.stack([c[k] for c in clips]) for k in ("video", "audio")}
+
+
+def test_chance_baselines_score_far_from_the_real_clips(layout, world_clips):
+  real = world_clips
+  scores = {}
+  for name in ("a2v", "v2a"):
+    task = tasks_lib.parse_task(name, layout)
+    scores[name] = {"real": suite.measure_task(real, real, task, layout),
+                    **suite.measure_baselines(real, None, ["shuffled", "constant"], task, layout)}
+    print(name, {row: {m: round(v[m], 3) for m in ("av_height_error_px", "sync_f1")}
+                 for row, v in scores[name].items()})
+  for name in ("a2v", "v2a"):
+    assert scores[name]["real"]["av_height_error_px"] < 0.5
+    assert scores[name]["shuffled"]["av_height_error_px"] > 3
+    assert scores[name]["constant"]["av_height_error_px"] > 3
+  assert scores["a2v"]["real"]["sync_f1"] > 0.9
+  assert scores["v2a"]["constant"]["sync_f1"] < 0.5  # no clicks at all
+
+
+def test_autoencoder_baseline_round_trips_the_clips_in_padded_batches(layout, world_clips):
+  # space_to_depth is lossless: its round trip is the real clips (8 clips in batches of 3).
+  import ml_collections
+  from avdit.models import latent_space as latent_lib
+  from avdit.training import sharding
+  from configs import avdit_synthetic
+  space = latent_lib.SpaceToDepth(layout)
+  stats = {f"{k}_{s}": np.full(c, v, np.float32) for k, c in (("video", 768), ("audio", 320))
+           for s, v in (("mean", 0.0), ("std", 1.0))}
+  config = ml_collections.ConfigDict({"eval": {"batch_size": 3}})
+  mesh = sharding.make_mesh(avdit_synthetic.get_config("tiny").mesh)
+  loaded = (layout, space, None, None, stats, 0)
+  autoencoded = suite.autoencode_clips(config, loaded, world_clips, mesh)
+  np.testing.assert_array_equal(autoencoded["video"], world_clips["video"])
+  np.testing.assert_allclose(autoencoded["audio"], world_clips["audio"], atol=1e-6)
+
+
+def test_single_model_table_shows_the_baselines():
+  results = _results("m", {"a2v": {"av_height_error_px": 3.0}},
+                     reference={"av_height_error_px": 0.1})
+  results["tasks"]["a2v"]["baselines"] = {
+      "autoencoder": {"av_height_error_px": 0.5}, "shuffled": {"av_height_error_px": 8.0},
+      "constant": {"av_height_error_px": 6.0}}
+  text = report.single_model_table(results)
+  for row in ("model | 3.000", "real clips | 0.100", "autoencoder round trip | 0.500",
+              "shuffled pairs (chance) | 8.000", "constant (chance) | 6.000"):
+    assert f"| av_height_error_px ↓ | {row} |" in text
+  line = suite.baseline_summary("a2v", results["tasks"]["a2v"])
+  assert line == ("eval a2v: av_height_error_px model 3 | real 0.1 | autoencoder 0.5 | "
+                  "shuffled 8 | constant 6")
+  comparison = report.comparison_tables({"m": results})
+  assert "| *shuffled pairs (chance)* | 8.000 | 8.000 |" in comparison
+  assert "autoencoder" not in comparison
 
 
 @pytest.mark.slow  # trains and evaluates a tiny AVDiT end to end: ~35 s on 2 cores
@@ -96,7 +222,9 @@ def test_tiny_experiment_trains_evaluates_compares_and_resumes(tmp_path):
       # Real clips score perfectly on the oracle metrics (the reference row).
       assert task["reference"]["subject_disc_color_error"] < 1.0
       assert task["reference"]["continuity_jump_px"] < 0.5
+      assert set(task["baselines"]) == {"autoencoder", "shuffled", "constant"}
       assert 0 <= task["timing"]["sampling_share"] <= 1
+    assert "| shuffled pairs (chance) |" in (out / "table.md").read_text()
     assert (out / "table.md").exists() and (out / "metrics.png").stat().st_size > 1000
     assert (out / "samples" / "av_continue_0.mp4").stat().st_size > 0
     assert (out / "samples" / "av_continue_0_compare.mp4").stat().st_size > 0

@@ -1,9 +1,10 @@
 """Tables (Markdown, the shape of the paper's Table 1) and plots (matplotlib PNG) of eval results.
 
 `single_model_table` / `plot_single_model` show one checkpoint's suite (tasks as columns, the
-real clips' scores as the reference); `comparison_tables` / `plot_comparison` put several
-training settings side by side (settings as rows, one table per metric, with the per-task
-average and each setting's mean rank over tasks and metrics).
+real clips' scores as the reference, and the baselines that place the model between them and
+chance); `comparison_tables` / `plot_comparison` put several training settings side by side
+(settings as rows, one table per metric, with the per-task average and each setting's mean rank
+over tasks and metrics).
 """
 from __future__ import annotations
 
@@ -18,6 +19,15 @@ from avdit.evaluation import oracle
 # Metric directions (True = higher is better): the suite's own and the oracle metrics'.
 HIGHER_IS_BETTER = {"av_align": True, "fvd": False, "kvd": False, "fad": False,
                     **oracle.HIGHER_IS_BETTER}
+
+
+# Labels of the rows a task's results hold: the model, the real clips ("reference"), baselines.
+REAL_LABEL = "real clips"
+BASELINE_LABELS = {"autoencoder": "autoencoder round trip",
+                   "shuffled": "shuffled pairs (chance)",
+                   "constant": "constant (chance)"}
+# Rows that do not depend on the model's latent space: shown once under a comparison's settings.
+SHARED_LABELS = (REAL_LABEL, BASELINE_LABELS["shuffled"], BASELINE_LABELS["constant"])
 
 
 def is_count(name: str) -> bool:
@@ -63,27 +73,51 @@ def _value(results: Mapping, task: str, metric: str, key: str = "metrics"):
   return None if value is None else float(value)
 
 
+def _baseline_value(results: Mapping, task: str, metric: str, baseline: str):
+  value = results["tasks"].get(task, {}).get("baselines", {}).get(baseline, {}).get(metric)
+  return None if value is None else float(value)
+
+
+def _baseline_names(results: Mapping) -> list[str]:
+  """The baselines some task holds, in `BASELINE_LABELS` order (results before them: none)."""
+  present = {b for task in results["tasks"].values() for b in task.get("baselines", {})}
+  return [b for b in BASELINE_LABELS if b in present] + sorted(present - set(BASELINE_LABELS))
+
+
+def _rows(results: Mapping, tasks, metric: str) -> dict[str, list]:
+  """{row label: value per task}: model, real clips, then every baseline."""
+  rows = {"model": [_value(results, t, metric) for t in tasks],
+          REAL_LABEL: [_value(results, t, metric, "reference") for t in tasks]}
+  for baseline in _baseline_names(results):
+    rows[BASELINE_LABELS.get(baseline, baseline)] = [
+        _baseline_value(results, t, metric, baseline) for t in tasks]
+  return rows
+
+
 def _mean(values) -> float | None:
   values = [v for v in values if v is not None and not math.isnan(v)]
   return float(np.mean(values)) if values else None
 
 
 def single_model_table(results: Mapping) -> str:
-  """Markdown: one row per metric (model, then the real clips' reference), tasks as columns."""
+  """Markdown: per metric the model, the real clips and the baselines as rows; tasks as columns."""
   tasks = _task_names([results])
   lines = [f"# Task suite: {results.get('name') or 'model'} at step {results['checkpoint_step']}",
            "",
            f"{results['num_clips']} held-out clips per task, seed {results['seed']}; sampler "
            f"{results['sampler']['sampler']}, {results['sampler']['num_steps']} steps, method "
            f"{results['sampler']['method']}, guidance w = {results['sampler']['guidance_weight']}."
-           " Conditioning segments are excluded from every metric; `reference` is the real "
-           "clips' score (the best a model can reach).",
+           " Conditioning segments are excluded from every metric. *real clips*: the held-out "
+           "clips' own score (the best a model can reach); *autoencoder round trip*: the real "
+           "clips encoded and decoded by the latent space (the best a model on these latents "
+           "can reach); *shuffled pairs* (each clip's generated elements from another clip) and "
+           "*constant* (a mid-screen tone, a frozen frame): chance, generators that ignore the "
+           "given modality.",
            "",
            "| metric | | " + " | ".join(tasks) + " | average |",
            "|---|---|" + "---|" * (len(tasks) + 1)]
   for metric in _metric_names([results]):
-    for key, label in (("metrics", "model"), ("reference", "reference")):
-      values = [_value(results, t, metric, key) for t in tasks]
+    for label, values in _rows(results, tasks, metric).items():
       lines.append(f"| {metric}{arrow(metric)} | {label} | "
                    + " | ".join(_format(v) for v in values) + f" | {_format(_mean(values))} |")
   timing = [results["tasks"][t]["timing"] for t in tasks]
@@ -142,9 +176,11 @@ def comparison_tables(results_by_setting: Mapping[str, Mapping], *, title: str =
       values = [_value(results_by_setting[s], t, metric) for t in tasks]
       lines.append(f"| {s} | " + " | ".join(_format(v) for v in values)
                    + f" | {_format(_mean(values))} |")
-    reference = [_value(all_results[0], t, metric, "reference") for t in tasks]
-    lines.append("| *real clips* | " + " | ".join(_format(v) for v in reference)
-                 + f" | {_format(_mean(reference))} |")
+    # The real clips and the chance rows (the same clips for every setting: the first's).
+    for label, values in _rows(all_results[0], tasks, metric).items():
+      if label in SHARED_LABELS:
+        lines.append(f"| *{label}* | " + " | ".join(_format(v) for v in values)
+                     + f" | {_format(_mean(values))} |")
     lines.append("")
   return "\n".join(lines)
 
@@ -183,11 +219,9 @@ def _plot(series_by_metric, tasks, path) -> pathlib.Path:
 
 
 def plot_single_model(results: Mapping, path) -> pathlib.Path:
-  """Bar charts per metric: the model and the real clips' reference, per task."""
+  """Bar charts per metric: the model, the real clips and the baselines, per task."""
   tasks = _task_names([results])
-  series = {m: {"model": [_value(results, t, m) for t in tasks],
-                "real clips": [_value(results, t, m, "reference") for t in tasks]}
-            for m in _metric_names([results])}
+  series = {m: _rows(results, tasks, m) for m in _metric_names([results])}
   return _plot(series, tasks, path)
 
 

@@ -11,7 +11,11 @@ Phases:
               metrics, AV-Align, and FVD/KVD (I3D) and FAD (VGGish) when converted weights are
               configured (`eval.i3d_weights`, `eval.vggish_weights`; see
               avdit/evaluation/convert_features.py). The same metrics of the real clips
-              ("reference") are the upper bound, as the paper's ground-truth scores.
+              ("reference") are the upper bound, as the paper's ground-truth scores; the
+              baselines of `eval.baselines` (see `baseline_clips`) place the model between
+              them and chance: the real clips' latent round trip ("autoencoder", the best any
+              model on these latents can do) and two generators that ignore the other
+              modality ("shuffled" pairs, "constant" output).
   5. Write    eval/results.json, eval/table.md (the shape of the paper's Table 1), eval/plots/
               *.png and eval/samples/<task>_<i>.mp4 (+ _compare.mp4 with the condition).
 
@@ -33,6 +37,7 @@ from absl import logging
 from avdit import layout as layout_lib
 from avdit import workdir as workdir_lib
 from avdit.data import pipeline
+from avdit.data import synthetic
 from avdit.diffusion import schedule as schedule_lib
 from avdit.evaluation import av_align
 from avdit.evaluation import oracle
@@ -151,6 +156,124 @@ def measure_task(real: dict[str, np.ndarray], generated: dict[str, np.ndarray],
   return results
 
 
+# --- baselines: where a model stands between the real clips and chance -------------------------
+BASELINES = ("autoencoder", "shuffled", "constant")
+# Metrics of the per-task log line that compares the model with the baselines.
+KEY_METRICS = ("av_height_error_px", "sync_f1", "subject_disc_found_fraction",
+               "continuity_jump_px")
+
+
+def baseline_names(eval_config) -> list[str]:
+  """The baselines `eval.baselines` asks for (comma-separated; "" = none; old configs: all)."""
+  names = [n.strip() for n in eval_config.get("baselines", ",".join(BASELINES)).split(",")
+           if n.strip()]
+  unknown = sorted(set(names) - set(BASELINES))
+  if unknown:
+    raise ValueError(f"eval.baselines: unknown {unknown}; use a subset of {list(BASELINES)}")
+  return names
+
+
+def generated_latent_samples(task: tasks_lib.Task, layout: layout_lib.ClipLayout) -> np.ndarray:
+  """bool [L]: waveform samples of generated audio latents.
+
+  The model generates whole latents and the oracle composites given/generated audio by latent
+  (a latent belongs to the segment of its centre), which differs from `generated_samples` by a
+  few samples at segment borders; baselines follow the oracle so they fill what it scores.
+  """
+  latent_of_sample = np.arange(layout.audio_samples) // layout.audio_hop
+  return task.generate_mask[layout_lib.AUDIO][layout.segment_of_audio[latent_of_sample]]
+
+
+def _fill_generated(real: dict[str, np.ndarray], fill: dict[str, np.ndarray],
+                    task: tasks_lib.Task, layout: layout_lib.ClipLayout) -> dict[str, np.ndarray]:
+  """Real clips with their generated elements taken from `fill` (same keys and shapes)."""
+  frames_f = generated_frames(task, layout)
+  samples_l = generated_latent_samples(task, layout)
+  video_bfhwc = np.where(frames_f[None, :, None, None, None], fill["video"], real["video"])
+  audio_bl = np.where(samples_l[None], fill["audio"], real["audio"])
+  return {"video": video_bfhwc.astype(np.uint8), "audio": audio_bl.astype(np.float32)}
+
+
+def _next_clip(x_b: np.ndarray) -> np.ndarray:
+  """Row i holds row (i + 1) % B: every clip paired with another held-out clip."""
+  return np.roll(x_b, -1, axis=0)
+
+
+def mid_screen_tone(layout: layout_lib.ClipLayout) -> np.ndarray:
+  """float32 [L]: the world's tone for a disc held at mid-height, without clicks."""
+  hz = float(synthetic.pitch_of_height((layout.height - 1) / 2, layout.height))
+  t_l = np.arange(layout.audio_samples) / layout.sample_rate
+  return (synthetic.TONE_AMPLITUDE * np.sin(2 * np.pi * hz * t_l)).astype(np.float32)
+
+
+def frozen_video(video_bfhwc: np.ndarray, task: tasks_lib.Task,
+                 layout: layout_lib.ClipLayout) -> np.ndarray:
+  """uint8 [B, F, H, W, 3]: every frame the latest given frame before it (else the first given).
+
+  Without given video (joint, a2v) the still is another clip's first frame: a disc that never
+  moves and knows nothing of this clip's audio.
+  """
+  given_f = ~generated_frames(task, layout)
+  if not given_f.any():
+    return np.repeat(_next_clip(video_bfhwc)[:, :1], layout.num_frames, axis=1)
+  latest_given_f = np.maximum.accumulate(np.where(given_f, np.arange(layout.num_frames), -1))
+  source_f = np.where(latest_given_f >= 0, latest_given_f, np.flatnonzero(given_f)[0])
+  return video_bfhwc[:, source_f]
+
+
+def baseline_clips(kind: str, real: dict[str, np.ndarray], task: tasks_lib.Task,
+                   layout: layout_lib.ClipLayout) -> dict[str, np.ndarray]:
+  """A chance generator's output for `task`: the real clips with their generated elements
+  replaced by content that knows nothing of the given elements' other modality.
+
+  Args:
+    kind: "shuffled": generated elements from the next held-out clip (clip i from clip
+      (i + 1) % B); for joint (nothing given) only the audio, a real but mismatched pair.
+      "constant": generated audio a mid-screen tone without clicks, generated video a frozen
+      frame (`frozen_video`).
+    real: {"video": uint8 [B, F, H, W, 3], "audio": float [B, L]}, the held-out clips.
+    task: its condition mask says which elements are generated.
+    layout: the clips' geometry.
+
+  Returns:
+    {"video": uint8 [B, F, H, W, 3], "audio": float32 [B, L]}, given elements as in `real`.
+  """
+  if kind == "shuffled":
+    other = {k: _next_clip(np.asarray(v)) for k, v in real.items() if k in ("video", "audio")}
+    if task.is_unconditional:
+      other["video"] = real["video"]
+    return _fill_generated(real, other, task, layout)
+  if kind == "constant":
+    fill = {"video": frozen_video(np.asarray(real["video"]), task, layout),
+            "audio": np.broadcast_to(mid_screen_tone(layout), np.shape(real["audio"]))}
+    return _fill_generated(real, fill, task, layout)
+  raise ValueError(f"no chance generator {kind!r}: use 'shuffled' or 'constant'")
+
+
+def measure_baselines(real: dict[str, np.ndarray], autoencoded: dict[str, np.ndarray] | None,
+                      names, task: tasks_lib.Task, layout: layout_lib.ClipLayout,
+                      networks: FeatureNetworks | None = None,
+                      oracle_metrics: bool = True) -> dict[str, dict[str, float]]:
+  """{baseline: metrics} by `measure_task` on the same clips and mask as the model's."""
+  results = {}
+  for name in names:
+    clips = autoencoded if name == "autoencoder" else baseline_clips(name, real, task, layout)
+    results[name] = measure_task(real, clips, task, layout, networks, oracle_metrics)
+  return results
+
+
+def baseline_summary(task_name: str, task_results: dict) -> str:
+  """One log line: the key metrics of the model beside the real clips and the baselines."""
+  rows = {"model": task_results["metrics"], "real": task_results["reference"],
+          **task_results.get("baselines", {})}
+  parts = []
+  for metric in KEY_METRICS:
+    if metric in task_results["metrics"]:
+      parts.append(f"{metric} " + " | ".join(
+          f"{row} {float(values.get(metric, np.nan)):.3g}" for row, values in rows.items()))
+  return f"eval {task_name}: " + "; ".join(parts)
+
+
 # --- the suite -------------------------------------------------------------------------------------
 def eval_clips(config, layout) -> dict[str, np.ndarray]:
   """The held-out clips of the suite: fixed by `eval.seed` and `eval.num_clips`."""
@@ -171,26 +294,46 @@ def _pad_rows(tree: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
   return {k: pad(np.asarray(v)) for k, v in tree.items()}
 
 
+def _decode_in_batches(clips: dict[str, np.ndarray], batch_size: int, latents_of_batch,
+                       decode) -> dict[str, np.ndarray]:
+  """{"video": uint8 [B, ...], "audio": float32 [B, L]}: `decode(latents_of_batch(i, chunk))`
+  over batches of `batch_size` clips (the last one padded: one compile per call site)."""
+  num_clips = clips["video"].shape[0]
+  batch_size = min(int(batch_size), num_clips)
+  videos, audios = [], []
+  for batch_index, (start, stop) in enumerate(_batches(num_clips, batch_size)):
+    chunk = _pad_rows({k: clips[k][start:stop] for k in ("video", "audio")}, batch_size)
+    video, audio = sharding.fetch(decode(latents_of_batch(batch_index, chunk)))
+    videos.append(np.asarray(video)[:stop - start])
+    audios.append(np.asarray(audio)[:stop - start])
+  return {"video": np.concatenate(videos), "audio": np.concatenate(audios)}
+
+
 def sample_task(config, loaded, task: tasks_lib.Task, clips: dict[str, np.ndarray], mesh,
                 spec: samplers.SamplerSpec, rng) -> dict[str, np.ndarray]:
   """Generated clips {"video": uint8 [B, ...], "audio": float32 [B, L]} for every eval clip."""
   layout, latent_space, apply_fn, params, stats, _ = loaded
   schedule = schedule_lib.from_config(config.diffusion)
-  decode = generate.make_decoder(latent_space, stats)
-  num_clips = clips["video"].shape[0]
-  batch_size = min(int(config.eval.batch_size), num_clips)
-  videos, audios = [], []
-  for batch_index, (start, stop) in enumerate(_batches(num_clips, batch_size)):
-    chunk = _pad_rows({k: clips[k][start:stop] for k in ("video", "audio")}, batch_size)
+
+  def sampled_latents(batch_index, chunk):
     condition, _ = generate.encode_condition(latent_space, stats, chunk, mesh)
     with jax.set_mesh(mesh):
       latents, _ = generate.sample_task_latents(
           config, apply_fn, params, condition, task, jax.random.fold_in(rng, batch_index),
           schedule=schedule, layout=layout, spec=spec)
-    video, audio = sharding.fetch(decode(latents))
-    videos.append(np.asarray(video)[:stop - start])
-    audios.append(np.asarray(audio)[:stop - start])
-  return {"video": np.concatenate(videos), "audio": np.concatenate(audios)}
+    return latents
+
+  return _decode_in_batches(clips, config.eval.batch_size, sampled_latents,
+                            generate.make_decoder(latent_space, stats))
+
+
+def autoencode_clips(config, loaded, clips: dict[str, np.ndarray], mesh) -> dict[str, np.ndarray]:
+  """The clips through the latent space and back: the best any model on these latents does."""
+  _, latent_space, _, _, stats, _ = loaded
+  return _decode_in_batches(
+      clips, config.eval.batch_size,
+      lambda _, chunk: generate.encode_condition(latent_space, stats, chunk, mesh)[0],
+      generate.make_decoder(latent_space, stats))
 
 
 def evaluate(config, workdir: str, *, name: str | None = None, subdir: str = "") -> dict:
@@ -212,6 +355,10 @@ def evaluate(config, workdir: str, *, name: str | None = None, subdir: str = "")
   use_oracle = config.data.name == "synthetic" or (
       config.data.name == "latent_cache" and config.data.raw.name == "synthetic")
   rng = jax.random.key(config.eval.seed)
+  baselines = baseline_names(config.eval)
+  # The latent round trip is the same for every task: decoded once, measured per task's mask.
+  autoencoded = (autoencode_clips(config, loaded, clips, mesh) if "autoencoder" in baselines
+                 else None)
   results = {"name": name or config.get("variant", ""), "checkpoint_step": step,
              "sampler": dataclasses.asdict(spec), "num_clips": num_clips,
              "seed": int(config.eval.seed), "tasks": {}}
@@ -227,17 +374,27 @@ def evaluate(config, workdir: str, *, name: str | None = None, subdir: str = "")
     metrics = measure_task(real, generated, task, layout, networks, use_oracle)
     reference = measure_task(real, real, task, layout, networks, use_oracle)
     metrics_s = time.time() - start
+    start = time.time()
+    baseline_metrics = measure_baselines(real, autoencoded, baselines, task, layout, networks,
+                                         use_oracle)
+    baselines_s = time.time() - start
     results["tasks"][task.name] = {
         "spec": task.spec, "metrics": metrics, "reference": reference,
+        "baselines": baseline_metrics,
         "timing": {"sampling_s": sampling_s, "metrics_s": metrics_s,
+                   "baselines_s": baselines_s,
                    "clips_per_s": num_clips / (sampling_s + metrics_s),
                    "sampling_share": sampling_s / (sampling_s + metrics_s)}}
     generated_by_task[task.name] = generated
-    logging.info("eval %s: %s (sampling %.1fs, metrics %.1fs)", task.name,
-                 {k: round(v, 4) for k, v in metrics.items()}, sampling_s, metrics_s)
+    logging.info("eval %s: %s (sampling %.1fs, metrics %.1fs, baselines %.1fs)", task.name,
+                 {k: round(v, 4) for k, v in metrics.items()}, sampling_s, metrics_s,
+                 baselines_s)
+    logging.info("%s", baseline_summary(task.name, results["tasks"][task.name]))
   total_sampling = sum(t["timing"]["sampling_s"] for t in results["tasks"].values())
   total_metrics = sum(t["timing"]["metrics_s"] for t in results["tasks"].values())
   results["timing"] = {"sampling_s": total_sampling, "metrics_s": total_metrics,
+                       "baselines_s": sum(t["timing"]["baselines_s"]
+                                          for t in results["tasks"].values()),
                        "sampling_share": total_sampling / max(total_sampling + total_metrics,
                                                               1e-9)}
   # 5. Write (chief only; files staged locally for bucket workdirs).
