@@ -143,6 +143,21 @@ class ClipLayout:
     audio = self.num_segments + self.segment_of_audio
     return np.concatenate([video, audio]).astype(np.int32)
 
+  @functools.cached_property
+  def token_seconds(self) -> np.ndarray:
+    """float64 [num_tokens]: the time (s) each token stands for, on one axis for both modalities.
+
+    A video token sits at the mean centre of its segment's frames (frame k covers
+    [k / fps, (k + 1) / fps)), an audio latent at the centre of its hop: tokens of the two
+    modalities that happen at the same time get the same time, whatever their rates.
+    """
+    frame_centres = (np.arange(self.num_frames) + 0.5) / self.fps
+    segment_seconds = np.array([frame_centres[self.segment_of_frame == n].mean()
+                                for n in range(self.num_segments)])
+    video = np.repeat(segment_seconds, self.video_tokens_per_segment)
+    audio = (np.arange(self.audio_latents) + 0.5) * self.audio_hop / self.sample_rate
+    return np.concatenate([video, audio])
+
   # --- per-element values to latent shapes ---------------------------------------------------
   def expand_to_latents(self, values_bmn: jnp.ndarray) -> dict[str, jnp.ndarray]:
     """Broadcasts per-(modality, segment) values [B, M, N] to each modality's latent rank.

@@ -446,3 +446,45 @@ def test_splash_attention_model_matches_xla_model():
   for name in ("video", "audio"):
     assert float(jnp.abs(want[name]).max()) > 1e-3
     np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-5)
+
+
+def test_time_rotary_matches_complex_rotation_and_scores_depend_on_time_difference():
+  """RoPE against a numpy complex-number reference; q·k depends on t_q - t_k only."""
+  rng = np.random.default_rng(0)
+  seconds = np.array([0.0, 0.37, 1.1, 2.0])
+  cos, sin = layers.time_rotary_tables(seconds, head_dim=8, fraction=0.5,
+                                       wavelengths_s=(0.05, 4.0))
+  assert cos.shape == (4, 2)
+  x_bhld = rng.standard_normal((1, 1, 4, 8)).astype(np.float32)
+  rotated = np.asarray(layers.apply_rotary(jnp.asarray(x_bhld), cos, sin, length_axis=2))
+  wavelengths = np.array([0.05, 4.0])
+  as_complex = x_bhld[..., 0:2] + 1j * x_bhld[..., 2:4]
+  expected = as_complex * np.exp(2j * np.pi * seconds[:, None] / wavelengths)
+  np.testing.assert_allclose(rotated[..., 0:2], expected.real, atol=1e-5)
+  np.testing.assert_allclose(rotated[..., 2:4], expected.imag, atol=1e-5)
+  np.testing.assert_array_equal(rotated[..., 4:], x_bhld[..., 4:])  # unrotated channels
+  # The same q and k at times shifted together score the same.
+  q, k = rng.standard_normal((2, 8)).astype(np.float32)
+  def score(t_q, t_k):
+    c, s = layers.time_rotary_tables(np.array([t_q, t_k]), 8, 1.0, (0.05, 4.0))
+    both = layers.apply_rotary(jnp.asarray(np.stack([q, k])[:, None, :]), c, s, length_axis=0)
+    return float(both[0, 0] @ both[1, 0])
+  assert score(0.3, 0.1) == pytest.approx(score(1.3, 1.1), rel=1e-4)
+  assert abs(score(0.3, 0.1) - score(0.3, 0.25)) > 1e-3
+
+
+def test_time_rope_model_flash_matches_xla_and_differs_from_no_rope():
+  base, layout = make_model(depth=1, time_rope=True)
+  randomize_params(base)
+  params = nnx.state(base, nnx.Param)
+  noisy, timesteps_bmn = make_inputs(layout)
+  flash, _ = make_model(depth=1, time_rope=True, attention="flash")
+  plain, _ = make_model(depth=1)
+  nnx.update(flash, params)
+  nnx.update(plain, params)  # same parameters: RoPE adds none
+  reference = predict(base, noisy, timesteps_bmn)
+  out = predict(flash, noisy, timesteps_bmn)
+  without = predict(plain, noisy, timesteps_bmn)
+  for name in ("video", "audio"):
+    np.testing.assert_allclose(out[name], reference[name], rtol=1e-4, atol=1e-5)
+    assert np.abs(np.asarray(without[name]) - np.asarray(reference[name])).max() > 1e-3

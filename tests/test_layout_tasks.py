@@ -98,3 +98,21 @@ def test_task_needs_enough_segments():
                               video_channels=768, audio_channels=320)
   with pytest.raises(ValueError, match="needs at least 3 time-segments"):
     tasks.parse_task("av_inpaint", lay)
+
+
+def test_token_seconds_share_one_time_axis(paper_layout):
+  lay = paper_layout
+  seconds = lay.token_seconds
+  assert seconds.shape == (lay.num_tokens,)
+  video, audio = seconds[:lay.num_video_tokens], seconds[lay.num_video_tokens:]
+  per_segment = lay.video_tokens_per_segment
+  # Segment 0 is frame 0 alone (centre 0.5 / 8 s); segment 1 is frames 1..4 (centres 1.5..4.5,
+  # mean 3 / 8 s); every token of a segment carries its segment's time.
+  np.testing.assert_allclose(video[:per_segment], 0.0625)
+  np.testing.assert_allclose(video[per_segment:2 * per_segment], 3 / 8)
+  # Audio latent j covers [320 j, 320 (j + 1)) samples at 16 kHz.
+  np.testing.assert_allclose(audio[:3], [0.01, 0.03, 0.05])
+  # Every audio latent lies inside the span of the segment it is assigned to.
+  for j, n in enumerate(lay.segment_of_audio[:-1]):
+    start, end = lay.segment_bounds(int(n))
+    assert start <= audio[j] < end

@@ -94,6 +94,14 @@ class AVDiT(nnx.Module):
     self.timestep_embed_dim = cfg.timestep_embed_dim
     self.self_condition = bool(cfg.self_condition)
     self.adaln_kind = cfg.adaln
+    # Time RoPE (shared by both modalities, in seconds) on top of the learned positions: without
+    # it, nothing tells attention which audio latents play under which video segment.
+    self.time_rope = bool(cfg.get("time_rope", False))
+    self.rotary = nnx.data(None)
+    if self.time_rope:
+      self.rotary = nnx.data(layers.time_rotary_tables(
+          layout.token_seconds, width // cfg.num_heads, cfg.get("time_rope_fraction", 0.5),
+          tuple(cfg.get("time_rope_wavelengths", (0.04, 8.0)))))
     self.remat = cfg.remat
     self.scan_layers = bool(cfg.get("scan_layers", False))
     self.dtype = dtype = _DTYPES[cfg.dtype]
@@ -217,6 +225,7 @@ class AVDiT(nnx.Module):
     # The layout's numpy array, not `self.token_row`: under jit a jnp array is a tracer, and the
     # modulation gather needs the concrete rows to broadcast runs instead of gathering.
     token_row_l = self.layout.token_row
+    rotary = self.rotary
     x_bld = layers.constrain(self.embed_tokens(noisy, self_cond), layers.ACTIVATIONS.tokens)
     cond_rows_brd = self.conditioning(timestep_vector_bmn)
 
@@ -232,7 +241,8 @@ class AVDiT(nnx.Module):
 
     def apply_block(x_bld, block_state):
       block = nnx.merge(block_graphdef, block_state)
-      x_bld = block(x_bld, block.modulation_rows(silu_cond_brd, base_brk), token_row_l)
+      x_bld = block(x_bld, block.modulation_rows(silu_cond_brd, base_brk), token_row_l,
+                    rotary)
       return layers.constrain(x_bld, layers.ACTIVATIONS.tokens)
 
     if self.remat != "none":

@@ -225,6 +225,37 @@ def timestep_embedding(timesteps: jax.Array, dim: int, max_period: float = 10_00
   return embedding
 
 
+# --- rotary positions over time in seconds ------------------------------------------------------
+def time_rotary_tables(token_seconds_l: np.ndarray, head_dim: int, fraction: float,
+                       wavelengths_s: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+  """(cos, sin) float32 [L, P] of RoPE over each token's time, P = fraction·head_dim / 2 pairs.
+
+  Wavelengths are geometric between `wavelengths_s` (shortest, longest): a query then scores
+  keys by their time difference alone, so an audio latent and the video segment it plays
+  under align from the first step, whichever modality each is.
+  """
+  num_pairs = int(fraction * head_dim) // 2
+  if num_pairs < 1 or 2 * num_pairs > head_dim:
+    raise ValueError(f"time RoPE fraction {fraction} of head_dim {head_dim} gives "
+                     f"{num_pairs} pairs; need 1..{head_dim // 2}")
+  shortest, longest = wavelengths_s
+  wavelengths_p = shortest * (longest / shortest) ** (np.arange(num_pairs) / max(num_pairs - 1, 1))
+  angles_lp = 2 * np.pi * np.asarray(token_seconds_l, np.float64)[:, None] / wavelengths_p
+  return np.cos(angles_lp).astype(np.float32), np.sin(angles_lp).astype(np.float32)
+
+
+def apply_rotary(x: jax.Array, cos_lp: np.ndarray, sin_lp: np.ndarray, length_axis: int
+                 ) -> jax.Array:
+  """Rotates the first 2P channels of x [..., L, ..., Dh] by the tables (pairs (i, i + P))."""
+  num_pairs = cos_lp.shape[-1]
+  extra = x.ndim - 1 - length_axis % x.ndim  # axes between L and the channels
+  cos = jnp.asarray(cos_lp.reshape(cos_lp.shape[0], *([1] * (extra - 1)), num_pairs), x.dtype)
+  sin = jnp.asarray(sin_lp.reshape(sin_lp.shape[0], *([1] * (extra - 1)), num_pairs), x.dtype)
+  first, second, rest = (x[..., :num_pairs], x[..., num_pairs:2 * num_pairs],
+                         x[..., 2 * num_pairs:])
+  return jnp.concatenate([first * cos - second * sin, first * sin + second * cos, rest], -1)
+
+
 # --- attention cores: q, k, v [B, L, H, Dh] -> [B, L, H, Dh] ------------------------------------
 def xla_attention(q_blhd: jax.Array, k_blhd: jax.Array, v_blhd: jax.Array) -> jax.Array:
   """Full non-causal attention by `jax.nn.dot_product_attention` (the backend picks the kernel)."""
@@ -465,8 +496,9 @@ class SelfAttention(nnx.Module):
     return (matmul_in_dtype("bld,dhk->blhk", x_bld, kernel[...], self.dtype)
             + bias[...].astype(self.dtype))
 
-  def __call__(self, x_bld: jax.Array) -> jax.Array:
-    """[B, L, d] -> [B, L, d] in `dtype`."""
+  def __call__(self, x_bld: jax.Array, rotary: tuple[np.ndarray, np.ndarray] | None = None
+               ) -> jax.Array:
+    """[B, L, d] -> [B, L, d] in `dtype`; `rotary`: (cos, sin) [L, P] applied to q and k."""
     x_bld = x_bld.astype(self.dtype)
     q_blhd = self._project(x_bld, self.query_kernel, self.query_bias)
     k_blhd = self._project(x_bld, self.key_kernel, self.key_bias)
@@ -479,6 +511,8 @@ class SelfAttention(nnx.Module):
       q_bhld, k_bhld, v_bhld = to_heads(q_blhd), to_heads(k_blhd), to_heads(v_blhd)
       if self.query_norm is not None:
         q_bhld, k_bhld = self.query_norm(q_bhld), self.key_norm(k_bhld)
+      if rotary is not None:
+        q_bhld, k_bhld = (apply_rotary(x, *rotary, length_axis=2) for x in (q_bhld, k_bhld))
       q_bhld, k_bhld, v_bhld = (constrain(x, ACTIVATIONS.heads) for x in (q_bhld, k_bhld, v_bhld))
       if self.attention == "splash":
         # Pallas TPU kernel; elsewhere only through the interpreter (tests).
@@ -490,6 +524,8 @@ class SelfAttention(nnx.Module):
     else:
       if self.query_norm is not None:
         q_blhd, k_blhd = self.query_norm(q_blhd), self.key_norm(k_blhd)
+      if rotary is not None:
+        q_blhd, k_blhd = (apply_rotary(x, *rotary, length_axis=1) for x in (q_blhd, k_blhd))
       if self.attention == "xla":
         out_blhd = xla_attention(q_blhd, k_blhd, v_blhd)
       else:
@@ -586,15 +622,18 @@ class AdaLNBlock(nnx.Module):
       return self.adaln(silu_cond_brd)
     return shared_base_brk + self.adaln_up(self.adaln_down(silu_cond_brd))
 
-  def __call__(self, x_bld: jax.Array, modulation_brk: jax.Array,
-               token_row_l: jax.Array) -> jax.Array:
-    """x [B, L, d], modulation rows [B, R, 6d], token_row int [L] -> x [B, L, d]."""
+  def __call__(self, x_bld: jax.Array, modulation_brk: jax.Array, token_row_l: jax.Array,
+               rotary: tuple[np.ndarray, np.ndarray] | None = None) -> jax.Array:
+    """x [B, L, d], modulation rows [B, R, 6d], token_row int [L] -> x [B, L, d].
+
+    `rotary`: the (cos, sin) [L, P] tables of time RoPE, or None.
+    """
     # Split per row first and gather each vector where it is used: the per-token tensors are
     # cheap broadcasts of R rows that XLA fuses into the elementwise ops.
     shift_attn, scale_attn, gate_attn, shift_mlp, scale_mlp, gate_mlp = jnp.split(
         modulation_brk.astype(x_bld.dtype), 6, axis=-1)
     to_tokens = lambda rows_brd: gather_rows(rows_brd, token_row_l)
     h_bld = modulate(layer_norm(x_bld), to_tokens(shift_attn), to_tokens(scale_attn))
-    x_bld = x_bld + to_tokens(gate_attn) * self.attn(h_bld)
+    x_bld = x_bld + to_tokens(gate_attn) * self.attn(h_bld, rotary)
     h_bld = modulate(layer_norm(x_bld), to_tokens(shift_mlp), to_tokens(scale_mlp))
     return x_bld + to_tokens(gate_mlp) * self.mlp(h_bld)
