@@ -1,4 +1,4 @@
-"""The whole pipeline in one command: autoencoders -> latent cache -> AVDiT -> samples.
+"""The whole pipeline in one command: autoencoders -> latent cache -> AVDiT -> samples -> eval.
 
 Every stage runs in its own sub-directory of the workdir and is resumable: a finished stage is
 recognised (its final checkpoint, or a complete latent cache) and skipped, an interrupted one
@@ -6,6 +6,7 @@ resumes from its last checkpoint. See configs/avdit_pipeline.py.
 """
 from __future__ import annotations
 
+import json
 import os
 
 from absl import logging
@@ -59,6 +60,8 @@ def _cache_is_current(config) -> bool:
 
 
 def run(config, workdir: str) -> dict:
+  from avdit.evaluation import curve  # pylint: disable=g-import-not-at-top
+  from avdit.evaluation import suite  # pylint: disable=g-import-not-at-top
   from avdit.sampling import generate  # pylint: disable=g-import-not-at-top
   from avdit.training import autoencoder  # pylint: disable=g-import-not-at-top
   from avdit.training import train  # pylint: disable=g-import-not-at-top
@@ -88,4 +91,21 @@ def run(config, workdir: str) -> dict:
     return {"stopped_by": summary["stopped_by"], "stage": "avdit"}
   results["avdit"] = {k: summary[k] for k in ("step", "metrics", "num_params")}
   results["samples"] = generate.sample(config, avdit_dir)
+  if config.get("pipeline_eval", False):
+    # 6. The task suite beside its real and chance rows, then the learning curve over the kept
+    # checkpoints (both resumable: a finished curve step is read back).
+    done = workdir_lib.path(avdit_dir, suite.EVAL_DIR, "results.json")
+    evaluated = json.loads(done.read_text()) if done.exists() else None
+    if evaluated is None or evaluated["checkpoint_step"] != summary["step"]:
+      evaluated = suite.evaluate(config, avdit_dir)
+    results["eval"] = _oracle_summary(evaluated)
+    if config.train.get("keep_period", 0):
+      curve.run(config, avdit_dir)
   return results
+
+
+def _oracle_summary(eval_results: dict) -> dict:
+  """{task: {metric: value}} of the suite's headline metrics (for the pipeline's printout)."""
+  keys = ("av_height_error_px", "sync_f1", "subject_disc_found_fraction", "continuity_jump_px")
+  return {task: {k: round(entry["metrics"][k], 3) for k in keys if k in entry["metrics"]}
+          for task, entry in eval_results["tasks"].items()}

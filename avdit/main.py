@@ -9,6 +9,8 @@ train_and_sample  both (the default for AVDiT configs)
 describe          prints the clip/token layout and the parameter count, builds nothing
 eval              runs the task suite on the latest checkpoint: metrics of every task in
                   config.eval.tasks, <workdir>/eval/{results.json,table.md,metrics.png,samples/}
+curve             the suite's metrics on eval.curve_tasks at every kept checkpoint:
+                  <workdir>/eval/learning_curve.{png,json}
 experiment        configs/monl_ablation.py: trains and evaluates every noise setting, writes
                   <workdir>/comparison.md (the default for that config)
 encode            writes the latent cache of a config with latent.name=learned
@@ -40,7 +42,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:va
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
 _MODE = flags.DEFINE_enum(
     "mode", None, ["train", "sample", "train_and_sample", "describe", "encode", "pipeline", "eval",
-                   "experiment"],
+                   "curve", "experiment"],
     "What to run (default: pipeline for configs with autoencoders, else train_and_sample).")
 
 
@@ -140,19 +142,24 @@ def main(argv):
       return
     print(f"compared {len(results)} settings; see {_WORKDIR.value}/comparison.md")
     return
-  if mode == "eval":
+  if mode in ("eval", "curve"):
+    from avdit.evaluation import curve  # pylint: disable=g-import-not-at-top
     from avdit.evaluation import suite  # pylint: disable=g-import-not-at-top
     if is_experiment:
-      raise app.UsageError("--mode=eval takes one model's config; the experiment config "
+      raise app.UsageError(f"--mode={mode} takes one model's config; the experiment config "
                            "evaluates its settings itself (--mode=experiment)")
     # The pipeline's AVDiT lives in <workdir>/avdit.
     model_dir = str(workdir_lib.path(_WORKDIR.value, "avdit")) if is_pipeline else _WORKDIR.value
     try:
-      suite.evaluate(config, model_dir)
+      if mode == "eval":
+        suite.evaluate(config, model_dir)
+      else:
+        curve.run(config, model_dir)
     except FileNotFoundError as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(1)
-    print(f"wrote {model_dir}/eval/table.md and results.json")
+    print(f"wrote {model_dir}/eval/" + ("table.md and results.json" if mode == "eval" else
+                                        "learning_curve.png and learning_curve.json"))
     return
   if mode == "encode":
     meta = end_to_end.encode(config, _WORKDIR.value)

@@ -53,6 +53,10 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       attention_chunk=512,  # query rows per chunk of attention="chunked"
       # "splash" is the Pallas TPU kernel (TPU only; tests run it in the Pallas interpreter).
       scan_layers=False,  # one lax.scan over stacked blocks: compile time independent of depth
+      # Rotary embeddings of each token's time in seconds, shared by video and audio, on
+      # time_rope_fraction of every head's channels (wavelengths geometric in the range), on top
+      # of the paper's learned positions: tokens that happen together align from the start.
+      time_rope=False, time_rope_fraction=0.5, time_rope_wavelengths=(0.04, 8.0),
   ))
 
   # --- diffusion and MoNL ------------------------------------------------------------------------
@@ -127,6 +131,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       num_steps=500, learning_rate=1e-3, warmup_steps=50, end_learning_rate_factor=0.05,
       weight_decay=0.01, b1=0.9, b2=0.99, grad_clip_norm=1.0, ema_decay=0.999,
       log_every=25, checkpoint_every=100, keep_checkpoints=3, async_checkpointing=True,
+      keep_period=0,  # > 0: checkpoints at multiples of it are kept (for --mode=curve)
   ))
 
   # --- sampling ---------------------------------------------------------------------------------
@@ -156,6 +161,11 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       # Converted feature-network weights (python -m avdit.evaluation.convert_features); empty =
       # skip FVD/KVD (I3D) or FAD (VGGish).
       i3d_weights="", vggish_weights="",
+      # Rows printed beside the model: autoencoder round trip of the real clips, and chance
+      # (another clip's elements, a constant generator); "" = none.
+      baselines="autoencoder,shuffled,constant",
+      # --mode=curve: these tasks on this many clips at every kept checkpoint.
+      curve_tasks="a2v|v2a|av_continue", curve_num_clips=16,
   ))
 
   if variant == "tiny":

@@ -22,11 +22,12 @@ def checkpoint_dir(workdir: str) -> str:
 
 def make_manager(workdir: str, *, keep: int = 3, async_save: bool = True,
                  read_only: bool = False,
-                 item_names: tuple[str, ...] = ("state", "data_iter", "latent")
-                 ) -> ocp.CheckpointManager:
+                 item_names: tuple[str, ...] = ("state", "data_iter", "latent"),
+                 keep_period: int | None = None) -> ocp.CheckpointManager:
+  """`keep_period`: checkpoints at multiples of it are never deleted (the learning curve's)."""
   options = ocp.CheckpointManagerOptions(
       max_to_keep=keep, enable_async_checkpointing=async_save, create=not read_only,
-      read_only=read_only)
+      read_only=read_only, keep_period=keep_period or None)
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=item_names)
 
 

@@ -128,7 +128,8 @@ def train(config, workdir: str, steps_this_run: int | None = None,
   graphdef, state, state_shardings = sharding.sharded_train_state(config, layout, mesh)
   num_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
   manager = checkpointing.make_manager(workdir, keep=config.train.keep_checkpoints,
-                                       async_save=config.train.async_checkpointing)
+                                       async_save=config.train.async_checkpointing,
+                                       keep_period=config.train.get("keep_period", 0))
   latest = manager.latest_step()
   if latest is not None:
     state, payload = checkpointing.restore_for_training(

@@ -1,0 +1,139 @@
+"""Learning curve: the task suite's oracle metrics at every kept checkpoint of a run.
+
+  python -m avdit.main --config=... --workdir=DIR --mode=curve
+
+Training keeps every checkpoint whose step is a multiple of `train.keep_period` (beside the
+newest `train.keep_checkpoints`). Each is evaluated on `eval.curve_tasks` with the suite (same
+held-out clips, sampler and seed at every step, so the points differ only by the weights), and
+the metrics are plotted against the step beside the real clips' scores and the chance
+baselines of the final suite: DIR/eval/learning_curve.{png,json}. A step already evaluated
+(its eval/curve/step_<n>/results.json) is read back, not recomputed.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+from absl import logging
+
+from avdit import workdir as workdir_lib
+from avdit.evaluation import report
+from avdit.evaluation import suite
+from avdit.training import checkpointing
+
+# What the curve shows, in this order (the cross-modal metrics first: they are what is learned
+# last and what the tasks exist for).
+CURVE_METRICS = ("av_height_error_px", "sync_f1", "subject_disc_found_fraction",
+                 "continuity_jump_px", "subject_background_color_error")
+BASELINE_STYLE = {"reference": ("real clips", "k", "-"), "shuffled": ("shuffled pairs", "grey", "--"),
+                  "constant": ("constant", "grey", ":"),
+                  "autoencoder": ("autoencoder round trip", "tab:green", "-.")}
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+  """Steps of every checkpoint in `workdir`, ascending."""
+  manager = checkpointing.make_manager(workdir, read_only=True, async_save=False)
+  steps = sorted(manager.all_steps())
+  manager.close()
+  return steps
+
+
+def _curve_config(config, step: int):
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.sample.checkpoint_step = step
+    config.eval.tasks = config.eval.get("curve_tasks", "a2v|v2a|av_continue")
+    config.eval.num_clips = config.eval.get("curve_num_clips", config.eval.num_clips)
+    config.eval.num_sample_videos = 0
+    config.eval.baselines = ""  # the chance rows do not depend on the step: the final suite's
+  return config
+
+
+def evaluate_steps(config, workdir: str, steps=None) -> dict[int, dict]:
+  """{step: suite results} on the curve tasks, for `steps` (default: every checkpoint)."""
+  results = {}
+  for step in checkpoint_steps(workdir) if steps is None else steps:
+    subdir = f"curve/step_{step}"
+    path = workdir_lib.path(workdir, suite.EVAL_DIR, subdir, "results.json")
+    if path.exists():
+      results[step] = json.loads(path.read_text())
+      continue
+    logging.info("learning curve: evaluating step %d", step)
+    results[step] = suite.evaluate(_curve_config(config, step), workdir, subdir=subdir)
+  return results
+
+
+def curve_table(results_by_step: dict[int, dict], baselines: dict | None = None) -> dict:
+  """{task: {metric: {"steps": [...], "values": [...], <baseline>: value}}} (JSON-ready).
+
+  `baselines`: a final suite's results.json, whose real-clip and chance scores are the
+  horizontal lines the curve is read against.
+  """
+  steps = sorted(results_by_step)
+  table: dict = {}
+  for step in steps:
+    for task, entry in results_by_step[step]["tasks"].items():
+      for metric in CURVE_METRICS:
+        value = entry["metrics"].get(metric)
+        if value is None:
+          continue
+        cell = table.setdefault(task, {}).setdefault(metric, {"steps": [], "values": []})
+        cell["steps"].append(step)
+        cell["values"].append(float(value))
+        cell["reference"] = entry["reference"].get(metric)
+  for task, metrics in table.items():
+    final = (baselines or {}).get("tasks", {}).get(task, {})
+    for metric, cell in metrics.items():
+      for name, rows in final.get("baselines", {}).items():
+        cell[name] = rows.get(metric)
+  return table
+
+
+def plot_curve(table: dict, path) -> None:
+  """One panel per (task, metric) with values: the model against the step, baselines as lines."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  panels = [(task, metric) for task, metrics in table.items() for metric in CURVE_METRICS
+            if metric in metrics and any(math.isfinite(v) for v in metrics[metric]["values"])]
+  cols = min(4, max(len(panels), 1))
+  rows = max(1, math.ceil(len(panels) / cols))
+  fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False)
+  for ax, (task, metric) in zip(axes.flat, panels):
+    cell = table[task][metric]
+    ax.plot(cell["steps"], cell["values"], "o-", color="tab:blue", label="model")
+    for name, (label, colour, style) in BASELINE_STYLE.items():
+      value = cell.get(name)
+      if value is not None and math.isfinite(value):
+        ax.axhline(value, color=colour, linestyle=style, linewidth=1, label=label)
+    ax.set_title(f"{task}: {metric}{report.arrow(metric)}", fontsize=8)
+    ax.set_xlabel("training step", fontsize=7)
+    ax.tick_params(labelsize=7)
+  for ax in list(axes.flat)[len(panels):]:
+    ax.axis("off")
+  handles, labels = [], []
+  for ax in axes.flat:  # the legend of the panel with the most lines
+    h, l = ax.get_legend_handles_labels()
+    if len(l) > len(labels):
+      handles, labels = h, l
+  fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=7)
+  fig.tight_layout(rect=(0, 0, 1, 0.93))
+  with workdir_lib.local_staging(workdir_lib.path(path).parent) as out:
+    fig.savefig(out / workdir_lib.path(path).name, dpi=110)
+  plt.close(fig)
+
+
+def run(config, workdir: str) -> dict:
+  """Evaluates every checkpoint, writes eval/learning_curve.{json,png}; returns the table."""
+  results = evaluate_steps(config, workdir)
+  final_path = workdir_lib.path(workdir, suite.EVAL_DIR, "results.json")
+  final = json.loads(final_path.read_text()) if final_path.exists() else None
+  table = curve_table(results, final)
+  workdir_lib.write_text(workdir, f"{suite.EVAL_DIR}/learning_curve.json",
+                         json.dumps(table, indent=2))
+  plot_curve(table, workdir_lib.path(workdir, suite.EVAL_DIR, "learning_curve.png"))
+  for task, metrics in table.items():
+    for metric, cell in metrics.items():
+      logging.info("curve %s %s: %s", task, metric,
+                   ", ".join(f"{s}: {v:.3f}" for s, v in zip(cell["steps"], cell["values"])))
+  return table

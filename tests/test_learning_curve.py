@@ -1,0 +1,30 @@
+"""The learning curve: metrics per checkpoint step gathered, lined up with the baselines, plotted."""
+import math
+
+from avdit.evaluation import curve
+
+
+def _suite_results(step, height_error, sync_f1):
+  return {"checkpoint_step": step, "tasks": {
+      "a2v": {"metrics": {"av_height_error_px": height_error, "sync_f1": sync_f1,
+                          "fvd": 3.0},
+              "reference": {"av_height_error_px": 0.01, "sync_f1": 1.0}},
+      "v2a": {"metrics": {"av_height_error_px": height_error + 1, "sync_f1": math.nan},
+              "reference": {"av_height_error_px": 0.02, "sync_f1": 1.0}}}}
+
+
+def test_curve_table_orders_steps_and_attaches_baselines(tmp_path):
+  results = {600: _suite_results(600, 2.0, 0.5), 200: _suite_results(200, 7.0, 0.1)}
+  final = {"tasks": {"a2v": {"baselines": {"shuffled": {"av_height_error_px": 7.8},
+                                           "constant": {"av_height_error_px": 10.0}}}}}
+  table = curve.curve_table(results, final)
+  cell = table["a2v"]["av_height_error_px"]
+  assert cell["steps"] == [200, 600]
+  assert cell["values"] == [7.0, 2.0]
+  assert cell["reference"] == 0.01
+  assert cell["shuffled"] == 7.8 and cell["constant"] == 10.0
+  assert "fvd" not in table["a2v"]  # only the curve's metrics
+  assert "shuffled" not in table["v2a"]["av_height_error_px"]  # no baselines for v2a given
+  path = tmp_path / "eval" / "learning_curve.png"
+  curve.plot_curve(table, str(path))
+  assert path.stat().st_size > 10_000
