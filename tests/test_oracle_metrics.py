@@ -169,6 +169,17 @@ def test_estimate_disc_finds_the_disc_in_every_real_frame(size):
   # Also slightly blurred (as a decoder's smoothing might).
   blurred = ndimage.gaussian_filter(video[::5].astype(np.float64), (0, 0.7, 0.7, 0))
   assert oracle.estimate_disc(blurred)[3].all()
+  # A decoder's output: the disc smeared along its motion over a latent's 4 frames (here 1.5 px
+  # per frame, the world's fastest) and blurred by ~1.2 px: still a disc, and where it is.
+  ys, xs = np.indices((size, size), dtype=np.float64)
+  radius = synthetic.RADIUS_FRACTION * size
+  smeared = np.mean([np.clip(radius + 0.5 - np.hypot(xs - size / 2 - 1.5 * k, ys - size / 2),
+                             0, 1) for k in range(4)], axis=0)
+  smeared = ndimage.gaussian_filter(smeared, 1.2)
+  frame = 30.0 + smeared[..., None] * np.array([190.0, 160.0, 200.0])
+  centre, _, _, found = oracle.estimate_disc(np.round(frame)[None].astype(np.uint8))
+  assert found.all()
+  np.testing.assert_allclose(centre[0], [size / 2 + 2.25, size / 2], atol=0.1)
   # The control for the shape tests below: their renderer's discs are found.
   assert oracle.estimate_disc(_shape_frames(np.random.default_rng(0), size, "disc"))[3].all()
 
