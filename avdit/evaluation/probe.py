@@ -26,10 +26,13 @@ from avdit.data import pipeline
 from avdit.data import synthetic
 from avdit.models import latent_space as latent_lib
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "AVDiT or pipeline config.")
-_WORKDIR = flags.DEFINE_string("workdir", "", "Pipeline workdir (its autoencoders).")
-_NUM_CLIPS = flags.DEFINE_integer("num_clips", 256, "Held-out clips (half fit, half scored).")
-_AUDIO_CONTEXT = flags.DEFINE_integer("audio_context", 2, "Neighbours on each side.")
+
+def _define_flags():
+  """Flags of the command line only: importing the functions defines none."""
+  config_flags.DEFINE_config_file("config", None, "AVDiT or pipeline config.")
+  flags.DEFINE_string("workdir", "", "Pipeline workdir (its autoencoders).")
+  flags.DEFINE_integer("num_clips", 256, "Held-out clips (half fit, half scored).")
+  flags.DEFINE_integer("audio_context", 2, "Neighbours on each side.")
 
 
 PENALTIES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # relative to the Gram matrix's mean diagonal
@@ -100,25 +103,28 @@ def ground_truth(clips: dict, layout: layout_lib.ClipLayout) -> dict:
 
 def main(argv):
   del argv
-  config = _CONFIG.value
+  args = flags.FLAGS
+  config = args.config
   if "video_autoencoder" in config:
     from avdit import end_to_end  # pylint: disable=g-import-not-at-top
-    if not _WORKDIR.value:
+    if not args.workdir:
       raise app.UsageError("--workdir (the pipeline's) is required for learned latents")
-    config = end_to_end.resolved(config, _WORKDIR.value)
+    config = end_to_end.resolved(config, args.workdir)
   layout = layout_lib.layout_from_config(config)
   space = latent_lib.make_latent_space(config, layout)
-  clips = pipeline.make_eval_clips(config.data, layout, _NUM_CLIPS.value, seed=config.data.seed + 77)
+  num_clips = args.num_clips
+  clips = pipeline.make_eval_clips(config.data, layout, num_clips, seed=config.data.seed + 77)
   encode = jax.jit(space.encode)
   latents = {"video": [], "audio": []}
-  for start in range(0, _NUM_CLIPS.value, 32):
+  for start in range(0, num_clips, 32):
     part = encode(clips["video"][start:start + 32], clips["audio"][start:start + 32])
     for k in latents:
       latents[k].append(np.asarray(part[k]))
   latents = {k: np.concatenate(v) for k, v in latents.items()}
-  results = probe(latents, ground_truth(clips, layout), layout, _AUDIO_CONTEXT.value)
+  results = probe(latents, ground_truth(clips, layout), layout, args.audio_context)
   print(json.dumps({k: round(v, 3) for k, v in results.items()}, indent=2))
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

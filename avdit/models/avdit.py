@@ -97,11 +97,10 @@ class AVDiT(nnx.Module):
     # Time RoPE (shared by both modalities, in seconds) on top of the learned positions: without
     # it, nothing tells attention which audio latents play under which video segment.
     self.time_rope = bool(cfg.get("time_rope", False))
-    self.rotary = nnx.data(None)
-    if self.time_rope:
-      self.rotary = nnx.data(layers.time_rotary_tables(
-          layout.token_seconds, width // cfg.num_heads, cfg.get("time_rope_fraction", 0.5),
-          tuple(cfg.get("time_rope_wavelengths", (0.04, 8.0)))))
+    self.time_rope_fraction = float(cfg.get("time_rope_fraction", 0.5))
+    self.time_rope_wavelengths = tuple(float(w) for w in cfg.get("time_rope_wavelengths",
+                                                                 (0.04, 8.0)))
+    self.head_dim = width // cfg.num_heads
     self.remat = cfg.remat
     self.scan_layers = bool(cfg.get("scan_layers", False))
     self.dtype = dtype = _DTYPES[cfg.dtype]
@@ -225,7 +224,10 @@ class AVDiT(nnx.Module):
     # The layout's numpy array, not `self.token_row`: under jit a jnp array is a tracer, and the
     # modulation gather needs the concrete rows to broadcast runs instead of gathering.
     token_row_l = self.layout.token_row
-    rotary = self.rotary
+    # numpy tables (constants of the compiled program), not module state.
+    rotary = (layers.time_rotary_tables(self.layout.token_seconds, self.head_dim,
+                                        self.time_rope_fraction, self.time_rope_wavelengths)
+              if self.time_rope else None)
     x_bld = layers.constrain(self.embed_tokens(noisy, self_cond), layers.ACTIVATIONS.tokens)
     cond_rows_brd = self.conditioning(timestep_vector_bmn)
 
