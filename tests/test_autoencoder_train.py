@@ -186,3 +186,10 @@ def test_whole_pipeline_trains_avdit_on_the_cache_and_samples(runs, tmp_path):
   mp4 = tmp_path / "avdit" / "samples" / "a2v_0.mp4"
   with av.open(str(mp4)) as container:
     assert sum(1 for _ in container.decode(video=0)) == config.clip.num_frames
+  # Stage 6: the suite with its real and chance rows, and the curve over the kept checkpoints.
+  evaluated = json.loads((tmp_path / "avdit" / "eval" / "results.json").read_text())
+  assert set(evaluated["tasks"]["a2v"]["baselines"]) == {"autoencoder", "shuffled", "constant"}
+  assert results["eval"]["a2v"].keys() >= {"av_height_error_px", "subject_disc_found_fraction"}
+  curve = json.loads((tmp_path / "avdit" / "eval" / "learning_curve.json").read_text())
+  assert curve["a2v"]["subject_disc_found_fraction"]["steps"] == [2, 4]
+  assert (tmp_path / "avdit" / "eval" / "learning_curve.png").exists()
