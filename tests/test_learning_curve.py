@@ -1,4 +1,4 @@
-"""The learning curve: metrics per checkpoint step gathered, lined up with the baselines, plotted."""
+"""The learning curve: metrics per checkpoint step, lined up with the baselines, plotted."""
 import math
 
 from avdit.evaluation import curve

@@ -25,7 +25,8 @@ from avdit.training import checkpointing
 # last and what the tasks exist for).
 CURVE_METRICS = ("av_height_error_px", "sync_f1", "subject_disc_found_fraction",
                  "continuity_jump_px", "subject_background_color_error")
-BASELINE_STYLE = {"reference": ("real clips", "k", "-"), "shuffled": ("shuffled pairs", "grey", "--"),
+BASELINE_STYLE = {"reference": ("real clips", "k", "-"),
+                  "shuffled": ("shuffled pairs", "grey", "--"),
                   "constant": ("constant", "grey", ":"),
                   "autoencoder": ("autoencoder round trip", "tab:green", "-.")}
 
