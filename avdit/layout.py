@@ -144,6 +144,11 @@ class ClipLayout:
     return np.concatenate([video, audio]).astype(np.int32)
 
   @functools.cached_property
+  def segment_of_sample(self) -> np.ndarray:
+    """int32 [L]: the segment of each waveform sample, that of the audio latent holding it."""
+    return self.segment_of_audio[np.arange(self.audio_samples) // self.audio_hop]
+
+  @functools.cached_property
   def token_seconds(self) -> np.ndarray:
     """float64 [num_tokens]: the time (s) each token stands for, on one axis for both modalities.
 

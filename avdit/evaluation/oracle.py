@@ -469,12 +469,6 @@ def _check_clip(clip, layout: layout_lib.ClipLayout, name: str) -> tuple[np.ndar
   return video, audio
 
 
-def _audio_segment_of_samples(layout: layout_lib.ClipLayout) -> np.ndarray:
-  """int32 [L]: the segment of each waveform sample (that of the audio latent holding it)."""
-  latent = np.arange(layout.audio_samples) // layout.audio_hop
-  return layout.segment_of_audio[latent]
-
-
 def composite_clip(condition_clip, generated_clip, condition_mask,
                    layout: layout_lib.ClipLayout) -> dict[str, np.ndarray]:
   """The clip a task yields: given elements from the condition, the rest from the generation.
@@ -491,7 +485,7 @@ def composite_clip(condition_clip, generated_clip, condition_mask,
 def _composite(cond_video, cond_audio, gen_video, gen_audio, mask,
                layout: layout_lib.ClipLayout) -> dict[str, np.ndarray]:
   video_given_f = mask[layout_lib.VIDEO, layout.segment_of_frame]
-  audio_given_l = mask[layout_lib.AUDIO, _audio_segment_of_samples(layout)]
+  audio_given_l = mask[layout_lib.AUDIO, layout.segment_of_sample]
   return {"video": np.where(video_given_f[:, None, None, None], cond_video, gen_video),
           "audio": np.where(audio_given_l, cond_audio, gen_audio)}
 

@@ -180,8 +180,7 @@ def generated_latent_samples(task: tasks_lib.Task, layout: layout_lib.ClipLayout
   (a latent belongs to the segment of its centre), which differs from `generated_samples` by a
   few samples at segment borders; baselines follow the oracle so they fill what it scores.
   """
-  latent_of_sample = np.arange(layout.audio_samples) // layout.audio_hop
-  return task.generate_mask[layout_lib.AUDIO][layout.segment_of_audio[latent_of_sample]]
+  return task.generate_mask[layout_lib.AUDIO][layout.segment_of_sample]
 
 
 def _fill_generated(real: dict[str, np.ndarray], fill: dict[str, np.ndarray],
