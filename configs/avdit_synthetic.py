@@ -24,7 +24,10 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   c.latent = ml_collections.ConfigDict(dict(
       name="space_to_depth", spatial_factor=8, temporal_factor=4, audio_hop=320,
       video_channels=4 * 8 * 8 * 3,  # temporal x spatial^2 x RGB
-      audio_channels=320,  # one audio latent = 320 waveform samples
+      audio_channels=320,  # one audio latent = 320 waveform samples (or MDCT coefficients)
+      # waveform | mdct (avdit/models/mdct.py) | logmag (avdit/models/spectrogram.py)
+      audio_transform="waveform",
+      shared_stats="",  # modalities normalized by one mean/std over all channels, e.g. "audio"
       # Per-channel normalization, estimated on `stats_clips` training clips at the first step
       # and stored in the checkpoint directory.
       stats_clips=64,

@@ -75,6 +75,20 @@ def test_normalization_roundtrip_and_stats(lay):
       latent_space.stats_to_json(stats)))
   np.testing.assert_allclose(np.asarray(back["video"]), np.asarray(latents["video"]), atol=1e-5)
 
+def test_shared_stats_pool_all_channels_of_a_modality():
+  rng = np.random.default_rng(3)
+  audio = rng.normal(size=(4, 5, 6)) * np.arange(1, 7)  # channels of different scales
+  video = rng.normal(size=(4, 2, 3, 3, 8))
+  stats = latent_space.estimate_stats({"audio": audio, "video": video}, shared=("audio",))
+  np.testing.assert_allclose(stats["audio_mean"], np.full(6, audio.mean()), rtol=1e-5)
+  np.testing.assert_allclose(stats["audio_std"], np.full(6, audio.std()), rtol=1e-5)
+  np.testing.assert_allclose(stats["video_std"], video.reshape(-1, 8).std(0), rtol=1e-5)
+  # Normalized audio keeps its channels' relative scales (the loss weights them as the data does).
+  normalized = np.asarray(latent_space.normalize({"audio": audio}, stats)["audio"])
+  np.testing.assert_allclose(normalized.std(axis=(0, 1)), audio.std(axis=(0, 1)) / audio.std(),
+                             rtol=1e-5)
+
+
 
 def test_bad_clip_errors(lay):
   space = latent_space.SpaceToDepth(lay)

@@ -24,7 +24,10 @@ from avdit.training import checkpointing
 # What the curve shows, in this order (the cross-modal metrics first: they are what is learned
 # last and what the tasks exist for).
 CURVE_METRICS = ("av_height_error_px", "sync_f1", "subject_disc_found_fraction",
-                 "continuity_jump_px", "subject_background_color_error")
+                 "continuity_jump_px", "subject_background_color_error",
+                 "cross_modal_gain_video", "cross_modal_gain_audio")
+# The suite's cross-modal gain belongs to the model, not to a task: its panels are under this.
+GAIN_TASK = "model"
 BASELINE_STYLE = {"reference": ("real clips", "k", "-"),
                   "shuffled": ("shuffled pairs", "grey", "--"),
                   "constant": ("constant", "grey", ":"),
@@ -82,6 +85,13 @@ def curve_table(results_by_step: dict[int, dict], baselines: dict | None = None)
         cell["steps"].append(step)
         cell["values"].append(float(value))
         cell["reference"] = entry["reference"].get(metric)
+    for modality in ("video", "audio"):
+      value = results_by_step[step].get("cross_modal_gain", {}).get(modality)
+      if value is not None:
+        cell = table.setdefault(GAIN_TASK, {}).setdefault(
+            f"cross_modal_gain_{modality}", {"steps": [], "values": [], "constant": 0.0})
+        cell["steps"].append(step)
+        cell["values"].append(float(value))
   for task, metrics in table.items():
     final = (baselines or {}).get("tasks", {}).get(task, {})
     for metric, cell in metrics.items():

@@ -18,6 +18,7 @@ from avdit.evaluation import oracle
 
 # Metric directions (True = higher is better): the suite's own and the oracle metrics'.
 HIGHER_IS_BETTER = {"av_align": True, "fvd": False, "kvd": False, "fad": False,
+                    "cross_modal_gain_video": True, "cross_modal_gain_audio": True,
                     **oracle.HIGHER_IS_BETTER}
 
 

@@ -40,6 +40,7 @@ from avdit.data import pipeline
 from avdit.data import synthetic
 from avdit.diffusion import schedule as schedule_lib
 from avdit.evaluation import av_align
+from avdit.evaluation import cross_modal
 from avdit.evaluation import oracle
 from avdit.evaluation import report
 from avdit.sampling import generate
@@ -335,6 +336,17 @@ def autoencode_clips(config, loaded, clips: dict[str, np.ndarray], mesh) -> dict
       generate.make_decoder(latent_space, stats))
 
 
+def measure_cross_modal_gain(config, loaded, clips: dict[str, np.ndarray], mesh) -> dict:
+  """avdit.evaluation.cross_modal on the held-out clips (one forward pass per noise level)."""
+  layout, latent_space, apply_fn, params, stats, _ = loaded
+  latents, num_clips = generate.encode_condition(latent_space, stats, clips, mesh)
+  latents = {k: v[:num_clips] for k, v in latents.items()}
+  return cross_modal.cross_modal_gain(
+      apply_fn, params, latents, jax.random.key(config.eval.seed),
+      schedule=schedule_lib.from_config(config.diffusion), layout=layout,
+      prediction=config.diffusion.prediction)
+
+
 def evaluate(config, workdir: str, *, name: str | None = None, subdir: str = "") -> dict:
   """Runs the task suite on the latest (or `sample.checkpoint_step`) checkpoint of `workdir`.
 
@@ -360,7 +372,10 @@ def evaluate(config, workdir: str, *, name: str | None = None, subdir: str = "")
                  else None)
   results = {"name": name or config.get("variant", ""), "checkpoint_step": step,
              "sampler": dataclasses.asdict(spec), "num_clips": num_clips,
-             "seed": int(config.eval.seed), "tasks": {}}
+             "seed": int(config.eval.seed), "tasks": {},
+             "cross_modal_gain": measure_cross_modal_gain(config, loaded, clips, mesh)}
+  logging.info("cross-modal gain (0: the other modality is ignored): %s",
+               {k: round(v, 4) for k, v in results["cross_modal_gain"].items()})
   generated_by_task = {}
   for task_index, task in enumerate(task_list):
     # 3. Sample (the first batch includes the sampler's compilation).

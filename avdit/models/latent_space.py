@@ -6,7 +6,10 @@ A latent space turns a clip (video uint8 [B, F, H, W, 3], audio float32 [B, L]) 
 audio latent) and back. The learned autoencoders plug in behind the same two methods; the
 diffusion code only sees `encode`/`decode` and the per-channel normalization below.
 
-`SpaceToDepth` is the one implementation now: an exact invertible reshaping. Frame 0 is repeated
+`SpaceToDepth` is the fixed, exactly invertible one: pixels reshaped to channels, and the waveform
+either reshaped too (`audio_transform="waveform"`), as its MDCT frames (`"mdct"`, avdit/models/
+mdct.py: exact, orthogonal, pitch is where the energy lies) or as its log-magnitude STFT
+(`"logmag"`, avdit/models/spectrogram.py: phase-free, decoded by Griffin-Lim). Frame 0 is repeated
 `temporal_factor` times so that segment 0 has the same channel count as the others (decoding
 averages the copies, which is exact on encoded data and a projection on generated latents).
 """
@@ -19,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from avdit import layout as layout_lib
+from avdit.models import mdct
+from avdit.models import spectrogram
 
 Latents = dict[str, jnp.ndarray]
 
@@ -51,10 +56,17 @@ def check_clip_shapes(layout: layout_lib.ClipLayout, video_bfhwc, audio_bl) -> N
     raise ValueError(f"video batch {video_bfhwc.shape[0]} != audio batch {audio_bl.shape[0]}")
 
 
+AUDIO_TRANSFORMS = {"waveform": None, "mdct": mdct, "logmag": spectrogram}
+
+
 class SpaceToDepth:
   """Pixels ×`spatial_factor` in space and ×`temporal_factor` in time to channels; audio frames."""
 
-  def __init__(self, layout: layout_lib.ClipLayout):
+  def __init__(self, layout: layout_lib.ClipLayout, audio_transform: str = "waveform"):
+    if audio_transform not in AUDIO_TRANSFORMS:
+      raise ValueError(f"unknown latent.audio_transform {audio_transform!r}; use one of "
+                       f"{tuple(AUDIO_TRANSFORMS)}")
+    self.audio_transform = audio_transform
     expected = (layout.temporal_factor * layout.spatial_factor**2 * 3, layout.audio_hop)
     if (layout.video_channels, layout.audio_channels) != expected:
       raise ValueError(f"space_to_depth gives (video, audio) channels {expected}, the config says "
@@ -73,6 +85,9 @@ class SpaceToDepth:
     video = x.reshape(b, *lay.video_latent_shape)
     pad = lay.audio_latents * lay.audio_hop - lay.audio_samples
     audio = jnp.pad(jnp.asarray(audio_bl, jnp.float32), ((0, 0), (0, pad)))
+    transform = AUDIO_TRANSFORMS[self.audio_transform]
+    if transform is not None:
+      return {"video": video, "audio": transform.forward(audio, lay.audio_hop)}
     return {"video": video, "audio": audio.reshape(b, *lay.audio_latent_shape)}
 
   def decode(self, latents: Latents) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -87,7 +102,10 @@ class SpaceToDepth:
     first = frames[:, :tf].mean(axis=1, keepdims=True)
     pixels = jnp.concatenate([first, frames[:, tf:]], axis=1)
     video_u8 = jnp.round(jnp.clip((pixels + 1.0) * 127.5, 0, 255)).astype(jnp.uint8)
-    audio = latents["audio"].reshape(b, -1)[:, :lay.audio_samples]
+    transform = AUDIO_TRANSFORMS[self.audio_transform]
+    audio = latents["audio"]
+    audio = transform.inverse(audio) if transform is not None else audio.reshape(b, -1)
+    audio = audio[:, :lay.audio_samples]
     return video_u8, jnp.clip(audio, -1.0, 1.0)
 
 
@@ -185,7 +203,7 @@ def check_autoencoders_match(layout, identity: dict, video_model, audio_model) -
 
 def make_latent_space(config, layout: layout_lib.ClipLayout) -> LatentSpace:
   if config.latent.name == "space_to_depth":
-    return SpaceToDepth(layout)
+    return SpaceToDepth(layout, config.latent.get("audio_transform", "waveform"))
   if config.latent.name == "precomputed":
     return PrecomputedLatents(layout)
   if config.latent.name == "learned":
@@ -197,13 +215,21 @@ def make_latent_space(config, layout: layout_lib.ClipLayout) -> LatentSpace:
 
 
 # --- per-channel normalization (zero mean, unit variance per latent channel) ---------------------
-def estimate_stats(latents: Latents, eps: float = 1e-3) -> dict[str, np.ndarray]:
-  """Per-channel mean/std over every axis but the last, float32 numpy; std floored at `eps`."""
+def estimate_stats(latents: Latents, eps: float = 1e-3,
+                   shared: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+  """Per-channel mean/std over every axis but the last, float32 numpy; std floored at `eps`.
+
+  Modalities named in `shared` get one mean and std for all their channels (still stored per
+  channel): for MDCT audio, per-channel scaling would blow the near-silent bins up to the
+  tone's weight in the loss.
+  """
   stats = {}
   for name, x in latents.items():
     x = np.asarray(x, np.float64).reshape(-1, x.shape[-1])
-    stats[f"{name}_mean"] = x.mean(0).astype(np.float32)
-    stats[f"{name}_std"] = np.maximum(x.std(0), eps).astype(np.float32)
+    pooled = x.reshape(-1, 1) if name in shared else x
+    ones = np.ones((x.shape[-1],))
+    stats[f"{name}_mean"] = (pooled.mean(0) * ones).astype(np.float32)
+    stats[f"{name}_std"] = (np.maximum(pooled.std(0), eps) * ones).astype(np.float32)
   return stats
 
 

@@ -74,7 +74,8 @@ def _estimate_latent_stats(config, layout, latent_space):
   clips = [world[i] for i in range(min(config.latent.stats_clips, len(world)))]
   latents = jax.jit(latent_space.encode)(np.stack([c["video"] for c in clips]),
                                          np.stack([c["audio"] for c in clips]))
-  return latent_lib.estimate_stats(latents)
+  shared = tuple(filter(None, config.latent.get("shared_stats", "").split(",")))
+  return latent_lib.estimate_stats(latents, shared=shared)
 
 
 def check_finite(pending, step, manager, workdir):
