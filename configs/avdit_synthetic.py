@@ -73,6 +73,9 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       # strategy, a comma list (uniform), or weighted "pt:2,pm:1,ptm:1".
       noise_mixture="monl",
       self_condition_rate=0.9,
+      # Fraction of examples trained with a task's exact condition (a2v, v2a or a continuation:
+      # the given elements at t = 0, out of the loss) on top of MoNL (avdit/diffusion/monl.py).
+      condition_rate=0.0,
       # Contrastive terms (SPEC §7), off at weight 0; each costs extra denoiser passes per step.
       # CDL (avdit/diffusion/cdl.py): 2 x cdl_logsnr_samples passes; ζ ~ U[cdl_zeta_range].
       # cdl_logsnr_max: the top of the log-SNR integral (the schedule's t = 1 is λ = 9.2; above

@@ -125,3 +125,40 @@ def test_prediction_conversions_recover_x0_and_eps(parameterization):
     assert np.all(np.asarray(eps_hat[0]) == 0.0)
   with pytest.raises(ValueError, match="unknown prediction"):
     schedule_lib.prediction_to_x0_eps(target, x_t, alpha_bar, "score")
+
+
+def test_conditioning_sets_a_task_pattern_clean_in_the_drawn_fraction():
+  t = jnp.full((20000, 2, 5), 500, jnp.int32)
+  new_t, given = monl.apply_conditioning(jax.random.key(0), t, 0.3)
+  given, new_t = np.asarray(given), np.asarray(new_t)
+  np.testing.assert_array_equal(new_t, np.where(given, 0, 500))
+  used = given.any(axis=(1, 2))
+  assert used.mean() == pytest.approx(0.3, abs=0.015)
+  a2v = given[used][:, 1].all(1) & ~given[used][:, 0].any(1)
+  v2a = given[used][:, 0].all(1) & ~given[used][:, 1].any(1)
+  # Continuation: a prefix of k = 1..4 segments, the same for both modalities.
+  first_free = np.argmin(given[used][:, 0], axis=1)
+  prefix = np.arange(5)[None] < first_free[:, None]
+  cont = ((given[used][:, 0] == prefix) & (given[used][:, 1] == prefix)).all(1) & ~a2v & ~v2a
+  assert np.all(a2v | v2a | cont)
+  for kind in (a2v, v2a, cont):
+    assert kind.mean() == pytest.approx(1 / 3, abs=0.03)
+
+
+def test_loss_covers_the_generated_elements_only():
+  rng = np.random.default_rng(5)
+  x0 = {"video": jnp.asarray(rng.normal(size=(16, 3, 2, 2, 3)), jnp.float32),
+        "audio": jnp.asarray(rng.normal(size=(16, 57, 2)), jnp.float32)}
+  kwargs = dict(schedule=schedule_lib.LinearSchedule(), layout=LAYOUT,
+                mixture_weights=monl.parse_mixture("monl"), prediction="x0",
+                self_condition=False, self_condition_rate=0.9, condition_rate=1.0)
+
+  def off_by_one_where_generated(noisy, t_bmn, _):
+    # x0 exactly on given elements (t = 0) would be free; +100 there must not count either.
+    is_given = LAYOUT.expand_to_latents(t_bmn == 0)
+    return {k: x0[k] + jnp.where(is_given[k], 100.0, 1.0) for k in noisy}
+
+  loss, aux = loss_lib.diffusion_loss(off_by_one_where_generated, x0, jax.random.key(4), **kwargs)
+  assert float(aux["condition_fraction"]) == 1.0
+  assert float(loss) == pytest.approx(1.0, abs=1e-6)  # the mean over generated elements
+  assert float(aux["loss_video"]) == pytest.approx(1.0, abs=1e-6)

@@ -29,13 +29,22 @@ def noise_latents(latents_x0, timestep_vector_bmn, rng, *, schedule, layout):
 
 def diffusion_loss(model, latents_x0, rng, *, schedule: schedule_lib.LinearSchedule,
                    layout: layout_lib.ClipLayout, mixture_weights, prediction: str,
-                   self_condition: bool, self_condition_rate: float):
-  """(scalar loss, aux metrics) for normalized clean latents {"video", "audio"}."""
+                   self_condition: bool, self_condition_rate: float,
+                   condition_rate: float = 0.0):
+  """(scalar loss, aux metrics) for normalized clean latents {"video", "audio"}.
+
+  `condition_rate`: the fraction of examples given a task's exact condition (monl.
+  apply_conditioning); their given elements are left out of the loss.
+  """
   batch = latents_x0["video"].shape[0]
   t_rng, noise_rng, sc_rng = jax.random.split(rng, 3)
   timestep_vector, strategy = monl.sample_timestep_vectors(
       t_rng, batch, layout_lib.NUM_MODALITIES, layout.num_segments, mixture_weights,
       schedule.num_timesteps)
+  given = jnp.zeros(timestep_vector.shape, bool)
+  if condition_rate > 0:
+    timestep_vector, given = monl.apply_conditioning(jax.random.fold_in(rng, 7), timestep_vector,
+                                                     condition_rate)
   noisy, noise, alpha_bar = noise_latents(latents_x0, timestep_vector, noise_rng,
                                           schedule=schedule, layout=layout)
   t_float = timestep_vector.astype(jnp.float32)
@@ -61,12 +70,15 @@ def diffusion_loss(model, latents_x0, rng, *, schedule: schedule_lib.LinearSched
     raise ValueError(f"unknown prediction {prediction!r}; use one of {schedule_lib.PREDICTIONS}")
 
   squared = {k: jnp.square(output[k].astype(jnp.float32) - target[k]) for k in target}
-  total = sum(jnp.sum(s) for s in squared.values())
-  count = sum(s.size for s in squared.values())
-  loss = total / count
-  aux = {"loss": loss,
-         "loss_video": jnp.mean(squared["video"]),
-         "loss_audio": jnp.mean(squared["audio"])}
+  # Weight 1 on every generated element, 0 on given ones (all 1 without conditioning).
+  weight = {k: jnp.broadcast_to(w, squared[k].shape) for k, w in layout.expand_to_latents(
+      1.0 - given.astype(jnp.float32)).items()}
+  total = sum(jnp.sum(weight[k] * squared[k]) for k in squared)
+  loss = total / jnp.maximum(sum(jnp.sum(w) for w in weight.values()), 1.0)
+  aux = {"loss": loss}
+  for k in squared:
+    aux[f"loss_{k}"] = jnp.sum(weight[k] * squared[k]) / jnp.maximum(jnp.sum(weight[k]), 1.0)
+  aux["condition_fraction"] = jnp.mean(jnp.any(given, axis=(1, 2)))
   for i, name in enumerate(monl.STRATEGIES):
     aux[f"strategy_fraction_{name}"] = jnp.mean(strategy == i)
   return loss, aux
