@@ -20,6 +20,8 @@ from avdit.models import latent_space as latent_lib
 def resolved(config, workdir: str):
   """The AVDiT config with the autoencoder workdirs and the cache directory filled in."""
   config = config.copy_and_resolve_references()
+  if config.latent.name != "learned":  # fixed latents (configs/avdit_main.py): nothing to fill
+    return config
   with config.unlocked():
     if not config.latent.video_autoencoder_workdir:
       config.latent.video_autoencoder_workdir = str(workdir_lib.path(workdir, "magvit2"))
@@ -67,9 +69,11 @@ def run(config, workdir: str) -> dict:
   from avdit.training import train  # pylint: disable=g-import-not-at-top
   config = resolved(config, workdir)
   results = {}
+  learned = config.latent.name == "learned"  # else fixed latents: stages 1-3 do not apply
   for name, ae_config, ae_dir in (
       ("video_autoencoder", config.video_autoencoder, config.latent.video_autoencoder_workdir),
-      ("audio_autoencoder", config.audio_autoencoder, config.latent.audio_autoencoder_workdir)):
+      ("audio_autoencoder", config.audio_autoencoder, config.latent.audio_autoencoder_workdir)
+  ) if learned else ():
     summary = autoencoder.finished_summary(ae_config, ae_dir)
     if summary is None:
       logging.info("pipeline: training the %s in %s", name, ae_dir)
@@ -79,7 +83,7 @@ def run(config, workdir: str) -> dict:
     if summary["stopped_by"]:
       return {"stopped_by": summary["stopped_by"], "stage": name}
     results[name] = {k: summary[k] for k in ("step", "eval", "num_params")}
-  if not _cache_is_current(config):
+  if learned and not _cache_is_current(config):
     logging.info("pipeline: encoding %d clips into %s", config.encode.num_clips,
                  config.data.cache_dir)
     encode(config, workdir)

@@ -93,7 +93,9 @@ def main(argv):
   config = _CONFIG.value
   if config is None:
     raise app.UsageError("--config is required, e.g. --config=configs/avdit_synthetic.py:tiny")
-  is_pipeline = "video_autoencoder" in config
+  # A pipeline: autoencoders, cache, AVDiT, samples and eval (avdit_pipeline.py), or the last
+  # three on fixed latents (avdit_main.py); the AVDiT lives in DIR/avdit for every mode.
+  is_pipeline = "video_autoencoder" in config or config.get("pipeline_eval", False)
   is_experiment = "experiment" in config
   kind = config.get("kind", "avdit")
   mode = _MODE.value or ("pipeline" if is_pipeline else "experiment" if is_experiment else
@@ -106,8 +108,8 @@ def main(argv):
     run_autoencoder(config, mode, _WORKDIR.value)
     return
   if mode == "pipeline" and not is_pipeline:
-    raise app.UsageError("--mode=pipeline needs a config with autoencoders "
-                         "(configs/avdit_pipeline.py)")
+    raise app.UsageError("--mode=pipeline needs a pipeline config (configs/avdit_main.py, "
+                         "configs/avdit_pipeline.py)")
   if mode == "experiment" and not is_experiment:
     raise app.UsageError("--mode=experiment needs a config with an `experiment` section "
                          "(configs/monl_ablation.py)")
@@ -148,8 +150,7 @@ def main(argv):
     if is_experiment:
       raise app.UsageError(f"--mode={mode} takes one model's config; the experiment config "
                            "evaluates its settings itself (--mode=experiment)")
-    # The pipeline's AVDiT lives in <workdir>/avdit.
-    model_dir = str(workdir_lib.path(_WORKDIR.value, "avdit")) if is_pipeline else _WORKDIR.value
+    model_dir = _model_dir(is_pipeline)
     try:
       if mode == "eval":
         suite.evaluate(config, model_dir)
@@ -165,26 +166,32 @@ def main(argv):
     meta = end_to_end.encode(config, _WORKDIR.value)
     print(f"encoded {meta['num_clips']} clips into {config.data.cache_dir}")
     return
+  model_dir = _model_dir(is_pipeline)
   if mode in ("train", "train_and_sample"):
     try:
-      summary = train.train(config, _WORKDIR.value)
+      summary = train.train(config, model_dir)
     except train.NonFiniteLossError as e:
       logging.error("%s", e)
       print(f"error: {e}", file=sys.stderr)
       sys.exit(1)
     if jax.process_index() == 0:
-      train.write_summary(_WORKDIR.value, summary)
+      train.write_summary(model_dir, summary)
     if summary["stopped_by"]:
       print(f"stopped by {summary['stopped_by']} at step {summary['step']}; checkpoint saved in "
-            f"{_WORKDIR.value}, rerun the same command to resume")
+            f"{model_dir}, rerun the same command to resume")
       return
   if mode in ("sample", "train_and_sample"):
     try:
-      entries = generate.sample(config, _WORKDIR.value)
+      entries = generate.sample(config, model_dir)
     except FileNotFoundError as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(1)
-    print(f"wrote {len(entries)} samples; open {_WORKDIR.value}/samples/index.html")
+    print(f"wrote {len(entries)} samples; open {model_dir}/samples/index.html")
+
+
+def _model_dir(is_pipeline: bool) -> str:
+  """Where the AVDiT of this run lives: <workdir>/avdit for a pipeline, else the workdir."""
+  return str(workdir_lib.path(_WORKDIR.value, "avdit")) if is_pipeline else _WORKDIR.value
 
 
 def run_autoencoder(config, mode: str, workdir: str) -> None:

@@ -36,6 +36,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   # --- data ------------------------------------------------------------------------------------
   c.data = ml_collections.ConfigDict(dict(
       name="synthetic", seed=0, num_clips=100_000, shuffle_seed=0, batch_size=8,
+      disc_brighter=False,  # the synthetic world's disc is the brighter colour (synthetic.py)
       worker_count=0,  # grain multiprocessing workers; 0 = in-process
       prefetch_buffer=2,
   ))

@@ -1,6 +1,8 @@
 """Tests of the synthetic world: determinism, and ground truth vs independent measurements."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from scipy import signal
@@ -201,3 +203,20 @@ def test_pitch_map_monotone_and_inverse_exact():
   # Log-linear: equal steps in height are equal pitch ratios.
   ratios = hz[1:] / hz[:-1]
   np.testing.assert_allclose(ratios, ratios[0], rtol=1e-10)
+
+
+def test_disc_brighter_orders_the_colours_and_changes_nothing_else():
+  plain = synthetic.SyntheticWorld(9, 8.0, 32, 32, 16000, 200, seed=3)
+  ordered = dataclasses.replace(plain, disc_brighter=True)
+  swapped = 0
+  for i in range(200):
+    a, b = plain.clip_params(i), ordered.clip_params(i)
+    assert synthetic.luminance(b.disc_color) >= synthetic.luminance(b.background_color)
+    assert ({tuple(a.disc_color), tuple(a.background_color)}
+            == {tuple(b.disc_color), tuple(b.background_color)})
+    np.testing.assert_array_equal(a.velocity_xy, b.velocity_xy)
+    assert a.tone_phase == b.tone_phase
+    swapped += not np.array_equal(a.disc_color, b.disc_color)
+  assert 60 < swapped < 140  # about half of the uniform draws had the darker disc
+  clip = ordered[7]
+  np.testing.assert_array_equal(clip["audio"], plain[7]["audio"])

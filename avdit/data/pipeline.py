@@ -126,7 +126,8 @@ def make_source(data_config, layout, seed: int | None = None, num_clips: int | N
     return latent_cache.LatentCacheSource(data_config.cache_dir, layout)
   return synthetic.SyntheticWorld.from_layout(
       layout, num_clips=data_config.num_clips if num_clips is None else num_clips,
-      seed=data_config.seed if seed is None else seed)
+      seed=data_config.seed if seed is None else seed,
+      disc_brighter=data_config.get("disc_brighter", False))
 
 
 def _grain_shuffle_seed(shuffle_seed: int) -> int:

@@ -37,6 +37,11 @@ SPEED_RANGE = (0.5, 1.0)
 _LOG_PITCH_RANGE = math.log(PITCH_TOP_HZ / PITCH_BOTTOM_HZ)
 
 
+def luminance(rgb) -> float:
+  """Rec. 601 luma of an RGB colour (0..255)."""
+  return float(np.dot(np.asarray(rgb, np.float64), (0.299, 0.587, 0.114)))
+
+
 def pitch_of_height(y_pixels, height: int) -> np.ndarray:
   """Tone frequency (Hz) of a disc centre at row coordinate `y_pixels` (any shape, float64).
 
@@ -116,6 +121,11 @@ class SyntheticWorld:
   sample_rate: int
   num_clips: int
   seed: int = 0
+  # The disc is the brighter of the two drawn colours (they are swapped when it is not). Without
+  # this the disc and the background have the same colour distribution, so the *mean* frame given
+  # the sound shows no disc at all: nothing like real footage, where what makes a sound looks,
+  # on average, unlike the scene behind it. Colours stay random; only their order is fixed.
+  disc_brighter: bool = False
 
   def __post_init__(self):
     if min(self.num_frames, self.height, self.width, self.sample_rate) < 1 or self.fps <= 0:
@@ -124,11 +134,12 @@ class SyntheticWorld:
       raise ValueError(f"num_clips and seed must be non-negative: {self}")
 
   @classmethod
-  def from_layout(cls, layout, num_clips: int, seed: int = 0) -> SyntheticWorld:
+  def from_layout(cls, layout, num_clips: int, seed: int = 0,
+                  disc_brighter: bool = False) -> SyntheticWorld:
     """The world with the pixel geometry of an `avdit.layout.ClipLayout`."""
     return cls(num_frames=layout.num_frames, fps=float(layout.fps), height=layout.height,
                width=layout.width, sample_rate=layout.sample_rate, num_clips=num_clips,
-               seed=seed)
+               seed=seed, disc_brighter=disc_brighter)
 
   @property
   def duration(self) -> float:
@@ -159,6 +170,8 @@ class SyntheticWorld:
       disc_color, background_color = rng.integers(0, 256, size=(2, 3), dtype=np.int64)
       if np.abs(disc_color - background_color).sum() >= MIN_COLOR_DISTANCE:
         break
+    if self.disc_brighter and luminance(disc_color) < luminance(background_color):
+      disc_color, background_color = background_color, disc_color
     start_xy = low_xy + rng.uniform(0.0, 1.0, size=2) * span_xy
     speed = rng.uniform(*SPEED_RANGE) * span_xy.min()
     angle = rng.uniform(0.0, 2.0 * np.pi)
