@@ -61,6 +61,9 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       # time_rope_fraction of every head's channels (wavelengths geometric in the range), on top
       # of the paper's learned positions: tokens that happen together align from the start.
       time_rope=False, time_rope_fraction=0.5, time_rope_wavelengths=(0.04, 8.0),
+      # After each block, every token gets a (zero-init) projection of the other modality's
+      # mean token over its time segment (avdit.models.avdit.CrossModalPool).
+      cross_modal_pool=False,
   ))
 
   # --- diffusion and MoNL ------------------------------------------------------------------------

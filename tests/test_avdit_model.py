@@ -488,3 +488,47 @@ def test_time_rope_model_flash_matches_xla_and_differs_from_no_rope():
   for name in ("video", "audio"):
     np.testing.assert_allclose(out[name], reference[name], rtol=1e-4, atol=1e-5)
     assert np.abs(np.asarray(without[name]) - np.asarray(reference[name])).max() > 1e-3
+
+
+def test_cross_modal_pool_matches_a_numpy_loop_and_starts_as_the_identity():
+  from avdit.models.avdit import CrossModalPool  # pylint: disable=g-import-not-at-top
+  layout = make_layout()
+  with nnx.use_eager_sharding(False):  # no mesh here: logical names as metadata only
+    pool = CrossModalPool(32, layout, dtype=jnp.float32, rngs=nnx.Rngs(0))
+  x = np.random.default_rng(0).standard_normal((2, layout.num_tokens, 32)).astype(np.float32)
+  np.testing.assert_array_equal(np.asarray(pool(jnp.asarray(x))), x)  # zero-init: identity
+  randomize_params(pool)
+  got = np.asarray(pool(jnp.asarray(x)))
+
+  def norm(v):
+    return (v - v.mean(-1, keepdims=True)) / np.sqrt(v.var(-1, keepdims=True) + 1e-6)
+
+  def project(dense, v):
+    return v @ np.asarray(dense.kernel[...]) + np.asarray(dense.bias[...])
+
+  expected = x.copy()
+  lv = layout.num_video_tokens
+  for n in range(layout.num_segments):
+    video_rows = range(n * layout.video_tokens_per_segment,
+                       (n + 1) * layout.video_tokens_per_segment)
+    audio_rows = [lv + j for j in range(layout.audio_latents) if layout.segment_of_audio[j] == n]
+    video_mean = norm(x[:, list(video_rows)]).mean(1)
+    audio_mean = norm(x[:, audio_rows]).mean(1)
+    for i in video_rows:
+      expected[:, i] += project(pool.from_audio, audio_mean)
+    for i in audio_rows:
+      expected[:, i] += project(pool.from_video, video_mean)
+  np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_model_with_cross_modal_pool_is_unchanged_at_init_and_rejects_scan():
+  plain, layout = make_model(attention="xla")
+  pooled, _ = make_model(attention="xla", cross_modal_pool=True)
+  randomize_params(plain)
+  nnx.update(pooled, nnx.state(plain, nnx.Param))  # same blocks; the pools stay at zero
+  noisy, timesteps = make_inputs(layout)
+  for name, value in predict(plain, noisy, timesteps).items():
+    np.testing.assert_allclose(np.asarray(predict(pooled, noisy, timesteps)[name]),
+                               np.asarray(value), rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="scan_layers"):
+    make_model(cross_modal_pool=True, scan_layers=True)

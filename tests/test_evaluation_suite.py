@@ -199,6 +199,8 @@ def test_single_model_table_shows_the_baselines():
   line = suite.baseline_summary("a2v", results["tasks"]["a2v"])
   assert line == ("eval a2v: av_height_error_px model 3 | real 0.1 | autoencoder 0.5 | "
                   "shuffled 8 | constant 6")
+  results["cross_modal_gain"] = {"video": 0.25, "audio": -0.01}
+  assert "video +0.250, audio -0.010" in report.single_model_table(results)
   comparison = report.comparison_tables({"m": results})
   assert "| *shuffled pairs (chance)* | 8.000 | 8.000 |" in comparison
   assert "autoencoder" not in comparison

@@ -11,6 +11,8 @@ import json
 import os
 import socket
 import subprocess
+
+import pytest
 import sys
 
 import jax
@@ -48,6 +50,7 @@ def _restored_params(workdir, config):
   return step, jax.tree_util.tree_leaves(jax.device_get(params))
 
 
+@pytest.mark.slow  # three JAX processes at once (~2 min of both cores); sharding runs by default
 def test_two_processes_train_like_one(tiny_config, tmp_path):
   port = _free_port()
   multi = tmp_path / "two_hosts"

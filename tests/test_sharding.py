@@ -21,21 +21,27 @@ from avdit.training import sharding
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module")
-def result(tmp_path_factory):
+def _run_worker(tmp_path_factory, extra):
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
   worker = [sys.executable, os.path.join(ROOT, "tests", "sharding_worker.py"),
             str(tmp_path_factory.mktemp("ckpt"))]
-  # Two processes side by side (meshes | scan + autoencoder): compiling dominates, one core each.
-  procs = [subprocess.Popen(worker + extra, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True) for extra in ([], ["extras"])]
-  out = {}
-  for proc in procs:
-    stdout, stderr = proc.communicate(timeout=600)
-    lines = [l for l in stdout.splitlines() if l.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, stderr[-4000:]
-    out.update(json.loads(lines[-1][len("RESULT "):]))
-  return out
+  proc = subprocess.run(worker + extra, cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=600, check=False)
+  lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+  assert proc.returncode == 0 and lines, proc.stderr[-4000:]
+  return json.loads(lines[-1][len("RESULT "):])
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+  """The three meshes against one device (compiling dominates: ~2 min of one core)."""
+  return _run_worker(tmp_path_factory, [])
+
+
+@pytest.fixture(scope="module")
+def extras(tmp_path_factory):
+  """Scanned layers and the SoundStream step, sharded (another ~2 min: `slow`)."""
+  return _run_worker(tmp_path_factory, ["extras"])
 
 
 @pytest.mark.parametrize("mesh", ["data8", "fsdp4_data2", "tensor2_fsdp2_data2"])
@@ -53,20 +59,22 @@ def test_activation_constraints_are_traced_into_the_step(result):
   assert result["meshes"]["tensor2_fsdp2_data2"]["num_sharding_constraints"] >= 4
 
 
-def test_scanned_layers_shard_and_match_single_device(result):
-  scan = result["scan"]
+@pytest.mark.slow
+def test_scanned_layers_shard_and_match_single_device(extras):
+  scan = extras["scan"]
   assert scan["mlp_kernel_shape"] == [2, 64, 256]  # [layers, embed, mlp] of the tiny config
   assert scan["mlp_kernel_spec"] == "P(None, 'fsdp', 'tensor')"
   assert scan["state_max_abs_diff"] < 1e-5
 
 
-def test_autoencoder_step_shards_and_matches_single_device(result):
+@pytest.mark.slow
+def test_autoencoder_step_shards_and_matches_single_device(extras):
   """SoundStream (generator + EMA codebooks) on fsdp=2 x data=4: parameters, EMA and codebooks
   agree to float32 round-off of the reordered sums (1e-3 relative to each array's largest
   entry; a wrong reduction would be off by O(1)). The residual units' 1x1 kernels start at zero,
   so after the one Adam step that moves them they hold only ±lr-sized entries, and Adam turns
   round-off in gradients near its eps into differences of that size: measured 3.1e-4."""
-  got = result["autoencoder"]
+  got = extras["autoencoder"]
   assert got["num_sharded"] > 10
   reference, sharded = got["loss"]
   assert abs(reference - sharded) <= 1e-5 * abs(reference)

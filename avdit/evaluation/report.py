@@ -125,6 +125,11 @@ def single_model_table(results: Mapping) -> str:
   lines.append("| clips/s | | " + " | ".join(f"{t['clips_per_s']:.2f}" for t in timing) + " | |")
   lines.append("| sampling share of time | | "
                + " | ".join(f"{t['sampling_share']:.0%}" for t in timing) + " | |")
+  gain = results.get("cross_modal_gain")
+  if gain:
+    lines += ["", "Cross-modal gain (avdit/evaluation/cross_modal.py: 1 - the x̂0 error with the "
+              "other modality clean / with it pure noise; 0 = the model ignores it): "
+              + ", ".join(f"{k} {v:+.3f}" for k, v in gain.items()) + "."]
   return "\n".join(lines) + "\n"
 
 

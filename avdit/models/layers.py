@@ -63,6 +63,8 @@ class LogicalAxes:
   modulation_bias: Axes = ("modulation",)
   lora_down_kernel: Axes = ("embed", "lora_rank")
   lora_up_kernel: Axes = ("lora_rank", "modulation")
+  # Cross-modal pooling (model.cross_modal_pool): the other modality's segment mean -> d.
+  cross_modal_kernel: Axes = ("mlp", "embed")
 
 
 AXES = LogicalAxes()
