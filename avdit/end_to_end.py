@@ -2,7 +2,8 @@
 
 Every stage runs in its own sub-directory of the workdir and is resumable: a finished stage is
 recognised (its final checkpoint, or a complete latent cache) and skipped, an interrupted one
-resumes from its last checkpoint. See configs/avdit_pipeline.py.
+resumes from its last checkpoint. See configs/avdit_pipeline.py; on fixed latents
+(configs/avdit_main.py) the autoencoder and cache stages do not apply and it starts at AVDiT.
 """
 from __future__ import annotations
 

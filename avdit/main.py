@@ -15,7 +15,9 @@ experiment        configs/monl_ablation.py: trains and evaluates every noise set
                   <workdir>/comparison.md (the default for that config)
 encode            writes the latent cache of a config with latent.name=learned
 pipeline          configs/avdit_pipeline.py: both autoencoders, the latent cache, AVDiT and
-                  the samples, each stage resumable (the default for that config)
+                  the samples, each stage resumable (the default for that config);
+                  configs/avdit_main.py: AVDiT, samples, suite and curve on fixed latents.
+                  Every mode of a pipeline config keeps the AVDiT in <workdir>/avdit.
 
 Autoencoder configs (config.kind = magvit2 | soundstream) take --mode=train (train, then
 reconstruct held-out clips) or --mode=sample (reconstructions from the latest checkpoint).

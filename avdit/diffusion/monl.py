@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from avdit import layout as layout_lib
+
 STRATEGIES = ("vanilla", "pm", "pt", "ptm")
 
 
@@ -66,16 +68,13 @@ def sample_timestep_vectors(rng, batch: int, num_modalities: int, num_segments: 
 # sampler's exact conditioning instead: the given elements at t = 0 (x_t = x_0), left out of the
 # loss, as per-token-timestep models train their conditions (LTX-2, JavisDiT). The other
 # elements keep their MoNL levels.
-CONDITION_KINDS = ("a2v", "v2a", "continuation")
-
-
 def condition_masks(num_segments: int) -> tuple[np.ndarray, np.ndarray]:
   """(given bool [K, M, N], probability [K]): audio given (a2v), video given (v2a), and the first
   k of N segments of both given (continuation, k = 1..N-1), a third of the mass each."""
   masks, weights = [], []
   a2v = np.zeros((2, num_segments), bool)
-  a2v[1] = True
-  masks += [a2v, a2v[::-1].copy()]
+  a2v[layout_lib.AUDIO] = True
+  masks += [a2v, a2v[::-1].copy()]  # a2v, then v2a (video given)
   weights += [1.0, 1.0]
   for k in range(1, num_segments):
     cont = np.zeros((2, num_segments), bool)
