@@ -3,7 +3,8 @@
 Every stage runs in its own sub-directory of the workdir and is resumable: a finished stage is
 recognised (its final checkpoint, or a complete latent cache) and skipped, an interrupted one
 resumes from its last checkpoint. See configs/avdit_pipeline.py; on fixed latents
-(configs/avdit_main.py) the autoencoder and cache stages do not apply and it starts at AVDiT.
+(configs/avdit_fixed_latents.py) the autoencoder and cache stages do not apply: it starts at
+AVDiT.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from avdit.models import latent_space as latent_lib
 def resolved(config, workdir: str):
   """The AVDiT config with the autoencoder workdirs and the cache directory filled in."""
   config = config.copy_and_resolve_references()
-  if config.latent.name != "learned":  # fixed latents (configs/avdit_main.py): nothing to fill
+  if config.latent.name != "learned":  # fixed latents: no autoencoders or cache to name
     return config
   with config.unlocked():
     if not config.latent.video_autoencoder_workdir:

@@ -16,7 +16,8 @@ experiment        configs/monl_ablation.py: trains and evaluates every noise set
 encode            writes the latent cache of a config with latent.name=learned
 pipeline          configs/avdit_pipeline.py: both autoencoders, the latent cache, AVDiT and
                   the samples, each stage resumable (the default for that config);
-                  configs/avdit_main.py: AVDiT, samples, suite and curve on fixed latents.
+                  configs/avdit_fixed_latents.py: AVDiT, samples, suite and curve on fixed
+                  latents.
                   Every mode of a pipeline config keeps the AVDiT in <workdir>/avdit.
 
 Autoencoder configs (config.kind = magvit2 | soundstream) take --mode=train (train, then
@@ -96,7 +97,8 @@ def main(argv):
   if config is None:
     raise app.UsageError("--config is required, e.g. --config=configs/avdit_synthetic.py:tiny")
   # A pipeline: autoencoders, cache, AVDiT, samples and eval (avdit_pipeline.py), or the last
-  # three on fixed latents (avdit_main.py); the AVDiT lives in DIR/avdit for every mode.
+  # three on fixed latents (avdit_fixed_latents.py); the AVDiT lives in DIR/avdit for every
+  # mode.
   is_pipeline = "video_autoencoder" in config or config.get("pipeline_eval", False)
   is_experiment = "experiment" in config
   kind = config.get("kind", "avdit")
@@ -110,8 +112,8 @@ def main(argv):
     run_autoencoder(config, mode, _WORKDIR.value)
     return
   if mode == "pipeline" and not is_pipeline:
-    raise app.UsageError("--mode=pipeline needs a pipeline config (configs/avdit_main.py, "
-                         "configs/avdit_pipeline.py)")
+    raise app.UsageError("--mode=pipeline needs a pipeline config (configs/avdit_pipeline.py, "
+                         "configs/avdit_fixed_latents.py)")
   if mode == "experiment" and not is_experiment:
     raise app.UsageError("--mode=experiment needs a config with an `experiment` section "
                          "(configs/monl_ablation.py)")

@@ -171,7 +171,7 @@ def test_latent_cache_roundtrip_stats_and_refusals(runs, tmp_path):
     latent_cache.LatentCacheSource(config.data.cache_dir, layout)
 
 
-@pytest.mark.slow  # ~2 min; stages 4-6 run by default in test_main_job.py (fixed latents)
+@pytest.mark.slow  # ~2 min; stages 4-6 run by default in test_fixed_latent_job.py
 def test_whole_pipeline_trains_avdit_on_the_cache_and_samples(runs, tmp_path):
   """The main job's path at tiny size, with the autoencoders already trained (the pipeline
   recognises finished stages): encode, AVDiT on cached latents, samples decoded to mp4."""

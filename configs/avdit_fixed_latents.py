@@ -1,6 +1,6 @@
-"""The README's main job: AVDiT + MoNL on the synthetic world, on fixed exactly-invertible latents.
+"""AVDiT + MoNL on the synthetic world on fixed, exactly invertible latents (no autoencoders).
 
-  python -m avdit.main --config=configs/avdit_main.py --workdir=DIR
+  python -m avdit.main --config=configs/avdit_fixed_latents.py --workdir=DIR
 
 runs, resumable, in DIR/avdit: training, samples of every task (mp4 with sound), the task suite
 beside its real and chance rows, and the learning curve (end_to_end.run; no autoencoder stages).
@@ -12,7 +12,9 @@ the disc, MAGVIT's disc colour 21 off). Space-to-depth video is exact; log-magni
 (Griffin-Lim decoded, 0.03 px) carries the pitch phase-free, so the mean-squared-error denoiser
 is rewarded for putting the tone at the right pitch (avdit/models/spectrogram.py).
 
-Variants: default (the main job) and tiny (tests).
+Measured (README, The main job): it does not learn the correspondence either, and its video
+samples are worse than the learned-latent pipeline's, so the README's main job stays
+configs/avdit_pipeline.py. Variants: default and tiny (tests).
 """
 import ml_collections
 
@@ -21,7 +23,7 @@ from configs import avdit_synthetic
 
 def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   if variant not in ("tiny", "default"):
-    raise ValueError(f"unknown variant {variant!r} of avdit_main: tiny or default")
+    raise ValueError(f"unknown variant {variant!r} of avdit_fixed_latents: tiny or default")
   c = avdit_synthetic.get_config(variant)
   c.clip.update(num_frames=17, fps=8.0, height=32, width=32, sample_rate=16000)
   c.latent.update(audio_transform="logmag", shared_stats="audio")

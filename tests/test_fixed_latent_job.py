@@ -1,13 +1,13 @@
-"""The README's main job (configs/avdit_main.py) at tiny size: one resumable command trains,
-samples, evaluates and draws the learning curve in DIR/avdit, with no autoencoder stage."""
+"""The fixed-latent job (configs/avdit_fixed_latents.py) at tiny size: one resumable command
+trains, samples, evaluates and draws the learning curve in DIR/avdit, no autoencoder stage."""
 import json
 
 from avdit import end_to_end
-from configs import avdit_main
+from configs import avdit_fixed_latents
 
 
-def test_main_job_runs_every_stage_on_fixed_latents(tmp_path):
-  config = avdit_main.get_config("tiny")
+def test_fixed_latent_job_runs_every_stage(tmp_path):
+  config = avdit_fixed_latents.get_config("tiny")
   results = end_to_end.run(config, str(tmp_path))
   assert results["avdit"]["step"] == 4
   assert sorted(p.name for p in tmp_path.iterdir()) == ["avdit"]  # no autoencoders, no cache
