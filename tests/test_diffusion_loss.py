@@ -145,6 +145,43 @@ def test_conditioning_sets_a_task_pattern_clean_in_the_drawn_fraction():
     assert kind.mean() == pytest.approx(1 / 3, abs=0.03)
 
 
+def test_shared_level_gives_the_generated_elements_of_a_conditioned_example_one_level():
+  rng = np.random.default_rng(2)
+  t = jnp.asarray(rng.integers(1, 1001, (20000, 2, 5)), jnp.int32)  # MoNL-like mixed levels
+  new_t, given = monl.apply_conditioning(jax.random.key(1), t, 0.4, shared_level=True,
+                                         num_timesteps=1000)
+  t, new_t, given = np.asarray(t), np.asarray(new_t), np.asarray(given)
+  used = given.any(axis=(1, 2))
+  assert used.mean() == pytest.approx(0.4, abs=0.015)
+  np.testing.assert_array_equal(new_t[given], 0)
+  np.testing.assert_array_equal(new_t[~used], t[~used])  # unconditioned: MoNL levels kept
+  generated = np.where(given[used], -1, new_t[used])  # -1 marks the given elements
+  level = generated.max(axis=(1, 2))
+  assert np.all((generated == -1) | (generated == level[:, None, None]))
+  # One uniform level per example over 1..T: the moments of the discrete uniform.
+  assert level.min() >= 1 and level.max() <= 1000
+  assert level.mean() == pytest.approx(500.5, rel=0.02)
+  assert level.std() == pytest.approx(np.sqrt((1000**2 - 1) / 12), rel=0.03)
+
+
+def test_condition_tasks_weight_the_patterns():
+  t = jnp.full((30000, 2, 5), 500, jnp.int32)
+  weights = monl.parse_weights("v2a:3,continue", monl.CONDITION_TASKS, "condition task")
+  np.testing.assert_allclose(weights, [0.0, 0.75, 0.25])
+  _, given = monl.apply_conditioning(jax.random.key(3), t, 1.0, task_weights=weights)
+  given = np.asarray(given)
+  video_only = given[:, 0].all(1) & ~given[:, 1].any(1)
+  audio_only = given[:, 1].all(1) & ~given[:, 0].any(1)
+  assert video_only.mean() == pytest.approx(0.75, abs=0.01)
+  assert not audio_only.any()  # a2v has weight 0
+  # Continuation (the rest) spreads its weight evenly over the prefixes k = 1..4.
+  prefix_length = given[~video_only, 0].sum(1)
+  np.testing.assert_allclose(np.bincount(prefix_length, minlength=5)[1:] / len(given),
+                             0.25 / 4, atol=0.006)
+  with pytest.raises(ValueError, match="unknown condition task"):
+    monl.parse_weights("t2v", monl.CONDITION_TASKS, "condition task")
+
+
 def test_loss_covers_the_generated_elements_only():
   rng = np.random.default_rng(5)
   x0 = {"video": jnp.asarray(rng.normal(size=(16, 3, 2, 2, 3)), jnp.float32),

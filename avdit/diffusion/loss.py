@@ -30,11 +30,14 @@ def noise_latents(latents_x0, timestep_vector_bmn, rng, *, schedule, layout):
 def diffusion_loss(model, latents_x0, rng, *, schedule: schedule_lib.LinearSchedule,
                    layout: layout_lib.ClipLayout, mixture_weights, prediction: str,
                    self_condition: bool, self_condition_rate: float,
-                   condition_rate: float = 0.0):
+                   condition_rate: float = 0.0, condition_shared_level: bool = False,
+                   condition_tasks: str = "a2v,v2a,continue"):
   """(scalar loss, aux metrics) for normalized clean latents {"video", "audio"}.
 
   `condition_rate`: the fraction of examples given a task's exact condition (monl.
-  apply_conditioning); their given elements are left out of the loss.
+  apply_conditioning); their given elements are left out of the loss, and with
+  `condition_shared_level` their generated elements share one noise level; `condition_tasks`
+  weights the task patterns ("a2v:1,v2a:1,continue:1" style, monl.CONDITION_TASKS).
   """
   batch = latents_x0["video"].shape[0]
   t_rng, noise_rng, sc_rng = jax.random.split(rng, 3)
@@ -44,7 +47,10 @@ def diffusion_loss(model, latents_x0, rng, *, schedule: schedule_lib.LinearSched
   given = jnp.zeros(timestep_vector.shape, bool)
   if condition_rate > 0:
     timestep_vector, given = monl.apply_conditioning(jax.random.fold_in(rng, 7), timestep_vector,
-                                                     condition_rate)
+                                                     condition_rate, condition_shared_level,
+                                                     schedule.num_timesteps, monl.parse_weights(
+                                                         condition_tasks, monl.CONDITION_TASKS,
+                                                         "condition task"))
   noisy, noise, alpha_bar = noise_latents(latents_x0, timestep_vector, noise_rng,
                                           schedule=schedule, layout=layout)
   t_float = timestep_vector.astype(jnp.float32)

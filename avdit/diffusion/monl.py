@@ -20,23 +20,28 @@ from avdit import layout as layout_lib
 STRATEGIES = ("vanilla", "pm", "pt", "ptm")
 
 
+def parse_weights(text: str, names: tuple[str, ...], what: str) -> np.ndarray:
+  """Normalized weights over `names` from "a,b" (uniform over those listed) or "a:2,b:1"."""
+  weights = np.zeros(len(names))
+  for part in filter(None, (p.strip() for p in text.replace("/", ",").split(","))):
+    name, _, weight = part.partition(":")
+    if name not in names:
+      raise ValueError(f"unknown {what} {name!r} in {text!r}; use {names}")
+    value = float(weight) if weight else 1.0
+    if value < 0:
+      raise ValueError(f"negative weight for {name!r} in {text!r}")
+    weights[names.index(name)] += value
+  if weights.sum() <= 0:
+    raise ValueError(f"{what} weights {text!r} have no positive weight")
+  return weights / weights.sum()
+
+
 def parse_mixture(text: str) -> np.ndarray:
   """Weights [4] over STRATEGIES (normalized) from "monl", "pt", "pt,pm,ptm" or "pt:2,pm:1"."""
   text = text.strip().lower()
   if text == "monl":
     text = ",".join(STRATEGIES)
-  weights = np.zeros(len(STRATEGIES))
-  for part in filter(None, (p.strip() for p in text.replace("/", ",").split(","))):
-    name, _, weight = part.partition(":")
-    if name not in STRATEGIES:
-      raise ValueError(f"unknown noise strategy {name!r} in {text!r}; use monl or {STRATEGIES}")
-    value = float(weight) if weight else 1.0
-    if value < 0:
-      raise ValueError(f"negative weight for {name!r} in {text!r}")
-    weights[STRATEGIES.index(name)] += value
-  if weights.sum() <= 0:
-    raise ValueError(f"noise mixture {text!r} has no positive weight")
-  return weights / weights.sum()
+  return parse_weights(text, STRATEGIES, "noise strategy (or monl)")
 
 
 def timesteps_for_strategies(t_ref_bmn: jnp.ndarray, strategy_b: jnp.ndarray) -> jnp.ndarray:
@@ -68,29 +73,49 @@ def sample_timestep_vectors(rng, batch: int, num_modalities: int, num_segments: 
 # sampler's exact conditioning instead: the given elements at t = 0 (x_t = x_0), left out of the
 # loss, as per-token-timestep models train their conditions (LTX-2, JavisDiT). The other
 # elements keep their MoNL levels.
-def condition_masks(num_segments: int) -> tuple[np.ndarray, np.ndarray]:
+CONDITION_TASKS = ("a2v", "v2a", "continue")
+
+
+def condition_masks(num_segments: int, task_weights=(1.0, 1.0, 1.0)
+                    ) -> tuple[np.ndarray, np.ndarray]:
   """(given bool [K, M, N], probability [K]): audio given (a2v), video given (v2a), and the first
-  k of N segments of both given (continuation, k = 1..N-1), a third of the mass each."""
+  k of N segments of both given (continuation, k = 1..N-1, sharing its weight), weighted by
+  `task_weights` over CONDITION_TASKS (a third each by default)."""
+  a2v_weight, v2a_weight, continue_weight = np.asarray(task_weights, np.float64)
   masks, weights = [], []
   a2v = np.zeros((2, num_segments), bool)
   a2v[layout_lib.AUDIO] = True
   masks += [a2v, a2v[::-1].copy()]  # a2v, then v2a (video given)
-  weights += [1.0, 1.0]
+  weights += [a2v_weight, v2a_weight]
   for k in range(1, num_segments):
     cont = np.zeros((2, num_segments), bool)
     cont[:, :k] = True
     masks.append(cont)
-    weights.append(1.0 / (num_segments - 1))
+    weights.append(continue_weight / (num_segments - 1))
   weights = np.asarray(weights) / np.sum(weights)
   return np.stack(masks), weights
 
 
-def apply_conditioning(rng, timestep_vector_bmn: jnp.ndarray, rate: float):
-  """(timestep vector with the given elements at 0, given bool [B, M, N])."""
+def apply_conditioning(rng, timestep_vector_bmn: jnp.ndarray, rate: float,
+                       shared_level: bool = False, num_timesteps: int = 1000,
+                       task_weights=(1.0, 1.0, 1.0)):
+  """(timestep vector with the given elements at 0, given bool [B, M, N]).
+
+  `task_weights` over CONDITION_TASKS (condition_masks). `shared_level`: the generated elements of a conditioned example share one timestep drawn
+  uniformly from 1..`num_timesteps`, as the task's sampler runs them; otherwise they keep their
+  MoNL levels (then, under per-segment levels, a nearly clean neighbouring segment of the same
+  modality often answers what the given modality would, and the cross-modal signal stays rare).
+  """
   batch, _, num_segments = timestep_vector_bmn.shape
-  masks, weights = condition_masks(num_segments)
-  use_rng, kind_rng = jax.random.split(rng)
+  masks, weights = condition_masks(num_segments, task_weights)
+  use_rng, kind_rng, level_rng = jax.random.split(rng, 3)
   use = jax.random.bernoulli(use_rng, rate, (batch,))
   kind = jax.random.choice(kind_rng, len(weights), (batch,), p=jnp.asarray(weights, jnp.float32))
   given = jnp.asarray(masks)[kind] & use[:, None, None]
-  return jnp.where(given, 0, timestep_vector_bmn), given
+  generated_level_bmn = timestep_vector_bmn
+  if shared_level:
+    level_b = jax.random.randint(level_rng, (batch,), 1, num_timesteps + 1)
+    level_bmn = jnp.broadcast_to(level_b[:, None, None], timestep_vector_bmn.shape)
+    generated_level_bmn = jnp.where(use[:, None, None], level_bmn.astype(
+        timestep_vector_bmn.dtype), timestep_vector_bmn)
+  return jnp.where(given, 0, generated_level_bmn), given

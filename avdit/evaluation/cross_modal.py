@@ -16,16 +16,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from avdit import layout as layout_lib
+from avdit.diffusion import loss as loss_lib
 from avdit.diffusion import schedule as schedule_lib
 
 TARGETS = {"video": layout_lib.VIDEO, "audio": layout_lib.AUDIO}
 DEFAULT_NOISE_STEPS = (200, 500, 800)
 
 
-def _x0_error(apply_fn, params, latents_x0, noise, timestep_vector_bmn, target, *, schedule,
-              layout, prediction) -> jnp.ndarray:
-  alpha_bar = layout.expand_to_latents(schedule.alpha_bar(timestep_vector_bmn))
-  noisy = {k: schedule_lib.q_sample(latents_x0[k], noise[k], alpha_bar[k]) for k in latents_x0}
+def _x0_error(apply_fn, params, latents_x0, noise_rng, timestep_vector_bmn, target, *,
+              schedule, layout, prediction) -> jnp.ndarray:
+  # The same rng draws the same noise for every timestep vector (loss.noise_latents).
+  noisy, _, alpha_bar = loss_lib.noise_latents(latents_x0, timestep_vector_bmn, noise_rng,
+                                               schedule=schedule, layout=layout)
   output = apply_fn(params, noisy, timestep_vector_bmn.astype(jnp.float32), None)
   x0_hat, _ = schedule_lib.prediction_to_x0_eps(output[target], noisy[target], alpha_bar[target],
                                                 prediction)
@@ -36,8 +38,6 @@ def cross_modal_gain(apply_fn, params, latents_x0, rng, *, schedule, layout, pre
                      noise_steps=DEFAULT_NOISE_STEPS) -> dict[str, float]:
   """{"<target>_t<t>": gain, "<target>": mean over t} for normalized clean latents [B, ...]."""
   batch = latents_x0["video"].shape[0]
-  keys = dict(zip(sorted(latents_x0), jax.random.split(rng, len(latents_x0))))
-  noise = {k: jax.random.normal(keys[k], v.shape, v.dtype) for k, v in latents_x0.items()}
   error = jax.jit(_x0_error, static_argnums=(0,), static_argnames=(
       "target", "schedule", "layout", "prediction"))
   gains = {}
@@ -49,7 +49,7 @@ def cross_modal_gain(apply_fn, params, latents_x0, rng, *, schedule, layout, pre
         timesteps = np.full((batch, layout_lib.NUM_MODALITIES, layout.num_segments), other_t,
                             np.int32)
         timesteps[:, index, :] = t
-        errors.append(float(error(apply_fn, params, latents_x0, noise, jnp.asarray(timesteps),
+        errors.append(float(error(apply_fn, params, latents_x0, rng, jnp.asarray(timesteps),
                                   target=target, schedule=schedule, layout=layout,
                                   prediction=prediction)))
       per_step.append(1.0 - errors[0] / max(errors[1], 1e-12))

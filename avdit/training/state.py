@@ -133,7 +133,9 @@ def make_train_step(config, layout, graphdef, latent_space, latent_stats, *,
           model, latents, rng, schedule=schedule, layout=layout, mixture_weights=mixture,
           prediction=config.diffusion.prediction, self_condition=config.model.self_condition,
           self_condition_rate=config.diffusion.self_condition_rate,
-          condition_rate=config.diffusion.get("condition_rate", 0.0))
+          condition_rate=config.diffusion.get("condition_rate", 0.0),
+          condition_shared_level=config.diffusion.get("condition_shared_level", False),
+          condition_tasks=config.diffusion.get("condition_tasks", "a2v,v2a,continue"))
       if contrastive:  # CDL / CDCD (SPEC §7), on their own stream of randomness
         extra, extra_aux = loss_lib.contrastive_terms(
             model, latents, jax.random.fold_in(rng, 1), diffusion_config=config.diffusion,
