@@ -14,7 +14,9 @@ is rewarded for putting the tone at the right pitch (avdit/models/spectrogram.py
 
 Measured (README, The main job): it does not learn the correspondence either, and its video
 samples are worse than the learned-latent pipeline's, so the README's main job stays
-configs/avdit_pipeline.py. Variants: default and tiny (tests).
+configs/avdit_pipeline.py. Variants: default, tiny (tests) and crossmodal: every example a2v or
+v2a (the given modality clean, the generated one at one level), no MoNL: the diagnostic that
+shows the transformer can read the other modality when the mixture lets it (README).
 """
 import ml_collections
 
@@ -22,9 +24,11 @@ from configs import avdit_synthetic
 
 
 def get_config(variant: str = "default") -> ml_collections.ConfigDict:
-  if variant not in ("tiny", "default"):
-    raise ValueError(f"unknown variant {variant!r} of avdit_fixed_latents: tiny or default")
-  c = avdit_synthetic.get_config(variant)
+  if variant not in ("tiny", "default", "crossmodal"):
+    raise ValueError(f"unknown variant {variant!r} of avdit_fixed_latents: tiny, default or "
+                     "crossmodal")
+  c = avdit_synthetic.get_config("tiny" if variant == "tiny" else "default")
+  c.variant = variant
   c.clip.update(num_frames=17, fps=8.0, height=32, width=32, sample_rate=16000)
   c.latent.update(audio_transform="logmag", shared_stats="audio")
   c.data.update(disc_brighter=True, batch_size=16)
@@ -36,6 +40,10 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
                  keep_period=600)
   c.pipeline_eval = True
   c.eval.update(num_sample_videos=2, curve_tasks="a2v|v2a", curve_num_clips=16)
+  if variant == "crossmodal":
+    c.diffusion.update(condition_rate=1.0, condition_shared_level=True, condition_tasks="a2v,v2a")
+    c.train.update(num_steps=2000, checkpoint_every=400, keep_period=400)
+    c.eval.update(tasks="a2v|v2a")
   if variant == "tiny":
     c.clip.update(num_frames=9)
     c.data.batch_size = 2

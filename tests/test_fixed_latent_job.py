@@ -26,3 +26,21 @@ def test_fixed_latent_job_runs_every_stage(tmp_path):
   # Rerunning finds every stage done.
   again = end_to_end.run(config, str(tmp_path))
   assert again["avdit"]["step"] == 4
+
+
+def test_crossmodal_variant_conditions_every_example_on_a2v_or_v2a():
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from avdit.diffusion import monl
+  config = avdit_fixed_latents.get_config("crossmodal")
+  diffusion = config.diffusion
+  weights = monl.parse_weights(diffusion.condition_tasks, monl.CONDITION_TASKS, "condition task")
+  t = jnp.asarray(np.random.default_rng(0).integers(1, 1001, (4000, 2, 5)), jnp.int32)
+  new_t, given = monl.apply_conditioning(jax.random.key(0), t, diffusion.condition_rate,
+                                         diffusion.condition_shared_level, 1000, weights)
+  given, new_t = np.asarray(given), np.asarray(new_t)
+  one_modality_given = given.all(axis=2).sum(axis=1) == 1
+  assert np.all(one_modality_given & (given.any(axis=2).sum(axis=1) == 1))
+  generated = np.where(given, new_t.max(axis=(1, 2), keepdims=True), new_t)
+  assert np.all(generated == new_t.max(axis=(1, 2), keepdims=True))  # one level per example
