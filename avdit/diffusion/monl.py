@@ -101,14 +101,16 @@ def apply_conditioning(rng, timestep_vector_bmn: jnp.ndarray, rate: float,
                        task_weights=(1.0, 1.0, 1.0)):
   """(timestep vector with the given elements at 0, given bool [B, M, N]).
 
-  `task_weights` over CONDITION_TASKS (condition_masks). `shared_level`: the generated elements of a conditioned example share one timestep drawn
-  uniformly from 1..`num_timesteps`, as the task's sampler runs them; otherwise they keep their
-  MoNL levels (then, under per-segment levels, a nearly clean neighbouring segment of the same
-  modality often answers what the given modality would, and the cross-modal signal stays rare).
+  `task_weights` over CONDITION_TASKS (condition_masks). `shared_level`: the generated
+  elements of a conditioned example share one timestep drawn uniformly from 1..`num_timesteps`,
+  as the task's sampler runs them; otherwise they keep their MoNL levels, and under per-segment
+  levels a nearly clean neighbouring segment of the same modality can answer what the given
+  modality would.
   """
   batch, _, num_segments = timestep_vector_bmn.shape
   masks, weights = condition_masks(num_segments, task_weights)
-  use_rng, kind_rng, level_rng = jax.random.split(rng, 3)
+  use_rng, kind_rng = jax.random.split(rng)  # as before shared_level: same draws for old runs
+  level_rng = jax.random.fold_in(rng, 1)
   use = jax.random.bernoulli(use_rng, rate, (batch,))
   kind = jax.random.choice(kind_rng, len(weights), (batch,), p=jnp.asarray(weights, jnp.float32))
   given = jnp.asarray(masks)[kind] & use[:, None, None]
