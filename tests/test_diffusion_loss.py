@@ -166,7 +166,7 @@ def test_shared_level_gives_the_generated_elements_of_a_conditioned_example_one_
 
 def test_condition_tasks_weight_the_patterns():
   t = jnp.full((30000, 2, 5), 500, jnp.int32)
-  weights = monl.parse_weights("v2a:3,continue", monl.CONDITION_TASKS, "condition task")
+  weights = monl.parse_condition_tasks("v2a:3,continue")
   np.testing.assert_allclose(weights, [0.0, 0.75, 0.25])
   _, given = monl.apply_conditioning(jax.random.key(3), t, 1.0, task_weights=weights)
   given = np.asarray(given)
@@ -179,7 +179,7 @@ def test_condition_tasks_weight_the_patterns():
   np.testing.assert_allclose(np.bincount(prefix_length, minlength=5)[1:] / len(given),
                              0.25 / 4, atol=0.006)
   with pytest.raises(ValueError, match="unknown condition task"):
-    monl.parse_weights("t2v", monl.CONDITION_TASKS, "condition task")
+    monl.parse_condition_tasks("t2v")
 
 
 def test_loss_covers_the_generated_elements_only():

@@ -2,7 +2,12 @@
 trains, samples, evaluates and draws the learning curve in DIR/avdit, no autoencoder stage."""
 import json
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
 from avdit import end_to_end
+from avdit.diffusion import monl
 from configs import avdit_fixed_latents
 
 
@@ -29,13 +34,9 @@ def test_fixed_latent_job_runs_every_stage(tmp_path):
 
 
 def test_crossmodal_variant_conditions_every_example_on_a2v_or_v2a():
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
-  from avdit.diffusion import monl
   config = avdit_fixed_latents.get_config("crossmodal")
   diffusion = config.diffusion
-  weights = monl.parse_weights(diffusion.condition_tasks, monl.CONDITION_TASKS, "condition task")
+  weights = monl.parse_condition_tasks(diffusion.condition_tasks)
   t = jnp.asarray(np.random.default_rng(0).integers(1, 1001, (4000, 2, 5)), jnp.int32)
   new_t, given = monl.apply_conditioning(jax.random.key(0), t, diffusion.condition_rate,
                                          diffusion.condition_shared_level, 1000, weights)

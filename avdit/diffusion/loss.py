@@ -48,9 +48,8 @@ def diffusion_loss(model, latents_x0, rng, *, schedule: schedule_lib.LinearSched
   if condition_rate > 0:
     timestep_vector, given = monl.apply_conditioning(jax.random.fold_in(rng, 7), timestep_vector,
                                                      condition_rate, condition_shared_level,
-                                                     schedule.num_timesteps, monl.parse_weights(
-                                                         condition_tasks, monl.CONDITION_TASKS,
-                                                         "condition task"))
+                                                     schedule.num_timesteps,
+                                                     monl.parse_condition_tasks(condition_tasks))
   noisy, noise, alpha_bar = noise_latents(latents_x0, timestep_vector, noise_rng,
                                           schedule=schedule, layout=layout)
   t_float = timestep_vector.astype(jnp.float32)

@@ -76,6 +76,11 @@ def sample_timestep_vectors(rng, batch: int, num_modalities: int, num_segments: 
 CONDITION_TASKS = ("a2v", "v2a", "continue")
 
 
+def parse_condition_tasks(text: str) -> np.ndarray:
+  """Weights [3] over CONDITION_TASKS (normalized) from "a2v,v2a,continue" or "v2a:3,continue"."""
+  return parse_weights(text.strip().lower(), CONDITION_TASKS, "condition task")
+
+
 def condition_masks(num_segments: int, task_weights=(1.0, 1.0, 1.0)
                     ) -> tuple[np.ndarray, np.ndarray]:
   """(given bool [K, M, N], probability [K]): audio given (a2v), video given (v2a), and the first
@@ -114,10 +119,9 @@ def apply_conditioning(rng, timestep_vector_bmn: jnp.ndarray, rate: float,
   use = jax.random.bernoulli(use_rng, rate, (batch,))
   kind = jax.random.choice(kind_rng, len(weights), (batch,), p=jnp.asarray(weights, jnp.float32))
   given = jnp.asarray(masks)[kind] & use[:, None, None]
-  generated_level_bmn = timestep_vector_bmn
   if shared_level:
-    level_b = jax.random.randint(level_rng, (batch,), 1, num_timesteps + 1)
-    level_bmn = jnp.broadcast_to(level_b[:, None, None], timestep_vector_bmn.shape)
-    generated_level_bmn = jnp.where(use[:, None, None], level_bmn.astype(
-        timestep_vector_bmn.dtype), timestep_vector_bmn)
-  return jnp.where(given, 0, generated_level_bmn), given
+    level_b11 = jax.random.randint(level_rng, (batch, 1, 1), 1, num_timesteps + 1)
+    timestep_vector_bmn = jnp.where(use[:, None, None],
+                                    level_b11.astype(timestep_vector_bmn.dtype),
+                                    timestep_vector_bmn)
+  return jnp.where(given, 0, timestep_vector_bmn), given
