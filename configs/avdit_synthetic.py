@@ -28,6 +28,9 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       # waveform | mdct (avdit/models/mdct.py) | logmag (avdit/models/spectrogram.py)
       audio_transform="waveform",
       shared_stats="",  # modalities normalized by one mean/std over all channels, e.g. "audio"
+      # modalities then whitened (latent_space.estimate_stats): their `whiten_rank` strongest
+      # principal directions get about unit variance, weaker ones less, e.g. "video"
+      whiten="", whiten_rank=128,
       # Per-channel normalization, estimated on `stats_clips` training clips at the first step
       # and stored in the checkpoint directory.
       stats_clips=64,

@@ -90,6 +90,32 @@ def test_shared_stats_pool_all_channels_of_a_modality():
 
 
 
+def test_whitening_equalizes_the_strongest_directions_and_inverts_exactly():
+  rng = np.random.default_rng(5)
+  scales = np.array([30.0, 10.0, 3.0, 1.0, 0.3, 0.1])  # independent sources, rotated together
+  rotation = np.linalg.qr(rng.normal(size=(6, 6)))[0]
+  video = (rng.normal(size=(4000, 6)) * scales) @ rotation + 5.0
+  latents = {"video": video.reshape(100, 2, 4, 5, 6), "audio": rng.normal(size=(10, 3, 4))}
+  stats = latent_space.estimate_stats(latents, whiten=("video",), whiten_rank=3)
+  assert "audio_directions" not in stats and stats["video_directions"].shape == (6, 6)
+  # Reference by SVD of the per-channel standardized data (not the eigh the code uses).
+  standardized = (video - video.mean(0)) / video.std(0)
+  singular = np.linalg.svd(standardized - standardized.mean(0), compute_uv=False)
+  eigenvalues = singular ** 2 / (len(video) - 1)
+  expected = np.sort(eigenvalues / (eigenvalues + eigenvalues[2]))[::-1]
+  normalized = np.asarray(latent_space.normalize(latents, stats)["video"]).reshape(-1, 6)
+  covariance = np.cov(normalized, rowvar=False)
+  np.testing.assert_allclose(np.sort(np.linalg.eigvalsh(covariance))[::-1], expected, rtol=1e-3)
+  np.testing.assert_allclose(covariance, np.diag(np.diag(covariance)), atol=1e-4)  # decorrelated
+  np.testing.assert_allclose(np.sort(np.diag(covariance))[::-1], expected, rtol=1e-3)
+  np.testing.assert_allclose(normalized.mean(0), 0, atol=1e-4)
+  back = latent_space.denormalize(
+      latent_space.normalize(latents, stats),
+      latent_space.stats_from_json(latent_space.stats_to_json(stats)))
+  np.testing.assert_allclose(np.asarray(back["video"]), latents["video"], rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(np.asarray(back["audio"]), latents["audio"], rtol=1e-4, atol=1e-4)
+
+
 def test_bad_clip_errors(lay):
   space = latent_space.SpaceToDepth(lay)
   video, audio = _clip(lay, batch=1)

@@ -15,6 +15,7 @@ averages the copies, which is exact on encoded data and a projection on generate
 """
 from __future__ import annotations
 
+import base64
 import json
 from typing import Protocol
 
@@ -214,38 +215,76 @@ def make_latent_space(config, layout: layout_lib.ClipLayout) -> LatentSpace:
                    "latent.video_autoencoder_workdir / latent.audio_autoencoder_workdir)")
 
 
-# --- per-channel normalization (zero mean, unit variance per latent channel) ---------------------
-def estimate_stats(latents: Latents, eps: float = 1e-3,
-                   shared: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+# --- normalization: per channel, then optionally whitened --------------------------------------
+def estimate_stats(latents: Latents, eps: float = 1e-3, shared: tuple[str, ...] = (),
+                   whiten: tuple[str, ...] = (), whiten_rank: int = 128) -> dict[str, np.ndarray]:
   """Per-channel mean/std over every axis but the last, float32 numpy; std floored at `eps`.
 
   Modalities named in `shared` get one mean and std for all their channels (still stored per
   channel): for MDCT audio, per-channel scaling would blow the near-silent bins up to the
   tone's weight in the loss.
+
+  Modalities named in `whiten` are then rotated onto their principal directions and each
+  direction i scaled by 1/sqrt(λ_i + λ_rank) (an invertible map, same channel count): the
+  `whiten_rank` strongest directions get roughly unit variance, weaker ones proportionally less.
+  Why: on space-to-depth video a few directions (the flat background colour) carry ~95% of the
+  variance, so a per-channel MSE spends the model on colour and the disc (the part the tasks
+  are about) is a few percent of the loss; a model narrower than the token also can only output
+  `width` directions, and whitening makes those the ones that matter.
   """
   stats = {}
   for name, x in latents.items():
     x = np.asarray(x, np.float64).reshape(-1, x.shape[-1])
     pooled = x.reshape(-1, 1) if name in shared else x
     ones = np.ones((x.shape[-1],))
-    stats[f"{name}_mean"] = (pooled.mean(0) * ones).astype(np.float32)
-    stats[f"{name}_std"] = (np.maximum(pooled.std(0), eps) * ones).astype(np.float32)
+    mean, std = pooled.mean(0) * ones, np.maximum(pooled.std(0), eps) * ones
+    stats[f"{name}_mean"], stats[f"{name}_std"] = mean.astype(np.float32), std.astype(np.float32)
+    if name in whiten:
+      stats[f"{name}_directions"], stats[f"{name}_direction_std"] = _whitening(
+          (x - mean) / std, whiten_rank)
   return stats
 
 
+def _whitening(x_nc: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
+  """Principal directions [C, C] (columns, strongest first) and the scale of each, float32.
+
+  z = x @ directions / scale has variance λ_i / (λ_i + λ_rank) along direction i.
+  """
+  eigenvalues, directions = np.linalg.eigh(np.cov(x_nc, rowvar=False))
+  eigenvalues = np.maximum(eigenvalues[::-1], 0.0)
+  floor = max(eigenvalues[min(rank, len(eigenvalues)) - 1], 1e-6)
+  return directions[:, ::-1].astype(np.float32), np.sqrt(eigenvalues + floor).astype(np.float32)
+
+
 def normalize(latents: Latents, stats) -> Latents:
-  return {k: (v - stats[f"{k}_mean"]) / stats[f"{k}_std"] for k, v in latents.items()}
+  out = {k: (v - stats[f"{k}_mean"]) / stats[f"{k}_std"] for k, v in latents.items()}
+  return {k: (v @ stats[f"{k}_directions"]) / stats[f"{k}_direction_std"]
+          if f"{k}_directions" in stats else v for k, v in out.items()}
 
 
 def denormalize(latents: Latents, stats) -> Latents:
-  return {k: v * stats[f"{k}_std"] + stats[f"{k}_mean"] for k, v in latents.items()}
+  out = {k: (v * stats[f"{k}_direction_std"]) @ stats[f"{k}_directions"].T
+         if f"{k}_directions" in stats else v for k, v in latents.items()}
+  return {k: v * stats[f"{k}_std"] + stats[f"{k}_mean"] for k, v in out.items()}
 
 
 def stats_to_json(stats) -> dict:
-  return {k: np.asarray(v).tolist() for k, v in stats.items()}
+  """Vectors as lists; matrices (whitening directions) as base64 float32, 4 bytes a value."""
+  def encode(value):
+    value = np.asarray(value, np.float32)
+    if value.ndim < 2:
+      return value.tolist()
+    return {"shape": list(value.shape),
+            "float32_base64": base64.b64encode(value.tobytes()).decode()}
+  return {k: encode(v) for k, v in stats.items()}
 
 
 def stats_from_json(payload) -> dict[str, np.ndarray]:
   if isinstance(payload, (str, bytes)):
     payload = json.loads(payload)
-  return {k: np.asarray(v, np.float32) for k, v in payload.items()}
+  def decode(value):
+    if isinstance(value, dict):
+      flat = np.frombuffer(base64.b64decode(value["float32_base64"]), np.float32)
+      return flat.reshape(value["shape"]).copy()
+    return np.asarray(value, np.float32)
+  return {k: decode(v) for k, v in payload.items()}

@@ -69,13 +69,22 @@ def _latent_payload(config, stats) -> dict:
 
 
 def _estimate_latent_stats(config, layout, latent_space):
-  """Per-channel latent mean/std over the first `stats_clips` training clips."""
+  """Latent normalization (latent_space.estimate_stats) on the first `stats_clips` train clips."""
   world = pipeline.make_source(config.data, layout)
   clips = [world[i] for i in range(min(config.latent.stats_clips, len(world)))]
   latents = jax.jit(latent_space.encode)(np.stack([c["video"] for c in clips]),
                                          np.stack([c["audio"] for c in clips]))
-  shared = tuple(filter(None, config.latent.get("shared_stats", "").split(",")))
-  return latent_lib.estimate_stats(latents, shared=shared)
+  def names(field):
+    return tuple(filter(None, config.latent.get(field, "").split(",")))
+  return latent_lib.estimate_stats(latents, shared=names("shared_stats"), whiten=names("whiten"),
+                                   whiten_rank=config.latent.get("whiten_rank", 128))
+
+
+def _fully_whitened(config, modality: str, channels: int) -> bool:
+  """Whitened to unit variance in every direction: the noise left outside the head's span is
+  then distributed as the data is there, so ε/v heads narrower than the token are fine."""
+  whitened = modality in config.latent.get("whiten", "").split(",")
+  return whitened and config.latent.get("whiten_rank", 0) >= channels
 
 
 def check_finite(pending, step, manager, workdir):
@@ -157,7 +166,7 @@ def train(config, workdir: str, steps_this_run: int | None = None,
   narrow = [f"{m} ({c} channels)" for m, c in (("video", layout.video_channels *
                                                  config.model.patch_size**2),
                                                 ("audio", layout.audio_channels))
-            if c > config.model.width]
+            if c > config.model.width and not _fully_whitened(config, m, c)]
   if narrow and config.diffusion.prediction != "x0":
     # The output head is a rank-`width` map: ε (full rank) cannot be predicted beyond a
     # width-dimensional subspace, which floors the loss at ≈ 1 - width / channels, and the noise
