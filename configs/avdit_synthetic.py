@@ -76,6 +76,9 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       # wider than the model, and under eps the noise in the directions it cannot represent is
       # never removed (samples stay noise there; see schedule.prediction_to_x0_eps).
       prediction="x0",
+      # x0 only: x̂_0 = c_skip x_t + c_out F, EDM's skip path per latent channel
+      # (avdit/diffusion/skip.py): the identity at low noise is free, not learned by the trunk.
+      x0_skip=False,
       # Noise-level strategy per training example: "monl" (= vanilla,pm,pt,ptm uniformly), one
       # strategy, a comma list (uniform), or weighted "pt:2,pm:1,ptm:1".
       noise_mixture="monl",

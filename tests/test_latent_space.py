@@ -109,6 +109,10 @@ def test_whitening_equalizes_the_strongest_directions_and_inverts_exactly():
   np.testing.assert_allclose(covariance, np.diag(np.diag(covariance)), atol=1e-4)  # decorrelated
   np.testing.assert_allclose(np.sort(np.diag(covariance))[::-1], expected, rtol=1e-3)
   np.testing.assert_allclose(normalized.mean(0), 0, atol=1e-4)
+  # The per-channel variance the skip path uses (diffusion/skip.py): the same eigenvalue ratios,
+  # strongest first; 1 on the per-channel normalized audio.
+  np.testing.assert_allclose(stats["video_normalized_var"], expected, rtol=1e-3)
+  np.testing.assert_allclose(stats["audio_normalized_var"], 1.0, rtol=1e-6)
   back = latent_space.denormalize(
       latent_space.normalize(latents, stats),
       latent_space.stats_from_json(latent_space.stats_to_json(stats)))

@@ -242,6 +242,10 @@ def estimate_stats(latents: Latents, eps: float = 1e-3, shared: tuple[str, ...] 
     if name in whiten:
       stats[f"{name}_directions"], stats[f"{name}_direction_std"] = _whitening(
           (x - mean) / std, whiten_rank)
+    # Per channel after all of it (diffusion/skip.py's data variance): 1 per channel, shared
+    # stats aside; λ_i / (λ_i + λ_rank) along whitened directions.
+    normalized = normalize({name: x}, {k: v for k, v in stats.items() if k.startswith(name)})
+    stats[f"{name}_normalized_var"] = normalized[name].var(0).astype(np.float32)
   return stats
 
 

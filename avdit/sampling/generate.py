@@ -21,6 +21,7 @@ from avdit import layout as layout_lib
 from avdit import workdir as workdir_lib
 from avdit.data import pipeline
 from avdit.diffusion import schedule as schedule_lib
+from avdit.diffusion import skip as skip_lib
 from avdit.models import latent_space as latent_lib
 from avdit.sampling import outputs
 from avdit.sampling import parallel as parallel_lib
@@ -72,7 +73,9 @@ def load_for_sampling(config, workdir: str, mesh=None):
                      f"{config.latent.name!r}")
   params = state.ema_params if config.sample.use_ema else state.params
   stats = latent_lib.stats_from_json(payload["stats"])
-  return layout, latent_space, make_apply_fn(graphdef), params, stats, step
+  apply_fn = skip_lib.apply_fn_with_skip(make_apply_fn(graphdef), config.diffusion,
+                                         schedule_lib.from_config(config.diffusion), layout, stats)
+  return layout, latent_space, apply_fn, params, stats, step
 
 
 def held_out_seed(config, seed: int) -> int:

@@ -21,6 +21,7 @@ from avdit import layout as layout_lib
 from avdit.diffusion import loss as loss_lib
 from avdit.diffusion import monl
 from avdit.diffusion import schedule as schedule_lib
+from avdit.diffusion import skip as skip_lib
 from avdit.models import avdit as avdit_model
 from avdit.models import latent_space as latent_lib
 from avdit.training import sharding
@@ -128,7 +129,8 @@ def make_train_step(config, layout, graphdef, latent_space, latent_stats, *,
     latents = latent_lib.normalize(latent_space.encode(batch["video"], batch["audio"]), stats)
 
     def loss_fn(params):
-      model = nnx.merge(graphdef, params)
+      model = skip_lib.maybe_with_skip(nnx.merge(graphdef, params), config.diffusion, schedule,
+                                       layout, stats)
       loss, aux = loss_lib.diffusion_loss(
           model, latents, rng, schedule=schedule, layout=layout, mixture_weights=mixture,
           prediction=config.diffusion.prediction, self_condition=config.model.self_condition,
