@@ -34,7 +34,9 @@ from absl import flags
 from flax import nnx
 from ml_collections import config_flags
 
+from avdit import hardware
 from avdit import layout as layout_lib
+from avdit import sharding
 from avdit.data import pipeline
 from avdit.diffusion import schedule as schedule_lib
 from avdit.models import avdit as avdit_model
@@ -42,8 +44,6 @@ from avdit.models import layers
 from avdit.models import latent_space as latent_lib
 from avdit.sampling import generate
 from avdit.sampling import samplers
-from avdit.training import hardware
-from avdit.training import sharding
 from avdit.training import state as state_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:variant]).",
@@ -173,7 +173,7 @@ def benchmark_train_step(config, steps: int) -> dict:
   if _SHARDED.value:
     mesh = sharding.make_mesh(config.mesh)
     sharding.check_batch_divides(config.data.batch_size, mesh.shape)
-    graphdef, state, shardings = sharding.sharded_train_state(config, layout, mesh)
+    graphdef, state, shardings = state_lib.sharded_train_state(config, layout, mesh)
     train_step = state_lib.make_train_step(config, layout, graphdef, latent_space, stats,
                                            state_shardings=shardings,
                                            batch_sharding=sharding.batch_sharding(mesh))

@@ -50,9 +50,9 @@ from absl import app
 from absl import flags
 from flax import nnx
 
+from avdit import hardware
 from avdit.models import magvit2
 from avdit.models import soundstream
-from avdit.training import hardware
 
 MODELS = ("magvit2", "soundstream")
 SETTINGS = ("tiny", "paper")

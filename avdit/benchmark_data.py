@@ -43,10 +43,10 @@ from absl import flags
 from ml_collections import config_flags
 
 from avdit import layout as layout_lib
+from avdit import sharding
 from avdit.data import av_decode
 from avdit.data import pipeline
 from avdit.models import latent_space as latent_lib
-from avdit.training import sharding
 from avdit.training import state as state_lib
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -135,7 +135,7 @@ def _setup_training(config):
   latent_space = latent_lib.make_latent_space(config, layout)
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch_divides(config.data.batch_size, mesh.shape)
-  graphdef, state, state_shardings = sharding.sharded_train_state(config, layout, mesh)
+  graphdef, state, state_shardings = state_lib.sharded_train_state(config, layout, mesh)
   source = pipeline.make_source(config.data, layout)
   count = min(len(source), max(config.latent.stats_clips, config.data.batch_size))
   clips = [source[i] for i in range(count)]

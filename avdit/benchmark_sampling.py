@@ -28,14 +28,15 @@ from absl import flags
 from ml_collections import config_flags
 
 from avdit import layout as layout_lib
+from avdit import sharding
+from avdit import tasks as tasks_lib
 from avdit.data import pipeline
 from avdit.diffusion import schedule as schedule_lib
 from avdit.models import latent_space as latent_lib
 from avdit.sampling import generate
 from avdit.sampling import parallel as parallel_lib
 from avdit.sampling import samplers
-from avdit.sampling import tasks as tasks_lib
-from avdit.training import sharding
+from avdit.training import state as state_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:variant]).",
                                           lock_config=False)
@@ -65,7 +66,7 @@ def _load(config, mesh):
     return layout, latent_space, apply_fn, params, stats, f"checkpoint step {step}"
   layout = layout_lib.layout_from_config(config)
   latent_space = latent_lib.make_latent_space(config, layout)
-  graphdef, state, _ = sharding.sharded_train_state(generate.inference_config(config), layout,
+  graphdef, state, _ = state_lib.sharded_train_state(generate.inference_config(config), layout,
                                                      mesh)
   stats = {f"{k}_{s}": np.full(n, 0.0 if s == "mean" else 1.0, np.float32)
            for k, n in (("video", layout.video_channels), ("audio", layout.audio_channels))

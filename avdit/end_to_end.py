@@ -16,33 +16,17 @@ from absl import logging
 from avdit import layout as layout_lib
 from avdit import workdir as workdir_lib
 from avdit.data import latent_cache
+from avdit.data import pipeline
 from avdit.models import latent_space as latent_lib
-
-
-def resolved(config, workdir: str):
-  """The AVDiT config with the autoencoder workdirs and the cache directory filled in."""
-  config = config.copy_and_resolve_references()
-  if config.latent.name != "learned":  # fixed latents: no autoencoders or cache to name
-    return config
-  with config.unlocked():
-    if not config.latent.video_autoencoder_workdir:
-      config.latent.video_autoencoder_workdir = str(workdir_lib.path(workdir, "magvit2"))
-    if not config.latent.audio_autoencoder_workdir:
-      config.latent.audio_autoencoder_workdir = str(workdir_lib.path(workdir, "soundstream"))
-    if config.data.name == "latent_cache" and not config.data.cache_dir:
-      config.data.cache_dir = str(workdir_lib.path(workdir, "latent_cache"))
-  return config
 
 
 def encode(config, workdir: str) -> dict:
   """Writes the latent cache of `config.encode.num_clips` training clips (data.raw)."""
-  config = resolved(config, workdir)
+  config = workdir_lib.with_stage_dirs(config, workdir)
   layout = layout_lib.layout_from_config(config)
   space = latent_lib.make_latent_space(config, layout)
-  raw = config.copy_and_resolve_references()
-  with raw.unlocked():
-    raw.data = config.data.raw
-  return latent_cache.write_cache(raw, layout, space, config.data.cache_dir,
+  source = pipeline.make_source(config.data.raw, layout)
+  return latent_cache.write_cache(source, config.data.raw, layout, space, config.data.cache_dir,
                                   num_clips=config.encode.num_clips,
                                   batch_size=config.encode.batch_size)
 
@@ -69,7 +53,7 @@ def run(config, workdir: str) -> dict:
   from avdit.sampling import generate  # pylint: disable=g-import-not-at-top
   from avdit.training import autoencoder  # pylint: disable=g-import-not-at-top
   from avdit.training import train  # pylint: disable=g-import-not-at-top
-  config = resolved(config, workdir)
+  config = workdir_lib.with_stage_dirs(config, workdir)
   results = {}
   learned = config.latent.name == "learned"  # else fixed latents: stages 1-3 do not apply
   for name, ae_config, ae_dir in (

@@ -129,7 +129,7 @@ def main(argv):
   from avdit import end_to_end  # pylint: disable=g-import-not-at-top
   logging.info("JAX devices: %s", jax.devices())
   if is_pipeline:
-    config = end_to_end.resolved(config, _WORKDIR.value)
+    config = workdir_lib.with_stage_dirs(config, _WORKDIR.value)
   if mode == "pipeline":
     results = end_to_end.run(config, _WORKDIR.value)
     if results.get("stopped_by"):
@@ -199,6 +199,7 @@ def _model_dir(is_pipeline: bool) -> str:
 
 
 def run_autoencoder(config, mode: str, workdir: str) -> None:
+  from avdit.models import autoencoders  # pylint: disable=g-import-not-at-top
   from avdit.training import autoencoder  # pylint: disable=g-import-not-at-top
   from avdit.training import train  # pylint: disable=g-import-not-at-top
   if mode in ("train", "train_and_sample"):
@@ -209,7 +210,7 @@ def run_autoencoder(config, mode: str, workdir: str) -> None:
       sys.exit(1)
     print(f"{summary['kind']} at step {summary['step']}: {json.dumps(summary['eval'])}")
   elif mode == "sample":
-    model, _, step = autoencoder.load_autoencoder(workdir)
+    model, _, step = autoencoders.load_autoencoder(workdir)
     result = autoencoder.evaluate(config, model, workdir if jax.process_index() == 0 else None)
     print(f"reconstructions of step {step} in {workdir}/reconstructions: {json.dumps(result)}")
   else:

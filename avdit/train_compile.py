@@ -27,15 +27,15 @@ from absl import flags
 from flax import nnx
 from ml_collections import config_flags
 
+from avdit import hardware
 from avdit import layout as layout_lib
+from avdit import sharding
+from avdit import tasks as tasks_lib
 from avdit.diffusion import schedule as schedule_lib
 from avdit.models import avdit as avdit_model
 from avdit.models import latent_space as latent_lib
 from avdit.sampling import generate
 from avdit.sampling import samplers
-from avdit.sampling import tasks as tasks_lib
-from avdit.training import hardware
-from avdit.training import sharding
 from avdit.training import state as state_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:variant]).",

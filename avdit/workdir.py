@@ -3,7 +3,8 @@
 Orbax checkpoints and clu's TensorBoard writers handle `gs://` themselves. Everything else avdit
 writes (config.json, train_summary.json, samples) goes through `etils.epath` here; files made by
 libraries that only write local files (PyAV's mp4 muxer, matplotlib) are written to a local
-staging directory and copied to the bucket when it closes.
+staging directory and copied to the bucket when it closes. A pipeline's stages each have their
+own sub-directory (`with_stage_dirs`).
 """
 from __future__ import annotations
 
@@ -53,3 +54,23 @@ def local_staging(target_dir) -> Iterator[pathlib.Path]:
         epath.Path(source).copy(destination, overwrite=True)
   finally:
     shutil.rmtree(staging, ignore_errors=True)
+
+
+def with_stage_dirs(config, workdir: str):
+  """A pipeline's AVDiT config with its autoencoder workdirs and cache directory filled in.
+
+  The pipeline (avdit/end_to_end.py) runs each stage in its own sub-directory of the workdir;
+  every tool that reads a stage's output (the pipeline itself, main's modes, the probes) names
+  them here, so they agree.
+  """
+  config = config.copy_and_resolve_references()
+  if config.latent.name != "learned":  # fixed latents: no autoencoders or cache to name
+    return config
+  with config.unlocked():
+    if not config.latent.video_autoencoder_workdir:
+      config.latent.video_autoencoder_workdir = str(path(workdir, "magvit2"))
+    if not config.latent.audio_autoencoder_workdir:
+      config.latent.audio_autoencoder_workdir = str(path(workdir, "soundstream"))
+    if config.data.name == "latent_cache" and not config.data.cache_dir:
+      config.data.cache_dir = str(path(workdir, "latent_cache"))
+  return config

@@ -16,9 +16,9 @@ import numpy as np  # noqa: E402
 import orbax.checkpoint as ocp  # noqa: E402
 
 from avdit import layout as layout_lib  # noqa: E402
+from avdit import sharding  # noqa: E402
 from avdit.data import pipeline  # noqa: E402
 from avdit.models import latent_space as latent_lib  # noqa: E402
-from avdit.training import sharding  # noqa: E402
 from avdit.training import state as state_lib  # noqa: E402
 from configs import avdit_synthetic  # noqa: E402
 
@@ -60,7 +60,7 @@ def main(tmp_dir):
   for name, parallelism in MESHES.items():
     config.mesh.ici_parallelism = parallelism
     mesh = sharding.make_mesh(config.mesh)
-    graphdef_m, state_m, shardings = sharding.sharded_train_state(config, layout, mesh)
+    graphdef_m, state_m, shardings = state_lib.sharded_train_state(config, layout, mesh)
     init_diff = max(float(np.max(np.abs(a - b))) for a, b in zip(init, leaves(state_m.params)))
     step_m = state_lib.make_train_step(config, layout, graphdef_m, space, stats,
                                        state_shardings=shardings,
@@ -130,7 +130,7 @@ def scanned_layers_case(config, layout, space, stats, batch):
   reference = leaves(state)
   config.mesh.ici_parallelism = MESHES["tensor2_fsdp2_data2"]
   mesh = sharding.make_mesh(config.mesh)
-  graphdef_m, state_m, shardings = sharding.sharded_train_state(config, layout, mesh)
+  graphdef_m, state_m, shardings = state_lib.sharded_train_state(config, layout, mesh)
   step_m = state_lib.make_train_step(config, layout, graphdef_m, space, stats,
                                      state_shardings=shardings,
                                      batch_sharding=sharding.batch_sharding(mesh))

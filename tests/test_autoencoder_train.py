@@ -13,6 +13,7 @@ import pytest
 
 from avdit import layout as layout_lib
 from avdit.data import latent_cache
+from avdit.models import autoencoders
 from avdit.models import latent_space as latent_lib
 from avdit.training import autoencoder
 from configs import avdit_pipeline
@@ -65,7 +66,7 @@ def test_tiny_run_trains_with_gan_and_quantizer(runs, name):
 
 def test_load_autoencoder_rebuilds_the_ema_generator_from_its_checkpoint(runs):
   _, workdir, summary = runs["soundstream"]
-  model, identity, step = autoencoder.load_autoencoder(workdir)
+  model, identity, step = autoencoders.load_autoencoder(workdir)
   assert step == 6 and identity["kind"] == "soundstream"
   from flax import nnx
   ema = _leaves(summary["state"].ema_params)

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from avdit import layout as layout_lib
+from avdit import tasks as tasks_lib
 from avdit.evaluation import report
 from avdit.evaluation import suite
-from avdit.sampling import tasks as tasks_lib
 
 
 @pytest.fixture
@@ -173,7 +173,7 @@ def test_autoencoder_baseline_round_trips_the_clips_in_padded_batches(layout, wo
   # space_to_depth is lossless: its round trip is the real clips (8 clips in batches of 3).
   import ml_collections
   from avdit.models import latent_space as latent_lib
-  from avdit.training import sharding
+  from avdit import sharding
   from configs import avdit_synthetic
   space = latent_lib.SpaceToDepth(layout)
   stats = {f"{k}_{s}": np.full(c, v, np.float32) for k, c in (("video", 768), ("audio", 320))

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from avdit import layout as layout_lib
-from avdit.sampling import tasks
+from avdit import tasks
 
 
 def test_paper_token_counts(paper_layout):

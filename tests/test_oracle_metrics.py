@@ -15,9 +15,9 @@ import pytest
 from scipy import ndimage
 
 from avdit import layout as layout_lib
+from avdit import tasks as tasks_lib
 from avdit.data import synthetic
 from avdit.evaluation import oracle
-from avdit.sampling import tasks as tasks_lib
 
 # The `default` config's clip timing (17 frames at 8 fps, 16 kHz), at 64x64 and 32x32.
 LAYOUT = layout_lib.ClipLayout(num_frames=17, fps=8.0, height=64, width=64, sample_rate=16000,

@@ -212,7 +212,7 @@ def command_env():
 
 
 def cache_files(data_dir):
-  cache = prepare.cache_dir_for(os.path.join(data_dir, "av_folder", "_prepare_cache"), GEOMETRY)
+  cache = av_folder.cache_dir_for(os.path.join(data_dir, "av_folder", "_prepare_cache"), GEOMETRY)
   return sorted(f for f in os.listdir(cache) if f.endswith(".npz")) if os.path.isdir(cache) else []
 
 
@@ -234,12 +234,12 @@ def test_killed_command_rerun_equals_a_clean_run(clean, manual_dir, tmp_path):
   done_at_kill = len(left_by_kill)
   # Each file's intermediate is written as soon as it is decoded, not at the end of the run.
   assert done_at_kill == FILES_BEFORE_HANG
-  cache = prepare.cache_dir_for(os.path.join(data_dir, "av_folder", "_prepare_cache"), GEOMETRY)
+  cache = av_folder.cache_dir_for(os.path.join(data_dir, "av_folder", "_prepare_cache"), GEOMETRY)
   for name in left_by_kill:  # every intermediate the kill left is complete (written atomically)
-    outcome = prepare.read_outcome(os.path.join(cache, name))
+    outcome = av_folder.read_outcome(os.path.join(cache, name))
     assert outcome is not None and outcome["status"] in ("decoded", "skipped"), (name, outcome)
     if outcome["status"] == "decoded":
-      decoded = prepare.load_decoded(os.path.join(cache, name), outcome["relpath"])
+      decoded = av_folder.load_decoded(os.path.join(cache, name), outcome["relpath"])
       assert decoded.frames_thwc.shape[1:] == (GEOMETRY.height, GEOMETRY.width, 3)
       assert decoded.audio_l.size > 0
   assert not os.path.exists(os.path.join(data_dir, "av_folder", CONFIG.name, "1.0.0"))
@@ -250,7 +250,7 @@ def test_killed_command_rerun_equals_a_clean_run(clean, manual_dir, tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   assert f"--config.data.tfds_name={NAME} --config.data.data_dir={data_dir}" in result.stdout
   assert "Decoded 8/8 files" in result.stderr  # progress, counting the files done before
-  report = prepare.read_report(os.path.join(data_dir, "av_folder", CONFIG.name, "1.0.0"))
+  report = av_folder.read_report(os.path.join(data_dir, "av_folder", CONFIG.name, "1.0.0"))
   assert report["cache"]["reused"] == done_at_kill
   assert report["cache"]["decoded"] == len(GOOD) + len(SKIPPED) - done_at_kill
   assert comparable(report) == comparable(clean[1])
@@ -260,7 +260,7 @@ def test_killed_command_rerun_equals_a_clean_run(clean, manual_dir, tmp_path):
 def test_interrupted_build_and_damaged_cache_rerun_equals_a_clean_run(clean, manual_dir,
                                                                        tmp_path, monkeypatch):
   data_dir = str(tmp_path / "interrupted")
-  load_decoded = prepare.load_decoded
+  load_decoded = av_folder.load_decoded
   calls = []
 
   def interrupt_second_file(*args, **kwargs):
@@ -269,7 +269,7 @@ def test_interrupted_build_and_damaged_cache_rerun_equals_a_clean_run(clean, man
       raise KeyboardInterrupt  # Ctrl-C while TFDS writes the shards
     return load_decoded(*args, **kwargs)
 
-  monkeypatch.setattr(prepare, "load_decoded", interrupt_second_file)
+  monkeypatch.setattr(av_folder, "load_decoded", interrupt_second_file)
   with pytest.raises(KeyboardInterrupt):
     prepare.prepare_dataset(manual_dir, data_dir, CONFIG)
   monkeypatch.undo()
@@ -279,8 +279,8 @@ def test_interrupted_build_and_damaged_cache_rerun_equals_a_clean_run(clean, man
 
   # Damage the cache as a crash or a full disk might: a half-written temporary file of a dead
   # process, and an intermediate that is not a valid file.
-  damaged = prepare.cache_path_for(
-      prepare.cache_dir_for(os.path.join(data_dir, "av_folder", "_prepare_cache"), GEOMETRY),
+  damaged = av_folder.cache_path_for(
+      av_folder.cache_dir_for(os.path.join(data_dir, "av_folder", "_prepare_cache"), GEOMETRY),
       manual_dir, "train/a.mp4", GEOMETRY)
   with open(damaged, "r+b") as f:
     f.truncate(100)
@@ -313,7 +313,7 @@ def test_unexpected_decoder_errors_skip_the_file_and_are_retried(manual_dir, tmp
                                                   test_fraction=0.0)
   report = prepare.prepare_dataset(root, tmp_path / "out", config)
   assert report["skipped"] == {"unexpected_error": {
-      "count": 1, "meaning": prepare.SKIP_REASONS["unexpected_error"],
+      "count": 1, "meaning": av_folder.SKIP_REASONS["unexpected_error"],
       "files": {"b.mp4": "RuntimeError: decoder bug"}}}
   assert report["splits"]["test"] == {**report["splits"]["test"], "clips": 0,
                                       "in_dataset": False}  # empty: left out of the dataset
@@ -338,7 +338,7 @@ def test_split_by_file_lists(tmp_path):
   assert sorted(sources(records["train"])) == ["a.mp4", "b.mp4"]
   assert sources(records["test"]) == ["sub/c.mp4"]
   assert report["skipped"] == {"missing": {
-      "count": 1, "meaning": prepare.SKIP_REASONS["missing"],
+      "count": 1, "meaning": av_folder.SKIP_REASONS["missing"],
       "files": {"missing.mp4": "no such file in manual_dir"}}}
   assert report["ignored"]["files"] == ["unlisted.mp4"]
   (root / "test.txt").write_text("sub/c.mp4\na.mp4\n")

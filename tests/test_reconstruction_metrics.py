@@ -1,7 +1,7 @@
 """Reconstruction metrics and their baselines, against closed forms."""
 import numpy as np
 
-from avdit.evaluation import reconstruction
+from avdit.models import reconstruction
 
 
 def test_psnr_closed_form_and_mean_frame_baseline():

@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 
 from avdit import layout as layout_lib
+from avdit import tasks as tasks_lib
 from avdit.diffusion import schedule as schedule_lib
 from avdit.sampling import samplers
-from avdit.sampling import tasks as tasks_lib
 
 LAYOUT = layout_lib.ClipLayout(num_frames=9, fps=8.0, height=16, width=16, sample_rate=16000,
                                video_channels=3, audio_channels=2, spatial_factor=8,

@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from avdit.training import sharding
+from avdit import sharding
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -71,7 +71,7 @@ def test_batch_that_does_not_divide_the_mesh_is_a_clear_error():
 
 
 def test_device_kinds_map_to_chips():
-  from avdit.training import hardware
+  from avdit import hardware
 
   class FakeDevice:
     def __init__(self, kind):

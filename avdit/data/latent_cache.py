@@ -50,15 +50,17 @@ def identity_for_meta(latent_space) -> dict:
           for m, ident in latent_space.identity.items()}
 
 
-def write_cache(config, layout, latent_space, cache_dir: str, num_clips: int | None = None,
-                batch_size: int = 8) -> dict:
-  """Encodes the first `num_clips` (default all) training clips; returns the meta dict."""
-  from avdit.data import pipeline  # pylint: disable=g-import-not-at-top
+def write_cache(source, data_config, layout, latent_space, cache_dir: str,
+                num_clips: int | None = None, batch_size: int = 8) -> dict:
+  """Encodes the first `num_clips` (default all) clips of `source`; returns the meta dict.
+
+  `source` is the clip source of `data_config` (`pipeline.make_source`), which the meta records;
+  the caller makes it, since the input pipeline reads latent caches and so imports this module.
+  """
   os.makedirs(cache_dir, exist_ok=True)
   meta_path = os.path.join(cache_dir, META)
   if os.path.exists(meta_path):
     os.remove(meta_path)  # rewriting: the cache is incomplete until meta.json is back
-  source = pipeline.make_source(config.data, layout)
   num_clips = len(source) if num_clips is None else min(num_clips, len(source))
   encode = jax.jit(latent_space.encode)
   writer = array_record_module.ArrayRecordWriter(os.path.join(cache_dir, RECORDS),
@@ -90,7 +92,7 @@ def write_cache(config, layout, latent_space, cache_dir: str, num_clips: int | N
   meta = {"num_clips": num_clips, "video_latent_shape": list(layout.video_latent_shape),
           "audio_latent_shape": list(layout.audio_latent_shape), "stats": stats,
           "autoencoders": identity_for_meta(latent_space),
-          "data": {k: v for k, v in config.data.to_dict().items() if k != "cache_dir"},
+          "data": {k: v for k, v in data_config.to_dict().items() if k != "cache_dir"},
           "seconds": time.time() - start}
   workdir_lib.write_text(cache_dir, META, json.dumps(meta, indent=1))
   logging.info("wrote %d clips of latents to %s in %.1fs", num_clips, cache_dir, meta["seconds"])

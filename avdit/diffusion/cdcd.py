@@ -25,7 +25,7 @@ One training example (`cdcd_loss`), with everything random drawn by `sample_plan
        "continue"  the first k segments of both modalities given, the rest generated, with
                    k ~ U{k_min..N-1}: k_min = 2 when intra-negatives are used (a single given
                    segment cannot be shuffled), else 1.
-     a2v/v2a are the masks of `avdit.sampling.tasks` (so the same elements as the sampler tasks).
+     a2v/v2a are the masks of `avdit.tasks` (so the same elements as the sampler tasks).
   2. One noise level t ~ U{1..T} per example for all generated elements (as in the sampler, whose
      generated elements share t_k); condition elements are clean with t = 0. ε ~ N(0, I).
   3. Negative conditions (clean latents of the condition elements; generated elements keep the
@@ -93,8 +93,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from avdit import layout as layout_lib
+from avdit import tasks as tasks_lib
 from avdit.diffusion import schedule as schedule_lib
-from avdit.sampling import tasks as tasks_lib
 
 Array = jax.Array
 Latents = dict[str, Array]

@@ -22,7 +22,8 @@ whatever scope above `inception_i3d/` the checkpoint used; `RGB/` is preferred w
 checkpoint has several), the optional PCA arrays, and
 `__network__` / `__width__` so that `i3d.load` / `vggish.load` refuse a file of the wrong network.
 
-`read_weights` and `check_shapes` are the loaders' shared checks; they need only numpy.
+The file's keys and the loaders' shared checks (`read_weights`, `check_shapes`) are in
+avdit/evaluation/feature_weights.py.
 """
 from __future__ import annotations
 
@@ -33,55 +34,11 @@ import sys
 
 import numpy as np
 
-NETWORK_KEY = "__network__"
-WIDTH_KEY = "__width__"
+from avdit.evaluation import feature_weights
+from avdit.evaluation import i3d
+from avdit.evaluation import vggish
+
 NETWORKS = ("i3d", "vggish")
-_LISTED = 8  # Names listed per problem in an error message.
-
-
-def _listing(names) -> str:
-  names = sorted(names)
-  more = f" and {len(names) - _LISTED} more" if len(names) > _LISTED else ""
-  return ", ".join(names[:_LISTED]) + more
-
-
-def check_shapes(shapes: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]],
-                 source: str) -> None:
-  """Raises a ValueError naming the missing, unexpected and wrongly shaped variables of `shapes`
-  ({name: shape}) against `expected`."""
-  missing = set(expected) - set(shapes)
-  extra = set(shapes) - set(expected)
-  wrong = [f"{name} {tuple(shapes[name])} (expected {tuple(expected[name])})"
-           for name in sorted(set(expected) & set(shapes))
-           if tuple(shapes[name]) != tuple(expected[name])]
-  problems = []
-  if missing:
-    problems.append(f"{len(missing)} missing variable(s): {_listing(missing)}")
-  if extra:
-    problems.append(f"{len(extra)} unexpected variable(s): {_listing(extra)}")
-  if wrong:
-    problems.append(f"{len(wrong)} shape mismatch(es): {'; '.join(wrong[:_LISTED])}")
-  if problems:
-    raise ValueError(f"{source} does not match the network's public layout: "
-                     + " | ".join(problems))
-
-
-def read_weights(path: str, network: str) -> tuple[dict[str, np.ndarray], float]:
-  """(arrays by name, width) of a converted .npz of `network`; clear errors for a missing file or
-  a file converted for another network."""
-  if not os.path.isfile(path):
-    raise FileNotFoundError(
-        f"{network} weights not found at {path!r}. Convert the public checkpoint once with "
-        f"`python -m avdit.evaluation.convert_features --network={network} --checkpoint=... "
-        f"--output={path}` (see avdit/evaluation/convert_features.py for where to get it).")
-  with np.load(path, allow_pickle=False) as data:
-    arrays = {name: data[name] for name in data.files}
-  stored = str(arrays.pop(NETWORK_KEY, ""))
-  if stored != network:
-    raise ValueError(f"{path} holds {stored or 'no'} network weights (key {NETWORK_KEY!r}), "
-                     f"expected {network!r}; was it written by convert_features?")
-  width = float(arrays.pop(WIDTH_KEY, 1.0))
-  return arrays, width
 
 
 def _resolve_checkpoint(path: str) -> str:
@@ -126,8 +83,6 @@ def read_checkpoint(network: str, checkpoint_path: str, *,
                     width: float = 1.0) -> tuple[dict[str, np.ndarray], list[str]]:
   """(arrays under their public names, ignored variable names) of a TF checkpoint of `network`,
   checked against the public layout (at `width`, 1 for the public networks)."""
-  from avdit.evaluation import i3d, vggish  # pylint: disable=import-outside-toplevel
-
   if network not in NETWORKS:
     raise ValueError(f"unknown network {network!r}; expected one of {NETWORKS}")
   checkpoint = _resolve_checkpoint(checkpoint_path)
@@ -148,7 +103,8 @@ def read_checkpoint(network: str, checkpoint_path: str, *,
     expected = vggish.checkpoint_shapes(width)
     to_public = {n: n for n in shapes if n.startswith(vggish.CHECKPOINT_SCOPE + "/")}
   ignored = sorted(set(shapes) - set(to_public))
-  check_shapes({p: tuple(shapes[n]) for n, p in to_public.items()}, expected, checkpoint)
+  feature_weights.check_shapes({p: tuple(shapes[n]) for n, p in to_public.items()}, expected,
+                               checkpoint)
   arrays = {p: np.asarray(reader.get_tensor(n), np.float32) for n, p in to_public.items()}
   return arrays, ignored
 
@@ -186,8 +142,8 @@ def convert(network: str, checkpoint_path: str, output_path: str, *,
   pca = {} if pca_params_path is None else read_pca_params(pca_params_path)
   arrays, ignored = read_checkpoint(network, checkpoint_path, width=width)
   arrays.update(pca)
-  np.savez(output_path, **arrays, **{NETWORK_KEY: np.array(network),
-                                     WIDTH_KEY: np.array(float(width))})
+  np.savez(output_path, **arrays, **{feature_weights.NETWORK_KEY: np.array(network),
+                                     feature_weights.WIDTH_KEY: np.array(float(width))})
   return {"network": network, "output": output_path, "variables": len(arrays),
           "parameters": int(sum(a.size for a in arrays.values())), "ignored": ignored}
 
@@ -217,8 +173,8 @@ def main(argv: list[str] | None = None) -> int:
   ignored = summary["ignored"]
   print(f"wrote {summary['output']}: {summary['network']}, {summary['variables']} arrays, "
         f"{summary['parameters']:,} values"
-        + (f"; ignored {len(ignored)} variable(s) outside the network: {_listing(ignored)}"
-           if ignored else ""))
+        + (f"; ignored {len(ignored)} variable(s) outside the network: "
+           f"{feature_weights.listing(ignored)}" if ignored else ""))
   return 0
 
 

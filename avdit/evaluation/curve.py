@@ -16,10 +16,10 @@ import math
 
 from absl import logging
 
+from avdit import checkpointing
 from avdit import workdir as workdir_lib
 from avdit.evaluation import report
 from avdit.evaluation import suite
-from avdit.training import checkpointing
 
 # What the curve shows, in this order (the cross-modal metrics first: they are what is learned
 # last and what the tasks exist for).

@@ -60,7 +60,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from avdit.evaluation import convert_features
+from avdit.evaluation import feature_weights
 
 NETWORK = "i3d"
 CHECKPOINT_SCOPE = "RGB/inception_i3d"
@@ -344,11 +344,11 @@ def preprocess(video_bthwc: jax.Array,
 # --- weights and metric ---------------------------------------------------------------------------
 def load(path: str) -> InceptionI3d:
   """An `InceptionI3d` with the weights of a converted checkpoint (.npz, see the module doc)."""
-  weights, width = convert_features.read_weights(path, NETWORK)
+  weights, width = feature_weights.read_weights(path, NETWORK)
   num_classes = weights.get(f"{CHECKPOINT_SCOPE}/Logits/Conv3d_0c_1x1/conv_3d/b",
                             np.zeros(NUM_CLASSES)).shape[0]
-  convert_features.check_shapes({k: v.shape for k, v in weights.items()},
-                                checkpoint_shapes(width, num_classes), path)
+  feature_weights.check_shapes({k: v.shape for k, v in weights.items()},
+                               checkpoint_shapes(width, num_classes), path)
   model = InceptionI3d(width=width, num_classes=num_classes)
   for spec, unit in zip(unit_specs(width, num_classes), model.units()):
     prefix = f"{CHECKPOINT_SCOPE}/{spec.name}/"

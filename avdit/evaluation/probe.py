@@ -22,6 +22,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from avdit import layout as layout_lib
+from avdit import workdir as workdir_lib
 from avdit.data import pipeline
 from avdit.data import synthetic
 from avdit.models import latent_space as latent_lib
@@ -106,10 +107,9 @@ def main(argv):
   args = flags.FLAGS
   config = args.config
   if "video_autoencoder" in config:
-    from avdit import end_to_end  # pylint: disable=g-import-not-at-top
     if not args.workdir:
       raise app.UsageError("--workdir (the pipeline's) is required for learned latents")
-    config = end_to_end.resolved(config, args.workdir)
+    config = workdir_lib.with_stage_dirs(config, args.workdir)
   layout = layout_lib.layout_from_config(config)
   space = latent_lib.make_latent_space(config, layout)
   num_clips = args.num_clips

@@ -35,6 +35,9 @@ import numpy as np
 from absl import logging
 
 from avdit import layout as layout_lib
+from avdit import media
+from avdit import sharding
+from avdit import tasks as tasks_lib
 from avdit import workdir as workdir_lib
 from avdit.data import pipeline
 from avdit.data import synthetic
@@ -44,10 +47,7 @@ from avdit.evaluation import cross_modal
 from avdit.evaluation import oracle
 from avdit.evaluation import report
 from avdit.sampling import generate
-from avdit.sampling import outputs
 from avdit.sampling import samplers
-from avdit.sampling import tasks as tasks_lib
-from avdit.training import sharding
 
 EVAL_DIR = "eval"
 
@@ -432,8 +432,8 @@ def write(results: dict, generated_by_task: dict, clips: dict, task_list, layout
       generated = generated_by_task[task.name]
       for i in range(min(num_sample_videos, generated["video"].shape[0])):
         stem = samples_dir / f"{task.name}_{i}"
-        outputs.write_mp4(f"{stem}.mp4", generated["video"][i], generated["audio"][i],
-                          layout.fps, layout.sample_rate)
-        outputs.write_comparison_mp4(f"{stem}_compare.mp4", clips["video"][i],
-                                     generated["video"][i], generated["audio"][i],
-                                     task.condition_mask, layout)
+        media.write_mp4(f"{stem}.mp4", generated["video"][i], generated["audio"][i],
+                        layout.fps, layout.sample_rate)
+        media.write_comparison_mp4(f"{stem}_compare.mp4", clips["video"][i],
+                                   generated["video"][i], generated["audio"][i],
+                                   task.condition_mask, layout)

@@ -55,7 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from avdit.evaluation import convert_features
+from avdit.evaluation import feature_weights
 from avdit.models import audio_losses
 
 NETWORK = "vggish"
@@ -318,13 +318,13 @@ def _embed(model: VGGish, examples_nft: jax.Array) -> jax.Array:
 # --- weights and metric ---------------------------------------------------------------------------
 def load(path: str, *, embedding_relu: bool = False) -> VGGish:
   """A `VGGish` with the weights (and PCA parameters, if converted) of a converted checkpoint."""
-  weights, width = convert_features.read_weights(path, NETWORK)
+  weights, width = feature_weights.read_weights(path, NETWORK)
   pca = {k: weights.pop(k) for k in (PCA_EIGEN_VECTORS, PCA_MEANS) if k in weights}
   if len(pca) == 1:
     raise ValueError(f"{path}: PCA parameters need both {PCA_EIGEN_VECTORS} and {PCA_MEANS}, "
                      f"found only {sorted(pca)}")
-  convert_features.check_shapes({k: v.shape for k, v in weights.items()}, checkpoint_shapes(width),
-                                path)
+  feature_weights.check_shapes({k: v.shape for k, v in weights.items()}, checkpoint_shapes(width),
+                               path)
   model = VGGish(width=width, embedding_relu=embedding_relu)
   as_device = lambda a: jnp.asarray(np.asarray(a, np.float32))
   for spec, kernel, bias in zip(model.specs, model.kernels, model.biases):

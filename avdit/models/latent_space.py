@@ -142,11 +142,11 @@ class LearnedLatents:
   """
 
   def __init__(self, layout: layout_lib.ClipLayout, video_workdir: str, audio_workdir: str):
-    from avdit.training import autoencoder  # pylint: disable=g-import-not-at-top
+    from avdit.models import autoencoders  # pylint: disable=g-import-not-at-top
     self.layout = layout
-    self.video_model, self.video_identity, self.video_step = autoencoder.load_autoencoder(
+    self.video_model, self.video_identity, self.video_step = autoencoders.load_autoencoder(
         video_workdir)
-    self.audio_model, self.audio_identity, self.audio_step = autoencoder.load_autoencoder(
+    self.audio_model, self.audio_identity, self.audio_step = autoencoders.load_autoencoder(
         audio_workdir)
     self.identity = {"video": dict(self.video_identity, workdir=str(video_workdir),
                                    step=int(self.video_step)),

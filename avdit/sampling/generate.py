@@ -17,18 +17,18 @@ import jax
 from absl import logging
 from flax import nnx
 
+from avdit import checkpointing
 from avdit import layout as layout_lib
+from avdit import media
+from avdit import sharding
+from avdit import tasks as tasks_lib
 from avdit import workdir as workdir_lib
 from avdit.data import pipeline
 from avdit.diffusion import schedule as schedule_lib
 from avdit.diffusion import skip as skip_lib
 from avdit.models import latent_space as latent_lib
-from avdit.sampling import outputs
 from avdit.sampling import parallel as parallel_lib
 from avdit.sampling import samplers
-from avdit.sampling import tasks as tasks_lib
-from avdit.training import checkpointing
-from avdit.training import sharding
 from avdit.training import state as state_lib
 
 
@@ -156,19 +156,19 @@ def sample(config, workdir: str) -> list[dict]:
       video, audio = generated[task.name]
       for i in range(num_clips):
         stem = f"{task.name}_{i}"
-        outputs.write_mp4(samples_dir / f"{stem}.mp4", video[i], audio[i], layout.fps,
-                          layout.sample_rate)
-        outputs.write_comparison_mp4(samples_dir / f"{stem}_compare.mp4", clips["video"][i],
-                                     video[i], audio[i], task.condition_mask, layout)
-        outputs.write_strip_png(samples_dir / f"{stem}.png", clips["video"][i], video[i],
-                                clips["audio"][i], audio[i], task.condition_mask, layout,
-                                title=f"{task.name} ({task.spec or 'unconditional'}), clip {i}, "
-                                f"step {step}")
+        media.write_mp4(samples_dir / f"{stem}.mp4", video[i], audio[i], layout.fps,
+                        layout.sample_rate)
+        media.write_comparison_mp4(samples_dir / f"{stem}_compare.mp4", clips["video"][i],
+                                   video[i], audio[i], task.condition_mask, layout)
+        media.write_strip_png(samples_dir / f"{stem}.png", clips["video"][i], video[i],
+                              clips["audio"][i], audio[i], task.condition_mask, layout,
+                              title=f"{task.name} ({task.spec or 'unconditional'}), clip {i}, "
+                              f"step {step}")
         entries.append({"title": f"{task.name} #{i}", "task": task.name, "spec": task.spec,
                         "sampler": dataclasses.asdict(spec),
                         "videos": [f"{stem}_compare.mp4", f"{stem}.mp4"], "png": f"{stem}.png",
                         "checkpoint_step": step})
-    outputs.write_index_html(samples_dir, entries)
+    media.write_index_html(samples_dir, entries)
     (samples_dir / "summary.json").write_text(json.dumps(
         {"checkpoint_step": step, "sampler": dataclasses.asdict(spec), "timings": timings,
          "files": [e["videos"] + [e["png"]] for e in entries]}, indent=2))

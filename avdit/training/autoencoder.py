@@ -11,7 +11,7 @@ One trainer for both, in the phases of `train.py`:
   5. Loop    metrics every `log_every` steps, checkpoints (state + data position + the model's
              identity) every `checkpoint_every` steps, at the end and on SIGTERM/SIGINT
   6. Eval    reconstructions of held-out clips with the EMA generator: PSNR / log-mel distance
-             against the trivial baselines (avdit.evaluation.reconstruction), written as mp4 + PNG
+             against the trivial baselines (avdit.models.reconstruction), written as mp4 + PNG
 
 Losses. MAGVIT-v2: L2 reconstruction (+ optional perceptual from a weights file), LFQ
 commitment and entropy when quantizing, non-saturating generator loss; discriminator hinge +
@@ -23,9 +23,9 @@ the tokenizers were trained. AVDiT diffuses the *pre-quantization* latents and d
 generates, so the small end-to-end configs train with the quantizer bypassed: the decoder then
 learns exactly the continuous latents the diffusion model will produce.
 
-`load_autoencoder(workdir)` rebuilds the EMA generator of a run from its checkpoint alone (the
-model's kind and constructor arguments are saved with it), for encoding latent caches and
-decoding samples.
+Every checkpoint saves the model's kind and constructor arguments with it, so
+`avdit.models.autoencoders.load_autoencoder(workdir)` rebuilds the EMA generator of a run from
+the checkpoint alone, for encoding latent caches and decoding samples.
 """
 from __future__ import annotations
 
@@ -46,21 +46,20 @@ from clu import metric_writers
 from clu import periodic_actions
 from flax import nnx
 
+from avdit import checkpointing
 from avdit import layout as layout_lib
+from avdit import sharding
 from avdit import workdir as workdir_lib
 from avdit.data import pipeline
-from avdit.evaluation import reconstruction
 from avdit.models import audio_losses
+from avdit.models import autoencoders
 from avdit.models import gan_losses
 from avdit.models import magvit2
+from avdit.models import reconstruction
 from avdit.models import soundstream
-from avdit.training import checkpointing
-from avdit.training import hardware
-from avdit.training import sharding
 from avdit.training import train as train_lib
 
 KINDS = ("magvit2", "soundstream")
-ITEMS = ("state", "data_iter", "model")
 
 
 @flax.struct.dataclass
@@ -99,32 +98,16 @@ def model_kwargs(config) -> dict:
   return {k: (list(v) if isinstance(v, tuple) else v) for k, v in kwargs.items()}
 
 
-def _tupled(kwargs: dict) -> dict:
-  out = {}
-  for k, v in kwargs.items():
-    if isinstance(v, list):
-      v = tuple(tuple(x) if isinstance(x, list) else x for x in v)
-    out[k] = v
-  return out
-
-
-def build_generator(kind_name: str, kwargs: dict, dtype: str, seed: int):
-  rngs = nnx.Rngs(seed)
-  if kind_name == "magvit2":
-    return magvit2.Magvit2(**_tupled(kwargs), dtype=dtype, rngs=rngs)
-  return soundstream.SoundStream(**_tupled(kwargs), dtype=dtype, rngs=rngs)
-
-
 def build_discriminator(config, seed: int):
   if not config.loss.adversarial_weight:
     return None
   rngs = nnx.Rngs(seed + 1)
-  kwargs = _tupled(config.discriminator.kwargs.to_dict())
+  kwargs = autoencoders.tupled(config.discriminator.kwargs.to_dict())
   if config.kind == "magvit2":
     return magvit2.Magvit2Discriminator(**kwargs, dtype=config.discriminator.dtype, rngs=rngs)
   return soundstream.SoundStreamDiscriminator(
-      stft_kwargs=_tupled(kwargs["stft"]), wave_kwargs=_tupled(kwargs["wave"]),
-      dtype=config.discriminator.dtype, rngs=rngs)
+      stft_kwargs=autoencoders.tupled(kwargs["stft"]),
+      wave_kwargs=autoencoders.tupled(kwargs["wave"]), dtype=config.discriminator.dtype, rngs=rngs)
 
 
 def clip_layout(config) -> layout_lib.ClipLayout:
@@ -166,7 +149,8 @@ def _num_disc_outputs(kind: Kind) -> int:
 def create_state(config):
   """(generator graphdef, discriminator graphdef | None, fresh AutoencoderState)."""
   kind = kind_of(config)
-  gen = build_generator(kind.name, model_kwargs(config), config.model.dtype, config.seed)
+  gen = autoencoders.build_generator(kind.name, model_kwargs(config), config.model.dtype,
+                                     config.seed)
   gen_graphdef, gen_params, gen_state = nnx.split(gen, nnx.Param, ...)
   disc = build_discriminator(config, config.seed)
   disc_graphdef, disc_params, disc_opt = None, None, None
@@ -331,31 +315,6 @@ def _save(manager, step, state, data_iter, identity, force=False):
       model=ocp.args.JsonSave(identity)), force=force)
 
 
-def load_autoencoder(workdir: str, step: int = -1, use_ema: bool = True):
-  """(generator nnx.Module with the run's EMA (or raw) parameters, identity dict, step)."""
-  directory = checkpointing.checkpoint_dir(workdir)
-  if not workdir_lib.path(directory).is_dir():
-    raise FileNotFoundError(f"no autoencoder checkpoints in {directory}: train it first "
-                            f"(python -m avdit.main --config=configs/<magvit2|soundstream>_... "
-                            f"--mode=train --workdir={workdir})")
-  manager = checkpointing.make_manager(workdir, read_only=True, async_save=False,
-                                       item_names=ITEMS)
-  steps = manager.all_steps()
-  if not steps:
-    raise FileNotFoundError(f"no checkpoint in {directory}")
-  step = max(steps) if step == -1 else step
-  identity = manager.restore(step, args=ocp.args.Composite(model=ocp.args.JsonRestore()))["model"]
-  gen = build_generator(identity["kind"], identity["model_kwargs"], identity["dtype"], 0)
-  graphdef, params, gen_state = nnx.split(gen, nnx.Param, ...)
-  abstract = {"gen_params": params, "gen_state": gen_state, "ema_params": params}
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract)
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.PyTreeRestore(item=abstract, partial_restore=True)))["state"]
-  manager.close()
-  chosen = restored["ema_params"] if use_ema else restored["gen_params"]
-  return nnx.merge(graphdef, chosen, restored["gen_state"]), identity, step
-
-
 # --- the loop --------------------------------------------------------------------------------------
 def train(config, workdir: str, steps_this_run: int | None = None) -> dict:
   """Trains (or resumes) the autoencoder of `config.kind` in `workdir`; returns a summary."""
@@ -377,7 +336,7 @@ def train(config, workdir: str, steps_this_run: int | None = None) -> dict:
   identity = _identity(config)
   manager = checkpointing.make_manager(workdir, keep=config.train.keep_checkpoints,
                                        async_save=config.train.async_checkpointing,
-                                       item_names=ITEMS)
+                                       item_names=autoencoders.CHECKPOINT_ITEMS)
   latest = manager.latest_step()
   if latest is not None:
     restored = manager.restore(latest, args=ocp.args.Composite(
@@ -488,15 +447,15 @@ def evaluate(config, generator, workdir: str | None) -> dict[str, float]:
 
 
 def _write_reconstructions(config, kind, clips, video_u8, audio, workdir):
-  from avdit.sampling import outputs  # pylint: disable=g-import-not-at-top
+  from avdit import media  # pylint: disable=g-import-not-at-top
   with workdir_lib.local_staging(workdir_lib.path(workdir, "reconstructions")) as out:
     for i in range(video_u8.shape[0]):
       # Original | reconstruction side by side; the sound is the reconstruction's for audio.
       frames = np.concatenate([clips["video"][i], video_u8[i]], axis=2)
-      outputs.write_mp4(out / f"{kind.name}_{i}_original_vs_reconstruction.mp4", frames,
-                        audio[i], config.clip.fps, config.clip.sample_rate)
-      outputs.write_mp4(out / f"{kind.name}_{i}_original.mp4", clips["video"][i],
-                        clips["audio"][i], config.clip.fps, config.clip.sample_rate)
+      media.write_mp4(out / f"{kind.name}_{i}_original_vs_reconstruction.mp4", frames,
+                      audio[i], config.clip.fps, config.clip.sample_rate)
+      media.write_mp4(out / f"{kind.name}_{i}_original.mp4", clips["video"][i],
+                      clips["audio"][i], config.clip.fps, config.clip.sample_rate)
       _write_png(out / f"{kind.name}_{i}.png", kind, clips["video"][i], video_u8[i],
                  clips["audio"][i], audio[i], config.clip.sample_rate)
 

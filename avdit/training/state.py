@@ -4,6 +4,7 @@ The NNX model is split once into a static `graphdef` and its parameter `nnx.Stat
 step is a pure function of (TrainState, batch) jitted with the state donated, so parameters and
 optimizer buffers are updated in place and nothing returns to the host per step. The per-step
 RNG is `fold_in(seed, step)`, so a resumed run draws exactly the noise an uninterrupted run draws.
+On a mesh, the state is created directly in its shardings (`sharded_train_state`).
 """
 from __future__ import annotations
 
@@ -18,13 +19,13 @@ import optax
 from flax import nnx
 
 from avdit import layout as layout_lib
+from avdit import sharding
 from avdit.diffusion import loss as loss_lib
 from avdit.diffusion import monl
 from avdit.diffusion import schedule as schedule_lib
 from avdit.diffusion import skip as skip_lib
 from avdit.models import avdit as avdit_model
 from avdit.models import latent_space as latent_lib
-from avdit.training import sharding
 
 
 @flax.struct.dataclass
@@ -84,6 +85,21 @@ def abstract_train_state(config, layout):
 
   abstract = jax.eval_shape(init)
   return graphdef_box[0], abstract
+
+
+def sharded_train_state(config, layout, mesh):
+  """(graphdef, TrainState created directly in its shardings, TrainState of NamedShardings).
+
+  Parameters are initialized inside one jit whose outputs are sharded by the rules, so no host
+  ever holds the full model.
+  """
+  rules = sharding.logical_axis_rules(config.mesh)
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+    graphdef, abstract = abstract_train_state(config, layout)
+    shardings = sharding.state_shardings(abstract, mesh, rules)
+    create = lambda: create_train_state(config, layout)[1]
+    state = sharding.create_in_shardings(create, shardings)
+  return graphdef, state, shardings
 
 
 def ema_decay_at(step, decay: float):

@@ -22,15 +22,15 @@ from absl import logging
 from clu import metric_writers
 from clu import periodic_actions
 
+from avdit import checkpointing
+from avdit import hardware
 from avdit import layout as layout_lib
+from avdit import sharding
 from avdit import workdir as workdir_lib
 from avdit.data import latent_cache
 from avdit.data import pipeline
 from avdit.models import avdit as avdit_model
 from avdit.models import latent_space as latent_lib
-from avdit.training import checkpointing
-from avdit.training import hardware
-from avdit.training import sharding
 from avdit.training import state as state_lib
 
 MODEL_INPUTS = ("video", "audio")  # the rest of a batch is ground truth for metrics
@@ -135,7 +135,7 @@ def train(config, workdir: str, steps_this_run: int | None = None,
   # --- 3. State: fresh, or restored exactly (params, optimizer, EMA, step, data position) ----------
   # Created directly in its shardings over the (data, fsdp, tensor) mesh of config.mesh.
   mesh = sharding.training_mesh(config)
-  graphdef, state, state_shardings = sharding.sharded_train_state(config, layout, mesh)
+  graphdef, state, state_shardings = state_lib.sharded_train_state(config, layout, mesh)
   num_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
   manager = checkpointing.make_manager(workdir, keep=config.train.keep_checkpoints,
                                        async_save=config.train.async_checkpointing,

@@ -1,4 +1,4 @@
-"""Tests for avdit/sampling/outputs.py: mp4s read back with PyAV, the strip PNG, index.html."""
+"""Tests for avdit/media.py: mp4s read back with PyAV, the strip PNG, index.html."""
 from __future__ import annotations
 
 from fractions import Fraction
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from avdit import layout as layout_lib
-from avdit.sampling import outputs
-from avdit.sampling import tasks
+from avdit import media
+from avdit import tasks
 
 NUM_FRAMES, HEIGHT, WIDTH, FPS, SAMPLE_RATE = 17, 64, 96, 8, 16_000
 TONE_HZ = 1000.0
@@ -66,10 +66,10 @@ def _dominant_hz(audio_l: np.ndarray, sample_rate: int) -> float:
 
 
 def test_codec_choice_prefers_h264_and_aac():
-  assert outputs.pick_video_codec() in outputs.VIDEO_CODECS
-  assert outputs.pick_audio_codec() in outputs.AUDIO_CODECS
+  assert media.pick_video_codec() in media.VIDEO_CODECS
+  assert media.pick_audio_codec() in media.AUDIO_CODECS
   if "libx264" in av.codecs_available:
-    assert outputs.pick_video_codec() == "libx264"
+    assert media.pick_video_codec() == "libx264"
 
 
 @pytest.mark.parametrize("video_codec", [None, "mpeg4"])
@@ -77,8 +77,8 @@ def test_write_mp4_round_trip(tmp_path, video_codec):
   video_fhwc = _moving_square_fhwc()
   num_samples = NUM_FRAMES * SAMPLE_RATE // FPS
   path = tmp_path / "nested" / "clip.mp4"  # the parent is created
-  outputs.write_mp4(path, video_fhwc, _tone_l(num_samples), FPS, SAMPLE_RATE,
-                    video_codec=video_codec)
+  media.write_mp4(path, video_fhwc, _tone_l(num_samples), FPS, SAMPLE_RATE,
+                  video_codec=video_codec)
   info = _read_mp4(path)
 
   assert info["num_video_streams"] == 1 and info["num_audio_streams"] == 1
@@ -106,7 +106,7 @@ def test_write_mp4_round_trip(tmp_path, video_codec):
 
 def test_write_mp4_odd_size_is_padded(tmp_path):
   video_fhwc = _moving_square_fhwc(num_frames=5, height=33, width=47)
-  outputs.write_mp4(tmp_path / "odd.mp4", video_fhwc, _tone_l(10_000), FPS, SAMPLE_RATE)
+  media.write_mp4(tmp_path / "odd.mp4", video_fhwc, _tone_l(10_000), FPS, SAMPLE_RATE)
   info = _read_mp4(tmp_path / "odd.mp4")
   assert info["frames_fhwc"].shape == (5, 34, 48, 3)  # padded, nothing cropped
   assert info["frames_fhwc"][0, 10:6 + SQUARE, 2:SQUARE - 2].mean() > 220
@@ -116,8 +116,8 @@ def test_write_mp4_fractional_fps_and_audio_fit(tmp_path):
   fps = Fraction(30_000, 1001)
   num_frames = 9
   # Too long and too loud: trimmed to the video's duration and clipped to [-1, 1].
-  outputs.write_mp4(tmp_path / "ntsc.mp4", _moving_square_fhwc(num_frames),
-                    _tone_l(SAMPLE_RATE, amplitude=3.0), float(fps), SAMPLE_RATE)
+  media.write_mp4(tmp_path / "ntsc.mp4", _moving_square_fhwc(num_frames),
+                  _tone_l(SAMPLE_RATE, amplitude=3.0), float(fps), SAMPLE_RATE)
   info = _read_mp4(tmp_path / "ntsc.mp4")
   assert info["fps"] == fps
   assert info["frames_fhwc"].shape[0] == num_frames
@@ -126,7 +126,7 @@ def test_write_mp4_fractional_fps_and_audio_fit(tmp_path):
 
 
 def test_write_mp4_unsupported_sample_rate_is_resampled(tmp_path):
-  outputs.write_mp4(tmp_path / "sr.mp4", _moving_square_fhwc(), _tone_l(30_000), FPS, 12_345)
+  media.write_mp4(tmp_path / "sr.mp4", _moving_square_fhwc(), _tone_l(30_000), FPS, 12_345)
   info = _read_mp4(tmp_path / "sr.mp4")
   assert info["sample_rate"] == 16_000  # nearest AAC rate above
   assert abs(info["audio_seconds"] - NUM_FRAMES / FPS) < 1 / FPS
@@ -136,8 +136,8 @@ def test_comparison_frames_panels_and_bars(clip_layout):
   condition_fhwc = _moving_square_fhwc()
   generated_fhwc = np.full_like(condition_fhwc, 200)
   task = tasks.parse_task("v:0..1;a:0", clip_layout)  # video frames 0..4, audio frame 0 given
-  frames_fhwc = outputs.comparison_frames(condition_fhwc, generated_fhwc, task.condition_mask,
-                                          clip_layout)
+  frames_fhwc = media.comparison_frames(condition_fhwc, generated_fhwc, task.condition_mask,
+                                        clip_layout)
   assert frames_fhwc.shape[0] == NUM_FRAMES and frames_fhwc.shape[2] == 2 * WIDTH
   assert frames_fhwc.shape[1] > HEIGHT
   np.testing.assert_array_equal(frames_fhwc[0, :HEIGHT, :WIDTH], condition_fhwc[0])
@@ -149,19 +149,19 @@ def test_comparison_frames_panels_and_bars(clip_layout):
   bar_rows = frames_fhwc[:, HEIGHT:]
   video_bar_f = bar_rows[:, 3, WIDTH + 4]  # a pixel of the top (video) bar, right panel
   audio_bar_f = bar_rows[:, -2, WIDTH + 4]  # a pixel of the bottom (audio) bar
-  np.testing.assert_array_equal(video_bar_f[0], outputs.GIVEN_RGB)
-  np.testing.assert_array_equal(video_bar_f[4], outputs.GIVEN_RGB)
-  np.testing.assert_array_equal(video_bar_f[5], outputs.GENERATED_RGB)
-  np.testing.assert_array_equal(audio_bar_f[0], outputs.GIVEN_RGB)
-  np.testing.assert_array_equal(audio_bar_f[1], outputs.GENERATED_RGB)
+  np.testing.assert_array_equal(video_bar_f[0], media.GIVEN_RGB)
+  np.testing.assert_array_equal(video_bar_f[4], media.GIVEN_RGB)
+  np.testing.assert_array_equal(video_bar_f[5], media.GENERATED_RGB)
+  np.testing.assert_array_equal(audio_bar_f[0], media.GIVEN_RGB)
+  np.testing.assert_array_equal(audio_bar_f[1], media.GENERATED_RGB)
 
 
 def test_write_comparison_mp4_decodes(tmp_path, clip_layout):
   task = tasks.parse_task("av_continue", clip_layout)
   path = tmp_path / "cmp.mp4"
-  outputs.write_comparison_mp4(path, _moving_square_fhwc(), _moving_square_fhwc(),
-                               _tone_l(clip_layout.audio_samples), task.condition_mask,
-                               clip_layout)
+  media.write_comparison_mp4(path, _moving_square_fhwc(), _moving_square_fhwc(),
+                             _tone_l(clip_layout.audio_samples), task.condition_mask,
+                             clip_layout)
   info = _read_mp4(path)
   frames_fhwc = info["frames_fhwc"]
   assert info["num_video_streams"] == 1 and info["num_audio_streams"] == 1
@@ -173,18 +173,18 @@ def test_write_comparison_mp4_decodes(tmp_path, clip_layout):
   top_bar = HEIGHT + 4
   grey = frames_fhwc[0, top_bar, WIDTH + 8:WIDTH + 40].astype(float).mean(axis=0)
   green = frames_fhwc[-1, top_bar, WIDTH + 8:WIDTH + 40].astype(float).mean(axis=0)
-  np.testing.assert_allclose(grey, outputs.GIVEN_RGB, atol=30)
-  np.testing.assert_allclose(green, outputs.GENERATED_RGB, atol=30)
+  np.testing.assert_allclose(grey, media.GIVEN_RGB, atol=30)
+  np.testing.assert_allclose(green, media.GENERATED_RGB, atol=30)
 
 
 def test_write_strip_png(tmp_path, clip_layout):
   task = tasks.parse_task("av_inpaint", clip_layout)
   generated_fhwc = _moving_square_fhwc()
   path = tmp_path / "png" / "strip.png"
-  outputs.write_strip_png(path, _moving_square_fhwc(), generated_fhwc,
-                          _tone_l(clip_layout.audio_samples, 440.0),
-                          _tone_l(clip_layout.audio_samples), task.condition_mask, clip_layout,
-                          title="av_inpaint <v:0,-1;a:0,-1>")
+  media.write_strip_png(path, _moving_square_fhwc(), generated_fhwc,
+                        _tone_l(clip_layout.audio_samples, 440.0),
+                        _tone_l(clip_layout.audio_samples), task.condition_mask, clip_layout,
+                        title="av_inpaint <v:0,-1;a:0,-1>")
   image_hwc = mpimg.imread(path)
   assert image_hwc.ndim == 3 and image_hwc.shape[-1] in (3, 4)
   assert 800 <= image_hwc.shape[1] <= 2000 and 400 <= image_hwc.shape[0] <= 2000
@@ -192,8 +192,8 @@ def test_write_strip_png(tmp_path, clip_layout):
 
 
 def test_strip_subsamples_long_clips():
-  assert list(outputs._strip_frame_indices(5)) == [0, 1, 2, 3, 4]
-  shown = outputs._strip_frame_indices(33)
+  assert list(media._strip_frame_indices(5)) == [0, 1, 2, 3, 4]
+  shown = media._strip_frame_indices(33)
   assert len(shown) <= 9 and shown[0] == 0 and shown[-1] == 32
 
 
@@ -207,7 +207,7 @@ def test_write_index_html(tmp_path):
       {"task": "av_continue", "spec": "v:0..1;a:0..1", "sampler": "ddim eta=0",
        "videos": "continue 1.mp4", "png": "continue_1.png"},
   ]
-  index_path = outputs.write_index_html(samples_dir, entries)
+  index_path = media.write_index_html(samples_dir, entries)
   assert index_path == samples_dir / "index.html"
   page = index_path.read_text()
   for name in ("joint_0.mp4", "joint_0_cmp.mp4", "joint_0.png", "continue%201.mp4",

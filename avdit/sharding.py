@@ -6,6 +6,9 @@ parameter of AVDiT carries logical axis names (`avdit/models/layers.py: LogicalA
 `config.mesh.logical_axis_rules` maps each name to mesh axes, so the same model shards as pure
 data parallel, FSDP, or FSDP + tensor parallel by configuration alone. The batch is sharded over
 `data` x `fsdp`.
+
+Training, sampling, evaluation and the tools all place arrays with these, so they sit below them
+all; the one piece that builds a train state (`training.state.sharded_train_state`) lives there.
 """
 from __future__ import annotations
 
@@ -204,18 +207,3 @@ def create_in_shardings(create: Callable[[], Any], shardings):
   options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
   return jax.jit(create, out_shardings=shardings).lower().compile(compiler_options=options)()
 
-
-def sharded_train_state(config, layout, mesh: Mesh):
-  """(graphdef, TrainState created directly in its shardings, TrainState of NamedShardings).
-
-  Parameters are initialized inside one jit whose outputs are sharded by the rules, so no host
-  ever holds the full model.
-  """
-  from avdit.training import state as state_lib  # pylint: disable=g-import-not-at-top
-  rules = logical_axis_rules(config.mesh)
-  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
-    graphdef, abstract = state_lib.abstract_train_state(config, layout)
-    shardings = state_shardings(abstract, mesh, rules)
-    create = lambda: state_lib.create_train_state(config, layout)[1]
-    state = create_in_shardings(create, shardings)
-  return graphdef, state, shardings

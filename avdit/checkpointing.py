@@ -5,7 +5,7 @@ One `CheckpointManager` under `<workdir>/checkpoints`, items:
   data_iter the grain iterator's position               grain.checkpoint.CheckpointSave/Restore
   latent    per-channel latent normalization + space     JsonSave/Restore
 Saves are asynchronous, the newest `keep` are kept, and a save is forced on a preemption signal
-(see train.py). Restoring for sampling reads `state` and `latent` only.
+(see avdit/training/train.py). Restoring for sampling reads `state` and `latent` only.
 """
 from __future__ import annotations
 

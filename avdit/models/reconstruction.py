@@ -4,6 +4,8 @@ Video: PSNR over pixels in [0, 255] (uint8 frames), against predicting each clip
 Audio: log-mel distance (mean |log mel(x) - log mel(y)| over bins and frames, `LOG_MEL` settings),
 against predicting each clip's mean log-mel spectrum (the time average of its own log-mel frames).
 The baselines use the clip itself, so they are the best a model that ignores time could do.
+They sit beside the autoencoders (models/), below both the autoencoder trainer, which reports
+them after training, and the evaluation.
 """
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ Every sampled clip is written as
 
 Arrays follow the rest of the project: video uint8 [F, H, W, 3] (RGB), audio float32 [L] mono in
 [-1, 1], task masks bool [2, N] (row 0 video, row 1 audio; True = given as the clean condition).
+Sampling, the evaluation and the autoencoder trainer all write these, so this sits below them.
 """
 from __future__ import annotations
 

@@ -9,7 +9,8 @@ writes any other mask:
     items   := "*" | item ("," item)*        "*" = every segment
     item    := int | int ".." int            inclusive range; negative ints count from the end
 
-The empty spec (or "joint"/"none") conditions on nothing.
+The empty spec (or "joint"/"none") conditions on nothing. Masks are part of the clip layout's
+vocabulary: the samplers, the evaluation and the contrastive terms (diffusion/cdcd.py) all use them.
 """
 from __future__ import annotations
 
