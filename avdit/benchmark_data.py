@@ -14,9 +14,11 @@ r"""Input-side speed: decoding real files into clips, and how long training wait
 
 2. Data wait of a tiny training run. The AVDiT `tiny` config (configs/avdit_synthetic.py:tiny;
    --config overrides it) is run for --warmup_steps + --steps steps in a loop that mirrors the
-   trainer (`avdit.training.train`): `next(iterator)` on the grain iterator of
-   `pipeline.make_train_iterator` -> `sharding.global_batch` -> the jitted, donated train step of
-   `state_lib.make_train_step` over the config's mesh, once with data.prefetch_buffer=2 (one
+   trainer's (`avdit.training.loop.run` as `avdit.training.train` calls it): `next(iterator)` on
+   the grain iterator of `pipeline.make_train_iterator` -> the trainer's `to_device` (its model
+   inputs as global arrays) -> the jitted, donated train step of `state_lib.make_train_step`
+   over the config's mesh (`sharding.training_mesh`), with the trainer's latent statistics
+   (`train.estimate_latent_stats`), once with data.prefetch_buffer=2 (one
    reader thread filling a 2-batch buffer, the default) and once with 0 (no reader thread: the
    batch is made inside `next`). The step is compiled once, before either run, on clips that do
    not come from the measured iterators, so no buffer is filled while compiling. Unlike the
@@ -47,11 +49,12 @@ from avdit import sharding
 from avdit.data import av_decode
 from avdit.data import pipeline
 from avdit.models import latent_space as latent_lib
+from avdit.training import loop
 from avdit.training import state as state_lib
+from avdit.training import train as train_lib
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_VIDEO = os.path.join(os.path.dirname(_ROOT), "shared", "data", "aist_dance_sample.mp4")
-MODEL_INPUTS = ("video", "audio")  # as avdit.training.train: the rest of a batch is metadata
 # The decode geometry of the AIST++ / landscape datasets (configs/avdit_aist.py).
 DECODE_FPS = 10.0
 DECODE_SAMPLE_RATE = 16000
@@ -133,22 +136,16 @@ def _setup_training(config):
   """
   layout = layout_lib.layout_from_config(config)
   latent_space = latent_lib.make_latent_space(config, layout)
-  mesh = sharding.make_mesh(config.mesh)
-  sharding.check_batch_divides(config.data.batch_size, mesh.shape)
+  mesh = sharding.training_mesh(config)
   graphdef, state, state_shardings = state_lib.sharded_train_state(config, layout, mesh)
-  source = pipeline.make_source(config.data, layout)
-  count = min(len(source), max(config.latent.stats_clips, config.data.batch_size))
-  clips = [source[i] for i in range(count)]
-  stacked = {k: np.stack([c[k] for c in clips]) for k in MODEL_INPUTS}
-  # The trainer's latent statistics (train._estimate_latent_stats): the first stats_clips clips.
-  stats_count = min(config.latent.stats_clips, len(clips))
-  stats = latent_lib.estimate_stats(jax.jit(latent_space.encode)(
-      stacked["video"][:stats_count], stacked["audio"][:stats_count]))
+  stats = train_lib.estimate_latent_stats(config, layout, latent_space)
   train_step = state_lib.make_train_step(
       config, layout, graphdef, latent_space, stats, state_shardings=state_shardings,
       batch_sharding=sharding.batch_sharding(mesh))
-  first = {k: v[:config.data.batch_size] for k, v in stacked.items()}
-  state, metrics = train_step(state, sharding.global_batch(first, mesh))
+  source = pipeline.make_source(config.data, layout)
+  clips = [source[i] for i in range(min(len(source), config.data.batch_size))]
+  first = {k: np.stack([c[k] for c in clips]) for k in train_lib.MODEL_INPUTS}
+  state, metrics = train_step(state, loop.device_inputs(train_lib.MODEL_INPUTS, mesh)(first))
   jax.block_until_ready((state, metrics))
   return mesh, state, train_step, layout
 
@@ -156,13 +153,14 @@ def _setup_training(config):
 def _timed_loop(config, layout, mesh, state, train_step, steps: int, warmup_steps: int):
   """(state, per-step seconds of data wait, transfer and the whole step) over the timed steps."""
   iterator = pipeline.make_train_iterator(config.data, layout)
+  to_device = loop.device_inputs(train_lib.MODEL_INPUTS, mesh)  # the trainer's
   wait, transfer, total = [], [], []
   try:
     for step in range(warmup_steps + steps):
       start = time.perf_counter()
       batch = next(iterator)
       got_batch = time.perf_counter()
-      inputs = sharding.global_batch({k: batch[k] for k in MODEL_INPUTS}, mesh)
+      inputs = to_device(batch)
       transferred = time.perf_counter()
       state, metrics = train_step(state, inputs)
       jax.block_until_ready((state, metrics))  # for timing only; the trainer does not block

@@ -1,11 +1,13 @@
-"""Orbax checkpoints holding the train state, the data iterator and the latent statistics together.
+"""Orbax checkpoints holding a train state, its data iterator and JSON payloads together.
 
 One `CheckpointManager` under `<workdir>/checkpoints`, items:
-  state     TrainState (params, optimizer, EMA, step)   StandardSave/Restore
-  data_iter the grain iterator's position               grain.checkpoint.CheckpointSave/Restore
-  latent    per-channel latent normalization + space     JsonSave/Restore
+  state     the train state (params, optimizer, EMA, step)   StandardSave/Restore
+  data_iter the grain iterator's position                    grain.checkpoint.CheckpointSave/Restore
+  <payload> one JSON item per payload saved beside the state JsonSave/Restore
+            AVDiT: `latent` (per-channel latent normalization + space);
+            the autoencoders: `model` (kind and constructor arguments)
 Saves are asynchronous, the newest `keep` are kept, and a save is forced on a preemption signal
-(see avdit/training/train.py). Restoring for sampling reads `state` and `latent` only.
+(the loop of avdit/training/loop.py). Restoring for sampling reads `state` and `latent` only.
 """
 from __future__ import annotations
 
@@ -16,13 +18,16 @@ import orbax.checkpoint as ocp
 from avdit import workdir as workdir_lib
 
 
+TRAINING_ITEMS = ("state", "data_iter")  # then one JSON item per payload
+
+
 def checkpoint_dir(workdir: str) -> str:
   return str(workdir_lib.path(workdir, "checkpoints"))
 
 
 def make_manager(workdir: str, *, keep: int = 3, async_save: bool = True,
                  read_only: bool = False,
-                 item_names: tuple[str, ...] = ("state", "data_iter", "latent"),
+                 item_names: tuple[str, ...] = (*TRAINING_ITEMS, "latent"),
                  keep_period: int | None = None) -> ocp.CheckpointManager:
   """`keep_period`: checkpoints at multiples of it are never deleted (the learning curve's)."""
   options = ocp.CheckpointManagerOptions(
@@ -31,23 +36,26 @@ def make_manager(workdir: str, *, keep: int = 3, async_save: bool = True,
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=item_names)
 
 
-def save(manager, step: int, state, data_iter, latent_payload: dict, *, force: bool = False):
+def save(manager, step: int, state, data_iter, payloads: dict[str, dict], *,
+         force: bool = False):
+  """The state, the data iterator's position and each JSON payload (item name -> dict)."""
+  items = {name: ocp.args.JsonSave(payload) for name, payload in payloads.items()}
   return manager.save(
       step,
       args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                              data_iter=grain.checkpoint.CheckpointSave(data_iter),
-                              latent=ocp.args.JsonSave(latent_payload)),
+                              data_iter=grain.checkpoint.CheckpointSave(data_iter), **items),
       force=force)
 
 
-def restore_for_training(manager, step: int, abstract_state, data_iter):
-  """(state, latent_payload); `data_iter` is moved to the saved position in place."""
+def restore_for_training(manager, step: int, abstract_state, data_iter,
+                         payload_names: tuple[str, ...] = ("latent",)):
+  """(state, {name: payload}); `data_iter` is moved to the saved position in place."""
+  items = {name: ocp.args.JsonRestore() for name in payload_names}
   restored = manager.restore(
       step,
       args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                              data_iter=grain.checkpoint.CheckpointRestore(data_iter),
-                              latent=ocp.args.JsonRestore()))
-  return restored["state"], restored["latent"]
+                              data_iter=grain.checkpoint.CheckpointRestore(data_iter), **items))
+  return restored["state"], {name: restored[name] for name in payload_names}
 
 
 def restore_for_sampling(workdir: str, abstract_state, step: int = -1):

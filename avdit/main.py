@@ -125,6 +125,7 @@ def main(argv):
   maybe_initialize_distributed()
   # Imported here so `describe` stays light.
   from avdit.sampling import generate  # pylint: disable=g-import-not-at-top
+  from avdit.training import loop  # pylint: disable=g-import-not-at-top
   from avdit.training import train  # pylint: disable=g-import-not-at-top
   from avdit import end_to_end  # pylint: disable=g-import-not-at-top
   logging.info("JAX devices: %s", jax.devices())
@@ -174,7 +175,7 @@ def main(argv):
   if mode in ("train", "train_and_sample"):
     try:
       summary = train.train(config, model_dir)
-    except train.NonFiniteLossError as e:
+    except loop.NonFiniteLossError as e:
       logging.error("%s", e)
       print(f"error: {e}", file=sys.stderr)
       sys.exit(1)
@@ -201,11 +202,11 @@ def _model_dir(is_pipeline: bool) -> str:
 def run_autoencoder(config, mode: str, workdir: str) -> None:
   from avdit.models import autoencoders  # pylint: disable=g-import-not-at-top
   from avdit.training import autoencoder  # pylint: disable=g-import-not-at-top
-  from avdit.training import train  # pylint: disable=g-import-not-at-top
+  from avdit.training import loop  # pylint: disable=g-import-not-at-top
   if mode in ("train", "train_and_sample"):
     try:
       summary = autoencoder.train(config, workdir)
-    except train.NonFiniteLossError as e:
+    except loop.NonFiniteLossError as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(1)
     print(f"{summary['kind']} at step {summary['step']}: {json.dumps(summary['eval'])}")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from avdit.sampling import generate
+from avdit.training import loop
 from avdit.training import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,7 +47,7 @@ def test_resume_matches_uninterrupted_run(tiny_config, tmp_path):
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_path):
   with tiny_config.unlocked():
     tiny_config.train.update(learning_rate=1e38, warmup_steps=0, num_steps=8, log_every=1)
-  with pytest.raises(train.NonFiniteLossError, match="became non-finite at step") as err:
+  with pytest.raises(loop.NonFiniteLossError, match="became non-finite at step") as err:
     train.train(tiny_config, str(tmp_path))
   ckpts = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
   # Whatever was saved was saved before the failure, and the message names it.

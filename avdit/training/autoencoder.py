@@ -8,10 +8,12 @@ One trainer for both, in the phases of `train.py`:
   4. Step    one jitted step: generator update, then discriminator update on the new
              reconstruction (adversarial terms only from `loss.disc_start_step`; no
              discriminator at all when `loss.adversarial_weight` is 0)
-  5. Loop    metrics every `log_every` steps, checkpoints (state + data position + the model's
-             identity) every `checkpoint_every` steps, at the end and on SIGTERM/SIGINT
-  6. Eval    reconstructions of held-out clips with the EMA generator: PSNR / log-mel distance
-             against the trivial baselines (avdit.models.reconstruction), written as mp4 + PNG
+  5. Loop    the shared loop (`avdit.training.loop.run`): metrics every `log_every` steps,
+             checkpoints (state + data position + the model's identity) every
+             `checkpoint_every` steps, at the end and on SIGTERM/SIGINT, none of a non-finite loss
+  6. Eval    its end-of-training hook: reconstructions of held-out clips with the EMA generator:
+             PSNR / log-mel distance against the trivial baselines (avdit.models.reconstruction),
+             written as mp4 + PNG
 
 Losses. MAGVIT-v2: L2 reconstruction (+ optional perceptual from a weights file), LFQ
 commitment and entropy when quantizing, non-saturating generator loss; discriminator hinge +
@@ -31,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from typing import Any, Callable
 
 import flax.struct
@@ -39,14 +40,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
-import grain
 from absl import logging
-from clu import metric_writers
-from clu import periodic_actions
 from flax import nnx
 
-from avdit import checkpointing
 from avdit import layout as layout_lib
 from avdit import sharding
 from avdit import workdir as workdir_lib
@@ -57,7 +53,8 @@ from avdit.models import gan_losses
 from avdit.models import magvit2
 from avdit.models import reconstruction
 from avdit.models import soundstream
-from avdit.training import train as train_lib
+from avdit.training import loop
+from avdit.training import state as state_lib
 
 KINDS = ("magvit2", "soundstream")
 
@@ -134,10 +131,8 @@ def reconstruct(kind: Kind, generator, x, *, train: bool, quantize: bool, rng=No
 
 # --- state -----------------------------------------------------------------------------------------
 def _optimizer(train_config, learning_rate) -> optax.GradientTransformation:
-  schedule = optax.warmup_cosine_decay_schedule(
-      0.0, learning_rate, train_config.warmup_steps,
-      max(train_config.num_steps, train_config.warmup_steps + 1),
-      learning_rate * train_config.end_learning_rate_factor)
+  """Adam on AVDiT's schedule peaking at `learning_rate`, global-norm clipping."""
+  schedule = state_lib.learning_rate_schedule(train_config, learning_rate)
   return optax.chain(optax.clip_by_global_norm(train_config.grad_clip_norm),
                      optax.adam(schedule, b1=train_config.b1, b2=train_config.b2))
 
@@ -266,8 +261,7 @@ def make_train_step(config, gen_graphdef, disc_graphdef, *, state_shardings=None
         generator_loss, has_aux=True)(state.gen_params, state, x, rng)
     updates, gen_opt_state = gen_opt.update(g_grads, state.gen_opt_state, state.gen_params)
     gen_params = optax.apply_updates(state.gen_params, updates)
-    decay = jnp.minimum(train_cfg.ema_decay, (1.0 + state.step) / (10.0 + state.step))
-    ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state.ema_params, gen_params)
+    ema = state_lib.ema_update(state.ema_params, gen_params, state.step, train_cfg.ema_decay)
     metrics = {f"loss_{k}": v for k, v in terms.items()}
     metrics.update(loss=g_total, generator_grad_norm=optax.tree.norm(g_grads),
                    loss_is_finite=jnp.isfinite(g_total).astype(jnp.float32))
@@ -301,6 +295,9 @@ def make_train_step(config, gen_graphdef, disc_graphdef, *, state_shardings=None
 
 
 # --- checkpoints -----------------------------------------------------------------------------------
+PAYLOADS = ("model",)  # saved beside the state: the identity (autoencoders.CHECKPOINT_ITEMS)
+
+
 def _identity(config) -> dict:
   """What a checkpoint's generator is: enough to rebuild it and to recognise its latents."""
   kind = kind_of(config)
@@ -309,46 +306,29 @@ def _identity(config) -> dict:
           "clip": config.clip.to_dict()}
 
 
-def _save(manager, step, state, data_iter, identity, force=False):
-  manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), data_iter=grain.checkpoint.CheckpointSave(data_iter),
-      model=ocp.args.JsonSave(identity)), force=force)
-
-
-# --- the loop --------------------------------------------------------------------------------------
+# --- training --------------------------------------------------------------------------------------
 def train(config, workdir: str, steps_this_run: int | None = None) -> dict:
   """Trains (or resumes) the autoencoder of `config.kind` in `workdir`; returns a summary."""
   # 1. Setup.
   kind = kind_of(config)
-  workdir_lib.path(workdir).mkdir(parents=True, exist_ok=True)
   is_chief = jax.process_index() == 0
   layout = clip_layout(config)
-  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
-  if is_chief:
-    workdir_lib.write_text(workdir, "config.json", config.to_json_best_effort(indent=2))
+  writer = loop.open_workdir(config, workdir)
 
   # 2. Data.
   train_iter = pipeline.make_train_iterator(config.data, layout)
 
-  # 3. State, created directly in its shardings over config.mesh.
+  # 3. State, created directly in its shardings over config.mesh, or restored exactly.
   mesh = sharding.training_mesh(config)
   gen_graphdef, disc_graphdef, state, state_shardings = sharded_state(config, mesh)
   identity = _identity(config)
-  manager = checkpointing.make_manager(workdir, keep=config.train.keep_checkpoints,
-                                       async_save=config.train.async_checkpointing,
-                                       item_names=autoencoders.CHECKPOINT_ITEMS)
-  latest = manager.latest_step()
-  if latest is not None:
-    restored = manager.restore(latest, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(checkpointing.abstract_like(state)),
-        data_iter=grain.checkpoint.CheckpointRestore(train_iter),
-        model=ocp.args.JsonRestore()))
-    if restored["model"]["kind"] != kind.name or restored["model"]["model_kwargs"] != \
-        identity["model_kwargs"]:
-      raise ValueError(f"the checkpoint in {workdir} is a {restored['model']['kind']} with "
-                       f"{restored['model']['model_kwargs']}; the config describes another model")
-    state = restored["state"]
-    logging.info("Resumed %s from step %d", kind.name, latest)
+  manager = loop.open_checkpoints(workdir, config.train, PAYLOADS)
+  state, restored = loop.restore_latest(manager, state, train_iter, PAYLOADS)
+  if restored is not None:
+    saved = restored["model"]
+    if saved["kind"] != kind.name or saved["model_kwargs"] != identity["model_kwargs"]:
+      raise ValueError(f"the checkpoint in {workdir} is a {saved['kind']} with "
+                       f"{saved['model_kwargs']}; the config describes another model")
   num_params = sum(x.size for x in jax.tree.leaves(state.gen_params))
   logging.info("%s: %d generator parameters, %d discriminator parameters", kind.name,
                num_params, sum(x.size for x in jax.tree.leaves(state.disc_params)))
@@ -358,53 +338,25 @@ def train(config, workdir: str, steps_this_run: int | None = None) -> dict:
   train_step = make_train_step(config, gen_graphdef, disc_graphdef,
                                state_shardings=state_shardings, batch_sharding=batch_sharding)
 
-  # 5. Loop.
-  num_steps = config.train.num_steps
-  step = int(jax.device_get(state.step))
-  stop_step = num_steps if steps_this_run is None else min(num_steps, step + steps_this_run)
-  report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
-                                           every_steps=config.train.log_every)
-  pending, last_metrics, stopped_by = [], {}, None
-  window_start, window_steps = time.time(), 0
-  with train_lib.StopSignal() as stop:
-    while step < stop_step:
-      batch = next(train_iter)
-      state, metrics = train_step(
-          state, sharding.global_batch({kind.modality: batch[kind.modality]}, mesh))
-      step += 1
-      window_steps += 1
-      pending.append(metrics)
-      report(step)
-      preempted = stop.received is not None or manager.reached_preemption(step)
-      preempted = preempted or step == stop_step < num_steps
-      if step % config.train.log_every == 0 or step == num_steps or preempted:
-        pending = jax.device_get(pending)
-        train_lib.check_finite(pending, step, manager, workdir)
-        last_metrics = {k: float(np.mean([m[k] for m in pending])) for k in pending[0]}
-        last_metrics["seconds_per_step"] = (time.time() - window_start) / max(window_steps, 1)
-        writer.write_scalars(step, last_metrics)
-        pending, window_start, window_steps = [], time.time(), 0
-      if step % config.train.checkpoint_every == 0 or step == num_steps or preempted:
-        _save(manager, step, state, train_iter, identity, force=preempted)
-      if preempted:
-        stopped_by = stop.received or ("preemption" if step < stop_step else "steps_this_run")
-        break
-  manager.wait_until_finished()
-  manager.close()
-
-  # 6. Eval on held-out clips (EMA generator), with files a person can look at.
-  evaluation = {}
-  if step == num_steps and config.eval.num_clips > 0:
-    ema_params, gen_state = sharding.fetch((state.ema_params, state.gen_state))
+  # 5. Loop (avdit.training.loop.run), then 6. the eval hook on held-out clips with the EMA
+  # generator, with files a person can look at.
+  def evaluate_ema(final_state) -> dict[str, float]:
+    ema_params, gen_state = sharding.fetch((final_state.ema_params, final_state.gen_state))
     gen = nnx.merge(gen_graphdef, ema_params, gen_state)
-    evaluation = evaluate(config, gen, workdir if is_chief else None)
-    writer.write_scalars(step, {f"eval_{k}": v for k, v in evaluation.items()})
-  writer.flush()
-  summary = {"kind": kind.name, "step": step, "metrics": last_metrics, "eval": evaluation,
-             "stopped_by": stopped_by, "num_params": int(num_params)}
+    return evaluate(config, gen, workdir if is_chief else None)
+
+  result = loop.run(
+      train_step, state, train_iter, to_device=loop.device_inputs((kind.modality,), mesh),
+      manager=manager, writer=writer, payloads={"model": identity},
+      num_steps=config.train.num_steps, log_every=config.train.log_every,
+      checkpoint_every=config.train.checkpoint_every, steps_this_run=steps_this_run,
+      evaluate=evaluate_ema if config.eval.num_clips > 0 else None)
+  summary = {"kind": kind.name, "step": result.step, "metrics": result.metrics,
+             "eval": result.evaluation, "stopped_by": result.stopped_by,
+             "num_params": int(num_params)}
   if is_chief:
     workdir_lib.write_text(workdir, "train_summary.json", json.dumps(summary, indent=2))
-  return dict(summary, state=state)
+  return dict(summary, state=result.state)
 
 
 def finished_summary(config, workdir: str) -> dict | None:

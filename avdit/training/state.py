@@ -48,12 +48,15 @@ def split_model(model):
   return graphdef, params
 
 
-def learning_rate_schedule(train_config) -> optax.Schedule:
+def learning_rate_schedule(train_config, peak_value: float | None = None) -> optax.Schedule:
+  """Linear warm-up over `train.warmup_steps` to `peak_value` (by default
+  `train.learning_rate`), then cosine decay to peak x `train.end_learning_rate_factor` at
+  `train.num_steps`. The one schedule of every optimizer here and in the autoencoder trainer."""
+  peak = train_config.learning_rate if peak_value is None else peak_value
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=train_config.learning_rate,
-      warmup_steps=train_config.warmup_steps,
+      init_value=0.0, peak_value=peak, warmup_steps=train_config.warmup_steps,
       decay_steps=max(train_config.num_steps, train_config.warmup_steps + 1),
-      end_value=train_config.learning_rate * train_config.end_learning_rate_factor)
+      end_value=peak * train_config.end_learning_rate_factor)
 
 
 def make_optimizer(train_config) -> optax.GradientTransformation:
@@ -106,6 +109,12 @@ def ema_decay_at(step, decay: float):
   """EMA decay warmed up as min(decay, (1 + step) / (10 + step)) so early averages track."""
   step = step.astype(jnp.float32)
   return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
+def ema_update(ema_params, params, step, decay: float):
+  """The EMA of the parameters after optimizer step `step` (AVDiT's and the autoencoders')."""
+  d = ema_decay_at(step, decay)
+  return jax.tree_util.tree_map(lambda e, p: d * e + (1.0 - d) * p, ema_params, params)
 
 
 def sharding_context(config, batch_sharding=None):
@@ -166,9 +175,7 @@ def make_train_step(config, layout, graphdef, latent_space, latent_stats, *,
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    decay = ema_decay_at(state.step, config.train.ema_decay)
-    ema = jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params,
-                                 params)
+    ema = ema_update(state.ema_params, params, state.step, config.train.ema_decay)
     metrics = dict(aux, grad_norm=optax.tree.norm(grads), learning_rate=lr_schedule(state.step),
                    loss_is_finite=jnp.isfinite(loss).astype(jnp.float32))
     new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state,
