@@ -201,7 +201,7 @@ def benchmark_train_step(config, steps: int) -> dict:
           "tokens_per_second": config.data.batch_size * layout.num_tokens / step_time,
           "flops_per_step": flops_per_step, "flop_per_second": flops_per_step / step_time,
           "flops_breakdown_per_example_forward": flops,
-          "num_params": sum(x.size for x in jax.tree_util.tree_leaves(state.params)),
+          "num_params": layers.count_params(state.params),
           "tokens": layout.num_tokens, "batch": config.data.batch_size,
           "loss": float(metrics["loss"]), "_state": state, "_graphdef": graphdef,
           "_stats": stats, "_batch": batch, "_latent_space": latent_space, "_layout": layout}

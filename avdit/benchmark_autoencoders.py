@@ -39,7 +39,6 @@ paper = `PAPER_KWARGS` / `PAPER_CONFIG`), in float32 on the default device:
 from __future__ import annotations
 
 import json
-import math
 import time
 
 import jax
@@ -51,6 +50,7 @@ from absl import flags
 from flax import nnx
 
 from avdit import hardware
+from avdit.models import layers
 from avdit.models import magvit2
 from avdit.models import soundstream
 
@@ -104,18 +104,12 @@ def make_input(which: str, setting: str, batch: int) -> jax.Array:
   return jnp.asarray(x, jnp.float32)
 
 
-def count_params(module: nnx.Module) -> dict[str, int]:
+def param_counts(module: nnx.Module) -> dict[str, int]:
   """Scalars of the nnx.Param leaves: total, encoder (`enc_*`) and decoder (`dec_*`)."""
-  counts = {"total": 0, "encoder": 0, "decoder": 0}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(nnx.state(module, nnx.Param))[0]:
-    size = math.prod(leaf.shape)
-    counts["total"] += size
-    top = str(getattr(path[0], "key", path[0]))
-    if top.startswith("enc"):
-      counts["encoder"] += size
-    elif top.startswith("dec"):
-      counts["decoder"] += size
-  return counts
+  state = nnx.state(module, nnx.Param)
+  part = lambda prefix: layers.count_params(
+      {k: v for k, v in state.items() if str(k).startswith(prefix)})
+  return {"total": layers.count_params(state), "encoder": part("enc"), "decoder": part("dec")}
 
 
 # --------------------------------------------------------------------------------------------
@@ -220,7 +214,7 @@ def benchmark_one(which: str, setting: str, *, batch: int, repeats: int, train_s
   del model
   out = {"model": which, "setting": setting, "requested_batch": batch,
          "input_shape_per_clip": list(input_shape(which, setting, 1)[1:]),
-         "num_params": count_params(nnx.merge(graphdef, params, rest)),
+         "num_params": param_counts(nnx.merge(graphdef, params, rest)),
          "build_seconds": build_seconds}
   timing = dict(repeats=repeats, max_seconds=max_timing_seconds)
   at_1 = benchmark_encode_decode(graphdef, params, rest, make_input(which, setting, 1), **timing)

@@ -38,6 +38,7 @@ from ml_collections import config_flags
 
 from avdit import layout as layout_lib
 from avdit import workdir as workdir_lib
+from avdit.models import layers
 from avdit.training import state as state_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:variant]).",
@@ -52,7 +53,7 @@ _MODE = flags.DEFINE_enum(
 def describe(config) -> dict:
   layout = layout_lib.layout_from_config(config)
   _, abstract = state_lib.abstract_train_state(config, layout)
-  num_params = sum(x.size for x in jax.tree_util.tree_leaves(abstract.params))
+  num_params = layers.count_params(abstract.params)
   info = {"num_params": num_params, "num_segments": layout.num_segments,
           "video_tokens": layout.num_video_tokens, "audio_tokens": layout.audio_latents,
           "tokens": layout.num_tokens, "video_latent_shape": layout.video_latent_shape,

@@ -33,6 +33,7 @@ from avdit import sharding
 from avdit import tasks as tasks_lib
 from avdit.diffusion import schedule as schedule_lib
 from avdit.models import avdit as avdit_model
+from avdit.models import layers
 from avdit.models import latent_space as latent_lib
 from avdit.sampling import generate
 from avdit.sampling import samplers
@@ -110,7 +111,7 @@ def compile_train_step(config, devices):
                                             abstract_batch))
   flops = avdit_model.train_flops_per_step(config.model, layout, batch)
   info = {"mesh": dict(mesh.shape), "precomputed_latents": precomputed,
-          "num_params": sum(x.size for x in jax.tree.leaves(abstract.params)),
+          "num_params": layers.count_params(abstract.params),
           "largest_unsharded_param": sharding.largest_unsharded(abstract.params,
                                                                 shardings.params),
           "analytic_flops_per_step": flops}

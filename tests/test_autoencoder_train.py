@@ -75,8 +75,8 @@ def test_load_autoencoder_rebuilds_the_ema_generator_from_its_checkpoint(runs):
   for a, b in zip(ema, restored):
     np.testing.assert_array_equal(a, b)
   # The EMA codebooks (non-parameter state) come back too.
-  from avdit.models import soundstream
-  restored, trained = (_leaves(nnx.state(model, soundstream.CodebookState)),
+  from avdit.models import quantizers
+  restored, trained = (_leaves(nnx.state(model, quantizers.CodebookState)),
                        _leaves(summary["state"].gen_state))
   assert len(restored) == len(trained) == 4
   for a, b in zip(restored, trained):

@@ -14,7 +14,8 @@ from flax import nnx
 
 from avdit.layout import ClipLayout
 from avdit.models import layers
-from avdit.models.avdit import AVDiT, count_params, flops_per_example
+from avdit.models.avdit import AVDiT, flops_per_example
+from avdit.models.layers import count_params
 
 LOGICAL_AXIS_VOCABULARY = {
     "embed", "mlp", "heads", "head_dim", "modulation", "lora_rank", "video_in", "audio_in",

@@ -18,8 +18,11 @@ from flax import nnx
 from jax.flatten_util import ravel_pytree
 
 from avdit.models import magvit2
-from avdit.models.magvit2 import (AdaptiveGroupNorm, CausalConv3d, LookupFreeQuantizer, Magvit2,
-                                  Magvit2Discriminator, PerceptualLoss, count_params)
+from avdit.models.discriminators import Magvit2Discriminator
+from avdit.models.layers import count_params
+from avdit.models.magvit2 import AdaptiveGroupNorm, CausalConv3d, Magvit2
+from avdit.models.perceptual import PerceptualLoss
+from avdit.models.quantizers import LookupFreeQuantizer
 
 AXIS_VOCABULARY = {"conv_t", "conv_h", "conv_w", "conv_in", "conv_out", "norm", "dense_in",
                    "dense_out"}
@@ -503,7 +506,7 @@ def test_gradient_steps_reduce_reconstruction_error():
 def test_entropy_loss_gradient_is_finite_when_code_probabilities_underflow():
   """With τ = 0.01 and |z| ~ 1 most codes' batch probabilities are exactly 0 in float32; p log p
   must still give a finite gradient there (xlogy's is -inf, which turned training steps into NaN)."""
-  quantizer = magvit2.LookupFreeQuantizer(8, entropy_temperature=0.01)
+  quantizer = LookupFreeQuantizer(8, entropy_temperature=0.01)
   z = jnp.asarray(np.random.default_rng(0).standard_normal((64, 8)), jnp.float32)
   grad = jax.grad(lambda z: quantizer(z)[1]["losses"]["entropy"])(z)
   assert bool(jnp.all(jnp.isfinite(grad)))

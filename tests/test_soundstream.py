@@ -8,7 +8,10 @@ import pytest
 from flax import nnx
 
 from avdit.models import audio_losses
+from avdit.models import discriminators
+from avdit.models import quantizers
 from avdit.models import soundstream as ss
+from avdit.models.layers import count_params
 
 HOP = 320
 
@@ -60,10 +63,10 @@ def test_paper_config_shapes_abstract():
   assert wave.shape == (2, 34_240)
   recon, _ = jax.eval_shape(lambda st, x: nnx.merge(graphdef, st)(x, train=False), state, audio)
   assert recon.shape == (2, 34_000)
-  params = ss.count_params(model)
+  params = count_params(model)
   assert params == _expected_param_count(32, (2, 4, 8, 16), (1, 3, 9), 1024)
   assert params == 14_427_137  # reported in the module's docs/report
-  assert ss.count_params(model, ss.CodebookState) == 2 * 8 * 1024 * 1024 + 8 * 1024 + 1
+  assert count_params(model, quantizers.CodebookState) == 2 * 8 * 1024 * 1024 + 8 * 1024 + 1
   # Parameters carry their logical axis names; the codebook state is not a Param.
   kernel = model.enc_blocks[0].down.kernel
   assert kernel.get_metadata()["out_sharding"] == ("conv_width", "conv_in", "conv_out")
@@ -73,7 +76,7 @@ def test_paper_config_shapes_abstract():
 
 
 def test_tiny_param_count(tiny_model):
-  assert ss.count_params(tiny_model) == _expected_param_count(4, (2, 4, 8, 16), (1, 3, 9), 16)
+  assert count_params(tiny_model) == _expected_param_count(4, (2, 4, 8, 16), (1, 3, 9), 16)
 
 
 def test_bad_inputs(tiny_model):
@@ -198,7 +201,7 @@ def _rvq(**kwargs):
   config = dict(num_quantizers=4, codebook_size=8, dim=4, ema_decay=0.99,
                 dead_code_threshold=0.0, kmeans_iters=10, quantizer_dropout=True)
   config.update(kwargs)
-  return ss.ResidualVectorQuantizer(**config, rngs=_rngs(0))
+  return quantizers.ResidualVectorQuantizer(**config, rngs=_rngs(0))
 
 
 def _z(seed=0, shape=(4, 16, 4)):
@@ -343,8 +346,9 @@ def test_dead_codes_replaced_by_batch_vectors():
 
 # --- discriminators -------------------------------------------------------------------------------
 def test_discriminators_structure_and_gradients():
-  disc = ss.SoundStreamDiscriminator(stft_kwargs=ss.TINY_STFT_DISCRIMINATOR,
-                                     wave_kwargs=ss.TINY_WAVE_DISCRIMINATOR, rngs=_rngs(0))
+  disc = discriminators.SoundStreamDiscriminator(
+      stft_kwargs=ss.TINY_STFT_DISCRIMINATOR, wave_kwargs=ss.TINY_WAVE_DISCRIMINATOR,
+      rngs=_rngs(0))
   x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 1024)), jnp.float32)
   outputs = disc(x)
   assert len(outputs) == 4  # STFT + 3 waveform scales
@@ -373,7 +377,7 @@ def test_avg_pool_excludes_padding():
   x = jnp.arange(1.0, 9.0)[None]
   # windows of 4, stride 2, one padded zero each side that is not counted:
   # [pad,1,2,3] [2,3,4,5] [4,5,6,7] [6,7,8,pad]
-  np.testing.assert_allclose(ss.avg_pool_1d(x)[0], [2.0, 3.5, 5.5, 7.0])
+  np.testing.assert_allclose(discriminators.avg_pool_1d(x)[0], [2.0, 3.5, 5.5, 7.0])
 
 
 # --- training -------------------------------------------------------------------------------------

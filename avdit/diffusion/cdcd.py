@@ -1,87 +1,21 @@
 """CDCD carried to continuous latents: an InfoNCE over denoising errors (SPEC §7).
 
-Zhu et al., "Discrete Contrastive Diffusion" (papers/cdcd.txt, CDCD) maximize the mutual
-information I(x; c) between a condition c and the generated data x with an InfoNCE (their Eq. 2)
-whose log density ratios come from the diffusion model itself: the negative variational bound
-(step-wise, Eq. 3) or the negative x0 log-likelihood -log p(z0 | z_t, c) (sample-wise, Eq. 4) plays
-the role of log p(x | c). This module carries that to the MoNL setting, where a condition is a set
-of clean (modality, segment) elements of the same clip and the denoiser is Gaussian, so
--log p(x | c) is, up to constants and scale, a squared error.
+Zhu et al.'s Discrete Contrastive Diffusion (papers/cdcd.txt) adapted to MoNL: for the generated
+elements of a clip, the denoiser is run under the true condition (clean given elements) and N
+negative conditions (the clip's given segments shuffled in time, "intra", or other clips' given
+elements, "inter"), sharing x_t and ε, and an InfoNCE picks the true one:
+    logits_j = -error_j / temperature,  loss = mean_b[-log softmax(logits_b)[0]],
+with error_j the mean squared ε-error ("step") or x0-error ("sample") over the generated
+elements (`cdcd_loss`; the plan of masks, noise and negatives from `sample_plan`). The total
+objective is diffusion_loss + λ·cdcd_loss (paper λ = 5e-5, N = 10: `DEFAULT_WEIGHT`,
+`DEFAULT_NUM_NEGATIVES`); it costs N extra denoiser passes over the batch.
 
-What is contrasted. CDCD keeps c and draws negative *data* x^j; here the negatives are negative
-*conditions* for the same generated elements: the InfoNCE classifies which of N + 1 conditions
-(the true one at index 0, N negatives) explains the generated part best. This suits a denoiser:
-the density ratio f(x, c) = p(x | c) / p(x) of Eq. 2 has the same p(x) for every candidate, so the
-conditional log-likelihood proxy alone gives the right logits (CDCD, contrasting negative data,
-has to approximate p(x^j)); x_t and ε are shared, so the errors differ only through the condition.
-With inter-negatives (draws from the marginal of c) the InfoNCE bounds I(x; c) >= log(N + 1) - L;
-intra-negatives are hard negatives, not marginal draws, as in CDCD.
+Config (`diffusion.*`): cdcd_weight (λ; 0 = off), cdcd_num_negatives (N), cdcd_negatives
+(intra | inter | mixed), cdcd_variant (step | sample), cdcd_masks (a2v, v2a, continue),
+cdcd_temperature.
 
-One training example (`cdcd_loss`), with everything random drawn by `sample_plan` from one rng:
-  1. Condition mask [2, N] (True = clean condition), one per example, drawn as follows: a kind is
-     chosen uniformly from `mask_kinds`, then
-       "a2v"       audio every segment given, video generated  (MoNL `pm` with the audio level 0),
-       "v2a"       video every segment given, audio generated  (MoNL `pm` with the video level 0),
-       "continue"  the first k segments of both modalities given, the rest generated, with
-                   k ~ U{k_min..N-1}: k_min = 2 when intra-negatives are used (a single given
-                   segment cannot be shuffled), else 1.
-     a2v/v2a are the masks of `avdit.tasks` (so the same elements as the sampler tasks).
-  2. One noise level t ~ U{1..T} per example for all generated elements (as in the sampler, whose
-     generated elements share t_k); condition elements are clean with t = 0. ε ~ N(0, I).
-  3. Negative conditions (clean latents of the condition elements; generated elements keep the
-     positive's x_t, and the timestep vector is the positive's):
-       intra  the same clip with its condition's time-segments shuffled (CDCD §3.3 shuffles audio
-              chunks). A permutation π of the given segments, identity elsewhere: slot n shows
-              source segment π[n]. π is uniform over the permutations of the given set S, except
-              that the identity (probability 1/|S|!) is replaced by the rotation by one within S,
-              so π is never the identity when |S| >= 2 (with |S| = 2 every intra-negative is the
-              swap). Both modalities draw from the same random scores, so when they have the same
-              given segments (continuation) they get the same π and the audio-video alignment
-              inside the condition is kept; only the order in time changes.
-              Video segments are one latent frame each: slot n gets frame π[n]. Audio segments
-              (`ClipLayout.segment_of_audio`) have unequal lengths (6, 25, 25, 25, 26 latents at
-              the paper geometry), so whole segments are *concatenated* in slot order
-              π[s_0], π[s_1], ... (s_0 < s_1 < ... the given segments) and the result is written
-              into the given positions in order. For a contiguous given set (all of this module's
-              masks) that is exactly "whole segments moved, total length kept"; segment
-              boundaries then no longer coincide with `segment_of_audio`, as chunk boundaries of
-              CDCD's shuffled audio do not. For a non-contiguous set a moved segment may straddle
-              the gap. The multiset of audio latents and the generated positions are unchanged.
-       inter  other clips' conditions from the batch: negative j of example b takes clip
-              (b + s_j) mod B's clean latents on b's condition elements, with N distinct shifts
-              s_j ~ U{1..B-1} without replacement (shared by the batch), so no example is ever its
-              own negative; N <= B - 1 is required. Inside a jitted program over a global batch
-              sharded over devices/hosts this gather over the batch axis is a cross-device
-              collective that XLA inserts (at worst an all-gather of the clean latents, small
-              next to the activations), so the negatives already come from other hosts' clips.
-       mixed  ceil(N/2) intra-negatives followed by N - ceil(N/2) inter-negatives.
-  4. One denoiser call on the (N + 1)·B stacked inputs (positive first), no self-conditioning
-     (`self_cond=None`, the zero estimate the model also sees in training). Cost: N·B extra
-     denoiser evaluations per step over the positive (11x the forward/backward FLOPs and
-     activation memory of one pass at the paper's N = 10); pass a sub-batch to bound it.
-     `aux["cdcd_extra_denoiser_evaluations"]` reports N, extra passes over the batch (as CDL's
-     2K), i.e. N·B evaluations of one example.
-  5. error_j per example = mean squared error over the generated elements (all channels):
-       step    ε-space: ||ε̂_j - ε||² at the step's noise level — CDCD's step-wise variant, whose
-               log density is the variational bound, a weighted sum of per-step ε-errors.
-       sample  x0-space: ||x̂0_j - x0||² of the sample the denoiser predicts from x_t —
-               CDCD's sample-wise variant contrasts -log p(z0 | z_t, c), the likelihood of the
-               final sample given the step (their Eq. 4 / 10e). For an ε-model with one ᾱ over
-               the generated elements this is ((1 - ᾱ)/ᾱ)·ε-error, i.e. in ε units it weighs
-               the noisy steps (where the sample depends most on the condition) far more; a
-               well-trained model keeps it <= Var(x0) ≈ 1 per element, an untrained one can give
-               errors of ~1/ᾱ_T ≈ 2.5e4 at t = T (large, saturated logits early in training).
-  6. logits_j = -error_j / temperature and loss = mean_b [-log softmax(logits_b)[0]]
-     (`info_nce_from_errors`). CDCD's logits are exact (summed) log-likelihoods; a Gaussian
-     denoiser's is -Σ err / (2σ²) over D generated elements, i.e. temperature 2σ²/D on the
-     *mean* error, which for D ~ 1e5 latents saturates the softmax. The temperature is therefore
-     a free scale on the per-element mean error (default 0.1: a 0.05 gap in mean squared error,
-     10% of a typical error, is a logit gap of 0.5).
-
-The total objective is diffusion_loss + λ·cdcd_loss, integrated by the caller (paper: λ = 5e-5,
-N = 10; `DEFAULT_WEIGHT`, `DEFAULT_NUM_NEGATIVES`). Note that CDCD's λ was tuned against a loss
-summed over tokens; this InfoNCE is O(log(N + 1)) ≈ 2.4 per example, so λ = 5e-5 makes it a very
-small term next to the MoNL MSE and the weight deserves tuning.
+The derivation, what is contrasted and why, and each step of one example in detail:
+docs/cdcd.md.
 """
 from __future__ import annotations
 
@@ -270,7 +204,7 @@ def _segment_gather_index(permutation_bkn, given_bn, segment_of_position: np.nda
 def intra_negative_latents(latents_x0: Latents, permutation_bkmn, condition_mask_bmn,
                            layout: layout_lib.ClipLayout) -> Latents:
   """Clean latents {"video": [B, K, N, h, w, d_v], "audio": [B, K, l_a, d_a]} with each clip's
-  condition segments moved by `permutation_bkmn` [B, K, 2, N] (see the module docstring)."""
+  condition segments moved by `permutation_bkmn` [B, K, 2, N] (docs/cdcd.md)."""
   condition_mask_bmn = jnp.asarray(condition_mask_bmn, bool)
   out = {}
   for m, name in enumerate(layout_lib.MODALITIES):
@@ -309,7 +243,7 @@ def sample_plan(rng, latents_x0: Latents, *, schedule: schedule_lib.LinearSchedu
                 layout: layout_lib.ClipLayout, num_negatives: int = DEFAULT_NUM_NEGATIVES,
                 negative_kind: str = "intra",
                 mask_kinds: Sequence[str] = MASK_KINDS) -> CdcdPlan:
-  """All random draws of `cdcd_loss` for this rng (steps 1-3 of the module docstring)."""
+  """All random draws of `cdcd_loss` for this rng (steps 1-3 of docs/cdcd.md)."""
   mask_kinds = _check_kinds(mask_kinds, negative_kind, num_negatives)
   batch = latents_x0["video"].shape[0]
   num_intra, num_inter = negative_counts(num_negatives, negative_kind)
@@ -361,7 +295,7 @@ def denoising_errors(model: Model, latents_x0: Latents, plan: CdcdPlan, *,
                      variant: str = "step", prediction: str = "eps") -> Array:
   """float32 [B, K+1]: mean squared error over each example's generated elements per candidate.
 
-  "step": ε-space error; "sample": x0-space error of the predicted x̂0 (module docstring, step 5).
+  "step": ε-space error; "sample": x0-space error of the predicted x̂0 (docs/cdcd.md, step 5).
   One model call on the (K+1)·B stacked candidates.
   """
   if variant not in VARIANTS:

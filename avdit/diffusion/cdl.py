@@ -1,86 +1,20 @@
 """Contrastive Diffusion Loss (CDL): the denoiser as an implicit noise classifier (SPEC §7).
 
-Paper: Wu et al., "Your Diffusion Model is Secretly a Noise Classifier and Benefits from
-Contrastive Training" (papers/cdl.txt). Notation: log-SNR α; the variance-preserving channel
-z_α = sqrt(σ(α)) x + sqrt(σ(-α)) ε with σ the sigmoid (our ᾱ is σ(α)); ε̂(z, α) the network's
-ε-prediction; d the number of data elements.
+Wu et al. (papers/cdl.txt): per example a label y = ±1; y = +1 keeps the data x_0, y = -1 noises
+it at log-SNR ζ ~ U[ζ range]; the loss is softplus(y·LLR(x)) with the log-likelihood ratio from
+the denoiser itself,
+    LLR(x) = log p_ζ(x) - log p(x) = ½ ∫ dα E_ε[‖ε - ε̂(z_α, α)‖² - ‖ε - b ε̂(z_α, β)‖²],
+β = logit(σ(ζ)σ(α)), b = sqrt(σ(-α)/σ(-β)), estimated by Monte Carlo over log-SNR with K draws
+per example (2K extra denoiser passes over the batch, one call), along a shifted diagonal for
+MoNL's per-element log-SNRs (`estimate_log_likelihood_ratio`, `cdl_forward`; AVDiT adapter
+`avdit_cdl_loss`). Log-SNR ↔ timestep of the linear-β schedule: `timestep_to_logsnr`,
+`logsnr_to_timestep`.
 
-From the paper
-  * Eq. 7 / Algorithm 1: L = E_{q(x, y)} softplus(y · (log p_ζ(x) - log p(x))). Per example a
-    label y = ±1 with probability ½; y = +1: x = x_0 from the data p; y = -1: x = z_ζ(x_0), the
-    data pushed through the channel at log-SNR ζ ~ U[6, 15] (the distribution p_ζ). Smaller ζ
-    is noisier; ζ in [6, 15] adds noise of standard deviation ≈ e^{-ζ/2} per element, i.e. the
-    classifier separates data from slightly noisier data. (Algorithm 1 prints "softmax": the
-    text, Eq. 7, says softplus.)
-  * Eq. 2 (Kong et al. 2023): -log p(x) = c + ½ ∫ E_ε‖ε - ε̂(z_α, α)‖² dα, and Eq. 3/5 (App. A.2):
-    the optimal denoiser of p_ζ is b·ε̂(z, β) with β = logit(σ(ζ)σ(α)), b = sqrt(σ(-α)/σ(-β)).
-    Hence (Eq. 8) the log-likelihood ratio
-        LLR(x) = log p_ζ(x) - log p(x) = ½ ∫ dα E_ε[‖ε - ε̂(z_α, α)‖² - ‖ε - b ε̂(z_α, β)‖²]
-    with the same ε in both terms. The printed Eq. 8 drops the ½ that Eq. 2 and 3 carry; we keep
-    it (the tests compare against the closed form of a Gaussian mixture, which needs it). The
-    integrand vanishes at both ends (α → -∞: both terms → 0; α → +∞: β → ζ, b → 0 and both terms
-    → d), roughly like e^{-|α - ζ|}, so the integral converges without the Gaussian reference
-    term that -log p(x) alone needs.
-  * A point is classified as data when LLR(x) < 0; `cdl_accuracy` reports that classifier.
+Config (`diffusion.*`): cdl_weight (0 = off), cdl_logsnr_samples (K), cdl_zeta_range,
+cdl_logsnr_max (the top of the integral).
 
-Our adaptation
-  * Monte Carlo over log-SNR: per example K = `num_logsnr_samples` draws of a path coordinate s
-    from a proposal q with importance weight 1/q(s). Proposals: "logistic" (default) centred at
-    the example's ζ with scale `proposal_scale` (default 2), truncated to the integration range:
-    its tails e^{-|s-ζ|/2} are heavier than the integrand's mean (≈ e^{-|α-ζ|}) and as heavy as
-    its spread over ε (≈ e^{-α/2} above the peak on the test mixtures), so the weighted draws
-    have finite variance; or "uniform" on the range. Draws are stratified in the proposal's CDF
-    (u_k = (k + U_k)/K) unless `stratified=False`; the estimate is unbiased either way, and with
-    stratification the standard error computed from the draws as if independent is
-    conservative. The two terms of a
-    draw share ε and z_α and are computed as one product, (bε̂_β - ε̂_α)·(2ε - ε̂_α - bε̂_β), which
-    is their exact difference without the float32 cancellation of two O(d) sums.
-    Cost: 2K denoiser evaluations per example (ε̂ at α and at β), made as ONE call of the
-    denoiser on a batch of 2·K·B; reported as `cdl_extra_denoiser_evaluations` = 2K, i.e.
-    extra forward (and backward) passes over the batch, against 1 (2 with self-conditioning) of
-    the MSE loss.
-  * Vector log-SNR (MoNL): the pointwise I-MMSE relation holds per element. With a log-SNR α_j
-    per element group j (for AVDiT a (modality, segment) row), D(x, α) = KL(p(z | x) ‖ p(z))
-    satisfies ∂D/∂α_j = ½ E_ε‖ε_j - ε̂_j(z, α)‖² (the scalar pointwise I-MMSE derivation with
-    Stein's lemma goes through component by component; the tests check the consequence on a 2-D
-    mixture with dependent coordinates and on correlated Gaussian latents), so for the exact
-    denoiser log-densities are line
-    integrals of a gradient field and every monotone path from "all noise" to "all clean" gives
-    the same LLR; A.2's rotation is also per component (β_j = logit(σ(ζ)σ(α_j)), b_j likewise).
-    We integrate along the shifted diagonal α_j(s) = clip(s + δ_j, lo, hi) with per-element
-    offsets δ_j, so the elements of one evaluation see different log-SNRs. Its Jacobian
-    dα_j/ds is 1 inside the range and 0 where clipped, so one draw contributes
-    ½ Σ_j 1[lo < s + δ_j < hi] g_j / q(s), summed over every data element; s lives on
-    [lo - max_j δ_j, hi - min_j δ_j]. δ = 0 is the paper's scalar integral. (Independent
-    per-element draws with a product weight would NOT be exact: for correlated elements the sum
-    of per-coordinate integrals does not telescope.) The AVDiT adapter draws δ per
-    (modality, segment) row with the MoNL strategies (vanilla / pm / pt / ptm) from
-    U[-offset_range, offset_range]; ζ stays one scalar per example (p_ζ noises the whole clip).
-  * Truncation: the integral runs over [lo, hi] = `logsnr_range` (default [-10, 25]; for the
-    AVDiT schedule lo = λ(T) ≈ -10.1, below which no timestep exists, and hi = `logsnr_max` =
-    25, i.e. ζ_max + 10). With the e^{-|α-ζ|} decay and ζ in [6, 15] the dropped tails are about
-    e^{-16} (below) and e^{-10} (above) of the integrand's scale. The paper gives no tail
-    correction and none is needed for the LLR (Kong et al.'s Gaussian tail is for log p alone,
-    whose integral diverges); we add none. β < α can fall below lo when α is within ~e^{-ζ} of
-    lo; the AVDiT adapter then evaluates at t = T (negligible: b ≈ 1 and β ≈ α there).
-
-Variance (measured on the test mixtures, 1-D and 2-D): one draw's standard deviation is several
-times |LLR| (≈ 12 against ≈ 5), so with small K the LLR inside the softplus is mostly noise and
-softplus of a noisy estimate is biased upward (Jensen). In our 1-D toy runs (equal MSE steps)
-K = 8 raised the denoiser's error on noisier-than-told points and K = 32-64 lowered it. In latents
-with many elements
-the relative noise of the summed terms should be much smaller (not measured): choose K with the
-`cdl_llr_stderr` metric, which is logged when K > 1.
-
-Schedule ↔ log-SNR (our discrete linear-β schedule, `schedule.LinearSchedule`)
-  λ(t) = log(ᾱ_t / (1 - ᾱ_t)) at integer t in {1..T}, λ(0) = +∞. Float timesteps (the network
-  embeds float t): for t in [1, T] λ is linear between integers (interpolation of the logit-ᾱ
-  table, exact at integers and well conditioned in float32, where 1 - ᾱ near t = 1 is not); for
-  t in [0, 1] ᾱ is linear between ᾱ_0 = 1 and ᾱ_1 = 1 - β_1, so λ = log((1 - tβ_1)/(tβ_1)) → ∞
-  as t → 0. Every λ ≥ λ(T) ≈ -10.1 therefore has a timestep, λ > λ(1) ≈ 9.2 included (t in
-  (0, 1), between the clean conditioning value t = 0 and t = 1, never seen by the MSE loss:
-  CDL with ζ in [6, 15] evaluates there, which is the regime it is meant to train); λ < λ(T)
-  is clipped to t = T.
+The derivation (the paper's equations, the vector log-SNR path, truncation, variance, the
+schedule's log-SNR at float timesteps): docs/cdl.md.
 """
 from __future__ import annotations
 
@@ -117,7 +51,7 @@ def logsnr_bounds(schedule: schedule_lib.LinearSchedule) -> tuple[float, float]:
 
 
 def timestep_to_logsnr(schedule: schedule_lib.LinearSchedule, timesteps) -> jax.Array:
-  """Float timesteps (any shape, clipped to [0, T]) -> float32 log-SNR (module docstring)."""
+  """Float timesteps (any shape, clipped to [0, T]) -> float32 log-SNR (docs/cdl.md)."""
   t = jnp.clip(jnp.asarray(timesteps, jnp.float32), 0.0, schedule.num_timesteps)
   table = logsnr_table(schedule)
   grid = jnp.arange(1, schedule.num_timesteps + 1, dtype=jnp.float32)
@@ -200,7 +134,7 @@ def estimate_log_likelihood_ratio(
     logsnr_range: Sequence[float] = DEFAULT_LOGSNR_RANGE, proposal: str = "logistic",
     proposal_scale: float = 2.0, stratified: bool = True, logsnr_offsets=None,
     expand_fn: Callable[[jax.Array], Any] | None = None) -> LogLikelihoodRatio:
-  """Estimates LLR(x) = log p_ζ(x) - log p(x) per example from a denoiser (module docstring).
+  """Estimates LLR(x) = log p_ζ(x) - log p(x) per example from a denoiser (docs/cdl.md).
 
   Args:
     eps_fn: the denoiser, `eps_fn(z, logsnr) -> ε̂` with z like x (batch 2·K·B) and logsnr
@@ -418,7 +352,7 @@ def avdit_cdl_forward(model, latents_x0: dict[str, jax.Array], rng, *,
     mixture_weights = monl.parse_mixture("monl")
 
   def eps_fn(noisy, logsnr_bmn):
-    # β can fall just below λ(T) (module docstring): evaluate it at t = T, consistently for v.
+    # β can fall just below λ(T) (docs/cdl.md): evaluate it at t = T, consistently for v.
     logsnr_bmn = jnp.maximum(logsnr_bmn, lam_min)
     output = model(noisy, logsnr_to_timestep(schedule, logsnr_bmn), None)
     if prediction == "eps":

@@ -10,7 +10,6 @@ R = M·N rows, L_v = N·(h/p)·(w/p) video tokens, l_a audio latents.
 """
 from __future__ import annotations
 
-import contextlib
 
 import jax
 import jax.numpy as jnp
@@ -26,14 +25,6 @@ _REMAT_POLICIES = {
     "full": None,  # save nothing inside a block: recompute it all in the backward pass
     "dots_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
-
-
-def _annotate_without_mesh():
-  """Flax 0.12 shards every annotated Variable at creation ("eager sharding", on by default) and
-  raises when no mesh is in scope; without a mesh, keep the names as metadata only."""
-  if jax.sharding.get_abstract_mesh().empty:
-    return nnx.use_eager_sharding(False)
-  return contextlib.nullcontext()
 
 
 def patchify(video_bnhwc: jax.Array, patch: int) -> jax.Array:
@@ -139,7 +130,7 @@ class AVDiT(nnx.Module):
     inputs_per_channel = 2 if self.self_condition else 1
     d_v, d_a = layout.video_channels, layout.audio_channels
 
-    with _annotate_without_mesh():
+    with layers.annotate_without_mesh():
       self.video_in = layers.Dense(p * p * d_v * inputs_per_channel, width,
                                    kernel_axes=AXES.video_in_kernel, bias_axes=AXES.embed_bias,
                                    dtype=dtype, rngs=rngs)
@@ -300,11 +291,6 @@ class AVDiT(nnx.Module):
                                       self.layout.num_video_tokens)
     video_bnhwc = unpatchify(video_blk, self.patch_size, self.layout.video_latent_shape)
     return {"video": video_bnhwc.astype(jnp.float32), "audio": audio_blc.astype(jnp.float32)}
-
-
-def count_params(model: nnx.Module) -> int:
-  """Number of scalar parameters (nnx.Param leaves)."""
-  return sum(int(x.size) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
 def flops_per_example(model_config, layout: ClipLayout) -> dict[str, int]:

@@ -7,6 +7,7 @@ its `dtype` (float32 or bfloat16) and keeps norms and softmax in float32.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -106,13 +107,32 @@ def constrain(x: jax.Array, names: Axes) -> jax.Array:
   return x if spec is None else jax.lax.with_sharding_constraint(x, spec)
 
 
+def annotate_without_mesh():
+  """Flax 0.12 shards every annotated Variable at creation ("eager sharding", on by default) and
+  raises when no mesh is in scope; without a mesh, keep the logical names as metadata only (the
+  context to build any model or standalone layer in, with or without a mesh)."""
+  if jax.sharding.get_abstract_mesh().empty:
+    return nnx.use_eager_sharding(False)
+  return contextlib.nullcontext()
+
+
 def make_param(rngs: nnx.Rngs, initializer: Initializer, shape: tuple[int, ...],
                axes: Axes) -> nnx.Param:
-  """A float32 `nnx.Param` of `shape`, annotated with logical `axes` (one name per dimension)."""
+  """A float32 `nnx.Param` of `shape`, annotated with logical `axes` (one name per dimension);
+  works with or without a mesh in scope (`annotate_without_mesh`)."""
   if len(axes) != len(shape):
     raise ValueError(f"logical axes {axes} do not match parameter shape {shape}")
   annotated = nnx.with_partitioning(initializer, axes)
-  return nnx.Param(annotated(rngs.params(), shape, jnp.float32))
+  with annotate_without_mesh():
+    return nnx.Param(annotated(rngs.params(), shape, jnp.float32))
+
+
+def count_params(module_or_tree, variable_type: type = nnx.Param) -> int:
+  """Number of scalars in a module's `variable_type` variables (default its parameters), or in
+  every leaf of a pytree (e.g. a train state's params); works on abstract (eval_shape) values."""
+  tree = (nnx.state(module_or_tree, variable_type) if isinstance(module_or_tree, nnx.Module)
+          else module_or_tree)
+  return int(sum(math.prod(x.shape) for x in jax.tree.leaves(tree)))
 
 
 def matmul_in_dtype(equation: str, x: jax.Array, kernel: jax.Array, dtype: jnp.dtype) -> jax.Array:

@@ -23,25 +23,17 @@ Decoder: conv_in from `latent_dim` -> mid blocks -> per stage (reversed): residu
 norms are adaptive group norms (scale and shift from the latents by 1×1×1 convs), then
 depth-to-space up-sampling -> adaptive norm, swish, conv_out to `in_channels`.
 
-Lookup-free quantization (`LookupFreeQuantizer`): q = sign(z) in {-1, +1}^d (0 -> +1) with a
-straight-through estimator; commitment loss mean_tokens ||z - sg(q)||²; entropy loss
-E_z[H(p(c|z))] - H(E_z[p(c|z)]) with p(c|z) = softmax_c(-||z - c||²/τ) over the 2^d codes.
-"exact" mode evaluates it over all 2^d codes (memory tokens·2^d, so d <= 16 is enforced);
-"factorized" mode (for large d, in the spirit of MAGVIT-v2's factorized entropy) uses that
-p(c|z) is a product over dimensions (-||z - c||² = 2 z·c + const), so the per-token entropy is
-exact (a sum of binary entropies), while the batch term is replaced by the sum of per-dimension
-binary entropies of the mean probabilities, an upper bound of H(E[p]). `bypass=True` returns z
-unchanged (the continuous latents for diffusion) with zero losses.
-
-Also here: `Magvit2Discriminator` (StyleGAN-like 3D residual discriminator, one logit per clip),
-`PerceptualLoss` (LPIPS-like distance with VGG-style weights from a user `.npz`, optional, off
-by default), `count_params`.
+Quantization: lookup-free (`avdit.models.quantizers.LookupFreeQuantizer`, the `quantizer`
+attribute): q = sign(z) with commitment and entropy losses; `quantize=False` bypasses it (the
+continuous latents for diffusion). The discriminator is `avdit.models.discriminators.
+Magvit2Discriminator`, the optional perceptual loss `avdit.models.perceptual.PerceptualLoss`;
+parameter counts: `avdit.models.layers.count_params`.
 
 Parameters are float32 `nnx.Param`s made by `layers.make_param` with these logical axis names
 (`MAGVIT_AXES`): conv kernels ("conv_t", "conv_h", "conv_w", "conv_in", "conv_out"), conv biases
-("conv_out",), group-norm scale and bias ("norm",), discriminator head ("dense_in", "dense_out")
-and ("dense_out",). Convolutions compute in `dtype` (float32 or bfloat16); norm statistics,
-losses and outputs are float32.
+("conv_out",), group-norm scale and bias ("norm",), dense kernels ("dense_in", "dense_out") and
+biases ("dense_out",) (the discriminator's head). Convolutions compute in `dtype` (float32 or
+bfloat16); norm statistics, losses and outputs are float32.
 
 Settings (`PAPER_KWARGS`, `TINY_KWARGS`). Paper size, following the MAGVIT-v2 video tokenizer
 (and the width/depth of its open image reproduction, Open-MAGVIT2: base 128, 4 residual blocks
@@ -56,10 +48,7 @@ latents; 1.1M parameters.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import math
-import os
 from typing import Any, Sequence
 
 import jax
@@ -68,7 +57,8 @@ import numpy as np
 from flax import nnx
 
 from avdit.models import layers
-from avdit.models.layers import Axes, Initializer
+from avdit.models.layers import Axes, Initializer, make_param
+from avdit.models.quantizers import LookupFreeQuantizer
 
 lecun_normal = nnx.initializers.lecun_normal()
 
@@ -97,31 +87,13 @@ class Magvit2Axes:
 MAGVIT_AXES = Magvit2Axes()
 
 
-def _annotate_without_mesh():
-  """Flax 0.12 shards annotated Variables at creation and raises without a mesh; then keep the
-  logical names as metadata only (same rule as the AVDiT model)."""
-  if jax.sharding.get_abstract_mesh().empty:
-    return nnx.use_eager_sharding(False)
-  return contextlib.nullcontext()
 
-
-def make_param(rngs: nnx.Rngs, initializer: Initializer, shape: tuple[int, ...],
-               axes: Axes) -> nnx.Param:
-  """`layers.make_param` that also works outside a mesh (standalone layers in tests, tools)."""
-  with _annotate_without_mesh():
-    return layers.make_param(rngs, initializer, shape, axes)
-
-
-def _resolve_dtype(dtype) -> jnp.dtype:
+def resolve_dtype(dtype) -> jnp.dtype:
   resolved = jnp.dtype(_DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype)
   if resolved not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
     raise ValueError(f"dtype must be float32 or bfloat16, got {dtype!r}")
   return resolved
 
-
-def count_params(module: nnx.Module) -> int:
-  """Number of scalar parameters (nnx.Param leaves); works on abstract (eval_shape) modules."""
-  return sum(math.prod(x.shape) for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
 
 
 # --- convolution ---------------------------------------------------------------------------------
@@ -342,115 +314,6 @@ class DepthToSpaceUpsample(nnx.Module):
     return depth_to_space(self.conv(x_bthwc), time_factor=self.time_factor, space_factor=2)
 
 
-# --- lookup-free quantization --------------------------------------------------------------------
-def _binary_entropy_from_logits(a: jax.Array) -> jax.Array:
-  """Entropy (nats) of Bernoulli(sigmoid(a)), stable for large |a|."""
-  p = jax.nn.sigmoid(a)
-  return -(p * jax.nn.log_sigmoid(a) + (1 - p) * jax.nn.log_sigmoid(-a))
-
-
-def _entropy(p: jax.Array, axis: int = -1) -> jax.Array:
-  # p log p with log clamped: the same value (0 at p = 0), but a finite gradient where a code's
-  # mean probability underflows to 0 (xlogy's is -inf there and turns the step into NaN).
-  return -jnp.sum(p * jnp.log(jnp.maximum(p, 1e-30)), axis=axis)
-
-
-def all_codes(dim: int) -> np.ndarray:
-  """The 2^dim codes in {-1, +1}^dim, float32 [2^dim, dim]; row k has bit i of k (MSB first)
-  as its dimension i (+1 for a 1 bit), matching `code_indices`."""
-  bits = (np.arange(2**dim)[:, None] >> np.arange(dim - 1, -1, -1)) & 1
-  return (2.0 * bits - 1.0).astype(np.float32)
-
-
-def code_indices(q_td: jax.Array) -> jax.Array:
-  """Integer code of each ±1 row: sum_i [q_i > 0]·2^(d-1-i), int32 [T]."""
-  d = q_td.shape[-1]
-  weights = jnp.asarray(2 ** np.arange(d - 1, -1, -1), jnp.int32)
-  return jnp.sum((q_td > 0).astype(jnp.int32) * weights, axis=-1)
-
-
-class LookupFreeQuantizer(nnx.Module):
-  """LFQ: sign quantization to {-1, +1}^d with commitment and entropy losses (no parameters).
-
-  entropy_mode "exact": E[H(p(c|z))] - H(E[p(c|z)]) over all 2^d codes, logits
-  2·z·c/τ (= -||z - c||²/τ + const); memory tokens·2^d floats, so latent_dim <= 16.
-  entropy_mode "factorized": p(c|z) = prod_i Bernoulli(sigmoid(4 z_i/τ)); the per-token entropy
-  is the same (exact) sum of binary entropies; the batch entropy is sum_i H_b(E[p_i]), an upper
-  bound of H(E[p]); any latent_dim <= 31. Metrics need code indices in int32: latent_dim <= 31.
-  """
-
-  MAX_EXACT_DIM = 16
-  MAX_DIM = 31
-
-  def __init__(self, latent_dim: int, *, entropy_temperature: float = 0.01,
-               entropy_mode: str = "exact"):
-    if entropy_mode not in ("exact", "factorized"):
-      raise ValueError(f"entropy_mode must be 'exact' or 'factorized', got {entropy_mode!r}")
-    if entropy_mode == "exact" and latent_dim > self.MAX_EXACT_DIM:
-      raise ValueError(
-          f"exact LFQ entropy enumerates 2^{latent_dim} codes per token; latent_dim must be <= "
-          f"{self.MAX_EXACT_DIM} (use entropy_mode='factorized' for larger codebooks)")
-    if not 1 <= latent_dim <= self.MAX_DIM:
-      raise ValueError(f"latent_dim must be in [1, {self.MAX_DIM}], got {latent_dim}")
-    if entropy_temperature <= 0:
-      raise ValueError(f"entropy_temperature must be positive, got {entropy_temperature}")
-    self.latent_dim = latent_dim
-    self.entropy_temperature = float(entropy_temperature)
-    self.entropy_mode = entropy_mode
-
-  def entropy_terms(self, z_td: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(E_z[H(p(c|z))], H(E_z[p(c|z)])) in nats for float32 latents [T, d]."""
-    tau = self.entropy_temperature
-    if self.entropy_mode == "exact":
-      codes_kd = jnp.asarray(all_codes(self.latent_dim))
-      logp_tk = jax.nn.log_softmax((2.0 / tau) * z_td @ codes_kd.T, axis=-1)
-      p_tk = jnp.exp(logp_tk)
-      sample_entropy = jnp.mean(-jnp.sum(p_tk * logp_tk, axis=-1))
-      return sample_entropy, _entropy(jnp.mean(p_tk, axis=0))
-    logits_td = (4.0 / tau) * z_td  # log p(+1)/p(-1) = (||z+1||² - ||z-1||²)/τ per dimension.
-    sample_entropy = jnp.mean(jnp.sum(_binary_entropy_from_logits(logits_td), axis=-1))
-    mean_p_d = jnp.mean(jax.nn.sigmoid(logits_td), axis=0)
-    batch_entropy = jnp.sum(_entropy(jnp.stack([mean_p_d, 1 - mean_p_d], axis=-1)))
-    return sample_entropy, batch_entropy
-
-  def metrics(self, q_td: jax.Array) -> dict[str, jax.Array]:
-    """Fraction of the 2^d codes used by the hard codes, and their perplexity exp(H)."""
-    num_tokens = q_td.shape[0]
-    sorted_codes = jnp.sort(code_indices(q_td))
-    is_new = jnp.concatenate([jnp.ones((1,), bool), sorted_codes[1:] != sorted_codes[:-1]])
-    # Histogram via runs of the sorted codes: memory O(tokens), not O(2^d).
-    run_id = jnp.cumsum(is_new) - 1
-    counts = jax.ops.segment_sum(jnp.ones((num_tokens,), jnp.float32), run_id,
-                                 num_segments=num_tokens)
-    usage = jnp.sum(is_new).astype(jnp.float32) / float(2**self.latent_dim)
-    return {"codebook_usage": usage,
-            "perplexity": jnp.exp(_entropy(counts / num_tokens))}
-
-  def __call__(self, z: jax.Array, *, bypass: bool = False) -> tuple[jax.Array, dict]:
-    """z [..., d] -> (z_q [..., d], {"losses": {commitment, entropy}, "metrics": {...}}).
-
-    z_q = z + sg(sign(z) - z) (forward: the codes, backward: identity). With `bypass`, z is
-    returned unchanged and the losses are zero.
-    """
-    if z.shape[-1] != self.latent_dim:
-      raise ValueError(f"expected latents [..., {self.latent_dim}], got {z.shape}")
-    z32 = z.astype(jnp.float32)
-    q = jnp.where(z32 >= 0, 1.0, -1.0)
-    z_td = z32.reshape(-1, self.latent_dim)
-    q_td = q.reshape(-1, self.latent_dim)
-    metrics = self.metrics(jax.lax.stop_gradient(q_td))
-    if bypass:
-      zero = jnp.zeros((), jnp.float32)
-      return z, {"losses": {"commitment": zero, "entropy": zero}, "metrics": metrics}
-    commitment = jnp.mean(jnp.sum(jnp.square(z_td - q_td), axis=-1))  # q carries no gradient.
-    sample_entropy, batch_entropy = self.entropy_terms(z_td)
-    metrics.update(sample_entropy=jax.lax.stop_gradient(sample_entropy),
-                   batch_entropy=jax.lax.stop_gradient(batch_entropy))
-    z_q = z32 + jax.lax.stop_gradient(q - z32)
-    return z_q, {"losses": {"commitment": commitment, "entropy": sample_entropy - batch_entropy},
-                 "metrics": metrics}
-
-
 # --- the autoencoder -----------------------------------------------------------------------------
 class Magvit2(nnx.Module):
   """MAGVIT-v2 causal video autoencoder (see the module docstring)."""
@@ -496,7 +359,7 @@ class Magvit2(nnx.Module):
                        f"({len(mults) - 1} for {len(mults)} stages), got {temporal}")
     if kernel_size < 1 or num_res_blocks < 1 or num_mid_res_blocks < 0:
       raise ValueError("kernel_size and num_res_blocks must be >= 1, num_mid_res_blocks >= 0")
-    self.dtype = dtype = _resolve_dtype(dtype)
+    self.dtype = dtype = resolve_dtype(dtype)
     self.channel_multipliers, self.temporal_downsample = mults, temporal
     self.latent_dim, self.in_channels = latent_dim, in_channels
     self.spatial_factor = 2 ** (len(mults) - 1)
@@ -622,191 +485,3 @@ class Magvit2(nnx.Module):
     """-> (reconstruction float32 [B, F, H, W, C], aux); `quantize=False` bypasses LFQ."""
     z_q, aux = self.quantize(self.encode(video_bfhwc), bypass=not quantize)
     return self.decode(z_q), aux
-
-
-# --- discriminator -------------------------------------------------------------------------------
-class DiscriminatorBlock(nnx.Module):
-  """StyleGAN-style residual down-sampling block: (conv, lrelu, strided conv, lrelu) + skip."""
-
-  def __init__(self, in_channels: int, out_channels: int, *, kernel_size: int, slope: float,
-               dtype: jnp.dtype, rngs: nnx.Rngs):
-    k3 = (kernel_size,) * 3
-    conv = dict(causal=False, dtype=dtype, rngs=rngs)
-    self.conv1 = CausalConv3d(in_channels, in_channels, k3, **conv)
-    self.conv2 = CausalConv3d(in_channels, out_channels, k3, strides=(2, 2, 2), **conv)
-    self.skip = CausalConv3d(in_channels, out_channels, (1, 1, 1), strides=(2, 2, 2),
-                             use_bias=False, **conv)
-    self.slope = slope
-
-  def __call__(self, x_bthwc: jax.Array) -> jax.Array:
-    h = jax.nn.leaky_relu(self.conv1(x_bthwc), self.slope)
-    h = jax.nn.leaky_relu(self.conv2(h), self.slope)
-    # 1/sqrt(2) keeps the residual sum at unit variance (StyleGAN2).
-    return (h + self.skip(x_bthwc)) * (1 / math.sqrt(2))
-
-
-class Magvit2Discriminator(nnx.Module):
-  """3D residual discriminator: video [B, F, H, W, C] -> one float32 logit per clip [B].
-
-  conv_in, then one ×2 (time, height, width) down-sampling residual block per multiplier, a
-  final conv, a mean over the remaining (T, H, W) (any input size works), dense, dense -> 1.
-  Convs look both ways in time (not causal): the discriminator judges whole clips. The default
-  widths (64, multipliers (2, 4, 4, 4, 4)) are this module's choice, not a published setting.
-  """
-
-  def __init__(self, *, base_channels: int = 64,
-               channel_multipliers: Sequence[int] = (2, 4, 4, 4, 4), kernel_size: int = 3,
-               in_channels: int = 3, leaky_relu_slope: float = 0.2, dtype: Any = jnp.float32,
-               rngs: nnx.Rngs):
-    self.dtype = dtype = _resolve_dtype(dtype)
-    self.in_channels = in_channels
-    self.slope = leaky_relu_slope
-    k3 = (kernel_size,) * 3
-    with _annotate_without_mesh():
-      self.conv_in = CausalConv3d(in_channels, base_channels, k3, causal=False, dtype=dtype,
-                                  rngs=rngs)
-      blocks, channels = [], base_channels
-      for mult in channel_multipliers:
-        blocks.append(DiscriminatorBlock(channels, base_channels * mult, kernel_size=kernel_size,
-                                         slope=leaky_relu_slope, dtype=dtype, rngs=rngs))
-        channels = base_channels * mult
-      self.blocks = nnx.List(blocks)
-      self.conv_out = CausalConv3d(channels, channels, k3, causal=False, dtype=dtype, rngs=rngs)
-      dense = dict(kernel_axes=MAGVIT_AXES.dense_kernel, bias_axes=MAGVIT_AXES.dense_bias,
-                   dtype=dtype, rngs=rngs)
-      self.dense = layers.Dense(channels, channels, **dense)
-      self.logit = layers.Dense(channels, 1, **dense)
-
-  def __call__(self, video_bfhwc: jax.Array) -> jax.Array:
-    if video_bfhwc.ndim != 5 or video_bfhwc.shape[-1] != self.in_channels:
-      raise ValueError(f"video must be [B, F, H, W, {self.in_channels}], got "
-                       f"{video_bfhwc.shape}")
-    x = jax.nn.leaky_relu(self.conv_in(video_bfhwc), self.slope)
-    for block in self.blocks:
-      x = block(x)
-    x = jax.nn.leaky_relu(self.conv_out(x), self.slope)
-    pooled_bc = jnp.mean(x.astype(jnp.float32), axis=(1, 2, 3))
-    h = jax.nn.leaky_relu(self.dense(pooled_bc), self.slope)
-    return self.logit(h)[:, 0].astype(jnp.float32)
-
-
-# --- perceptual loss -----------------------------------------------------------------------------
-class PerceptualWeight(nnx.Variable):
-  """Frozen perceptual-network weights: not an nnx.Param, so never trained or counted."""
-
-
-VGG16_POOL_AFTER = (1, 3, 6, 9)  # conv indices followed by 2×2 max-pooling in VGG16.
-_PERCEPTUAL_KEYS = (
-    "conv{i}_kernel, conv{i}_bias, pool_after, feature_layers, lin{j}, input_shift, input_scale")
-
-
-class PerceptualLoss(nnx.Module):
-  """LPIPS-like distance from a VGG-style conv stack whose weights come from a `.npz` file.
-
-  File format (float arrays; `i` = 0..L-1 consecutive, `j` over the feature layers):
-    conv{i}_kernel [3, 3, in, out] (HWIO; conv0 has in = 3, conv{i} in = conv{i-1} out),
-    conv{i}_bias [out];
-    optional pool_after (int [P]): conv indices followed by ReLU-then-2×2 max pool; default
-      the VGG16 layout (1, 3, 6, 9) restricted to indices < L - 1;
-    optional feature_layers (int [J]): conv indices whose ReLU outputs are compared; default
-      every conv before a pool plus the last one (VGG16: relu1_2, 2_2, 3_3, 4_3, 5_3, as LPIPS);
-    optional lin{j} [C_j] non-negative channel weights (LPIPS "lin" layers); default ones;
-    optional input_shift [3], input_scale [3]: the net sees (x - shift)/scale; default 0 and 1.
-  Distance per image: sum_j mean_{h,w} sum_c lin_j[c]·(f̂_x - f̂_y)², f̂ = f/(||f||_c + eps).
-  Videos are compared frame by frame (frames flattened into the batch); the loss is the mean.
-  Convs are 'SAME' with stride 1. Computed in float32; the weights are `PerceptualWeight`s.
-  """
-
-  def __init__(self, weights: dict[str, np.ndarray], *, eps: float = 1e-10):
-    weights = {k: np.asarray(v) for k, v in weights.items()}
-    num_convs = 0
-    while f"conv{num_convs}_kernel" in weights:
-      num_convs += 1
-    if num_convs == 0:
-      raise ValueError(f"perceptual weights have no 'conv0_kernel'; expected keys "
-                       f"{_PERCEPTUAL_KEYS}, got {sorted(weights)}")
-    kernels, biases, in_channels = [], [], 3
-    for i in range(num_convs):
-      kernel = weights[f"conv{i}_kernel"]
-      bias = weights.get(f"conv{i}_bias")
-      if kernel.ndim != 4 or kernel.shape[:2] != (3, 3) or kernel.shape[2] != in_channels:
-        raise ValueError(f"conv{i}_kernel has shape {kernel.shape}, expected [3, 3, "
-                         f"{in_channels}, out]")
-      if bias is None or bias.shape != (kernel.shape[3],):
-        shape = None if bias is None else bias.shape
-        raise ValueError(f"conv{i}_bias has shape {shape}, expected ({kernel.shape[3]},)")
-      kernels.append(kernel)
-      biases.append(bias)
-      in_channels = kernel.shape[3]
-    pool_after = tuple(int(i) for i in weights.get(
-        "pool_after", [i for i in VGG16_POOL_AFTER if i < num_convs - 1]))
-    default_features = sorted(set(pool_after) | {num_convs - 1})
-    feature_layers = tuple(int(i) for i in weights.get("feature_layers", default_features))
-    for name, indices in (("pool_after", pool_after), ("feature_layers", feature_layers)):
-      if any(not 0 <= i < num_convs for i in indices) or len(set(indices)) != len(indices):
-        raise ValueError(f"{name} {indices} must be distinct conv indices in [0, {num_convs})")
-    lins = []
-    for j, layer in enumerate(feature_layers):
-      lin = weights.get(f"lin{j}", np.ones((kernels[layer].shape[3],), np.float32))
-      if lin.shape != (kernels[layer].shape[3],):
-        raise ValueError(f"lin{j} has shape {lin.shape}, expected ({kernels[layer].shape[3]},)")
-      lins.append(lin)
-    shift = weights.get("input_shift", np.zeros((3,), np.float32))
-    scale = weights.get("input_scale", np.ones((3,), np.float32))
-    if shift.shape != (3,) or scale.shape != (3,):
-      raise ValueError(f"input_shift/input_scale must have shape (3,), got {shift.shape}, "
-                       f"{scale.shape}")
-    known = {f"conv{i}_{p}" for i in range(num_convs) for p in ("kernel", "bias")}
-    known |= {f"lin{j}" for j in range(len(feature_layers))}
-    known |= {"pool_after", "feature_layers", "input_shift", "input_scale"}
-    if set(weights) - known:
-      raise ValueError(f"unexpected perceptual weight keys {sorted(set(weights) - known)} "
-                       f"(conv keys must be consecutive from conv0); expected {_PERCEPTUAL_KEYS}")
-    as_weight = lambda a: PerceptualWeight(jnp.asarray(a, jnp.float32))
-    self.kernels = nnx.List([as_weight(k) for k in kernels])
-    self.biases = nnx.List([as_weight(b) for b in biases])
-    self.lins = nnx.List([as_weight(l) for l in lins])
-    self.input_shift, self.input_scale = as_weight(shift), as_weight(scale)
-    self.pool_after, self.feature_layers = pool_after, feature_layers
-    self.eps = eps
-
-  @classmethod
-  def from_file(cls, path: str, **kwargs) -> PerceptualLoss:
-    if not os.path.exists(path):
-      raise FileNotFoundError(
-          f"perceptual loss weights not found at {path!r}. The perceptual loss is optional and "
-          f"off by default; provide a VGG-style .npz (keys {_PERCEPTUAL_KEYS}) or disable it.")
-    with np.load(path) as data:
-      return cls({k: data[k] for k in data.files}, **kwargs)
-
-  def features(self, images_nhwc: jax.Array) -> list[jax.Array]:
-    """Float32 ReLU feature maps of `feature_layers` for images [N, H, W, 3] in [-1, 1]."""
-    x = (images_nhwc.astype(jnp.float32) - self.input_shift[...]) / self.input_scale[...]
-    by_layer = {}
-    for i, (kernel, bias) in enumerate(zip(self.kernels, self.biases)):
-      x = jax.lax.conv_general_dilated(x, kernel[...], (1, 1), "SAME",
-                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
-      x = jax.nn.relu(x + bias[...])
-      if i in self.feature_layers:
-        by_layer[i] = x
-      if i in self.pool_after:
-        x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
-    return [by_layer[i] for i in self.feature_layers]
-
-  def per_image(self, a_nhwc: jax.Array, b_nhwc: jax.Array) -> jax.Array:
-    """Distance of each image pair, float32 [N]."""
-    total = jnp.zeros((a_nhwc.shape[0],), jnp.float32)
-    for fa, fb, lin in zip(self.features(a_nhwc), self.features(b_nhwc), self.lins):
-      fa = fa / (jnp.sqrt(jnp.sum(jnp.square(fa), axis=-1, keepdims=True)) + self.eps)
-      fb = fb / (jnp.sqrt(jnp.sum(jnp.square(fb), axis=-1, keepdims=True)) + self.eps)
-      total = total + jnp.mean(jnp.sum(jnp.square(fa - fb) * lin[...], axis=-1), axis=(1, 2))
-    return total
-
-  def __call__(self, a: jax.Array, b: jax.Array) -> jax.Array:
-    """Mean distance over frames of videos [B, F, H, W, 3] (or images [N, H, W, 3])."""
-    if a.shape != b.shape or a.ndim not in (4, 5) or a.shape[-1] != 3:
-      raise ValueError(f"perceptual loss needs two [B, F, H, W, 3] videos or [N, H, W, 3] "
-                       f"images of the same shape, got {a.shape} and {b.shape}")
-    if a.ndim == 5:
-      a, b = a.reshape(-1, *a.shape[2:]), b.reshape(-1, *b.shape[2:])
-    return jnp.mean(self.per_image(a, b))

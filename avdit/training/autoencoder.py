@@ -49,10 +49,11 @@ from avdit import workdir as workdir_lib
 from avdit.data import pipeline
 from avdit.models import audio_losses
 from avdit.models import autoencoders
+from avdit.models import discriminators
 from avdit.models import gan_losses
-from avdit.models import magvit2
+from avdit.models import layers
+from avdit.models import perceptual
 from avdit.models import reconstruction
-from avdit.models import soundstream
 from avdit.training import loop
 from avdit.training import state as state_lib
 
@@ -101,8 +102,9 @@ def build_discriminator(config, seed: int):
   rngs = nnx.Rngs(seed + 1)
   kwargs = autoencoders.tupled(config.discriminator.kwargs.to_dict())
   if config.kind == "magvit2":
-    return magvit2.Magvit2Discriminator(**kwargs, dtype=config.discriminator.dtype, rngs=rngs)
-  return soundstream.SoundStreamDiscriminator(
+    return discriminators.Magvit2Discriminator(**kwargs, dtype=config.discriminator.dtype,
+                                               rngs=rngs)
+  return discriminators.SoundStreamDiscriminator(
       stft_kwargs=autoencoders.tupled(kwargs["stft"]),
       wave_kwargs=autoencoders.tupled(kwargs["wave"]), dtype=config.discriminator.dtype, rngs=rngs)
 
@@ -192,7 +194,7 @@ def perceptual_loss(config):
   """The perceptual loss network of `loss.perceptual_weights_file`, or None when it is off."""
   if not config.loss.get("perceptual_weight", 0.0):
     return None
-  return magvit2.PerceptualLoss.from_file(config.loss.perceptual_weights_file)
+  return perceptual.PerceptualLoss.from_file(config.loss.perceptual_weights_file)
 
 
 def make_train_step(config, gen_graphdef, disc_graphdef, *, state_shardings=None,
@@ -329,9 +331,9 @@ def train(config, workdir: str, steps_this_run: int | None = None) -> dict:
     if saved["kind"] != kind.name or saved["model_kwargs"] != identity["model_kwargs"]:
       raise ValueError(f"the checkpoint in {workdir} is a {saved['kind']} with "
                        f"{saved['model_kwargs']}; the config describes another model")
-  num_params = sum(x.size for x in jax.tree.leaves(state.gen_params))
+  num_params = layers.count_params(state.gen_params)
   logging.info("%s: %d generator parameters, %d discriminator parameters", kind.name,
-               num_params, sum(x.size for x in jax.tree.leaves(state.disc_params)))
+               num_params, layers.count_params(state.disc_params))
 
   # 4. Step.
   batch_sharding = sharding.batch_sharding(mesh)

@@ -26,6 +26,7 @@ from avdit import workdir as workdir_lib
 from avdit.data import latent_cache
 from avdit.data import pipeline
 from avdit.models import avdit as avdit_model
+from avdit.models import layers
 from avdit.models import latent_space as latent_lib
 from avdit.training import loop
 from avdit.training import state as state_lib
@@ -90,7 +91,7 @@ def train(config, workdir: str, steps_this_run: int | None = None,
   # Created directly in its shardings over the (data, fsdp, tensor) mesh of config.mesh.
   mesh = sharding.training_mesh(config)
   graphdef, state, state_shardings = state_lib.sharded_train_state(config, layout, mesh)
-  num_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
+  num_params = layers.count_params(state.params)
   manager = loop.open_checkpoints(workdir, config.train, PAYLOADS)
   state, restored = loop.restore_latest(manager, state, train_iter, PAYLOADS)
   if restored is not None:
