@@ -16,8 +16,9 @@ from avdit import workdir as workdir_lib
 from avdit.models import magvit2
 from avdit.models import soundstream
 
-# The items of an autoencoder checkpoint: train state, data position, the model's identity.
-CHECKPOINT_ITEMS = ("state", "data_iter", "model")
+# An autoencoder checkpoint: the training items, then the model's identity as a JSON payload.
+PAYLOADS = ("model",)
+CHECKPOINT_ITEMS = (*checkpointing.TRAINING_ITEMS, *PAYLOADS)
 
 
 def tupled(kwargs: dict) -> dict:

@@ -297,7 +297,7 @@ def make_train_step(config, gen_graphdef, disc_graphdef, *, state_shardings=None
 
 
 # --- checkpoints -----------------------------------------------------------------------------------
-PAYLOADS = ("model",)  # saved beside the state: the identity (autoencoders.CHECKPOINT_ITEMS)
+PAYLOADS = autoencoders.PAYLOADS  # saved beside the state: the identity, which loading reads
 
 
 def _identity(config) -> dict:
