@@ -533,3 +533,59 @@ def test_model_with_cross_modal_pool_is_unchanged_at_init_and_rejects_scan():
                                np.asarray(value), rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match="scan_layers"):
     make_model(cross_modal_pool=True, scan_layers=True)
+
+
+def reference_key_biased_attention(q_blhd, k_blhd, v_blhd, key_bias_bhl):
+  """softmax(q kᵀ / √Dh + bias[key]) v written out in jnp: the second code path."""
+  logits_bhqk = jnp.einsum("bqhd,bkhd->bhqk", q_blhd, k_blhd) / np.sqrt(q_blhd.shape[-1])
+  probs_bhqk = jax.nn.softmax(logits_bhqk + key_bias_bhl[:, :, None, :], axis=-1)
+  return jnp.einsum("bhqk,bkhd->bqhd", probs_bhqk, v_blhd)
+
+
+@pytest.mark.parametrize("kind", ["xla", "chunked", "flash"])
+def test_key_biased_attention_matches_a_reference_forward_and_gradients(kind):
+  """Every kernel with a key bias: outputs and the gradients of q, k, v and the bias itself."""
+  batch, length, heads = 2, 37, 4
+  q, k, v, cotangent = jax.random.normal(jax.random.key(2), (4, batch, length, heads, 8))
+  key_bias = 3.0 * jax.random.normal(jax.random.key(3), (batch, heads, length))
+  kernel = {
+      "xla": layers.xla_attention,
+      "chunked": lambda q, k, v, b: layers.chunked_attention(q, k, v, 16, b),
+      "flash": lambda q, k, v, b: jnp.swapaxes(layers.flash_attention_bhld(
+          *(jnp.swapaxes(x, 1, 2) for x in (q, k, v)), heads_per_step=2, key_bias_bhl=b), 1, 2),
+  }[kind]
+  np.testing.assert_allclose(jax.jit(kernel)(q, k, v, key_bias),
+                             reference_key_biased_attention(q, k, v, key_bias),
+                             rtol=1e-5, atol=1e-5)
+  grads = lambda fn: jax.jit(jax.grad(lambda *args: jnp.sum(fn(*args) * cotangent),
+                                      argnums=(0, 1, 2, 3)))(q, k, v, key_bias)
+  for got, expected in zip(grads(kernel), grads(reference_key_biased_attention)):
+    assert np.abs(np.asarray(expected)).max() > 1e-3  # every gradient is exercised
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_noise_key_bias_model_starts_as_the_plain_model_and_learns_a_bias_per_key_row():
+  plain, layout = make_model(depth=1)
+  randomize_params(plain)
+  biased, _ = make_model(depth=1, noise_key_bias=True, attention="flash")
+  nnx.update(biased, nnx.state(plain, nnx.Param))  # same blocks; the key bias stays at zero
+  noisy, timesteps = make_inputs(layout)
+  for name, value in predict(plain, noisy, timesteps).items():
+    np.testing.assert_allclose(np.asarray(predict(biased, noisy, timesteps)[name]),
+                               np.asarray(value), rtol=1e-4, atol=1e-5)
+
+  # The bias is a function of each key's conditioning row: a second path computes it by hand.
+  randomize_params(biased, seed=4)
+  block = biased.blocks[0]
+  silu_cond_brd = jax.nn.silu(biased.conditioning(timesteps))
+  by_hand_brh = (np.asarray(silu_cond_brd) @ np.asarray(block.key_bias.kernel[...])
+                 + np.asarray(block.key_bias.bias[...]))
+  np.testing.assert_allclose(np.asarray(block.key_bias_rows(silu_cond_brd)), by_hand_brh,
+                             rtol=1e-5, atol=1e-5)
+  xla, _ = make_model(depth=1, noise_key_bias=True, attention="xla")
+  nnx.update(xla, nnx.state(biased, nnx.Param))
+  for name, value in predict(xla, noisy, timesteps).items():
+    np.testing.assert_allclose(np.asarray(predict(biased, noisy, timesteps)[name]),
+                               np.asarray(value), rtol=1e-4, atol=1e-5)
+  with pytest.raises(ValueError, match="splash"):
+    make_model(noise_key_bias=True, attention="splash")

@@ -66,6 +66,9 @@ class LogicalAxes:
   lora_up_kernel: Axes = ("lora_rank", "modulation")
   # Cross-modal pooling (model.cross_modal_pool): the other modality's segment mean -> d.
   cross_modal_kernel: Axes = ("mlp", "embed")
+  # Noise-aware key bias (model.noise_key_bias): a conditioning row -> one logit bias per head.
+  key_bias_kernel: Axes = ("embed", "heads")
+  key_bias_bias: Axes = ("heads",)
 
 
 AXES = LogicalAxes()
@@ -279,13 +282,18 @@ def apply_rotary(x: jax.Array, cos_lp: np.ndarray, sin_lp: np.ndarray, length_ax
 
 
 # --- attention cores: q, k, v [B, L, H, Dh] -> [B, L, H, Dh] ------------------------------------
-def xla_attention(q_blhd: jax.Array, k_blhd: jax.Array, v_blhd: jax.Array) -> jax.Array:
-  """Full non-causal attention by `jax.nn.dot_product_attention` (the backend picks the kernel)."""
-  return jax.nn.dot_product_attention(q_blhd, k_blhd, v_blhd, implementation=None)
+def xla_attention(q_blhd: jax.Array, k_blhd: jax.Array, v_blhd: jax.Array,
+                  key_bias_bhl: jax.Array | None = None) -> jax.Array:
+  """Full non-causal attention by `jax.nn.dot_product_attention` (the backend picks the kernel).
+
+  `key_bias_bhl`: added to every query's logit for key l (float32 [B, H, L]), or None.
+  """
+  bias = None if key_bias_bhl is None else key_bias_bhl[:, :, None, :].astype(q_blhd.dtype)
+  return jax.nn.dot_product_attention(q_blhd, k_blhd, v_blhd, bias=bias, implementation=None)
 
 
 def chunked_attention(q_blhd: jax.Array, k_blhd: jax.Array, v_blhd: jax.Array,
-                      chunk: int) -> jax.Array:
+                      chunk: int, key_bias_bhl: jax.Array | None = None) -> jax.Array:
   """Exact attention over query chunks of `chunk` rows, each under `jax.checkpoint`.
 
   Only one [B, H, chunk, L] score block is live at a time, and the backward pass recomputes the
@@ -304,6 +312,8 @@ def chunked_attention(q_blhd: jax.Array, k_blhd: jax.Array, v_blhd: jax.Array,
   def attend(q_bqhd, k, v):
     # Logits and softmax in float32 (as jax.nn.dot_product_attention does for bf16 inputs).
     logits_bhqk = jnp.einsum("bqhd,bkhd->bhqk", q_bqhd, k, preferred_element_type=jnp.float32)
+    if key_bias_bhl is not None:
+      logits_bhqk = logits_bhqk + key_bias_bhl[:, :, None, :].astype(jnp.float32)
     probs_bhqk = jax.nn.softmax(logits_bhqk, axis=-1).astype(v.dtype)
     return jnp.einsum("bhqk,bkhd->bqhd", probs_bhqk, v)
 
@@ -324,10 +334,17 @@ def _flash_heads_per_step(num_pairs: int, length: int) -> int:
   return max(g for g in range(1, min(limit, num_pairs) + 1) if num_pairs % g == 0)
 
 
-def _flash_forward_step(q_gqd: jax.Array, k_gkd: jax.Array,
-                        v_gkd: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Attention of G (batch, head) pairs with pre-scaled q: -> (out [G, L, Dh], lse f32 [G, L])."""
+def _flash_logits(q_gqd: jax.Array, k_gkd: jax.Array, key_bias_gk: jax.Array | None) -> jax.Array:
   logits_gqk = jnp.einsum("gqd,gkd->gqk", q_gqd, k_gkd, preferred_element_type=jnp.float32)
+  if key_bias_gk is not None:
+    logits_gqk = logits_gqk + key_bias_gk[:, None, :].astype(jnp.float32)
+  return logits_gqk
+
+
+def _flash_forward_step(q_gqd: jax.Array, k_gkd: jax.Array, v_gkd: jax.Array,
+                        key_bias_gk: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """Attention of G (batch, head) pairs with pre-scaled q: -> (out [G, L, Dh], lse f32 [G, L])."""
+  logits_gqk = _flash_logits(q_gqd, k_gkd, key_bias_gk)
   max_gq1 = jnp.max(logits_gqk, axis=-1, keepdims=True)
   unnormalized_gqk = jnp.exp(logits_gqk - max_gq1)
   sum_gq1 = jnp.sum(unnormalized_gqk, axis=-1, keepdims=True)
@@ -337,26 +354,32 @@ def _flash_forward_step(q_gqd: jax.Array, k_gkd: jax.Array,
   return out_gqd.astype(v_gkd.dtype), (max_gq1 + jnp.log(sum_gq1))[..., 0]
 
 
-def _flash_backward_step(q_gqd, k_gkd, v_gkd, lse_gq, dout_gqd, delta_gq, q_gdq, dout_gdq):
-  """Gradients (dq of the pre-scaled q, dkᵀ, dvᵀ) of one step, recomputing its probabilities.
+def _flash_backward_step(q_gqd, k_gkd, v_gkd, lse_gq, dout_gqd, delta_gq, q_gdq, dout_gdq,
+                         key_bias_gk=None):
+  """Gradients (dq of the pre-scaled q, dkᵀ, dvᵀ[, d key bias]) of one step, recomputing its
+  probabilities.
 
   FlashAttention-2's backward: p = exp(q kᵀ - lse), dv = pᵀ dout, dp = dout vᵀ,
   ds = p (dp - delta) with delta = rowsum(dout * out), dq = ds k, dk = dsᵀ q.
   dv and dk contract over the query axis, the major axis of p and ds. XLA:CPU's matmul library
   (YNNPACK) takes a dot only when its left operand contracts over its minor axis, so they are
   computed transposed, dvᵀ = doutᵀ p and dkᵀ = qᵀ ds, from the [Dh, L] copies q_gdq and dout_gdq
-  that the caller transposes once for all steps.
+  that the caller transposes once for all steps. A key bias's gradient is ds summed over queries.
   """
   dtype = q_gqd.dtype
-  logits_gqk = jnp.einsum("gqd,gkd->gqk", q_gqd, k_gkd, preferred_element_type=jnp.float32)
+  logits_gqk = _flash_logits(q_gqd, k_gkd, key_bias_gk)
   probs_gqk = jnp.exp(logits_gqk - lse_gq[..., None])
   dv_gdk = jnp.einsum("gdq,gqk->gdk", dout_gdq, round_to(probs_gqk, dtype),
                       preferred_element_type=jnp.float32)
   dprobs_gqk = jnp.einsum("gqd,gkd->gqk", dout_gqd, v_gkd, preferred_element_type=jnp.float32)
-  dlogits_gqk = round_to(probs_gqk * (dprobs_gqk - delta_gq[..., None]), dtype)
+  dlogits_f32_gqk = probs_gqk * (dprobs_gqk - delta_gq[..., None])
+  dlogits_gqk = round_to(dlogits_f32_gqk, dtype)
   dq_gqd = jnp.einsum("gqk,gkd->gqd", dlogits_gqk, k_gkd, preferred_element_type=jnp.float32)
   dk_gdk = jnp.einsum("gdq,gqk->gdk", q_gdq, dlogits_gqk, preferred_element_type=jnp.float32)
-  return dq_gqd.astype(dtype), dk_gdk.astype(dtype), dv_gdk.astype(dtype)
+  grads = (dq_gqd.astype(dtype), dk_gdk.astype(dtype), dv_gdk.astype(dtype))
+  if key_bias_gk is None:
+    return grads
+  return grads + (jnp.sum(dlogits_f32_gqk, axis=1).astype(key_bias_gk.dtype),)
 
 
 def _over_head_groups(step_fn: Callable, heads_per_step: int, *arrays_bh: jax.Array):
@@ -377,43 +400,49 @@ def _over_head_groups(step_fn: Callable, heads_per_step: int, *arrays_bh: jax.Ar
   return tuple(y.reshape((batch, heads) + y.shape[2:]) for y in outs)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _flash_attention_bhld(q_bhld, k_bhld, v_bhld, heads_per_step):
-  return _flash_attention_fwd(q_bhld, k_bhld, v_bhld, heads_per_step)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _flash_attention_bhld(q_bhld, k_bhld, v_bhld, key_bias_bhl, heads_per_step):
+  return _flash_attention_fwd(q_bhld, k_bhld, v_bhld, key_bias_bhl, heads_per_step)[0]
 
 
-def _flash_attention_fwd(q_bhld, k_bhld, v_bhld, heads_per_step):
+def _flash_attention_fwd(q_bhld, k_bhld, v_bhld, key_bias_bhl, heads_per_step):
   # Scaling q (L·Dh values) is cheaper than scaling the logits (L² values).
   q_bhld = q_bhld * jnp.asarray(1.0 / math.sqrt(q_bhld.shape[-1]), q_bhld.dtype)
+  biased = () if key_bias_bhl is None else (key_bias_bhl,)
   out_bhld, lse_bhl = _over_head_groups(_flash_forward_step, heads_per_step, q_bhld, k_bhld,
-                                        v_bhld)
-  return out_bhld, (q_bhld, k_bhld, v_bhld, out_bhld, lse_bhl)
+                                        v_bhld, *biased)
+  return out_bhld, (q_bhld, k_bhld, v_bhld, key_bias_bhl, out_bhld, lse_bhl)
 
 
 def _flash_attention_bwd(heads_per_step, residuals, dout_bhld):
-  q_bhld, k_bhld, v_bhld, out_bhld, lse_bhl = residuals
+  q_bhld, k_bhld, v_bhld, key_bias_bhl, out_bhld, lse_bhl = residuals
   delta_bhl = jnp.sum(dout_bhld.astype(jnp.float32) * out_bhld.astype(jnp.float32), axis=-1)
   dout_bhld = dout_bhld.astype(q_bhld.dtype)
-  dq_bhld, dk_bhdl, dv_bhdl = _over_head_groups(
+  biased = () if key_bias_bhl is None else (key_bias_bhl,)
+  grads = _over_head_groups(
       _flash_backward_step, heads_per_step, q_bhld, k_bhld, v_bhld, lse_bhl, dout_bhld,
-      delta_bhl, jnp.swapaxes(q_bhld, 2, 3), jnp.swapaxes(dout_bhld, 2, 3))
+      delta_bhl, jnp.swapaxes(q_bhld, 2, 3), jnp.swapaxes(dout_bhld, 2, 3), *biased)
+  dq_bhld, dk_bhdl, dv_bhdl = grads[:3]
   # q was scaled inside: chain rule through q * 1/sqrt(Dh).
   return (dq_bhld * jnp.asarray(1.0 / math.sqrt(q_bhld.shape[-1]), dq_bhld.dtype),
-          jnp.swapaxes(dk_bhdl, 2, 3), jnp.swapaxes(dv_bhdl, 2, 3))
+          jnp.swapaxes(dk_bhdl, 2, 3), jnp.swapaxes(dv_bhdl, 2, 3),
+          None if key_bias_bhl is None else grads[3])
 
 
 _flash_attention_bhld.defvjp(_flash_attention_fwd, _flash_attention_bwd)
 
 
 def flash_attention_bhld(q_bhld: jax.Array, k_bhld: jax.Array, v_bhld: jax.Array,
-                         heads_per_step: int | None = None) -> jax.Array:
-  """`flash_attention` on head-major q, k, v [B, H, L, Dh] -> [B, H, L, Dh]."""
+                         heads_per_step: int | None = None,
+                         key_bias_bhl: jax.Array | None = None) -> jax.Array:
+  """`flash_attention` on head-major q, k, v [B, H, L, Dh] -> [B, H, L, Dh]; `key_bias_bhl`
+  (float32 [B, H, L]) is added to every query's logit for key l."""
   batch, heads, length, _ = q_bhld.shape
   if heads_per_step is None:
     heads_per_step = _flash_heads_per_step(batch * heads, length)
   if (batch * heads) % heads_per_step:
     raise ValueError(f"heads_per_step={heads_per_step} does not divide B·H={batch * heads}")
-  return _flash_attention_bhld(q_bhld, k_bhld, v_bhld, heads_per_step)
+  return _flash_attention_bhld(q_bhld, k_bhld, v_bhld, key_bias_bhl, heads_per_step)
 
 
 def flash_attention(q_blhd: jax.Array, k_blhd: jax.Array, v_blhd: jax.Array,
@@ -518,9 +547,10 @@ class SelfAttention(nnx.Module):
     return (matmul_in_dtype("bld,dhk->blhk", x_bld, kernel[...], self.dtype)
             + bias[...].astype(self.dtype))
 
-  def __call__(self, x_bld: jax.Array, rotary: tuple[np.ndarray, np.ndarray] | None = None
-               ) -> jax.Array:
-    """[B, L, d] -> [B, L, d] in `dtype`; `rotary`: (cos, sin) [L, P] applied to q and k."""
+  def __call__(self, x_bld: jax.Array, rotary: tuple[np.ndarray, np.ndarray] | None = None,
+               key_bias_bhl: jax.Array | None = None) -> jax.Array:
+    """[B, L, d] -> [B, L, d] in `dtype`; `rotary`: (cos, sin) [L, P] applied to q and k;
+    `key_bias_bhl`: float32 [B, H, L] added to every query's logit for key l."""
     x_bld = x_bld.astype(self.dtype)
     q_blhd = self._project(x_bld, self.query_kernel, self.query_bias)
     k_blhd = self._project(x_bld, self.key_kernel, self.key_bias)
@@ -537,11 +567,14 @@ class SelfAttention(nnx.Module):
         q_bhld, k_bhld = (apply_rotary(x, *rotary, length_axis=2) for x in (q_bhld, k_bhld))
       q_bhld, k_bhld, v_bhld = (constrain(x, ACTIVATIONS.heads) for x in (q_bhld, k_bhld, v_bhld))
       if self.attention == "splash":
+        if key_bias_bhl is not None:
+          raise ValueError("attention='splash' takes no key bias (model.noise_key_bias); use "
+                           "flash, xla or chunked")
         # Pallas TPU kernel; elsewhere only through the interpreter (tests).
         out_bhld = splash_attention_bhld(q_bhld, k_bhld, v_bhld,
                                          interpret=not _compiling_for_tpu())
       else:
-        out_bhld = flash_attention_bhld(q_bhld, k_bhld, v_bhld)
+        out_bhld = flash_attention_bhld(q_bhld, k_bhld, v_bhld, key_bias_bhl=key_bias_bhl)
       out_blhd = to_heads(out_bhld)
     else:
       if self.query_norm is not None:
@@ -549,9 +582,9 @@ class SelfAttention(nnx.Module):
       if rotary is not None:
         q_blhd, k_blhd = (apply_rotary(x, *rotary, length_axis=1) for x in (q_blhd, k_blhd))
       if self.attention == "xla":
-        out_blhd = xla_attention(q_blhd, k_blhd, v_blhd)
+        out_blhd = xla_attention(q_blhd, k_blhd, v_blhd, key_bias_bhl)
       else:
-        out_blhd = chunked_attention(q_blhd, k_blhd, v_blhd, self.attention_chunk)
+        out_blhd = chunked_attention(q_blhd, k_blhd, v_blhd, self.attention_chunk, key_bias_bhl)
     return (matmul_in_dtype("blhk,hkd->bld", out_blhd, self.out_kernel[...], self.dtype)
             + self.out_bias[...].astype(self.dtype))
 
@@ -613,11 +646,16 @@ class AdaLNBlock(nnx.Module):
   adaln="full": its own zero-init Linear(d -> 6d) (adaLN-Zero, DiT).
   adaln="lora": a rank-r term up(down(c)) added to a shared base computed by the caller
   (AdaLN-LoRA, W.A.L.T); `up` is zero-init so the block is the identity at init either way.
+  noise_key_bias: a zero-init Linear(d -> heads) of the same conditioning rows gives each key
+  a logit bias per head from its own (modality, segment)'s noise level, so attention can weigh
+  a clean key above a noisy one directly.
   """
 
   def __init__(self, width: int, num_heads: int, mlp_ratio: float, *, adaln: str,
                adaln_lora_rank: int, qk_norm: bool, attention: str, attention_chunk: int,
-               dtype: jnp.dtype, rngs: nnx.Rngs):
+               dtype: jnp.dtype, rngs: nnx.Rngs, noise_key_bias: bool = False):
+    if noise_key_bias and attention == "splash":
+      raise ValueError("model.noise_key_bias needs attention flash, xla or chunked, not splash")
     self.attn = SelfAttention(width, num_heads, qk_norm=qk_norm, attention=attention,
                               attention_chunk=attention_chunk, dtype=dtype, rngs=rngs)
     self.mlp = Mlp(width, int(mlp_ratio * width), dtype=dtype, rngs=rngs)
@@ -633,6 +671,11 @@ class AdaLNBlock(nnx.Module):
     else:
       raise ValueError(f"adaln must be 'full' or 'lora', got {adaln!r}")
     self.adaln_kind = adaln
+    # float32: a bias on float32 logits (all attention kernels take their logits in float32).
+    self.key_bias = (Dense(width, num_heads, kernel_axes=AXES.key_bias_kernel,
+                           bias_axes=AXES.key_bias_bias, kernel_init=zeros, dtype=jnp.float32,
+                           rngs=rngs)
+                     if noise_key_bias else nnx.data(None))
 
   def modulation_rows(self, silu_cond_brd: jax.Array,
                       shared_base_brk: jax.Array | None = None) -> jax.Array:
@@ -644,11 +687,17 @@ class AdaLNBlock(nnx.Module):
       return self.adaln(silu_cond_brd)
     return shared_base_brk + self.adaln_up(self.adaln_down(silu_cond_brd))
 
+  def key_bias_rows(self, silu_cond_brd: jax.Array) -> jax.Array | None:
+    """SiLU(cond rows) [B, R, d] -> float32 key logit bias per row and head [B, R, H] | None."""
+    return None if self.key_bias is None else self.key_bias(silu_cond_brd.astype(jnp.float32))
+
   def __call__(self, x_bld: jax.Array, modulation_brk: jax.Array, token_row_l: jax.Array,
-               rotary: tuple[np.ndarray, np.ndarray] | None = None) -> jax.Array:
+               rotary: tuple[np.ndarray, np.ndarray] | None = None,
+               key_bias_brh: jax.Array | None = None) -> jax.Array:
     """x [B, L, d], modulation rows [B, R, 6d], token_row int [L] -> x [B, L, d].
 
-    `rotary`: the (cos, sin) [L, P] tables of time RoPE, or None.
+    `rotary`: the (cos, sin) [L, P] tables of time RoPE, or None; `key_bias_brh`: the key
+    logit bias per conditioning row (key_bias_rows), or None.
     """
     # Split per row first and gather each vector where it is used: the per-token tensors are
     # cheap broadcasts of R rows that XLA fuses into the elementwise ops.
@@ -656,6 +705,8 @@ class AdaLNBlock(nnx.Module):
         modulation_brk.astype(x_bld.dtype), 6, axis=-1)
     to_tokens = lambda rows_brd: gather_rows(rows_brd, token_row_l)
     h_bld = modulate(layer_norm(x_bld), to_tokens(shift_attn), to_tokens(scale_attn))
-    x_bld = x_bld + to_tokens(gate_attn) * self.attn(h_bld, rotary)
+    key_bias_bhl = (None if key_bias_brh is None
+                    else jnp.swapaxes(gather_rows(key_bias_brh, token_row_l), 1, 2))
+    x_bld = x_bld + to_tokens(gate_attn) * self.attn(h_bld, rotary, key_bias_bhl)
     h_bld = modulate(layer_norm(x_bld), to_tokens(shift_mlp), to_tokens(scale_mlp))
     return x_bld + to_tokens(gate_mlp) * self.mlp(h_bld)
