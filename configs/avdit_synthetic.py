@@ -71,6 +71,11 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       # bias from its own (modality, segment)'s noise level (layers.AdaLNBlock), so a clean
       # other modality can be read where a noisy one is ignored. Not with attention="splash".
       noise_key_bias=False,
+      # Attention within a token's modality and across to the other one as two softmaxes, the
+      # cross one through a zero-init gate per head (from the token's and the co-timed other
+      # modality's noise levels): the own modality's keys cannot starve the other's of attention
+      # (layers.SelfAttention._split_attention). Not with attention="splash".
+      split_attention=False,
   ))
 
   # --- diffusion and MoNL ------------------------------------------------------------------------

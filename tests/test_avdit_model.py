@@ -589,3 +589,61 @@ def test_noise_key_bias_model_starts_as_the_plain_model_and_learns_a_bias_per_ke
                                np.asarray(value), rtol=1e-4, atol=1e-5)
   with pytest.raises(ValueError, match="splash"):
     make_model(noise_key_bias=True, attention="splash")
+
+
+def reference_split_attention(q_blhd, k_blhd, v_blhd, key_bias_bhl, gate_blh, split):
+  """Per query: softmax over its own modality's keys + gate · softmax over the other's, by mask."""
+  logits_bhqk = (jnp.einsum("bqhd,bkhd->bhqk", q_blhd, k_blhd) / np.sqrt(q_blhd.shape[-1])
+                 + key_bias_bhl[:, :, None, :])
+  is_first_l = np.arange(q_blhd.shape[1]) < split
+  same_qk = is_first_l[:, None] == is_first_l[None, :]
+  attend = lambda mask: jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(
+      jnp.where(mask, logits_bhqk, -jnp.inf), axis=-1), v_blhd)
+  return attend(same_qk) + gate_blh[..., None] * attend(~same_qk)
+
+
+@pytest.mark.parametrize("kind", ["chunked", "flash"])  # xla's key bias: the test above
+def test_split_attention_matches_a_masked_reference_forward_and_gradients(kind):
+  batch, length, heads, split = 2, 29, 2, 12
+  q, k, v, cotangent = jax.random.normal(jax.random.key(5), (4, batch, length, heads, 8))
+  key_bias = jax.random.normal(jax.random.key(6), (batch, heads, length))
+  gate = jax.random.normal(jax.random.key(7), (batch, length, heads))
+  with nnx.use_eager_sharding(False):
+    attention = layers.SelfAttention(8 * heads, heads, qk_norm=False, attention=kind,
+                                     attention_chunk=8, dtype=jnp.float32, rngs=nnx.Rngs(0))
+  split_fn = lambda q, k, v, b, g: attention._split_attention(q, k, v, b, split, g)
+  reference_fn = lambda q, k, v, b, g: reference_split_attention(q, k, v, b, g, split)
+  args = (q, k, v, key_bias, gate)
+  np.testing.assert_allclose(jax.jit(split_fn)(*args), reference_fn(*args), rtol=1e-5, atol=1e-5)
+  grads = lambda fn: jax.jit(jax.grad(lambda *a: jnp.sum(fn(*a) * cotangent),
+                                      argnums=(0, 1, 2, 3, 4)))(*args)
+  for got, expected in zip(grads(split_fn), grads(reference_fn)):
+    assert np.abs(np.asarray(expected)).max() > 1e-3
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_split_attention_model_reads_the_other_modality_only_through_its_gate():
+  model, layout = make_model(depth=1, split_attention=True, attention="flash",
+                             self_condition=False)
+  randomize_params(model)
+  noisy, timesteps = make_inputs(layout)
+  other_audio = dict(noisy, audio=noisy["audio"] + 1.0)
+  block = model.blocks[0]
+  # Gate rows by hand: row m·N + n takes [its own row, the other modality's row n].
+  silu_cond_brd = np.asarray(jax.nn.silu(model.conditioning(timesteps)))
+  n = layout.num_segments
+  paired = np.concatenate([silu_cond_brd, np.concatenate([silu_cond_brd[:, n:],
+                                                          silu_cond_brd[:, :n]], 1)], -1)
+  np.testing.assert_allclose(
+      np.asarray(block.cross_gate_rows(jnp.asarray(silu_cond_brd))),
+      paired @ np.asarray(block.cross_gate.kernel[...]) + np.asarray(block.cross_gate.bias[...]),
+      rtol=1e-5, atol=1e-5)
+  changed = np.abs(np.asarray(predict(model, other_audio, timesteps)["video"])
+                   - np.asarray(predict(model, noisy, timesteps)["video"])).max()
+  assert changed > 1e-3  # the (randomized) gate lets the audio in
+  block.cross_gate.kernel[...] = jnp.zeros_like(block.cross_gate.kernel[...])
+  block.cross_gate.bias[...] = jnp.zeros_like(block.cross_gate.bias[...])
+  np.testing.assert_array_equal(np.asarray(predict(model, other_audio, timesteps)["video"]),
+                                np.asarray(predict(model, noisy, timesteps)["video"]))
+  with pytest.raises(ValueError, match="splash"):
+    make_model(split_attention=True, attention="splash")

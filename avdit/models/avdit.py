@@ -158,7 +158,8 @@ class AVDiT(nnx.Module):
           width, cfg.num_heads, cfg.mlp_ratio, adaln=cfg.adaln,
           adaln_lora_rank=cfg.adaln_lora_rank, qk_norm=cfg.qk_norm, attention=cfg.attention,
           attention_chunk=cfg.attention_chunk, dtype=dtype, rngs=rngs,
-          noise_key_bias=bool(cfg.get("noise_key_bias", False)))
+          noise_key_bias=bool(cfg.get("noise_key_bias", False)),
+          split_attention=bool(cfg.get("split_attention", False)))
       if self.scan_layers:
         # One block whose parameters carry a leading "layers" axis of size depth; the forward
         # pass is one lax.scan over it, so compile time does not grow with depth.
@@ -274,7 +275,8 @@ class AVDiT(nnx.Module):
     def apply_block(x_bld, block_state):
       block = nnx.merge(block_graphdef, block_state)
       x_bld = block(x_bld, block.modulation_rows(silu_cond_brd, base_brk), token_row_l,
-                    rotary, block.key_bias_rows(silu_cond_brd))
+                    rotary, block.key_bias_rows(silu_cond_brd), self.layout.num_video_tokens,
+                    block.cross_gate_rows(silu_cond_brd))
       return layers.constrain(x_bld, layers.ACTIVATIONS.tokens)
 
     if self.remat != "none":

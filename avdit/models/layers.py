@@ -69,6 +69,8 @@ class LogicalAxes:
   # Noise-aware key bias (model.noise_key_bias): a conditioning row -> one logit bias per head.
   key_bias_kernel: Axes = ("embed", "heads")
   key_bias_bias: Axes = ("heads",)
+  # Split attention's cross-modal gate (model.split_attention): two conditioning rows -> heads.
+  cross_gate_kernel: Axes = ("modulation", "heads")
 
 
 AXES = LogicalAxes()
@@ -547,15 +549,57 @@ class SelfAttention(nnx.Module):
     return (matmul_in_dtype("bld,dhk->blhk", x_bld, kernel[...], self.dtype)
             + bias[...].astype(self.dtype))
 
+  def _attend(self, q_blhd, k_blhd, v_blhd, key_bias_bhl):
+    """One attention core on normed, rotated q, k, v [B, L(q or k), H, Dh] (not splash)."""
+    if self.attention == "xla":
+      return xla_attention(q_blhd, k_blhd, v_blhd, key_bias_bhl)
+    if self.attention == "chunked":
+      return chunked_attention(q_blhd, k_blhd, v_blhd, self.attention_chunk, key_bias_bhl)
+    to_heads = lambda x: jnp.swapaxes(x, 1, 2)
+    return to_heads(flash_attention_bhld(to_heads(q_blhd), to_heads(k_blhd), to_heads(v_blhd),
+                                         key_bias_bhl=key_bias_bhl))
+
+  def _split_attention(self, q_blhd, k_blhd, v_blhd, key_bias_bhl, split: int,
+                       cross_gate_blh: jax.Array) -> jax.Array:
+    """Each query's own modality and the other one as two softmaxes: own + gate · other.
+
+    Tokens [:split] are one modality (video), [split:] the other. In one joint softmax the keys
+    of a query's own modality, which answer most of MoNL's denoising, can take all of the
+    attention and starve the other modality's keys of gradient; here the other modality always
+    gets a whole softmax of its own, weighed in by `cross_gate_blh` (per query and head).
+    """
+    def over_keys(start, stop):
+      bias = None if key_bias_bhl is None else key_bias_bhl[:, :, start:stop]
+      return self._attend(q_blhd, k_blhd[:, start:stop], v_blhd[:, start:stop], bias)
+
+    from_first_blhd, from_second_blhd = over_keys(0, split), over_keys(split, None)
+    gate_blh1 = cross_gate_blh[..., None].astype(from_first_blhd.dtype)
+    return jnp.concatenate([
+        from_first_blhd[:, :split] + gate_blh1[:, :split] * from_second_blhd[:, :split],
+        from_second_blhd[:, split:] + gate_blh1[:, split:] * from_first_blhd[:, split:]], axis=1)
+
   def __call__(self, x_bld: jax.Array, rotary: tuple[np.ndarray, np.ndarray] | None = None,
-               key_bias_bhl: jax.Array | None = None) -> jax.Array:
+               key_bias_bhl: jax.Array | None = None, split: int | None = None,
+               cross_gate_blh: jax.Array | None = None) -> jax.Array:
     """[B, L, d] -> [B, L, d] in `dtype`; `rotary`: (cos, sin) [L, P] applied to q and k;
-    `key_bias_bhl`: float32 [B, H, L] added to every query's logit for key l."""
+    `key_bias_bhl`: float32 [B, H, L] added to every query's logit for key l; `split` (with
+    `cross_gate_blh` [B, L, H]): tokens [:split] and [split:] attend within and across the two
+    modalities in separate softmaxes (_split_attention)."""
     x_bld = x_bld.astype(self.dtype)
     q_blhd = self._project(x_bld, self.query_kernel, self.query_bias)
     k_blhd = self._project(x_bld, self.key_kernel, self.key_bias)
     v_blhd = self._project(x_bld, self.value_kernel, self.value_bias)
-    if self.attention in ("flash", "splash"):
+    if split is not None:
+      if self.attention == "splash":
+        raise ValueError("split attention (model.split_attention) needs attention flash, xla "
+                         "or chunked, not splash")
+      if self.query_norm is not None:
+        q_blhd, k_blhd = self.query_norm(q_blhd), self.key_norm(k_blhd)
+      if rotary is not None:
+        q_blhd, k_blhd = (apply_rotary(x, *rotary, length_axis=1) for x in (q_blhd, k_blhd))
+      out_blhd = self._split_attention(q_blhd, k_blhd, v_blhd, key_bias_bhl, split,
+                                       cross_gate_blh)
+    elif self.attention in ("flash", "splash"):
       # Head-major first, then the q/k norms (per head over Dh, so the same values): XLA fuses a
       # norm into the transposing copy, where after the projection it lands in the matmul
       # library's fusion with its scale and reductions materialized (~5% of the bench step).
@@ -649,13 +693,18 @@ class AdaLNBlock(nnx.Module):
   noise_key_bias: a zero-init Linear(d -> heads) of the same conditioning rows gives each key
   a logit bias per head from its own (modality, segment)'s noise level, so attention can weigh
   a clean key above a noisy one directly.
+  split_attention: attention within a token's modality and across to the other one are two
+  softmaxes (SelfAttention._split_attention); the cross part enters through a zero-init gate per
+  head from the token's own conditioning row and the co-timed row of the other modality.
   """
 
   def __init__(self, width: int, num_heads: int, mlp_ratio: float, *, adaln: str,
                adaln_lora_rank: int, qk_norm: bool, attention: str, attention_chunk: int,
-               dtype: jnp.dtype, rngs: nnx.Rngs, noise_key_bias: bool = False):
-    if noise_key_bias and attention == "splash":
-      raise ValueError("model.noise_key_bias needs attention flash, xla or chunked, not splash")
+               dtype: jnp.dtype, rngs: nnx.Rngs, noise_key_bias: bool = False,
+               split_attention: bool = False):
+    if (noise_key_bias or split_attention) and attention == "splash":
+      raise ValueError("model.noise_key_bias and model.split_attention need attention flash, "
+                       "xla or chunked, not splash")
     self.attn = SelfAttention(width, num_heads, qk_norm=qk_norm, attention=attention,
                               attention_chunk=attention_chunk, dtype=dtype, rngs=rngs)
     self.mlp = Mlp(width, int(mlp_ratio * width), dtype=dtype, rngs=rngs)
@@ -676,6 +725,10 @@ class AdaLNBlock(nnx.Module):
                            bias_axes=AXES.key_bias_bias, kernel_init=zeros, dtype=jnp.float32,
                            rngs=rngs)
                      if noise_key_bias else nnx.data(None))
+    self.cross_gate = (Dense(2 * width, num_heads, kernel_axes=AXES.cross_gate_kernel,
+                             bias_axes=AXES.key_bias_bias, kernel_init=zeros, dtype=jnp.float32,
+                             rngs=rngs)
+                       if split_attention else nnx.data(None))
 
   def modulation_rows(self, silu_cond_brd: jax.Array,
                       shared_base_brk: jax.Array | None = None) -> jax.Array:
@@ -691,13 +744,25 @@ class AdaLNBlock(nnx.Module):
     """SiLU(cond rows) [B, R, d] -> float32 key logit bias per row and head [B, R, H] | None."""
     return None if self.key_bias is None else self.key_bias(silu_cond_brd.astype(jnp.float32))
 
+  def cross_gate_rows(self, silu_cond_brd: jax.Array) -> jax.Array | None:
+    """SiLU(cond rows) [B, R, d] (rows m·N + n) -> float32 cross-modal gate per row and head
+    [B, R, H] from the row's own conditioning and the other modality's row of its segment."""
+    if self.cross_gate is None:
+      return None
+    batch, rows, width = silu_cond_brd.shape
+    by_modality_bmnd = silu_cond_brd.astype(jnp.float32).reshape(batch, 2, rows // 2, width)
+    other_brd = by_modality_bmnd[:, ::-1].reshape(batch, rows, width)
+    return self.cross_gate(jnp.concatenate([silu_cond_brd.astype(jnp.float32), other_brd], -1))
+
   def __call__(self, x_bld: jax.Array, modulation_brk: jax.Array, token_row_l: jax.Array,
                rotary: tuple[np.ndarray, np.ndarray] | None = None,
-               key_bias_brh: jax.Array | None = None) -> jax.Array:
+               key_bias_brh: jax.Array | None = None, split: int | None = None,
+               cross_gate_brh: jax.Array | None = None) -> jax.Array:
     """x [B, L, d], modulation rows [B, R, 6d], token_row int [L] -> x [B, L, d].
 
     `rotary`: the (cos, sin) [L, P] tables of time RoPE, or None; `key_bias_brh`: the key
-    logit bias per conditioning row (key_bias_rows), or None.
+    logit bias per conditioning row (key_bias_rows), or None; `split`, `cross_gate_brh`: the
+    first modality's token count and the gate rows of split attention (cross_gate_rows).
     """
     # Split per row first and gather each vector where it is used: the per-token tensors are
     # cheap broadcasts of R rows that XLA fuses into the elementwise ops.
@@ -707,6 +772,9 @@ class AdaLNBlock(nnx.Module):
     h_bld = modulate(layer_norm(x_bld), to_tokens(shift_attn), to_tokens(scale_attn))
     key_bias_bhl = (None if key_bias_brh is None
                     else jnp.swapaxes(gather_rows(key_bias_brh, token_row_l), 1, 2))
-    x_bld = x_bld + to_tokens(gate_attn) * self.attn(h_bld, rotary, key_bias_bhl)
+    cross_gate_blh = None if cross_gate_brh is None else to_tokens(cross_gate_brh)
+    x_bld = x_bld + to_tokens(gate_attn) * self.attn(
+        h_bld, rotary, key_bias_bhl, split if cross_gate_brh is not None else None,
+        cross_gate_blh)
     h_bld = modulate(layer_norm(x_bld), to_tokens(shift_mlp), to_tokens(scale_mlp))
     return x_bld + to_tokens(gate_mlp) * self.mlp(h_bld)
