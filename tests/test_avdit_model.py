@@ -16,6 +16,7 @@ from avdit.layout import ClipLayout
 from avdit.models import layers
 from avdit.models.avdit import AVDiT, flops_per_example
 from avdit.models.layers import count_params
+from configs import avdit_synthetic
 
 LOGICAL_AXIS_VOCABULARY = {
     "embed", "mlp", "heads", "head_dim", "modulation", "lora_rank", "video_in", "audio_in",
@@ -333,7 +334,10 @@ def test_bfloat16_and_remat_close_to_float32():
 
 @pytest.mark.parametrize("adaln", ["full", "lora"])
 def test_every_param_has_logical_axes_of_its_rank(adaln):
-  model, _ = make_model(adaln=adaln, qk_norm=True)
+  # Every optional module on, so each of their kernels is checked too.
+  model, _ = make_model(adaln=adaln, qk_norm=True, cross_modal_pool=True, noise_key_bias=True,
+                        split_attention=True)
+  default_rules = dict(avdit_synthetic.get_config("tiny").mesh.logical_axis_rules)
   flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
   assert len(flat) > 0
   for path, variable in flat:
@@ -342,6 +346,9 @@ def test_every_param_has_logical_axes_of_its_rank(adaln):
     assert names is not None, path
     assert len(names) == variable.ndim, (path, names, variable.shape)
     assert set(names) <= LOGICAL_AXIS_VOCABULARY, (path, names)
+    # A NamedSharding may use each mesh axis once: two names on one mesh axis cannot shard.
+    mesh_axes = [axis for name in names for axis in jax.tree.leaves(default_rules[name])]
+    assert len(mesh_axes) == len(set(mesh_axes)), (path, names, mesh_axes)
     assert variable.dtype == jnp.float32, path
   specs = nnx.get_partition_spec(nnx.state(model, nnx.Param))
   assert tuple(specs["blocks"][0]["mlp"]["fc_in"]["kernel"].get_value()) == ("embed", "mlp")
@@ -542,7 +549,8 @@ def reference_key_biased_attention(q_blhd, k_blhd, v_blhd, key_bias_bhl):
   return jnp.einsum("bhqk,bkhd->bqhd", probs_bhqk, v_blhd)
 
 
-@pytest.mark.parametrize("kind", ["xla", "chunked", "flash"])
+# xla's key bias (jax.nn.dot_product_attention) is checked against flash's in the model test below.
+@pytest.mark.parametrize("kind", ["chunked", "flash"])
 def test_key_biased_attention_matches_a_reference_forward_and_gradients(kind):
   """Every kernel with a key bias: outputs and the gradients of q, k, v and the bias itself."""
   batch, length, heads = 2, 37, 4
@@ -602,7 +610,7 @@ def reference_split_attention(q_blhd, k_blhd, v_blhd, key_bias_bhl, gate_blh, sp
   return attend(same_qk) + gate_blh[..., None] * attend(~same_qk)
 
 
-@pytest.mark.parametrize("kind", ["chunked", "flash"])  # xla's key bias: the test above
+@pytest.mark.parametrize("kind", ["chunked", "flash"])
 def test_split_attention_matches_a_masked_reference_forward_and_gradients(kind):
   batch, length, heads, split = 2, 29, 2, 12
   q, k, v, cotangent = jax.random.normal(jax.random.key(5), (4, batch, length, heads, 8))

@@ -2,6 +2,7 @@
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 from avdit import layout as layout_lib
 from avdit.diffusion import cdcd
@@ -78,16 +79,22 @@ def test_contrastive_terms_function_matches_its_parts(config):
   with config.unlocked():
     config.diffusion.update(cdcd_weight=2.0, cdcd_num_negatives=3, cdcd_negatives="inter",
                             cdcd_variant="sample")
-  total, aux = loss_lib.contrastive_terms(
-      model, latents, rng, diffusion_config=config.diffusion, schedule=schedule, layout=layout,
-      mixture_weights=mixture)
+
+  @nnx.jit  # both sides in one program: eagerly, every op of the model compiles on its own
+  def both(model, latents, rng):
+    total, aux = loss_lib.contrastive_terms(
+        model, latents, rng, diffusion_config=config.diffusion, schedule=schedule,
+        layout=layout, mixture_weights=mixture)
+    _, cdcd_rng = jax.random.split(rng)
+    value, _ = cdcd.cdcd_loss(model, latents, cdcd_rng, schedule=schedule, layout=layout,
+                              num_negatives=3, negative_kind="inter", variant="sample",
+                              mask_kinds=("a2v", "v2a", "continue"), temperature=0.1,
+                              prediction=config.diffusion.prediction)
+    return total, aux, value
+
+  total, aux, value = both(model, latents, rng)
   # Off switches are honoured (no CDL metrics) and the CDCD part is the module's own loss.
   assert not any(k.startswith("cdl") for k in aux)
-  cdl_rng, cdcd_rng = jax.random.split(rng)
-  value, _ = cdcd.cdcd_loss(model, latents, cdcd_rng, schedule=schedule, layout=layout,
-                            num_negatives=3, negative_kind="inter", variant="sample",
-                            mask_kinds=("a2v", "v2a", "continue"), temperature=0.1,
-                            prediction=config.diffusion.prediction)
   np.testing.assert_allclose(total, 2.0 * value, rtol=1e-6)
 
 

@@ -69,6 +69,9 @@ def _main(workdir, *overrides, mode="train_and_sample", **popen):
                           stderr=subprocess.STDOUT, text=True, **popen)
 
 
+# ~60 s (two subprocesses compile the step). By default test_loop.py covers the SIGTERM save and
+# stop in process, and test_resume_matches_uninterrupted_run the AVDiT resume.
+@pytest.mark.slow
 def test_sigterm_saves_and_rerun_resumes(tmp_path):
   proc = _main(tmp_path, "--config.train.num_steps=100000", "--config.train.log_every=1",
                "--config.train.checkpoint_every=100000", mode="train")

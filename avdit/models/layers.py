@@ -69,8 +69,9 @@ class LogicalAxes:
   # Noise-aware key bias (model.noise_key_bias): a conditioning row -> one logit bias per head.
   key_bias_kernel: Axes = ("embed", "heads")
   key_bias_bias: Axes = ("heads",)
-  # Split attention's cross-modal gate (model.split_attention): two conditioning rows -> heads.
-  cross_gate_kernel: Axes = ("modulation", "heads")
+  # Split attention's cross-modal gate (model.split_attention): two conditioning rows (each
+  # embed-wide) -> heads. Not "modulation": it maps to the same mesh axis as "heads".
+  cross_gate_kernel: Axes = ("embed", "heads")
 
 
 AXES = LogicalAxes()
