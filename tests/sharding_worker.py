@@ -44,12 +44,8 @@ def setup():
   return config, layout, space, stats, batch
 
 
-def main(tmp_dir):
-  config, layout, space, stats, batch = setup()
-  # One block: how the step shards does not depend on depth, and every block more is compile
-  # time in each of the four programs (~40% of this test's time at depth 2).
-  config.model.depth = 1
-
+def single_device_reference(config, layout, space, stats, batch):
+  """(initial parameters, losses, final state leaves) of STEPS steps on one device."""
   graphdef, state = state_lib.create_train_state(config, layout)
   init = leaves(state.params)
   step = state_lib.make_train_step(config, layout, graphdef, space, stats)
@@ -57,60 +53,81 @@ def main(tmp_dir):
   for _ in range(STEPS):
     state, metrics = step(state, batch)
     losses.append(float(metrics["loss"]))
-  reference = leaves(state)
+  return init, losses, leaves(state)
 
+
+def mesh_case(config, layout, space, stats, batch, name, init, reference):
+  """The same steps on mesh `name`: differences from the reference, shardings; (json, state)."""
+  config.mesh.ici_parallelism = MESHES[name]
+  mesh = sharding.make_mesh(config.mesh)
+  graphdef_m, state_m, shardings = state_lib.sharded_train_state(config, layout, mesh)
+  init_diff = max(float(np.max(np.abs(a - b))) for a, b in zip(init, leaves(state_m.params)))
+  step_m = state_lib.make_train_step(config, layout, graphdef_m, space, stats,
+                                     state_shardings=shardings,
+                                     batch_sharding=sharding.batch_sharding(mesh))
+  lowered_text = step_m.lower(state_m, sharding.global_batch(batch, mesh)).as_text()
+  mesh_losses = []
+  for _ in range(STEPS):
+    state_m, metrics = step_m(state_m, sharding.global_batch(batch, mesh))
+    mesh_losses.append(float(metrics["loss"]))
+  got = leaves(state_m)
+  param_shardings = shardings.params
+  sharded_names = sorted(
+      jax.tree_util.keystr(p) for p, s in jax.tree_util.tree_flatten_with_path(
+          param_shardings, is_leaf=lambda x: isinstance(x, jax.sharding.NamedSharding))[0]
+      if not s.is_fully_replicated)
+  return {
+      "mesh_shape": dict(mesh.shape), "init_max_abs_diff": init_diff, "losses": mesh_losses,
+      "state_max_abs_diff": max(float(np.max(np.abs(a - b))) for a, b in zip(reference, got)),
+      "state_max_rel_diff": max(float(np.max(np.abs(a - b)) / (np.max(np.abs(a)) + 1e-12))
+                                for a, b in zip(reference, got)),
+      "largest_unsharded_param": sharding.largest_unsharded(state_m.params, param_shardings),
+      "num_sharded_params": len(sharded_names),
+      # Activation constraints traced into the step (layers.constrain at block boundaries).
+      "num_sharding_constraints": lowered_text.count("sharding_constraint"),
+      "mlp_kernel_spec": str(jax.tree.leaves(
+          param_shardings.blocks[0].mlp.fc_in.kernel,
+          is_leaf=lambda x: isinstance(x, jax.sharding.NamedSharding))[0].spec),
+  }, state_m
+
+
+def restore_case(config, layout, tmp_dir, state_m, got):
+  """Save on the current mesh, restore onto the data=8 mesh: same values, new shardings."""
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(os.path.join(tmp_dir, "ckpt"), state_m)
+    ckptr.wait_until_finished()
+    config.mesh.ici_parallelism = MESHES["data8"]
+    mesh8 = sharding.make_mesh(config.mesh)
+    _, abstract = state_lib.abstract_train_state(config, layout)
+    target_shardings = sharding.state_shardings(
+        abstract, mesh8, sharding.logical_axis_rules(config.mesh))
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          abstract, target_shardings)
+    restored = ckptr.restore(os.path.join(tmp_dir, "ckpt"), target)
+  return {
+      "max_abs_diff": max(float(np.max(np.abs(a - b))) for a, b in zip(got, leaves(restored))),
+      "mesh_of_restored": dict(jax.tree.leaves(restored.params)[0].sharding.mesh.shape),
+  }
+
+
+def one_block(config):
+  # How the step shards does not depend on depth, and every block more is compile time in each
+  # program (~40% of this test's time at depth 2).
+  config.model.depth = 1
+  return config
+
+
+def main(tmp_dir):
+  """Pure data parallel and tensor x fsdp x data (which covers fsdp's rules too; fsdp=4 alone
+  runs with the extras)."""
+  config, layout, space, stats, batch = setup()
+  one_block(config)
+  init, losses, reference = single_device_reference(config, layout, space, stats, batch)
   out = {"num_devices": jax.device_count(), "reference_losses": losses, "meshes": {}}
-  for name, parallelism in MESHES.items():
-    config.mesh.ici_parallelism = parallelism
-    mesh = sharding.make_mesh(config.mesh)
-    graphdef_m, state_m, shardings = state_lib.sharded_train_state(config, layout, mesh)
-    init_diff = max(float(np.max(np.abs(a - b))) for a, b in zip(init, leaves(state_m.params)))
-    step_m = state_lib.make_train_step(config, layout, graphdef_m, space, stats,
-                                       state_shardings=shardings,
-                                       batch_sharding=sharding.batch_sharding(mesh))
-    lowered_text = step_m.lower(state_m, sharding.global_batch(batch, mesh)).as_text()
-    mesh_losses = []
-    for _ in range(STEPS):
-      state_m, metrics = step_m(state_m, sharding.global_batch(batch, mesh))
-      mesh_losses.append(float(metrics["loss"]))
-    got = leaves(state_m)
-    max_abs = max(float(np.max(np.abs(a - b))) for a, b in zip(reference, got))
-    max_rel = max(float(np.max(np.abs(a - b)) / (np.max(np.abs(a)) + 1e-12))
-                  for a, b in zip(reference, got))
-    param_shardings = shardings.params
-    sharded_names = sorted(
-        jax.tree_util.keystr(p) for p, s in jax.tree_util.tree_flatten_with_path(
-            param_shardings, is_leaf=lambda x: isinstance(x, jax.sharding.NamedSharding))[0]
-        if not s.is_fully_replicated)
-    out["meshes"][name] = {
-        "mesh_shape": dict(mesh.shape), "init_max_abs_diff": init_diff, "losses": mesh_losses,
-        "state_max_abs_diff": max_abs, "state_max_rel_diff": max_rel,
-        "largest_unsharded_param": sharding.largest_unsharded(state_m.params, param_shardings),
-        "num_sharded_params": len(sharded_names),
-        # Activation constraints traced into the step (layers.constrain at block boundaries).
-        "num_sharding_constraints": lowered_text.count("sharding_constraint"),
-        "mlp_kernel_spec": str(jax.tree.leaves(
-            param_shardings.blocks[0].mlp.fc_in.kernel,
-            is_leaf=lambda x: isinstance(x, jax.sharding.NamedSharding))[0].spec),
-    }
-    if name == "tensor2_fsdp2_data2":
-      # Save on this mesh, restore onto the data=8 mesh: same values, new shardings.
-      with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(os.path.join(tmp_dir, "ckpt"), state_m)
-        ckptr.wait_until_finished()
-        config.mesh.ici_parallelism = MESHES["data8"]
-        mesh8 = sharding.make_mesh(config.mesh)
-        _, abstract = state_lib.abstract_train_state(config, layout)
-        target_shardings = sharding.state_shardings(
-            abstract, mesh8, sharding.logical_axis_rules(config.mesh))
-        target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                              abstract, target_shardings)
-        restored = ckptr.restore(os.path.join(tmp_dir, "ckpt"), target)
-      out["restore"] = {
-          "max_abs_diff": max(float(np.max(np.abs(a - b)))
-                              for a, b in zip(got, leaves(restored))),
-          "mesh_of_restored": dict(jax.tree.leaves(restored.params)[0].sharding.mesh.shape),
-      }
+  for name in ("data8", "tensor2_fsdp2_data2"):
+    out["meshes"][name], state_m = mesh_case(config, layout, space, stats, batch, name, init,
+                                             reference)
+  out["restore"] = restore_case(config, layout, tmp_dir, state_m, leaves(state_m))
   print("RESULT " + json.dumps(out))
 
 
@@ -119,6 +136,11 @@ def extras(config, layout, space, stats, batch):
   compiler is mostly single-threaded, so two processes halve the wall time on 2 cores)."""
   out = {"scan": scanned_layers_case(config, layout, space, stats, batch),
          "autoencoder": autoencoder_case()}
+  one_block(config)
+  init, losses, reference = single_device_reference(config, layout, space, stats, batch)
+  out["reference_losses"] = losses
+  out["fsdp4_data2"], _ = mesh_case(config, layout, space, stats, batch, "fsdp4_data2", init,
+                                    reference)
   print("RESULT " + json.dumps(out))
 
 
