@@ -468,6 +468,10 @@ def test_perceptual_bad_weights(tmp_path):
 
 
 # --- training ------------------------------------------------------------------------------------
+# ~30 s of compiling. By default the tiny MAGVIT-v2 run (test_autoencoder_train.py) trains through
+# the same model and loop with the GAN and quantizer on, and SoundStream's Adam test shows the
+# shared loop reducing a reconstruction loss.
+@pytest.mark.slow
 def test_gradient_steps_reduce_reconstruction_error():
   # The tiny geometry at half width (compile time dominates here): 9×32×32 -> 3×4×4×8.
   model = Magvit2(**dict(magvit2.TINY_KWARGS, base_channels=8, num_groups=4,
