@@ -7,6 +7,12 @@ import pytest
 # Tests run on the CPU; quiet TensorFlow (imported by clu) before anything imports it.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# The suite is mostly compiling tiny programs, and most of XLA:CPU's compile time is LLVM's
+# optimizer: without it (HLO passes still run; the float semantics are the same) the suite takes
+# ~15% less. Subprocesses inherit it; `XLA_FLAGS` set by the user is kept as it is.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                             + " --xla_backend_optimization_level=0").strip()
 # Many tests (and the subprocesses they start, which inherit this) compile the same tiny train
 # and sample steps again: a persistent compilation cache, one per pytest worker and session so
 # workers never read an entry the other is still writing, turns those recompiles into loads.

@@ -40,7 +40,8 @@ def _env(devices, **extra):
   env = {k: v for k, v in os.environ.items()
          if k not in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")}
   env.update(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", **extra)
+             XLA_FLAGS=(os.environ.get("XLA_FLAGS", "")
+                        + f" --xla_force_host_platform_device_count={devices}").strip(), **extra)
   return env
 
 
