@@ -70,11 +70,13 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       # Per block, a zero-init Linear(cond row -> heads): every key's attention logits get a
       # bias from its own (modality, segment)'s noise level (layers.AdaLNBlock), so a clean
       # other modality can be read where a noisy one is ignored. Not with attention="splash".
+      # Measured (README, The main job): no cross-modal gain under MoNL.
       noise_key_bias=False,
       # Attention within a token's modality and across to the other one as two softmaxes, the
       # cross one through a zero-init gate per head (from the token's and the co-timed other
       # modality's noise levels): the own modality's keys cannot starve the other's of attention
-      # (layers.SelfAttention._split_attention). Not with attention="splash".
+      # (layers.SelfAttention._split_attention). Not with attention="splash". Measured (README,
+      # The main job): with the cross-modal pool under MoNL, worse than joint attention.
       split_attention=False,
   ))
 
