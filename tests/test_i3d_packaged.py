@@ -198,5 +198,7 @@ def test_fvd_and_kvd_tell_real_clips_from_time_shuffled_and_noise(model):
   fvd = {"real": i3d.fvd(a, b), "shuffled": i3d.fvd(a, s), "noise": i3d.fvd(a, n)}
   kvd = {"real": distribution.kernel_distance(a, b), "shuffled": distribution.kernel_distance(a, s),
          "noise": distribution.kernel_distance(a, n)}
-  assert 1.25 * fvd["real"] < fvd["shuffled"] and 5 * fvd["shuffled"] < fvd["noise"], fvd
-  assert abs(kvd["real"]) < 0.5 * kvd["shuffled"] and 5 * kvd["shuffled"] < kvd["noise"], kvd
+  assert fvd["shuffled"] > 1.25 * fvd["real"], fvd  # measured ~1.33x
+  assert fvd["noise"] > 5 * fvd["shuffled"], fvd
+  assert kvd["shuffled"] > 2 * abs(kvd["real"]), kvd
+  assert kvd["noise"] > 5 * kvd["shuffled"], kvd
