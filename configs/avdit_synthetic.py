@@ -67,6 +67,9 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       # After each block, every token gets a (zero-init) projection of the other modality's
       # mean token over its time segment (avdit.models.avdit.CrossModalPool).
       cross_modal_pool=False,
+      # After each block, every token gets a (zero-init) projection of its own modality's mean
+      # token over the whole clip (avdit.models.avdit.ClipPool).
+      clip_pool=False,
       # Per block, a zero-init Linear(cond row -> heads): every key's attention logits get a
       # bias from its own (modality, segment)'s noise level (layers.AdaLNBlock), so a clean
       # other modality can be read where a noisy one is ignored. Not with attention="splash".

@@ -336,7 +336,7 @@ def test_bfloat16_and_remat_close_to_float32():
 def test_every_param_has_logical_axes_of_its_rank(adaln):
   # Every optional module on, so each of their kernels is checked too.
   model, _ = make_model(adaln=adaln, qk_norm=True, cross_modal_pool=True, noise_key_bias=True,
-                        split_attention=True)
+                        split_attention=True, clip_pool=True)
   default_rules = dict(avdit_synthetic.get_config("tiny").mesh.logical_axis_rules)
   flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
   assert len(flat) > 0
@@ -529,9 +529,34 @@ def test_cross_modal_pool_matches_a_numpy_loop_and_starts_as_the_identity():
   np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_model_with_cross_modal_pool_is_unchanged_at_init_and_rejects_scan():
+def test_clip_pool_adds_each_modality_its_own_clip_mean_and_starts_as_the_identity():
+  from avdit.models.avdit import ClipPool  # pylint: disable=g-import-not-at-top
+  layout = make_layout()
+  with nnx.use_eager_sharding(False):
+    pool = ClipPool(32, layout, dtype=jnp.float32, rngs=nnx.Rngs(0))
+  x = np.random.default_rng(1).standard_normal((2, layout.num_tokens, 32)).astype(np.float32)
+  np.testing.assert_array_equal(np.asarray(pool(jnp.asarray(x))), x)  # zero-init: identity
+  randomize_params(pool)
+  got = np.asarray(pool(jnp.asarray(x)))
+  normed = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-6)
+  expected = x.copy()
+  lv = layout.num_video_tokens
+  for rows, dense in ((slice(0, lv), pool.video), (slice(lv, None), pool.audio)):
+    clip_mean_bd = normed[:, rows].mean(1)
+    expected[:, rows] += (clip_mean_bd @ np.asarray(dense.kernel[...])
+                          + np.asarray(dense.bias[...]))[:, None, :]
+  np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+  # What one clip's tokens receive does not depend on another clip's.
+  other = x.copy()
+  other[1] += 5.0 * np.random.default_rng(2).standard_normal(other[1].shape).astype(np.float32)
+  np.testing.assert_allclose(np.asarray(pool(jnp.asarray(other)))[0], got[0], rtol=1e-5,
+                             atol=1e-5)
+
+
+@pytest.mark.parametrize("option", ["cross_modal_pool", "clip_pool"])
+def test_model_with_a_pool_is_unchanged_at_init_and_rejects_scan(option):
   plain, layout = make_model(attention="xla")
-  pooled, _ = make_model(attention="xla", cross_modal_pool=True)
+  pooled, _ = make_model(attention="xla", **{option: True})
   randomize_params(plain)
   nnx.update(pooled, nnx.state(plain, nnx.Param))  # same blocks; the pools stay at zero
   noisy, timesteps = make_inputs(layout)
@@ -539,7 +564,7 @@ def test_model_with_cross_modal_pool_is_unchanged_at_init_and_rejects_scan():
     np.testing.assert_allclose(np.asarray(predict(pooled, noisy, timesteps)[name]),
                                np.asarray(value), rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match="scan_layers"):
-    make_model(cross_modal_pool=True, scan_layers=True)
+    make_model(scan_layers=True, **{option: True})
 
 
 def reference_key_biased_attention(q_blhd, k_blhd, v_blhd, key_bias_bhl):

@@ -98,6 +98,34 @@ class CrossModalPool(nnx.Module):
     return x_bld + jnp.concatenate([to_video, to_audio], axis=1)
 
 
+class ClipPool(nnx.Module):
+  """Adds to every token a projection of its own modality's mean token over the whole clip.
+
+  The tokens of a generated clip must agree on what is shared by all of them (a scene's
+  background); the mean of the clip's noisy tokens estimates it at noise levels where one token
+  cannot (model.clip_pool, after each block). Attention can average too, but in a small budget
+  it did not: without this every 8x8 token of an a2v frame committed to its own colour.
+  Zero-initialized, so the model starts as without it.
+  """
+
+  def __init__(self, width: int, layout: ClipLayout, *, dtype: jnp.dtype, rngs: nnx.Rngs):
+    self.layout = layout
+    zero = dict(kernel_init=layers.zeros, dtype=dtype, rngs=rngs)
+    self.video = layers.Dense(width, width, kernel_axes=AXES.cross_modal_kernel,
+                              bias_axes=AXES.embed_bias, **zero)
+    self.audio = layers.Dense(width, width, kernel_axes=AXES.cross_modal_kernel,
+                              bias_axes=AXES.embed_bias, **zero)
+
+  def __call__(self, x_bld: jax.Array) -> jax.Array:
+    num_video = self.layout.num_video_tokens
+    normed = layers.layer_norm(x_bld)
+    video_mean_b1d = normed[:, :num_video].mean(1, keepdims=True)
+    audio_mean_b1d = normed[:, num_video:].mean(1, keepdims=True)
+    to_video = jnp.broadcast_to(self.video(video_mean_b1d), x_bld[:, :num_video].shape)
+    to_audio = jnp.broadcast_to(self.audio(audio_mean_b1d), x_bld[:, num_video:].shape)
+    return x_bld + jnp.concatenate([to_video, to_audio], axis=1)
+
+
 class AVDiT(nnx.Module):
   """Audiovisual DiT with per-(modality, segment) timesteps and AdaLN (full or LoRA)."""
 
@@ -177,6 +205,13 @@ class AVDiT(nnx.Module):
                            "model.scan_layers=False")
         self.pools = nnx.List([CrossModalPool(width, layout, dtype=dtype, rngs=rngs)
                                for _ in range(cfg.depth)])
+      self.clip_pool = bool(cfg.get("clip_pool", False))
+      if self.clip_pool:
+        if self.scan_layers:
+          raise ValueError("model.clip_pool runs between unrolled blocks; set "
+                           "model.scan_layers=False")
+        self.clip_pools = nnx.List([ClipPool(width, layout, dtype=dtype, rngs=rngs)
+                                    for _ in range(cfg.depth)])
 
   # --- pieces (public so tests and analysis can check them) ------------------------------------
   @property
@@ -289,6 +324,8 @@ class AVDiT(nnx.Module):
         x_bld = apply_block(x_bld, nnx.state(block))
         if self.cross_modal_pool:
           x_bld = self.pools[index](x_bld)
+        if self.clip_pool:
+          x_bld = self.clip_pools[index](x_bld)
 
     video_blk, audio_blc = self.final(x_bld, jax.nn.silu(cond_rows_brd), token_row_l,
                                       self.layout.num_video_tokens)
@@ -330,6 +367,8 @@ def flops_per_example(model_config, layout: ClipLayout) -> dict[str, int]:
       # Two d x d projections of the segment means per block (model.cross_modal_pool).
       "cross_modal_pool": (depth * 2 * 2 * layout.num_segments * d * d
                            if cfg.get("cross_modal_pool", False) else 0),
+      # Two d x d projections of the clip means per block (model.clip_pool).
+      "clip_pool": depth * 2 * 2 * d * d if cfg.get("clip_pool", False) else 0,
   }
   flops["total"] = sum(flops.values())
   return flops
