@@ -11,6 +11,7 @@ Saves are asynchronous, the newest `keep` are kept, and a save is forced on a pr
 """
 from __future__ import annotations
 
+from etils import epath
 import grain
 import jax
 import orbax.checkpoint as ocp
@@ -56,6 +57,21 @@ def restore_for_training(manager, step: int, abstract_state, data_iter,
       args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
                               data_iter=grain.checkpoint.CheckpointRestore(data_iter), **items))
   return restored["state"], {name: restored[name] for name in payload_names}
+
+
+def set_aside(manager, step: int) -> str:
+  """Moves checkpoint `step` (one that does not read back) to <workdir>/damaged_checkpoints/,
+  kept whole for inspection and out of the manager's way (a later save of that step is a new
+  directory); returns where it went."""
+  source = epath.Path(manager.directory) / str(step)
+  aside = epath.Path(manager.directory).parent / "damaged_checkpoints"
+  aside.mkdir(parents=True, exist_ok=True)
+  target, copy = aside / str(step), 1
+  while target.exists():  # never replace an earlier damaged copy of the same step
+    target, copy = aside / f"{step}.{copy}", copy + 1
+  source.rename(target)
+  manager.reload()
+  return str(target)
 
 
 def restore_for_sampling(workdir: str, abstract_state, step: int = -1):

@@ -182,3 +182,41 @@ def test_sigterm_saves_a_checkpoint_and_stops(tmp_path):
   assert result.stopped_by == "SIGTERM" and result.step == 3
   assert saved_steps(tmp_path) == [3] and result.metrics["loss"] > 0
   assert signal.getsignal(signal.SIGTERM) is previous  # the handler is put back
+
+
+def damage(workdir, step):
+  """Flips the bytes of checkpoint `step`'s state data files, as a disk or copy fault would."""
+  data_dir = os.path.join(workdir, "checkpoints", str(step), "state", "d")
+  for name in os.listdir(data_dir):
+    path = os.path.join(data_dir, name)
+    with open(path, "rb") as f:
+      data = bytearray(f.read())
+    data[len(data) // 2:] = bytes(b ^ 0xFF for b in data[len(data) // 2:])
+    with open(path, "wb") as f:
+      f.write(bytes(data))
+
+
+def test_a_damaged_newest_checkpoint_resumes_from_the_one_before_and_is_kept(tmp_path, caplog):
+  straight, _, _ = run(tmp_path / "straight")
+  run(tmp_path / "damaged", steps_this_run=4)
+  damage(tmp_path / "damaged", 4)
+  with caplog.at_level("ERROR"):
+    second, _, second_seen = run(tmp_path / "damaged")
+  assert "STEP 4 DOES NOT READ BACK" in caplog.text and "from step 3" in caplog.text
+  kept = tmp_path / "damaged" / "damaged_checkpoints" / "4"
+  assert kept.is_dir() and (kept / "state" / "d").is_dir()  # set aside whole, not deleted
+  # Resumed at step 3: steps 4..10 are taken again, to the uninterrupted run's state.
+  assert len(second_seen) == NUM_STEPS - 3 and second.step == NUM_STEPS
+  np.testing.assert_array_equal(jax.device_get(straight.state.w),
+                                jax.device_get(second.state.w))
+  assert 4 not in saved_steps(tmp_path / "damaged")
+
+
+def test_when_no_checkpoint_reads_back_nothing_is_moved_and_the_error_is_raised(tmp_path):
+  run(tmp_path, steps_this_run=4)
+  other_shape = FakeState(step=jnp.zeros((), jnp.int32), w=jnp.zeros((5,), jnp.float32))
+  manager = loop.open_checkpoints(str(tmp_path), train_config(), PAYLOADS)
+  with pytest.raises(Exception):  # a changed config, not a damaged disk
+    loop.restore_latest(manager, other_shape, data_iter(), PAYLOADS)
+  manager.close()
+  assert saved_steps(tmp_path) == [3, 4] and not (tmp_path / "damaged_checkpoints").exists()

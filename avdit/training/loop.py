@@ -84,15 +84,34 @@ def open_checkpoints(workdir: str, train_config, payload_names: tuple[str, ...])
 
 
 def restore_latest(manager, state, data_iter, payload_names: tuple[str, ...]):
-  """(state, {name: payload}) of the latest checkpoint, `data_iter` moved to its position in
-  place, the state restored onto `state`'s shardings; (state, None) when there is none."""
-  latest = manager.latest_step()
-  if latest is None:
-    return state, None
-  state, payloads = checkpointing.restore_for_training(
-      manager, latest, checkpointing.abstract_like(state), data_iter, payload_names)
-  logging.info("Resumed from step %d in %s", latest, manager.directory)
-  return state, payloads
+  """(state, {name: payload}) of the newest checkpoint that reads back whole, `data_iter` moved
+  to its position in place, the state restored onto `state`'s shardings; (state, None) when
+  there is none.
+
+  A newer checkpoint that fails to read while an older one reads (a disk or copy fault: the
+  same state restores, so it is not a changed config) is set aside in
+  <workdir>/damaged_checkpoints/ with a warning. When none reads, nothing is moved and the
+  newest one's error is raised: then the config, not the disk, is the likely cause.
+  """
+  abstract = checkpointing.abstract_like(state)
+  failed = []  # (step, error), newest first
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      restored, payloads = checkpointing.restore_for_training(
+          manager, step, abstract, data_iter, payload_names)
+    except Exception as error:  # pylint: disable=broad-except  # judged once an older one reads
+      failed.append((step, error))
+      continue
+    for bad_step, error in failed:
+      where = checkpointing.set_aside(manager, bad_step)
+      logging.error("CHECKPOINT OF STEP %d DOES NOT READ BACK (%s: %s). Resuming from step %d "
+                    "instead; the damaged checkpoint is kept in %s.", bad_step,
+                    type(error).__name__, str(error).splitlines()[0][:300], step, where)
+    logging.info("Resumed from step %d in %s", step, manager.directory)
+    return restored, payloads
+  if failed:
+    raise failed[0][1]
+  return state, None
 
 
 # --- 3. Run ---------------------------------------------------------------------------------------
