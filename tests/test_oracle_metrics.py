@@ -289,12 +289,20 @@ def test_match_events_one_to_one_closest_first():
 def test_ground_truth_clips_score_near_perfect(clips, task):
   report = oracle.evaluate_batch(clips, clips, _mask(task), LAYOUT)
   video_generated = task != "v2a"
-  for name in ("subject_disc_color_error", "subject_background_color_error",
-               "subject_disc_found_fraction", "continuity_jump_px"):
+  for name in ("subject_disc_found_fraction", "continuity_jump_px"):
+    assert report[f"{name}_num_clips"] == (NUM_CLIPS if video_generated else 0), name
+  video_given = _mask(task)[0].any()
+  for name in ("subject_disc_color_drift", "subject_background_color_drift"):
     assert report[f"{name}_num_clips"] == (NUM_CLIPS if video_generated else 0), name
   if video_generated:
-    assert report["subject_disc_color_error"] <= 1.0
-    assert report["subject_background_color_error"] <= 1.0
+    if video_given:  # agreement with the given video's colours
+      assert report["subject_disc_color_error"] <= 1.0
+      assert report["subject_background_color_error"] <= 1.0
+    else:  # no colour is given: agreement cannot be scored, only the clip's own stability
+      assert report["subject_disc_color_error_num_clips"] == 0
+      assert report["subject_background_color_error_num_clips"] == 0
+    assert report["subject_disc_color_drift"] <= 1.0
+    assert report["subject_background_color_drift"] <= 1.0
     assert report["subject_disc_found_fraction"] == 1.0
     assert report["continuity_jump_px"] < 0.1
     assert report["continuity_num_borders"] > 0
@@ -335,7 +343,12 @@ def test_subject_colour_errors_are_the_colour_changes(clips):
   changed = dataclasses.replace(params, disc_color=new_disc,
                                 background_color=new_background.astype(np.uint8))
   generated = dict(clips[index], video=WORLD.render_video(changed))
-  for task in ("joint", "av_continue", "av_inpaint"):
+  for task in ("joint", "a2v"):  # no video given: other colours are as right as the real ones
+    report = oracle.evaluate_clip(clips[index], generated, _mask(task), LAYOUT)
+    assert np.isnan(report["subject_disc_color_error"]), task
+    assert np.isnan(report["subject_background_color_error"]), task
+    assert report["subject_disc_color_drift"] <= 1.0 and report["subject_background_color_drift"] <= 1.0
+  for task in ("av_continue", "av_inpaint"):
     report = oracle.evaluate_clip(clips[index], generated, _mask(task), LAYOUT)
     np.testing.assert_allclose(
         report["subject_disc_color_error"],
@@ -344,6 +357,22 @@ def test_subject_colour_errors_are_the_colour_changes(clips):
         report["subject_background_color_error"],
         np.abs(new_background - params.background_color.astype(int)).mean(), atol=0.5)
     assert report["subject_disc_found_fraction"] == 1.0
+
+
+def test_colour_drift_is_the_mean_distance_from_the_generated_frames_median(clips):
+  """Frames 0..5 of a joint sample in one background, the rest in another: with 17 frames the
+  median is the second colour, so the drift is 6/17 of the colours' mean |RGB| distance."""
+  index = 1
+  params = WORLD.clip_params(index)
+  shifted = np.clip(params.background_color.astype(int) + [30, -24, 12], 0, 255).astype(np.uint8)
+  video = WORLD.render_video(dataclasses.replace(params, background_color=shifted))
+  video[:6] = clips[index]["video"][:6]
+  report = oracle.evaluate_clip(clips[index], dict(clips[index], video=video), _mask("joint"),
+                                LAYOUT)
+  distance = np.abs(shifted.astype(int) - params.background_color.astype(int)).mean()
+  np.testing.assert_allclose(report["subject_background_color_drift"], 6 / 17 * distance,
+                             atol=0.5)
+  assert report["subject_disc_color_drift"] <= 1.0  # the disc kept its colour
 
 
 def test_reversed_generated_video_breaks_continuity(clips):
@@ -484,8 +513,8 @@ def test_batch_forms_and_per_clip_masks(clips):
   report = oracle.evaluate_batch(stacked, stacked, np.stack([joint, v2a]), LAYOUT)
   assert report["num_clips"] == 2
   # Subject metrics exist for the joint clip only; the others average both clips.
-  assert report["subject_disc_color_error_num_clips"] == 1
-  assert report["subject_disc_color_error"] == per_clip[0]["subject_disc_color_error"]
+  assert report["subject_disc_color_drift_num_clips"] == 1
+  assert report["subject_disc_color_drift"] == per_clip[0]["subject_disc_color_drift"]
   np.testing.assert_allclose(report["av_height_error_px"],
                              (per_clip[0]["av_height_error_px"]
                               + per_clip[1]["av_height_error_px"]) / 2)
@@ -499,8 +528,9 @@ def test_generated_video_without_a_disc(clips):
   blank = np.broadcast_to(clip["background_color"], clip["video"].shape).copy()
   report = oracle.evaluate_clip(clip, dict(clip, video=blank), _mask("a2v"), LAYOUT)
   assert report["subject_disc_found_fraction"] == 0.0
-  assert report["subject_background_color_error"] == 0.0
-  for name in ("subject_disc_color_error", "av_height_error_px", "continuity_jump_px"):
+  assert report["subject_background_color_drift"] == 0.0
+  for name in ("subject_disc_color_error", "subject_background_color_error",
+               "subject_disc_color_drift", "av_height_error_px", "continuity_jump_px"):
     assert np.isnan(report[name]), name
   assert report["av_num_frames"] == 0 and report["continuity_num_borders"] == 0
 

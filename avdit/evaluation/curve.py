@@ -24,7 +24,7 @@ from avdit.evaluation import suite
 # What the curve shows, in this order (the cross-modal metrics first: they are what is learned
 # last and what the tasks exist for).
 CURVE_METRICS = ("av_height_error_px", "sync_f1", "subject_disc_found_fraction",
-                 "continuity_jump_px", "subject_background_color_error",
+                 "continuity_jump_px", "subject_background_color_drift",
                  "cross_modal_gain_video", "cross_modal_gain_audio")
 # The suite's cross-modal gain belongs to the model, not to a task: its panels are under this.
 GAIN_TASK = "model"

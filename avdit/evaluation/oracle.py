@@ -30,9 +30,15 @@ only where at least one element it depends on was generated:
 metric                          better     perfect  what / where
 ==============================  =========  =======  ===============================================
 subject_disc_color_error        lower      0        mean |RGB| error (0..255) of the disc colour of
-                                                    generated video frames vs the reference (the
-                                                    condition's given video, else all of its video)
+                                                    generated video frames vs the condition's given
+                                                    video; NaN where no video is given (joint, a2v:
+                                                    the colours are unknowable there)
 subject_background_color_error  lower      0        same for the background colour
+subject_disc_color_drift        lower      0        mean |RGB| distance (0..255) of the disc colour
+                                                    of each generated frame from the median over the
+                                                    generated frames: the clip keeps one look,
+                                                    knowable in every task with generated video
+subject_background_color_drift  lower      0        same for the background colour
 subject_disc_found_fraction     higher     1        fraction of generated video frames with a disc
 av_height_error_px              lower      0        |disc height from the video - height of the
                                                     pitch| (pixels, via `height_of_pitch`) on frames
@@ -82,6 +88,10 @@ METRICS = {
         False, 0.0, "mean |RGB| error (0..255) of the disc colour in generated frames"),
     "subject_background_color_error": MetricInfo(
         False, 0.0, "mean |RGB| error (0..255) of the background colour in generated frames"),
+    "subject_disc_color_drift": MetricInfo(
+        False, 0.0, "mean |RGB| distance of the generated frames' disc colour from their median"),
+    "subject_background_color_drift": MetricInfo(
+        False, 0.0, "mean |RGB| distance of the generated frames' background from their median"),
     "subject_disc_found_fraction": MetricInfo(
         True, 1.0, "fraction of generated frames in which a disc is found"),
     "av_height_error_px": MetricInfo(
@@ -506,6 +516,20 @@ def _border_error(x_f: np.ndarray, a: int, low: float, high: float) -> float:
   return min(errors) if errors else np.nan
 
 
+def _color_distance(colors_f3: np.ndarray, reference_3: np.ndarray) -> float:
+  """Mean |RGB| distance (0..255) of frame colours from a reference; NaN if either is missing."""
+  if not colors_f3.shape[0] or not np.isfinite(reference_3).all():
+    return np.nan
+  return float(np.abs(colors_f3 - reference_3).mean())
+
+
+def _color_drift(colors_f3: np.ndarray) -> float:
+  """Mean |RGB| distance of frame colours from their own median; NaN without frames."""
+  if not colors_f3.shape[0]:
+    return np.nan
+  return _color_distance(colors_f3, np.median(colors_f3, axis=0))
+
+
 def evaluate_clip(condition_clip, generated_clip, condition_mask,
                   layout: layout_lib.ClipLayout) -> dict[str, float]:
   """All oracle metrics (see the module docstring and `METRICS`) of one generated clip.
@@ -533,22 +557,25 @@ def evaluate_clip(condition_clip, generated_clip, condition_mask,
 
   centre_f2, disc_f3, background_f3, found_f = estimate_disc(clip["video"])
 
-  # Subject consistency: generated frames vs the look of the condition.
+  # Subject consistency: generated frames vs the look of the given video (only where some is
+  # given: otherwise the colours are unknowable), and the generated frames' own stability.
   video_gen_f = video_gen_n[segment_f]
-  reference_frames = ~video_gen_f if (~video_gen_f).any() else np.ones_like(video_gen_f)
-  _, ref_disc_f3, ref_background_f3, ref_found_f = estimate_disc(cond_video[reference_frames])
-  ref_disc = (np.median(ref_disc_f3[ref_found_f], axis=0) if ref_found_f.any()
-              else np.full(3, np.nan))
-  ref_background = np.median(ref_background_f3, axis=0)
   scored = video_gen_f
   scored_found = scored & found_f
   result["subject_num_frames"] = float(scored.sum())
   result["subject_disc_found_fraction"] = (float(scored_found.sum() / scored.sum())
                                            if scored.any() else np.nan)
-  result["subject_disc_color_error"] = (
-      float(np.abs(disc_f3[scored_found] - ref_disc).mean()) if scored_found.any() else np.nan)
-  result["subject_background_color_error"] = (
-      float(np.abs(background_f3[scored] - ref_background).mean()) if scored.any() else np.nan)
+  ref_disc = ref_background = np.full(3, np.nan)
+  if (~video_gen_f).any():
+    _, ref_disc_f3, ref_background_f3, ref_found_f = estimate_disc(cond_video[~video_gen_f])
+    ref_background = np.median(ref_background_f3, axis=0)
+    if ref_found_f.any():
+      ref_disc = np.median(ref_disc_f3[ref_found_f], axis=0)
+  result["subject_disc_color_error"] = _color_distance(disc_f3[scored_found], ref_disc)
+  result["subject_background_color_error"] = _color_distance(background_f3[scored],
+                                                             ref_background)
+  result["subject_disc_color_drift"] = _color_drift(disc_f3[scored_found])
+  result["subject_background_color_drift"] = _color_drift(background_f3[scored])
 
   # Audio-video correspondence: the height the pitch says vs the height the frame shows.
   frame_times = np.arange(layout.num_frames) / fps
