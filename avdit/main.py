@@ -108,7 +108,6 @@ def main(argv):
     run(config)
   except _user_errors() as e:
     # A problem the user fixes (config, data, workdir): its message, not a traceback.
-    logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
 
