@@ -7,7 +7,9 @@ One `CheckpointManager` under `<workdir>/checkpoints`, items:
             AVDiT: `latent` (per-channel latent normalization + space);
             the autoencoders: `model` (kind and constructor arguments)
 Saves are asynchronous, the newest `keep` are kept, and a save is forced on a preemption signal
-(the loop of avdit/training/loop.py). Restoring for sampling reads `state` and `latent` only.
+(the loop of avdit/training/loop.py). Restoring for sampling reads `state` and `latent` only;
+initializing a new run from another's checkpoint (fine-tuning, train.init_from) reads the
+`params` and `ema_params` of `state`, checked first against the shapes in its metadata.
 """
 from __future__ import annotations
 
@@ -74,25 +76,84 @@ def set_aside(manager, step: int) -> str:
   return str(target)
 
 
-def restore_for_sampling(workdir: str, abstract_state, step: int = -1):
-  """(state, latent_payload, step) from the latest (step=-1) or a given checkpoint."""
+def resolve_step(workdir: str, step: int = -1) -> int:
+  """The checkpoint step of `workdir` to read: the latest (step=-1) or `step`, which must exist.
+
+  Raises:
+    FileNotFoundError: no checkpoint directory, no checkpoint, or no checkpoint at `step`.
+  """
   directory = checkpoint_dir(workdir)
   if not workdir_lib.path(directory).is_dir():
     raise FileNotFoundError(f"no checkpoint directory {directory}: train first "
                             f"(--mode=train or train_and_sample with --workdir={workdir})")
   manager = make_manager(workdir, read_only=True, async_save=False)
   steps = manager.all_steps()
+  manager.close()
   if not steps:
     raise FileNotFoundError(f"no checkpoint in {directory}: train first (--mode=train)")
   if step == -1:
-    step = max(steps)
-  elif step not in steps:
+    return max(steps)
+  if step not in steps:
     raise FileNotFoundError(f"no checkpoint for step {step} in {directory}; have {sorted(steps)}")
+  return step
+
+
+def restore_for_sampling(workdir: str, abstract_state, step: int = -1):
+  """(state, latent_payload, step) from the latest (step=-1) or a given checkpoint."""
+  step = resolve_step(workdir, step)
+  manager = make_manager(workdir, read_only=True, async_save=False)
   restored = manager.restore(
       step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
                                     latent=ocp.args.JsonRestore()))
   manager.close()
   return restored["state"], restored["latent"], step
+
+
+# --- Initializing a new run from another run's checkpoint (fine-tuning) ---------------------------
+def parse_run_spec(spec: str) -> tuple[str, int]:
+  """'DIR[:step]' -> (DIR, step), step -1 (the latest) when absent; 'gs://b/run' has no step."""
+  head, sep, tail = spec.rpartition(":")
+  if sep and head and tail.isdigit():
+    return head, int(tail)
+  return spec, -1
+
+
+def _state_item(workdir: str, step: int) -> str:
+  return str(workdir_lib.path(checkpoint_dir(workdir), str(step), "state"))
+
+
+def saved_state_shapes(workdir: str, step: int) -> dict[str, tuple[int, ...]]:
+  """'params/blocks/0/attn/...' -> shape of every array of a checkpoint's `state` item, read
+  from its metadata (no array is loaded)."""
+  metadata = ocp.StandardCheckpointer().metadata(_state_item(workdir, step)).item_metadata
+  return {path_name(path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(metadata.tree)[0]}
+
+
+def path_name(path) -> str:
+  """A pytree key path as 'a/b/0/c', the same for a restored tree and its metadata (the
+  trailing 'value' of an nnx.Param is dropped)."""
+  parts = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+  return "/".join(parts[:-1] if parts and parts[-1] == "value" else parts)
+
+
+def read_payload(workdir: str, step: int, name: str) -> dict:
+  """One JSON item saved beside the state (e.g. `latent`)."""
+  manager = make_manager(workdir, read_only=True, async_save=False, item_names=(name,))
+  payload = manager.restore(step, args=ocp.args.Composite(**{name: ocp.args.JsonRestore()}))
+  manager.close()
+  return payload[name]
+
+
+def restore_subtrees(workdir: str, step: int, abstract_items: dict):
+  """{name: tree} of the named top-level entries of a checkpoint's `state` (e.g. params and
+  ema_params), restored onto the shardings of `abstract_items`; the rest is not read."""
+  return ocp.PyTreeCheckpointer().restore(
+      _state_item(workdir, step),
+      args=ocp.args.PyTreeRestore(
+          item=abstract_items,
+          restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_items),
+          partial_restore=True))
 
 
 def abstract_like(tree):

@@ -9,7 +9,6 @@ AVDiT.
 from __future__ import annotations
 
 import json
-import os
 
 from absl import logging
 
@@ -73,8 +72,7 @@ def run(config, workdir: str) -> dict:
     logging.info("pipeline: encoding %d clips into %s", config.encode.num_clips,
                  config.data.cache_dir)
     encode(config, workdir)
-  avdit_dir = os.path.join(workdir, "avdit") if not workdir_lib.is_remote(workdir) else (
-      str(workdir_lib.path(workdir, "avdit")))
+  avdit_dir = workdir_lib.model_dir(config, workdir)
   summary = train.train(config, avdit_dir)
   train.write_summary(avdit_dir, summary)
   if summary["stopped_by"]:

@@ -18,7 +18,12 @@ pipeline          configs/avdit_pipeline.py: both autoencoders, the latent cache
                   the samples, each stage resumable (the default for that config);
                   configs/avdit_fixed_latents.py: AVDiT, samples, suite and curve on fixed
                   latents.
-                  Every mode of a pipeline config keeps the AVDiT in <workdir>/avdit.
+                  Every mode of a pipeline config keeps the AVDiT in <workdir>/avdit
+                  (workdir.model_dir).
+
+Every mode first checks what its later stages need (avdit/preflight.py: the workdir, the
+dataset's splits and geometry, train.init_from, checkpoints); a problem a user fixes ends the
+run with one `error: ...` line and exit status 1, no traceback.
 
 Autoencoder configs (config.kind = magvit2 | soundstream) take --mode=train (train, then
 reconstruct held-out clips) or --mode=sample (reconstructions from the latest checkpoint).
@@ -38,6 +43,7 @@ from ml_collections import config_flags
 
 from avdit import layout as layout_lib
 from avdit import workdir as workdir_lib
+from avdit.errors import UserError
 from avdit.models import layers
 from avdit.training import state as state_lib
 
@@ -97,15 +103,29 @@ def main(argv):
   config = _CONFIG.value
   if config is None:
     raise app.UsageError("--config is required, e.g. --config=configs/avdit_synthetic.py:tiny")
-  # A pipeline: autoencoders, cache, AVDiT, samples and eval (avdit_pipeline.py), or the last
-  # three on fixed latents (avdit_fixed_latents.py); the AVDiT lives in DIR/avdit for every
-  # mode.
-  is_pipeline = "video_autoencoder" in config or config.get("pipeline_eval", False)
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  try:
+    run(config)
+  except _user_errors() as e:
+    # A problem the user fixes (config, data, workdir): its message, not a traceback.
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+  """What main reports as a message: a user's problem (a missing file or checkpoint, a config
+  or dataset that cannot work) or a diverged training, never a bug."""
+  from avdit.training import loop  # pylint: disable=g-import-not-at-top  # keeps describe light
+  return (UserError, FileNotFoundError, loop.NonFiniteLossError)
+
+
+def run(config) -> None:
+  """Runs the mode of `config` (see the module docstring), after checking what it needs."""
+  is_pipeline = workdir_lib.is_pipeline(config)
   is_experiment = "experiment" in config
   kind = config.get("kind", "avdit")
   mode = _MODE.value or ("pipeline" if is_pipeline else "experiment" if is_experiment else
                          "train" if kind != "avdit" else "train_and_sample")
-  logging.get_absl_handler().addFilter(_QuietLibraries())
   if kind != "avdit":
     if not _WORKDIR.value:
       raise app.UsageError("--workdir is required")
@@ -118,68 +138,63 @@ def main(argv):
   if mode == "experiment" and not is_experiment:
     raise app.UsageError("--mode=experiment needs a config with an `experiment` section "
                          "(configs/monl_ablation.py)")
+  if mode in ("eval", "curve") and is_experiment:
+    raise app.UsageError(f"--mode={mode} takes one model's config; the experiment config "
+                         "evaluates its settings itself (--mode=experiment)")
   if mode == "describe":
     describe(config)
     return
   if not _WORKDIR.value:
     raise app.UsageError("--workdir is required for mode " + mode)
+  workdir = _WORKDIR.value
   maybe_initialize_distributed()
   # Imported here so `describe` stays light.
-  from avdit.sampling import generate  # pylint: disable=g-import-not-at-top
-  from avdit.training import loop  # pylint: disable=g-import-not-at-top
-  from avdit.training import train  # pylint: disable=g-import-not-at-top
-  from avdit import end_to_end  # pylint: disable=g-import-not-at-top
+  from avdit import preflight  # pylint: disable=g-import-not-at-top
   logging.info("JAX devices: %s", jax.devices())
   if is_pipeline:
-    config = workdir_lib.with_stage_dirs(config, _WORKDIR.value)
+    config = workdir_lib.with_stage_dirs(config, workdir)
+  preflight.check(config, mode, workdir)  # before any step: nothing fails late
+  model_dir = workdir_lib.model_dir(config, workdir)
   if mode == "pipeline":
-    results = end_to_end.run(config, _WORKDIR.value)
+    from avdit import end_to_end  # pylint: disable=g-import-not-at-top
+    results = end_to_end.run(config, workdir)
     if results.get("stopped_by"):
       print(f"stopped by {results['stopped_by']} in stage {results['stage']}; rerun the same "
             "command to resume")
       return
     print(f"pipeline done: {json.dumps({k: v for k, v in results.items() if k != 'samples'})}")
-    print(f"open {_WORKDIR.value}/avdit/samples/index.html")
-    return
-  if mode == "experiment":
+    print(f"open {model_dir}/samples/index.html")
+  elif mode == "experiment":
     from avdit import experiment  # pylint: disable=g-import-not-at-top
-    results = experiment.run(config, _WORKDIR.value)
+    results = experiment.run(config, workdir)
     if results.get("stopped_by"):
       print(f"stopped by {results['stopped_by']} while training {results['setting']}; rerun "
             "the same command to resume")
       return
-    print(f"compared {len(results)} settings; see {_WORKDIR.value}/comparison.md")
-    return
-  if mode in ("eval", "curve"):
+    print(f"compared {len(results)} settings; see {workdir}/comparison.md")
+  elif mode in ("eval", "curve"):
     from avdit.evaluation import curve  # pylint: disable=g-import-not-at-top
     from avdit.evaluation import suite  # pylint: disable=g-import-not-at-top
-    if is_experiment:
-      raise app.UsageError(f"--mode={mode} takes one model's config; the experiment config "
-                           "evaluates its settings itself (--mode=experiment)")
-    model_dir = _model_dir(is_pipeline)
-    try:
-      if mode == "eval":
-        suite.evaluate(config, model_dir)
-      else:
-        curve.run(config, model_dir)
-    except FileNotFoundError as e:
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(1)
+    if mode == "eval":
+      suite.evaluate(config, model_dir)
+    else:
+      curve.run(config, model_dir)
     print(f"wrote {model_dir}/eval/" + ("table.md and results.json" if mode == "eval" else
                                         "learning_curve.png and learning_curve.json"))
-    return
-  if mode == "encode":
-    meta = end_to_end.encode(config, _WORKDIR.value)
+  elif mode == "encode":
+    from avdit import end_to_end  # pylint: disable=g-import-not-at-top
+    meta = end_to_end.encode(config, workdir)
     print(f"encoded {meta['num_clips']} clips into {config.data.cache_dir}")
-    return
-  model_dir = _model_dir(is_pipeline)
+  else:
+    train_and_sample(config, mode, model_dir)
+
+
+def train_and_sample(config, mode: str, model_dir: str) -> None:
+  """--mode=train, sample or train_and_sample in `model_dir`."""
+  from avdit.sampling import generate  # pylint: disable=g-import-not-at-top
+  from avdit.training import train  # pylint: disable=g-import-not-at-top
   if mode in ("train", "train_and_sample"):
-    try:
-      summary = train.train(config, model_dir)
-    except loop.NonFiniteLossError as e:
-      logging.error("%s", e)
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(1)
+    summary = train.train(config, model_dir)
     if jax.process_index() == 0:
       train.write_summary(model_dir, summary)
     if summary["stopped_by"]:
@@ -187,29 +202,15 @@ def main(argv):
             f"{model_dir}, rerun the same command to resume")
       return
   if mode in ("sample", "train_and_sample"):
-    try:
-      entries = generate.sample(config, model_dir)
-    except FileNotFoundError as e:
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(1)
+    entries = generate.sample(config, model_dir)
     print(f"wrote {len(entries)} samples; open {model_dir}/samples/index.html")
-
-
-def _model_dir(is_pipeline: bool) -> str:
-  """Where the AVDiT of this run lives: <workdir>/avdit for a pipeline, else the workdir."""
-  return str(workdir_lib.path(_WORKDIR.value, "avdit")) if is_pipeline else _WORKDIR.value
 
 
 def run_autoencoder(config, mode: str, workdir: str) -> None:
   from avdit.models import autoencoders  # pylint: disable=g-import-not-at-top
   from avdit.training import autoencoder  # pylint: disable=g-import-not-at-top
-  from avdit.training import loop  # pylint: disable=g-import-not-at-top
   if mode in ("train", "train_and_sample"):
-    try:
-      summary = autoencoder.train(config, workdir)
-    except loop.NonFiniteLossError as e:
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(1)
+    summary = autoencoder.train(config, workdir)
     print(f"{summary['kind']} at step {summary['step']}: {json.dumps(summary['eval'])}")
   elif mode == "sample":
     model, _, step = autoencoders.load_autoencoder(workdir)

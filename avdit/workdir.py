@@ -4,7 +4,7 @@ Orbax checkpoints and clu's TensorBoard writers handle `gs://` themselves. Every
 writes (config.json, train_summary.json, samples) goes through `etils.epath` here; files made by
 libraries that only write local files (PyAV's mp4 muxer, matplotlib) are written to a local
 staging directory and copied to the bucket when it closes. A pipeline's stages each have their
-own sub-directory (`with_stage_dirs`).
+own sub-directory (`with_stage_dirs`), the AVDiT's included (`model_dir`).
 """
 from __future__ import annotations
 
@@ -54,6 +54,21 @@ def local_staging(target_dir) -> Iterator[pathlib.Path]:
         epath.Path(source).copy(destination, overwrite=True)
   finally:
     shutil.rmtree(staging, ignore_errors=True)
+
+
+def is_pipeline(config) -> bool:
+  """A pipeline config: autoencoders, cache, AVDiT, samples and eval (avdit_pipeline.py), or
+  the last three on fixed latents (avdit_fixed_latents.py, `pipeline_eval`)."""
+  return "video_autoencoder" in config or bool(config.get("pipeline_eval", False))
+
+
+def model_dir(config, workdir: str) -> str:
+  """Where the AVDiT of a run lives: <workdir>/avdit for a pipeline config, else the workdir.
+
+  The one answer for every mode (train, sample, eval, curve, pipeline), so that each finds the
+  run the others made.
+  """
+  return str(path(workdir, "avdit")) if is_pipeline(config) else str(workdir)
 
 
 def with_stage_dirs(config, workdir: str):

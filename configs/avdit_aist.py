@@ -40,6 +40,7 @@ def tfds_config(variant: str, dataset: str) -> ml_collections.ConfigDict:
       # values; changing them needs another tfds_name).
       stride_frames=ml_collections.config_dict.placeholder(int),  # None: back to back (F)
       split_rule="folders", test_fraction=0.1, split_seed=0,
+      clip_fallback=True,  # rule ratio, no file in test: hold out the last clips of each file
       seed=0,  # unused by TFDS data (the eval split holds clips out), kept for the shared code
       shuffle_seed=0, batch_size=8, worker_count=0, prefetch_buffer=2,
   ))

@@ -16,7 +16,7 @@ PACKAGE = ROOT / "avdit"
 # (floor, module patterns), bottom first. A pattern names a module or a package (and everything
 # in it); `*` matches as in fnmatch.
 FLOORS = (
-    ("clip layout", ("avdit.layout", "avdit.tasks")),
+    ("clip layout", ("avdit.layout", "avdit.tasks", "avdit.errors")),
     ("infrastructure", ("avdit.workdir", "avdit.sharding", "avdit.checkpointing",
                         "avdit.hardware", "avdit.media")),
     ("data", ("avdit.data",)),
@@ -25,7 +25,7 @@ FLOORS = (
     ("training", ("avdit.training",)),
     ("sampling", ("avdit.sampling",)),
     ("evaluation", ("avdit.evaluation",)),
-    ("workflows", ("avdit.end_to_end", "avdit.experiment")),
+    ("workflows", ("avdit.end_to_end", "avdit.experiment", "avdit.preflight")),
     ("entry points", ("avdit.main", "avdit.benchmark*", "avdit.train_compile")),
 )
 

@@ -471,3 +471,77 @@ def test_command_line_errors_are_clear():
   assert result.returncode != 0
   assert "avdit.data.prepare: error: num_frames=8 is not 1 + 4k" in result.stderr
   assert "Traceback" not in result.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# A folder too small for a file-level split: clip-level fallback
+# --------------------------------------------------------------------------------------------
+SMALL = {"a.mp4": 4.0, "b.mp4": 3.0}  # seconds: 40 and 30 frames at FPS
+
+
+@pytest.fixture(scope="module")
+def small_folder(tmp_path_factory):
+  root = tmp_path_factory.mktemp("small")
+  for name, seconds in SMALL.items():
+    write_good(root / name, seconds=seconds)
+  return root
+
+
+def small_config(name, test_fraction, stride=STRIDE, **kwargs):
+  """A ratio split whose seed puts both files of SMALL in train."""
+  seed = next(s for s in range(100)
+              if all(av_folder.ratio_split(n, test_fraction, s) == "train" for n in SMALL))
+  geometry = av_folder.ClipGeometry(fps=FPS, height=SIZE, width=SIZE, num_frames=FRAMES,
+                                    sample_rate=SR, stride_frames=stride)
+  return av_folder.AvFolderConfig.from_geometry(geometry, name=name,
+                                                split_rule="ratio", test_fraction=test_fraction,
+                                                split_seed=seed, **kwargs)
+
+
+def frame_indices(records) -> set[tuple[str, int]]:
+  """(source, source frame index) of every frame of the records (av_fixtures' bit pattern)."""
+  return {(r["source"].decode(), fx.read_frame_index(frame))
+          for r in records for frame in r["video"]}
+
+
+def test_small_ratio_folder_holds_out_clips_when_no_file_lands_in_test(small_folder, tmp_path):
+  config = small_config("small", 0.1)
+  report = prepare.prepare_dataset(small_folder, tmp_path, config)
+  records = read_all(tmp_path, f"av_folder/{config.name}")
+  # 4 + 3 clips; round(0.1 x clips) is 0 for both files, so the longer file gives its last.
+  assert [(sources([r])[0], int(r["clip_index"])) for r in records["test"]] == [("a.mp4", 3)]
+  assert sorted((sources([r])[0], int(r["clip_index"])) for r in records["train"]) == [
+      ("a.mp4", 0), ("a.mp4", 1), ("a.mp4", 2), ("b.mp4", 0), ("b.mp4", 1), ("b.mp4", 2)]
+  clip_level = report["split_rule"]["clip_level"]
+  assert (clip_level["train_clips"], clip_level["test_clips"],
+          clip_level["dropped_overlapping_clips"]) == (6, 1, 0)
+  assert "clip_fallback=False" in clip_level["why"]
+  assert report["files_seen"] == report["files_used"] == 2 and report["clips"] == 7
+  assert report["splits"]["test"]["files"] == 1 and report["splits"]["train"]["files"] == 2
+  assert not frame_indices(records["train"]) & frame_indices(records["test"])
+
+
+def test_overlapping_clips_at_the_split_boundary_are_dropped(small_folder, tmp_path):
+  # Stride 4 < 9 frames: b.mp4's 30 frames give clips starting at 0, 4, ..., 20 (6 clips),
+  # a.mp4's 40 frames 8 clips; 0.34 holds out round(2.04) = 2 and round(2.72) = 3 of them.
+  config = small_config("small_overlap", 0.34, stride=4)
+  report = prepare.prepare_dataset(small_folder, tmp_path, config)
+  records = read_all(tmp_path, f"av_folder/{config.name}")
+  by_split = {split: sorted((sources([r])[0], int(r["clip_index"])) for r in records[split])
+              for split in records}
+  # b: held out 4, 5 (frames 16..28); train keeps clips ending by frame 16: 0 (0..8), 1 (4..12).
+  # a: held out 5, 6, 7 (frames 20..36); train keeps 0, 1, 2 (8..16); 3 (12..20) would overlap.
+  assert by_split["test"] == [("a.mp4", 5), ("a.mp4", 6), ("a.mp4", 7), ("b.mp4", 4),
+                              ("b.mp4", 5)]
+  assert by_split["train"] == [("a.mp4", 0), ("a.mp4", 1), ("a.mp4", 2), ("b.mp4", 0),
+                               ("b.mp4", 1)]
+  assert report["split_rule"]["clip_level"]["dropped_overlapping_clips"] == 4  # a 3, 4; b 2, 3
+  assert not frame_indices(records["train"]) & frame_indices(records["test"])
+
+
+def test_the_file_level_split_can_be_forced(small_folder, tmp_path):
+  config = small_config("small_by_file", 0.1, clip_fallback=False)
+  report = prepare.prepare_dataset(small_folder, tmp_path, config)
+  assert report["split_rule"]["clip_level"] is None
+  assert report["splits"]["test"]["clips"] == 0 and report["splits"]["train"]["clips"] == 7
+  assert list(read_all(tmp_path, f"av_folder/{config.name}")) == ["train"]

@@ -33,6 +33,12 @@ Splits (`SPLIT_RULES`):
            test_fraction, else `train`. A file's split depends only on its own path, so adding
            files never moves existing ones between splits.
   auto     lists if any list file exists, else folders if any split folder exists, else ratio.
+A folder too small for a file-level ratio split (e.g. 2 files at test_fraction 0.1: both in
+`train`) gets a clip-level one instead (`clip_level_split`, unless `clip_fallback=False`): the
+last round(test_fraction x clips) clips of each file are held out in `test`, whole clips, and
+with clips cut closer than their length (stride < F) the training clips that would share a
+frame with them are dropped, so no frame is in both splits. The report (`split_rule.clip_level`)
+and the log say so.
 Example keys are `<relative path>#<clip index>`; TFDS orders records by a hash of the key, so
 record order is stable across runs and interleaves files (the first records of a split are
 spread over many files).
@@ -504,8 +510,14 @@ class FileEntry:
   cache_path: str | None
   reason: str | None = None
   detail: str | None = None
-  video_seconds: float = 0.0
+  video_seconds: float = 0.0  # of the whole file
   audio_seconds: float = 0.0
+  first_clip: int = 0  # this entry's clips are [first_clip, first_clip + num_clips) of the file's
+  file_clips: int | None = None  # all clips the file gives (None: num_clips, the whole file)
+
+  @property
+  def all_clips(self) -> int:
+    return self.num_clips if self.file_clips is None else self.file_clips
 
 
 @dataclasses.dataclass(frozen=True)
@@ -574,8 +586,12 @@ def decode_and_plan(manual_dir, config: AvFolderConfig, cache_root: str,
             relpath, split, 0, outcome["cache_path"], "too_short",
             f"{outcome['num_frames']} frames / {outcome['num_samples']} samples hold no clip of "
             f"{geometry.num_frames} frames", **seconds))
+  clip_level = None
+  if (assignment.rule == "ratio" and config.clip_fallback and config.test_fraction > 0
+      and not any(e.num_clips for e in entries if e.split == "test")):
+    entries, clip_level = clip_level_split(entries, config.test_fraction, geometry)
   report = make_report(entries, assignment, config, manual_dir, cache_dir, outcomes,
-                       dataset_dir, time.time() - start)
+                       dataset_dir, time.time() - start, clip_level)
   if not report["clips"]:
     raise ValueError(f"no clip could be cut from the {report['files_seen']} files of "
                      f"{manual_dir}; skipped: " + ", ".join(
@@ -590,11 +606,63 @@ def decode_and_plan(manual_dir, config: AvFolderConfig, cache_root: str,
   return Plan(entries=entries, report=report)
 
 
+def held_out_tail(file_clips: int, test_clips: int, geometry: ClipGeometry) -> int:
+  """Training clips left in front of a file's last `test_clips` clips: those whose frames all
+  come before the first held-out frame (all of the rest when clips do not overlap)."""
+  boundary = (file_clips - test_clips) * geometry.stride_frames  # first held-out frame
+  if boundary < geometry.num_frames:
+    return 0
+  return min(file_clips - test_clips,
+             (boundary - geometry.num_frames) // geometry.stride_frames + 1)
+
+
+def clip_level_split(entries: list[FileEntry], test_fraction: float, geometry: ClipGeometry
+                     ) -> tuple[list[FileEntry], dict | None]:
+  """(entries, report) with the last clips of each used file held out in `test` (module
+  docstring); the entries unchanged and None when the files have too few clips to split.
+
+  Each file holds out round(test_fraction x its clips); at least one clip is held out in all
+  (from the file with the most clips), and the training clips overlapping a held-out one are
+  dropped.
+  """
+  used = [e for e in entries if e.num_clips]
+  held = {e.relpath: min(e.num_clips, int(math.floor(test_fraction * e.num_clips + 0.5)))
+          for e in used}
+  if used and not sum(held.values()):
+    held[max(used, key=lambda e: e.num_clips).relpath] = 1
+  kept = {e.relpath: held_out_tail(e.num_clips, held[e.relpath], geometry) for e in used}
+  if not sum(kept.values()):
+    logging.warning("The file-level split left 'test' empty and the %d clip(s) of %d file(s) are "
+                    "too few to hold any out by clip; 'test' stays empty.",
+                    sum(e.num_clips for e in used), len(used))
+    return entries, None
+  out = [e for e in entries if not e.num_clips]
+  for e in used:
+    common = dict(relpath=e.relpath, cache_path=e.cache_path, video_seconds=e.video_seconds,
+                  audio_seconds=e.audio_seconds, file_clips=e.num_clips)
+    if kept[e.relpath]:
+      out.append(FileEntry(split="train", num_clips=kept[e.relpath], **common))
+    if held[e.relpath]:
+      out.append(FileEntry(split="test", num_clips=held[e.relpath],
+                           first_clip=e.num_clips - held[e.relpath], **common))
+  report = {"train_clips": sum(kept.values()), "test_clips": sum(held.values()),
+            "dropped_overlapping_clips": sum(e.num_clips - held[e.relpath] - kept[e.relpath]
+                                             for e in used),
+            "why": f"the file-level ratio rule put all {len(used)} usable files in 'train' "
+                   f"(test_fraction {test_fraction:g}); the last clips of each file are held "
+                   "out instead (clip_fallback=False keeps the file-level split)"}
+  logging.warning("Clip-level split: %s: %d test clips, %d train clips, %d clips dropped so that "
+                  "no frame is in both splits.", report["why"], report["test_clips"],
+                  report["train_clips"], report["dropped_overlapping_clips"])
+  return out, report
+
+
 def make_report(entries: list[FileEntry], assignment: SplitAssignment,
                 config: AvFolderConfig, manual_dir: str, cache_dir: str,
                 outcomes: dict[str, dict], dataset_dir: str | None,
-                decode_seconds: float) -> dict:
-  """The preparation report (a JSON-able dict; see the module docstring)."""
+                decode_seconds: float, clip_level: dict | None = None) -> dict:
+  """The preparation report (a JSON-able dict; see the module docstring). A file split at
+  clip level counts once in the totals and in each split it has clips in."""
   geometry = config.geometry
   splits = {}
   for split in assignment.splits:
@@ -604,8 +672,9 @@ def make_report(entries: list[FileEntry], assignment: SplitAssignment,
     splits[split] = {
         "files": len(mine), "files_used": len(used), "clips": clips,
         "clip_seconds": round(clips * geometry.clip_seconds, 3),
-        "video_seconds": round(sum(e.video_seconds for e in used), 3),
-        "audio_seconds": round(sum(e.audio_seconds for e in used), 3),
+        # A file split at clip level counts here by its share of clips.
+        "video_seconds": round(sum(e.video_seconds * e.num_clips / e.all_clips for e in used), 3),
+        "audio_seconds": round(sum(e.audio_seconds * e.num_clips / e.all_clips for e in used), 3),
         "in_dataset": bool(clips),
     }
   skipped: dict[str, dict] = {}
@@ -615,24 +684,27 @@ def make_report(entries: list[FileEntry], assignment: SplitAssignment,
                                            "files": {}})
       info["count"] += 1
       info["files"][e.relpath] = e.detail
-  used = [e for e in entries if e.num_clips]
+  used = list({e.relpath: e for e in entries if e.num_clips}.values())  # one per file
+  seen = {e.relpath for e in entries}
   return {
       "dataset": f"av_folder/{config.name}",
       "dataset_dir": dataset_dir,
       "manual_dir": os.path.abspath(manual_dir),
       "geometry": geometry.to_dict(),
       "split_rule": {"requested": config.split_rule, "applied": assignment.rule,
-                     "test_fraction": config.test_fraction, "seed": config.split_seed},
-      "files_seen": len(entries),
+                     "test_fraction": config.test_fraction, "seed": config.split_seed,
+                     "clip_fallback": config.clip_fallback, "clip_level": clip_level},
+      "files_seen": len(seen),
       "files_used": len(used),
-      "files_skipped": len(entries) - len(used),
-      "clips": sum(e.num_clips for e in used),
+      "files_skipped": len(seen) - len(used),
+      "clips": sum(info["clips"] for info in splits.values()),
       "splits": splits,
       "skipped": dict(sorted(skipped.items())),
       "ignored": {"count": len(assignment.ignored), "files": assignment.ignored[:100]},
       "seconds": {"video": round(sum(e.video_seconds for e in used), 3),
                   "audio": round(sum(e.audio_seconds for e in used), 3),
-                  "in_clips": round(sum(e.num_clips for e in used) * geometry.clip_seconds, 3)},
+                  "in_clips": round(sum(info["clips"] for info in splits.values())
+                                    * geometry.clip_seconds, 3)},
       "cache": {"dir": cache_dir,
                 "reused": sum(bool(o.get("from_cache")) for o in outcomes.values()),
                 "decoded": sum(o.get("cache_path") is not None and not o.get("from_cache")
@@ -675,6 +747,7 @@ class AvFolderConfig(tfds.core.BuilderConfig):
   split_rule: str = "auto"
   test_fraction: float = 0.1
   split_seed: int = 0
+  clip_fallback: bool = True  # rule ratio, test split empty: hold out clips instead
 
   @property
   def geometry(self) -> ClipGeometry:
@@ -685,17 +758,17 @@ class AvFolderConfig(tfds.core.BuilderConfig):
   @property
   def split_settings(self) -> dict:
     return {"rule": self.split_rule, "test_fraction": float(self.test_fraction),
-            "seed": int(self.split_seed)}
+            "seed": int(self.split_seed), "clip_fallback": bool(self.clip_fallback)}
 
   @classmethod
   def from_geometry(cls, geometry: ClipGeometry, name: str | None = None,
                     split_rule: str = "auto", test_fraction: float = 0.1,
-                    split_seed: int = 0) -> AvFolderConfig:
+                    split_seed: int = 0, clip_fallback: bool = True) -> AvFolderConfig:
     return cls(name=name or geometry.default_name(), fps=geometry.fps, height=geometry.height,
                width=geometry.width, num_frames=geometry.num_frames,
                sample_rate=geometry.sample_rate, stride_frames=geometry.stride_frames,
                split_rule=split_rule, test_fraction=test_fraction, split_seed=split_seed,
-               description=f"clips of {geometry.default_name()}, split rule {split_rule}")
+               clip_fallback=clip_fallback, description=f"clips of {geometry.default_name()}, split rule {split_rule}")
 
 
 _MM_DIFFUSION = dict(fps=10.0, height=64, width=64, num_frames=17, sample_rate=16000,
@@ -790,10 +863,10 @@ class AvFolder(tfds.core.GeneratorBasedBuilder):
       decoded = load_decoded(entry.cache_path, source=entry.relpath)
       clips = av_decode.cut_clips(decoded, num_frames=geometry.num_frames,
                                   stride_frames=geometry.stride_frames)
-      if len(clips) != entry.num_clips:  # the plan was counted on the same cache entry
-        raise RuntimeError(f"{entry.relpath}: {len(clips)} clips now, {entry.num_clips} when "
+      if len(clips) != entry.all_clips:  # the plan was counted on the same cache entry
+        raise RuntimeError(f"{entry.relpath}: {len(clips)} clips now, {entry.all_clips} when "
                            "planned; was the cache changed during preparation?")
-      for clip in clips:
+      for clip in clips[entry.first_clip:entry.first_clip + entry.num_clips]:
         yield f"{entry.relpath}#{clip.index}", {
             "video": np.ascontiguousarray(clip.video, np.uint8),
             "audio": np.ascontiguousarray(clip.audio, np.float32),

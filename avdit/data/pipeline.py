@@ -35,6 +35,7 @@ import jax
 import numpy as np
 
 from avdit.data import synthetic
+from avdit.errors import UserError
 
 SUPPORTED_DATASETS = ("synthetic", "tfds", "latent_cache")
 
@@ -75,7 +76,7 @@ def check_tfds_geometry(builder, layout) -> None:
   if geometry is not None:
     mismatches = geometry.mismatches(layout)
     if mismatches:
-      raise ValueError(f"TFDS dataset {name} does not match config.clip: "
+      raise UserError(f"TFDS dataset {name} does not match config.clip: "
                        f"{'; '.join(mismatches)}. {fix}.")
     return
   # A dataset not made by avdit: its tensor shapes are all there is to check.
@@ -84,7 +85,7 @@ def check_tfds_geometry(builder, layout) -> None:
   expected = {"video": (layout.num_frames, layout.height, layout.width, 3),
               "audio": (layout.audio_samples,)}
   if shapes != expected:
-    raise ValueError(f"TFDS dataset {name} has clips {shapes}, config.clip needs {expected}. "
+    raise UserError(f"TFDS dataset {name} has clips {shapes}, config.clip needs {expected}. "
                      f"{fix}.")
   logging.warning("TFDS dataset %s records no fps / sample_rate; only its shapes were checked.",
                   name)
@@ -100,7 +101,7 @@ def _tfds_source(data_config, layout, split: str) -> TfdsClips:
   builder = av_folder.load_builder(name, data_dir)
   check_tfds_geometry(builder, layout)
   if split not in builder.info.splits:
-    raise ValueError(f"TFDS dataset {name} in {data_dir} has no split {split!r}; it has "
+    raise UserError(f"TFDS dataset {name} in {data_dir} has no split {split!r}; it has "
                      f"{sorted(builder.info.splits)}.")
   return TfdsClips(builder.as_data_source(split=split), name=name, split=split)
 
@@ -162,7 +163,7 @@ def make_train_dataset(data_config, layout, *, process_index: int | None = None,
   batch_size = host_batch_size(data_config.batch_size, process_count)
   world = make_source(data_config, layout)
   if len(world) < data_config.batch_size:
-    raise ValueError(f"the training data ({world!r}) has {len(world)} clips, fewer than one "
+    raise UserError(f"the training data ({world!r}) has {len(world)} clips, fewer than one "
                      f"global batch ({data_config.batch_size}).")
 
   ds = grain.MapDataset.source(world)
@@ -219,11 +220,11 @@ def make_eval_clips(data_config, layout, num_clips: int, seed: int) -> dict[str,
   if data_config.name == "tfds":
     split = data_config.get("eval_split", None) or "test"
     if split == (data_config.get("train_split", None) or "train"):
-      raise ValueError(f"data.eval_split={split!r} is the training split: those clips are not "
+      raise UserError(f"data.eval_split={split!r} is the training split: those clips are not "
                        "held out.")
     source = make_source(data_config, layout, split=split)
     if len(source) < num_clips:
-      raise ValueError(f"{num_clips} eval clips asked of {source!r}.")
+      raise UserError(f"{num_clips} eval clips asked of {source!r}, which has {len(source)}.")
     clips = [source[i * len(source) // num_clips] for i in range(num_clips)]
   else:
     if seed == data_config.seed:

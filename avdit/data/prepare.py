@@ -34,7 +34,9 @@ geometry.
 
 Geometry: from the flags (`--dataset=av_folder`), from a preset (`--dataset=aist|landscape`), or
 from a config file's `c.clip` and `c.data` (`--config=...`, whose `c.data.tfds_name` names the
-dataset). A custom dataset's TFDS name is `av_folder/<--config_name or the geometry spelled out>`;
+dataset). Splits: `av_folder.SPLIT_RULES`; a ratio split of a folder too small to put a file in
+`test` holds out clips instead (reported in `split_rule.clip_level`; `--noclip_fallback` keeps
+the file-level split). A custom dataset's TFDS name is `av_folder/<--config_name or the geometry spelled out>`;
 the report prints the `--config.data...` overrides that train on it.
 """
 from __future__ import annotations
@@ -63,7 +65,12 @@ def _recorded_settings(dataset_dir) -> dict | None:
     return None
   with open(path) as f:
     metadata = json.load(f)
-  return {"geometry": metadata.get("geometry"), "split": metadata.get("split")}
+  split = metadata.get("split")
+  if split is not None:
+    # Prepared before the clip-level fallback existed: the same dataset unless its test split
+    # came out empty (then --overwrite prepares the fallback).
+    split.setdefault("clip_fallback", True)
+  return {"geometry": metadata.get("geometry"), "split": split}
 
 
 def prepare_dataset(manual_dir, data_dir, config: av_folder.AvFolderConfig, *,
@@ -130,7 +137,7 @@ def prepare_dataset(manual_dir, data_dir, config: av_folder.AvFolderConfig, *,
 # Resolving what to prepare (flags, presets, config files)
 # --------------------------------------------------------------------------------------------
 GEOMETRY_FLAGS = ("fps", "height", "width", "num_frames", "sample_rate", "stride_frames")
-SPLIT_FLAGS = ("split_rule", "test_fraction", "split_seed")
+SPLIT_FLAGS = ("split_rule", "test_fraction", "split_seed", "clip_fallback")
 
 
 def resolve_config(dataset: str | None = "av_folder", config=None, config_name: str | None = None,
@@ -172,7 +179,8 @@ def resolve_config(dataset: str | None = "av_folder", config=None, config_name: 
         stride_frames=config.data.get("stride_frames", None) or clip.num_frames)
     split = {"split_rule": config.data.get("split_rule", "auto"),
              "test_fraction": config.data.get("test_fraction", 0.1),
-             "split_seed": config.data.get("split_seed", 0)}
+             "split_seed": config.data.get("split_seed", 0),
+             "clip_fallback": config.data.get("clip_fallback", True)}
     split.update({k: v for k, v in given.items() if k in SPLIT_FLAGS})
     if name in av_folder.PRESETS:
       preset = av_folder.PRESETS[name]
@@ -245,6 +253,10 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS,
                      "(default 0.1).", flag_values=flag_values)
   flags.DEFINE_integer("split_seed", None, "Split rule 'ratio': hash seed (default 0).",
                        flag_values=flag_values)
+  flags.DEFINE_bool("clip_fallback", None, "Split rule 'ratio': when no file lands in test "
+                    "(a small folder), hold out the last clips of each file instead (default "
+                    "true); --noclip_fallback keeps the file-level split.",
+                    flag_values=flag_values)
   flags.DEFINE_integer("num_workers", 1, "Processes decoding files.", flag_values=flag_values)
   flags.DEFINE_bool("overwrite", False, "Rebuild an existing dataset (decode cache reused).",
                     flag_values=flag_values)

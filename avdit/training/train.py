@@ -3,7 +3,9 @@
   1. Setup      layout, latent space, metric writers, the config written next to the checkpoints
   2. Data       the grain iterator (its position is saved with every checkpoint)
   3. State      model + AdamW + EMA, restored exactly from the latest checkpoint if there is one,
-                with the latent statistics saved beside it (checkpoint item `latent`)
+                with the latent statistics saved beside it (checkpoint item `latent`); a new
+                run with `train.init_from=DIR[:step]` starts from that run's parameters and
+                EMA instead of random ones (fine-tuning: fresh optimizer, step 0)
   4. Step       one jitted train step, state donated, no host sync
   5. Loop       `avdit.training.loop.run`: metrics fetched only every `log_every` steps (with
                 MFU against the analytic FLOPs of a step); checkpoints every `checkpoint_every`
@@ -20,9 +22,11 @@ import jax
 import numpy as np
 from absl import logging
 
+from avdit import checkpointing
 from avdit import layout as layout_lib
 from avdit import sharding
 from avdit import workdir as workdir_lib
+from avdit.errors import UserError
 from avdit.data import latent_cache
 from avdit.data import pipeline
 from avdit.models import avdit as avdit_model
@@ -94,6 +98,8 @@ def train(config, workdir: str, steps_this_run: int | None = None,
   num_params = layers.count_params(state.params)
   manager = loop.open_checkpoints(workdir, config.train, PAYLOADS)
   state, restored = loop.restore_latest(manager, state, train_iter, PAYLOADS)
+  if restored is None and config.train.get("init_from", ""):
+    state = init_from_checkpoint(config, state)
   if restored is not None:
     payload = restored["latent"]
     if payload["latent_space"] != config.latent.name:
@@ -144,6 +150,51 @@ def train(config, workdir: str, steps_this_run: int | None = None,
   return {"step": result.step, "metrics": result.metrics, "batch_indices": seen_indices,
           "stopped_by": result.stopped_by, "num_params": num_params, "state": result.state,
           "latent_stats": latent_stats, "flops_per_step": flops_per_step}
+
+
+def check_init_from(config, params) -> tuple[str, int]:
+  """(run directory, step) of `train.init_from` ('DIR[:step]', latest step by default), after
+  checking that its model is this config's: every parameter of `params` (arrays or their
+  ShapeDtypeStructs) saved there with the same shape, and the same latent space.
+
+  Raises:
+    UserError: no such checkpoint, or the first parameter whose shape differs, with both shapes.
+  """
+  spec = config.train.init_from
+  source, step = checkpointing.parse_run_spec(spec)
+  try:
+    step = checkpointing.resolve_step(source, step)
+  except FileNotFoundError as e:
+    raise UserError(f"train.init_from={spec}: {e}") from None
+  saved = checkpointing.saved_state_shapes(source, step)
+  saved = {k.split("/", 1)[1]: v for k, v in saved.items() if k.startswith("params/")}
+  ours = {checkpointing.path_name(path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+  for name in [*ours, *(k for k in saved if k not in ours)]:
+    if saved.get(name) != ours.get(name):
+      raise UserError(
+          f"train.init_from={spec}: the model in {source} (step {step}) does not match "
+          f"config.model: parameter {name} is {saved.get(name, 'absent')} there and "
+          f"{ours.get(name, 'absent')} here. Fine-tune with that run's config.model (width, "
+          "depth, heads, patch size) and clip geometry.")
+  latent = checkpointing.read_payload(source, step, "latent")["latent_space"]
+  if latent != config.latent.name:
+    raise UserError(f"train.init_from={spec}: that run was trained on latent space "
+                    f"{latent!r}, this config uses {config.latent.name!r}.")
+  return source, step
+
+
+def init_from_checkpoint(config, state: state_lib.TrainState) -> state_lib.TrainState:
+  """`state` (as created: step 0, fresh optimizer moments) with the parameters and EMA of the
+  run `train.init_from`, on `state`'s shardings. The learning-rate schedule, warm-up included,
+  starts again; the latent statistics are this run's own (estimated on its data)."""
+  source, step = check_init_from(config, state.params)
+  abstract = checkpointing.abstract_like({"params": state.params,
+                                          "ema_params": state.ema_params})
+  restored = checkpointing.restore_subtrees(source, step, abstract)
+  logging.info("Initialized the parameters and EMA from %s, step %d (fine-tuning: optimizer "
+               "and step start fresh).", source, step)
+  return state.replace(params=restored["params"], ema_params=restored["ema_params"])
 
 
 def write_summary(workdir: str, summary: dict) -> None:
