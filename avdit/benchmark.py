@@ -35,7 +35,6 @@ from flax import nnx
 from ml_collections import config_flags
 
 from avdit import hardware
-from avdit import layout as layout_lib
 from avdit import sharding
 from avdit.data import pipeline
 from avdit.diffusion import schedule as schedule_lib
@@ -44,7 +43,7 @@ from avdit.models import layers
 from avdit.models import latent_space as latent_lib
 from avdit.sampling import generate
 from avdit.sampling import samplers
-from avdit.training import state as state_lib
+from avdit.training import setup as setup_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:variant]).",
                                           lock_config=True)
@@ -164,24 +163,16 @@ def profile_breakdown(config, train_result: dict) -> dict:
 
 
 def benchmark_train_step(config, steps: int) -> dict:
-  layout = layout_lib.layout_from_config(config)
-  latent_space = latent_lib.make_latent_space(config, layout)
-  batch_iter = pipeline.make_train_iterator(config.data, layout)
-  batch = next(batch_iter)
-  batch = {k: jnp.asarray(batch[k]) for k in ("video", "audio")}
-  stats = latent_lib.estimate_stats(jax.jit(latent_space.encode)(batch["video"], batch["audio"]))
-  if _SHARDED.value:
-    mesh = sharding.make_mesh(config.mesh)
-    sharding.check_batch_divides(config.data.batch_size, mesh.shape)
-    graphdef, state, shardings = state_lib.sharded_train_state(config, layout, mesh)
-    train_step = state_lib.make_train_step(config, layout, graphdef, latent_space, stats,
-                                           state_shardings=shardings,
-                                           batch_sharding=sharding.batch_sharding(mesh))
-    batch = sharding.global_batch(jax.device_get(batch), mesh)
-    print(f"sharded over mesh {dict(mesh.shape)} ({mesh.size} devices)")
-  else:
-    graphdef, state = state_lib.create_train_state(config, layout)
-    train_step = state_lib.make_train_step(config, layout, graphdef, latent_space, stats)
+  """The trainer's step (training.setup), on one device or, with --sharded, over config.mesh."""
+  setup = setup_lib.setup_train(config, sharding.training_mesh(config) if _SHARDED.value else None)
+  layout, state, latent_space = setup.layout, setup.state, setup.latent_space
+  stats = setup_lib.estimate_latent_stats(config, layout, latent_space)
+  train_step = setup.make_step(stats)
+  batch = next(pipeline.make_train_iterator(config.data, layout))
+  batch = {k: jnp.asarray(batch[k]) for k in setup_lib.MODEL_INPUTS}
+  if setup.mesh is not None:
+    batch = sharding.global_batch(jax.device_get(batch), setup.mesh)
+    print(f"sharded over mesh {dict(setup.mesh.shape)} ({setup.mesh.size} devices)")
   start = time.perf_counter()
   state, metrics = train_step(state, batch)
   jax.block_until_ready(metrics)
@@ -194,16 +185,15 @@ def benchmark_train_step(config, steps: int) -> dict:
     times.append(time.perf_counter() - start)
   step_time = float(np.median(times))
   flops = avdit_model.flops_per_example(config.model, layout)
-  flops_per_step = avdit_model.train_flops_per_step(config.model, layout,
-                                                    config.data.batch_size)
+  flops_per_step = setup.flops_per_step
   return {"step_seconds": step_time, "step_seconds_all": times,
           "first_step_seconds_incl_compile": compile_and_first,
           "tokens_per_second": config.data.batch_size * layout.num_tokens / step_time,
           "flops_per_step": flops_per_step, "flop_per_second": flops_per_step / step_time,
           "flops_breakdown_per_example_forward": flops,
-          "num_params": layers.count_params(state.params),
+          "num_params": setup.num_params,
           "tokens": layout.num_tokens, "batch": config.data.batch_size,
-          "loss": float(metrics["loss"]), "_state": state, "_graphdef": graphdef,
+          "loss": float(metrics["loss"]), "_state": state, "_graphdef": setup.graphdef,
           "_stats": stats, "_batch": batch, "_latent_space": latent_space, "_layout": layout}
 
 

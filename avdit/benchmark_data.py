@@ -14,23 +14,22 @@ r"""Input-side speed: decoding real files into clips, and how long training wait
 
 2. Data wait of a tiny training run. The AVDiT `tiny` config (configs/avdit_synthetic.py:tiny;
    --config overrides it) is run for --warmup_steps + --steps steps in a loop that mirrors the
-   trainer's (`avdit.training.loop.run` as `avdit.training.train` calls it): `next(iterator)` on
-   the grain iterator of `pipeline.make_train_iterator` -> the trainer's `to_device` (its model
-   inputs as global arrays) -> the jitted, donated train step of `state_lib.make_train_step`
-   over the config's mesh (`sharding.training_mesh`), with the trainer's latent statistics
-   (`train.estimate_latent_stats`), once with data.prefetch_buffer=2 (one
-   reader thread filling a 2-batch buffer, the default) and once with 0 (no reader thread: the
-   batch is made inside `next`). The step is compiled once, before either run, on clips that do
-   not come from the measured iterators, so no buffer is filled while compiling. Unlike the
-   trainer, the loop blocks on the step's result every step (`jax.block_until_ready`), only so
-   that each step's wall time can be split into: data wait (time inside `next(iterator)`),
-   transfer (`global_batch`), and compute (dispatch + the step until its result is ready). The
-   data-wait fraction is sum(data wait) / sum(step wall time) over the timed steps (target: under
-   5% with prefetch). The trainer does not block, so its host loop can run ahead by one dispatched
-   step; the blocking loop here is the stricter setting for the prefetch thread (same overlap, no
-   slack). With --tfds_data_dir and --tfds_name the same is measured on that prepared TFDS dataset
-   (its train split, at the geometry recorded in the dataset, which replaces config.clip);
-   otherwise on the synthetic world only.
+   trainer's (`avdit.training.loop.run` as `avdit.training.train` calls it): `next(iterator)` on the
+   grain iterator of `pipeline.make_train_iterator` -> the trainer's `to_device` (its model inputs
+   as global arrays) -> the jitted, donated train step the trainer builds
+   (`training.setup.setup_train` over the config's mesh, `sharding.training_mesh`), with the
+   trainer's latent statistics (`setup.estimate_latent_stats`), once with data.prefetch_buffer=2
+   (one reader thread filling a 2-batch buffer, the default) and once with 0 (no reader thread: the
+   batch is made inside `next`). The step is compiled once, before either run, on clips that do not
+   come from the measured iterators, so no buffer is filled while compiling. Unlike the trainer, the
+   loop blocks on the step's result every step (`jax.block_until_ready`), only so that each step's
+   wall time can be split into: data wait (time inside `next(iterator)`), transfer (`global_batch`),
+   and compute (dispatch + the step until its result is ready). The data-wait fraction is sum(data
+   wait) / sum(step wall time) over the timed steps (target: under 5% with prefetch). The trainer
+   does not block, so its host loop can run ahead by one dispatched step; the blocking loop here is
+   the stricter setting for the prefetch thread (same overlap, no slack). With --tfds_data_dir and
+   --tfds_name the same is measured on that prepared TFDS dataset (its train split, at the geometry
+   recorded in the dataset, which replaces config.clip); otherwise on the synthetic world only.
 """
 from __future__ import annotations
 
@@ -44,14 +43,11 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from avdit import layout as layout_lib
 from avdit import sharding
 from avdit.data import av_decode
 from avdit.data import pipeline
-from avdit.models import latent_space as latent_lib
 from avdit.training import loop
-from avdit.training import state as state_lib
-from avdit.training import train as train_lib
+from avdit.training import setup as setup_lib
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_VIDEO = os.path.join(os.path.dirname(_ROOT), "shared", "data", "aist_dance_sample.mp4")
@@ -129,23 +125,20 @@ def tfds_config(config, data_dir: str, name: str):
 
 
 def _setup_training(config):
-  """Layout, mesh, state and the compiled train step, as the trainer makes them.
+  """The trainer's run (training.setup, the trainer's latent statistics), its step compiled.
 
   Returns (mesh, state, train_step, layout). The step is compiled (and run once) on the first
   clips of the data source, stacked, so that no measured iterator is touched before its run.
   """
-  layout = layout_lib.layout_from_config(config)
-  latent_space = latent_lib.make_latent_space(config, layout)
-  mesh = sharding.training_mesh(config)
-  graphdef, state, state_shardings = state_lib.sharded_train_state(config, layout, mesh)
-  stats = train_lib.estimate_latent_stats(config, layout, latent_space)
-  train_step = state_lib.make_train_step(
-      config, layout, graphdef, latent_space, stats, state_shardings=state_shardings,
-      batch_sharding=sharding.batch_sharding(mesh))
+  setup = setup_lib.setup_train(config, sharding.training_mesh(config))
+  layout, mesh = setup.layout, setup.mesh
+  train_step = setup.make_step(
+      setup_lib.estimate_latent_stats(config, layout, setup.latent_space))
   source = pipeline.make_source(config.data, layout)
   clips = [source[i] for i in range(min(len(source), config.data.batch_size))]
-  first = {k: np.stack([c[k] for c in clips]) for k in train_lib.MODEL_INPUTS}
-  state, metrics = train_step(state, loop.device_inputs(train_lib.MODEL_INPUTS, mesh)(first))
+  first = {k: np.stack([c[k] for c in clips]) for k in setup_lib.MODEL_INPUTS}
+  state, metrics = train_step(setup.state,
+                              loop.device_inputs(setup_lib.MODEL_INPUTS, mesh)(first))
   jax.block_until_ready((state, metrics))
   return mesh, state, train_step, layout
 
@@ -153,7 +146,7 @@ def _setup_training(config):
 def _timed_loop(config, layout, mesh, state, train_step, steps: int, warmup_steps: int):
   """(state, per-step seconds of data wait, transfer and the whole step) over the timed steps."""
   iterator = pipeline.make_train_iterator(config.data, layout)
-  to_device = loop.device_inputs(train_lib.MODEL_INPUTS, mesh)  # the trainer's
+  to_device = loop.device_inputs(setup_lib.MODEL_INPUTS, mesh)  # the trainer's
   wait, transfer, total = [], [], []
   try:
     for step in range(warmup_steps + steps):

@@ -8,7 +8,8 @@ data parallel, FSDP, or FSDP + tensor parallel by configuration alone. The batch
 `data` x `fsdp`.
 
 Training, sampling, evaluation and the tools all place arrays with these, so they sit below them
-all; the one piece that builds a train state (`training.state.sharded_train_state`) lives there.
+all; the one piece that builds a train state (`training.state.sharded_train_state`) lives there,
+and `training.setup` builds a whole run on a mesh.
 """
 from __future__ import annotations
 
@@ -133,9 +134,9 @@ def global_batch(local_batch: dict, mesh: Mesh) -> dict:
           for k, v in local_batch.items()}
 
 
-def training_mesh(config) -> Mesh:
-  """config.mesh over all devices, checked to split the global batch evenly."""
-  mesh = make_mesh(config.mesh)
+def training_mesh(config, devices=None) -> Mesh:
+  """config.mesh over `devices` (default: all), checked to split the global batch evenly."""
+  mesh = make_mesh(config.mesh, devices)
   check_batch_divides(config.data.batch_size, mesh.shape)
   return mesh
 

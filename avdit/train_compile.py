@@ -6,8 +6,9 @@ r"""Ahead-of-time compilation for a TPU topology from a CPU host: does the confi
       --topology=v5e:4x4 --mode=sample          # the whole DDIM sampling loop on 16 chips
 
 Needs `pip install libtpu` (the `tpu` extra of jax), which describes TPU slices without TPUs
-(`jax.experimental.topologies`); the runtime stays on the CPU. Builds the abstract train state
-and batch with their shardings over the config's mesh, lowers and compiles the step for the
+(`jax.experimental.topologies`); the runtime stays on the CPU. Builds the trainer's run
+abstractly (`avdit.training.setup`: the train state and batch as ShapeDtypeStructs with their
+shardings over the config's mesh), lowers and compiles the step for the
 topology, and prints per-chip memory (arguments, outputs, temporaries, peak), the compiler's
 FLOPs, and the step time at a given MFU from the analytic FLOPs. Exits with status 3 and a clear
 message when the peak does not fit the chip's HBM. Latent spaces whose encoder is not part of
@@ -24,7 +25,6 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app
 from absl import flags
-from flax import nnx
 from ml_collections import config_flags
 
 from avdit import hardware
@@ -33,10 +33,9 @@ from avdit import sharding
 from avdit import tasks as tasks_lib
 from avdit.diffusion import schedule as schedule_lib
 from avdit.models import avdit as avdit_model
-from avdit.models import layers
-from avdit.models import latent_space as latent_lib
 from avdit.sampling import generate
 from avdit.sampling import samplers
+from avdit.training import setup as setup_lib
 from avdit.training import state as state_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:variant]).",
@@ -72,49 +71,18 @@ def topology_devices(name: str):
                        "(pip install libtpu, the `tpu` extra of jax)?") from e
 
 
-def _compile_latent_space(config, layout):
-  """The train step's latent space: its own encoder if it has one, else precomputed latents."""
-  try:
-    return latent_lib.make_latent_space(config, layout), False
-  except ValueError:
-    return latent_lib.PrecomputedLatents(layout), True
-
-
 def compile_train_step(config, devices):
-  """(compiled step, info dict) for the config's mesh over `devices`."""
-  layout = layout_lib.layout_from_config(config)
-  space, precomputed = _compile_latent_space(config, layout)
-  mesh = sharding.make_mesh(config.mesh, devices)
-  sharding.check_batch_divides(config.data.batch_size, mesh.shape)
-  rules = sharding.logical_axis_rules(config.mesh)
-  batch = config.data.batch_size
-  if precomputed:
-    shapes = layout.latent_shapes(batch)
-    abstract_batch = {k: jax.ShapeDtypeStruct(v, jnp.float32) for k, v in shapes.items()}
-  else:
-    abstract_batch = {
-        "video": jax.ShapeDtypeStruct((batch, layout.num_frames, layout.height, layout.width, 3),
-                                      jnp.uint8),
-        "audio": jax.ShapeDtypeStruct((batch, layout.audio_samples), jnp.float32)}
-  batch_sharding = sharding.batch_sharding(mesh)
-  abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding)
-                    for k, v in abstract_batch.items()}
-  stats = {f"{m}_{s}": np.full((c,), 1.0 if s == "std" else 0.0, np.float32)
-           for m, c in (("video", layout.video_channels), ("audio", layout.audio_channels))
-           for s in ("mean", "std")}
-  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
-    graphdef, abstract = state_lib.abstract_train_state(config, layout)
-    shardings = sharding.state_shardings(abstract, mesh, rules)
-    step = state_lib.make_train_step(config, layout, graphdef, space, stats,
-                                     state_shardings=shardings, batch_sharding=batch_sharding)
-    compiled = compile_or_report(step.lower(sharding.with_shardings(abstract, shardings),
-                                            abstract_batch))
-  flops = avdit_model.train_flops_per_step(config.model, layout, batch)
-  info = {"mesh": dict(mesh.shape), "precomputed_latents": precomputed,
-          "num_params": layers.count_params(abstract.params),
-          "largest_unsharded_param": sharding.largest_unsharded(abstract.params,
-                                                                shardings.params),
-          "analytic_flops_per_step": flops}
+  """(compiled step, info dict) for the config's mesh over `devices`: the trainer's run
+  (training.setup), abstract, with placeholder latent statistics of the real ones' shapes."""
+  setup = setup_lib.setup_train(config, sharding.training_mesh(config, devices), abstract=True)
+  step = setup.make_step(setup_lib.placeholder_stats(config, setup.layout))
+  with state_lib.mesh_context(config, setup.mesh):
+    compiled = compile_or_report(step.lower(setup.state, setup.shaped_inputs()))
+  info = {"mesh": dict(setup.mesh.shape), "precomputed_latents": setup.precomputed_latents,
+          "num_params": setup.num_params,
+          "largest_unsharded_param": sharding.largest_unsharded(setup.state.params,
+                                                                setup.state_shardings.params),
+          "analytic_flops_per_step": setup.flops_per_step}
   return compiled, info
 
 
@@ -125,21 +93,19 @@ def compile_sampler(config, devices, task_spec: str):
   mesh = sharding.make_mesh(config.mesh, devices)
   batch = config.sample.num_clips
   sharding.check_batch_divides(batch, mesh.shape)
-  rules = sharding.logical_axis_rules(config.mesh)
   spec = samplers.SamplerSpec.from_config(config.sample, config.diffusion, config.model)
   task = tasks_lib.parse_task(task_spec, layout)
   batch_sharding = sharding.batch_sharding(mesh)
   condition = {k: jax.ShapeDtypeStruct(v, jnp.float32, sharding=batch_sharding)
                for k, v in layout.latent_shapes(batch).items()}
-  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
-    graphdef, abstract = state_lib.abstract_train_state(config, layout)
-    shardings = sharding.state_shardings(abstract, mesh, rules)
+  graphdef, abstract, shardings = state_lib.sharded_train_state(config, layout, mesh,
+                                                                abstract=True)
+  with state_lib.mesh_context(config, mesh):
     run = samplers.compiled_sampler(generate.make_apply_fn(graphdef), task.condition_mask,
                                     schedule=schedule_lib.from_config(config.diffusion),
                                     layout=layout, spec=spec)
     key = jax.eval_shape(lambda: jax.random.key(0))
-    compiled = compile_or_report(run.lower(
-        sharding.with_shardings(abstract.ema_params, shardings.ema_params), condition, key, None))
+    compiled = compile_or_report(run.lower(abstract.ema_params, condition, key, None))
   passes = 2 if spec.guidance_weight and task.condition_mask.any() else 1
   flops = (avdit_model.flops_per_example(config.model, layout)["total"] * batch * passes
            * spec.num_steps)

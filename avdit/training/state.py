@@ -90,16 +90,27 @@ def abstract_train_state(config, layout):
   return graphdef_box[0], abstract
 
 
-def sharded_train_state(config, layout, mesh):
+def mesh_context(config, mesh):
+  """`mesh` set and the config's logical-axis rules on, for building or compiling over it."""
+  stack = contextlib.ExitStack()
+  stack.enter_context(jax.set_mesh(mesh))
+  stack.enter_context(nnx.logical_axis_rules(sharding.logical_axis_rules(config.mesh)))
+  return stack
+
+
+def sharded_train_state(config, layout, mesh, abstract: bool = False):
   """(graphdef, TrainState created directly in its shardings, TrainState of NamedShardings).
 
   Parameters are initialized inside one jit whose outputs are sharded by the rules, so no host
-  ever holds the full model.
+  ever holds the full model. `abstract`: the state as ShapeDtypeStructs carrying the shardings,
+  nothing allocated (for ahead-of-time compilation).
   """
-  rules = sharding.logical_axis_rules(config.mesh)
-  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
-    graphdef, abstract = abstract_train_state(config, layout)
-    shardings = sharding.state_shardings(abstract, mesh, rules)
+  with mesh_context(config, mesh):
+    graphdef, abstract_state = abstract_train_state(config, layout)
+    shardings = sharding.state_shardings(abstract_state, mesh,
+                                         sharding.logical_axis_rules(config.mesh))
+    if abstract:
+      return graphdef, sharding.with_shardings(abstract_state, shardings), shardings
     create = lambda: create_train_state(config, layout)[1]
     state = sharding.create_in_shardings(create, shardings)
   return graphdef, state, shardings

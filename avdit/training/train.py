@@ -1,6 +1,8 @@
 """Training AVDiT with MoNL: the model's setup in labelled phases, run by the shared loop.
 
-  1. Setup      layout, latent space, metric writers, the config written next to the checkpoints
+  1. Setup      layout, latent space, model, state in its shardings (`avdit.training.setup`, as
+                the benchmarks and the AOT compiler build them), metric writers, the config
+                written next to the checkpoints
   2. Data       the grain iterator (its position is saved with every checkpoint)
   3. State      model + AdamW + EMA, restored exactly from the latest checkpoint if there is one,
                 with the latent statistics saved beside it (checkpoint item `latent`); a new
@@ -23,19 +25,16 @@ import numpy as np
 from absl import logging
 
 from avdit import checkpointing
-from avdit import layout as layout_lib
 from avdit import sharding
 from avdit import workdir as workdir_lib
 from avdit.errors import UserError
 from avdit.data import latent_cache
 from avdit.data import pipeline
-from avdit.models import avdit as avdit_model
-from avdit.models import layers
 from avdit.models import latent_space as latent_lib
 from avdit.training import loop
+from avdit.training import setup as setup_lib
 from avdit.training import state as state_lib
 
-MODEL_INPUTS = ("video", "audio")  # the rest of a batch is ground truth for metrics
 PAYLOADS = ("latent",)  # saved beside the state: the latent space and its statistics
 
 
@@ -43,22 +42,10 @@ def _latent_payload(config, stats) -> dict:
   return {"latent_space": config.latent.name, "stats": latent_lib.stats_to_json(stats)}
 
 
-def estimate_latent_stats(config, layout, latent_space):
-  """Latent normalization (latent_space.estimate_stats) on the first `stats_clips` train clips."""
-  world = pipeline.make_source(config.data, layout)
-  clips = [world[i] for i in range(min(config.latent.stats_clips, len(world)))]
-  latents = jax.jit(latent_space.encode)(np.stack([c["video"] for c in clips]),
-                                         np.stack([c["audio"] for c in clips]))
-  def names(field):
-    return tuple(filter(None, config.latent.get(field, "").split(",")))
-  return latent_lib.estimate_stats(latents, shared=names("shared_stats"), whiten=names("whiten"),
-                                   whiten_rank=config.latent.get("whiten_rank", 128))
-
-
 def _fully_whitened(config, modality: str, channels: int) -> bool:
   """Whitened to unit variance in every direction: the noise left outside the head's span is
   then distributed as the data is there, so ε/v heads narrower than the token are fine."""
-  whitened = modality in config.latent.get("whiten", "").split(",")
+  whitened = modality in setup_lib.latent_modalities(config, "whiten")
   return whitened and config.latent.get("whiten_rank", 0) >= channels
 
 
@@ -71,31 +58,26 @@ def train(config, workdir: str, steps_this_run: int | None = None,
   `record_batches` keeps each batch's clip indices in the summary (for resume checks).
   """
   # --- 1. Setup ---------------------------------------------------------------------------------
+  # The state is created directly in its shardings over the (data, fsdp, tensor) mesh of
+  # config.mesh (setup.setup_train, as the benchmarks and the AOT compiler build it).
   is_chief = jax.process_index() == 0
-  layout = layout_lib.layout_from_config(config)
-  latent_space = latent_lib.make_latent_space(config, layout)
+  setup = setup_lib.setup_train(config, sharding.training_mesh(config))
+  layout, mesh, state = setup.layout, setup.mesh, setup.state
   cache_source = None
   if config.data.name == "latent_cache":
     # Batches already hold latents: the step passes them through; the cache's own statistics
     # normalize them, and its recorded autoencoders must be the ones the config samples with.
     cache_source = pipeline.make_source(config.data, layout)
-    if isinstance(latent_space, latent_lib.LearnedLatents):
+    if isinstance(setup.latent_space, latent_lib.LearnedLatents):
       latent_cache.check_meta(cache_source.meta, layout,
-                              latent_cache.identity_for_meta(latent_space),
+                              latent_cache.identity_for_meta(setup.latent_space),
                               config.data.cache_dir)
-    step_latent_space = latent_lib.PrecomputedLatents(layout)
-  else:
-    step_latent_space = latent_space
   writer = loop.open_workdir(config, workdir)
 
   # --- 2. Data ----------------------------------------------------------------------------------
   train_iter = pipeline.make_train_iterator(config.data, layout)
 
   # --- 3. State: fresh, or restored exactly (params, optimizer, EMA, step, data position) ----------
-  # Created directly in its shardings over the (data, fsdp, tensor) mesh of config.mesh.
-  mesh = sharding.training_mesh(config)
-  graphdef, state, state_shardings = state_lib.sharded_train_state(config, layout, mesh)
-  num_params = layers.count_params(state.params)
   manager = loop.open_checkpoints(workdir, config.train, PAYLOADS)
   state, restored = loop.restore_latest(manager, state, train_iter, PAYLOADS)
   if restored is None and config.train.get("init_from", ""):
@@ -109,10 +91,9 @@ def train(config, workdir: str, steps_this_run: int | None = None,
   elif cache_source is not None:
     latent_stats = cache_source.stats
   else:
-    latent_stats = estimate_latent_stats(config, layout, latent_space)
+    latent_stats = setup_lib.estimate_latent_stats(config, layout, setup.latent_space)
   latent_payload = _latent_payload(config, latent_stats)
-  flops_per_step = avdit_model.train_flops_per_step(config.model, layout,
-                                                    config.data.batch_size)
+  num_params, flops_per_step = setup.num_params, setup.flops_per_step
   logging.info("Mesh %s over %d devices", dict(mesh.shape), mesh.size)
   logging.info("AVDiT: %d parameters, %d tokens (%d video + %d audio), N=%d segments, "
                "%.2f GFLOP per train step", num_params, layout.num_tokens,
@@ -134,15 +115,13 @@ def train(config, workdir: str, steps_this_run: int | None = None,
     writer.write_hparams({k: v for k, v in config.to_dict().items() if not isinstance(v, dict)})
 
   # --- 4. The step ------------------------------------------------------------------------------
-  train_step = state_lib.make_train_step(
-      config, layout, graphdef, step_latent_space, latent_stats, state_shardings=state_shardings,
-      batch_sharding=sharding.batch_sharding(mesh))
+  train_step = setup.make_step(latent_stats)
 
   # --- 5. Loop ----------------------------------------------------------------------------------
   seen_indices = []  # each batch's clip indices, with record_batches
   record = lambda batch: seen_indices.append(np.asarray(batch["index"]))
   result = loop.run(
-      train_step, state, train_iter, to_device=loop.device_inputs(MODEL_INPUTS, mesh),
+      train_step, state, train_iter, to_device=loop.device_inputs(setup_lib.MODEL_INPUTS, mesh),
       manager=manager, writer=writer, payloads={"latent": latent_payload},
       num_steps=config.train.num_steps, log_every=config.train.log_every,
       checkpoint_every=config.train.checkpoint_every, steps_this_run=steps_this_run,
