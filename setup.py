@@ -35,7 +35,7 @@ setuptools.setup(
     extras_require={
         # pytest-xdist: the suite runs on both cores, one test file per worker (pytest.ini).
         "dev": ["pytest==9.2.0", "pytest-xdist==3.8.0", "scipy>=1.11"],
-        # Describes TPU slices on a CPU host for `python -m avdit.train_compile` (the version
+        # Describes TPU slices on a CPU host for `python -m avdit.tools.train_compile` (the version
         # jax 0.10.2's `tpu` extra pins). Keep JAX_PLATFORMS=cpu set on hosts without TPUs.
         "aot": ["libtpu==0.0.42.1"],
     },

@@ -48,6 +48,7 @@ def setting_config(config, setting: str, method: str):
       config.diffusion.noise_mixture = setting
     config.sample.method = method
     del config["experiment"]
+    config.job = "train_and_sample"  # one setting is one AVDiT
   return config
 
 

@@ -57,9 +57,9 @@ def local_staging(target_dir) -> Iterator[pathlib.Path]:
 
 
 def is_pipeline(config) -> bool:
-  """A pipeline config: autoencoders, cache, AVDiT, samples and eval (avdit_pipeline.py), or
-  the last three on fixed latents (avdit_fixed_latents.py, `pipeline_eval`)."""
-  return "video_autoencoder" in config or bool(config.get("pipeline_eval", False))
+  """A pipeline config (`config.job`): autoencoders, cache, AVDiT, samples and eval
+  (avdit_pipeline.py), or the last three on fixed latents (avdit_fixed_latents.py)."""
+  return config.get("job", None) == "pipeline"
 
 
 def model_dir(config, workdir: str) -> str:

@@ -31,6 +31,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
                      "crossmodal")
   c = avdit_synthetic.get_config("tiny" if variant == "tiny" else "default")
   c.variant = variant
+  c.job = "pipeline"  # AVDiT, samples, suite and curve in <workdir>/avdit (no autoencoders)
   c.clip.update(num_frames=17, fps=8.0, height=32, width=32, sample_rate=16000)
   # Video whitened (latent_space.estimate_stats): per channel, the flat background colour is ~95%
   # of the variance and the disc a few percent of the loss; whitened, the 128 strongest

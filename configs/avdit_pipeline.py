@@ -24,6 +24,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   if variant not in ("tiny", "default"):
     raise ValueError(f"unknown variant {variant!r} of avdit_pipeline: tiny or default")
   c = avdit_synthetic.get_config(variant)
+  c.job = "pipeline"
   c.video_autoencoder = magvit2_synthetic.get_config(variant)
   c.audio_autoencoder = soundstream_synthetic.get_config(variant)
   c.clip = c.video_autoencoder.clip  # all three models see the same clips (32x32 by default)

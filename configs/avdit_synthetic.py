@@ -4,7 +4,7 @@ Variants (`--config=configs/avdit_synthetic.py:VARIANT`):
   tiny     tests: 9 frames 32x32, a 2-layer d=64 model, seconds per run.
   default  the README's main job: 17 frames at 8 fps, 64x64, 16 kHz (2.125 s); ~10 min on 2 cores.
   bench    the paper's token count (5x16x16 video + 107 audio = 1387 tokens) at d=512,
-           4 layers, 8 heads, batch 4, for `python -m avdit.benchmark`.
+           4 layers, 8 heads, batch 4, for `python -m avdit.tools.benchmark`.
 """
 import ml_collections
 
@@ -13,6 +13,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   if variant not in ("tiny", "default", "bench"):
     raise ValueError(f"unknown variant {variant!r} of avdit_synthetic: tiny, default or bench")
   c = ml_collections.ConfigDict()
+  c.job = "train_and_sample"  # what avdit.main runs (its JOBS table; the job's modes)
   c.variant = variant
   c.seed = 0
 
@@ -55,7 +56,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       dtype="float32",  # compute dtype; parameters stay float32
       remat="none",  # none | full | dots_saveable
       # xla | chunked | flash. "flash" (layers.flash_attention) is the fastest on CPU: ~3x the
-      # train-step speed of "xla" at the bench shape (python -m avdit.benchmark).
+      # train-step speed of "xla" at the bench shape (python -m avdit.tools.benchmark).
       attention="flash",
       attention_chunk=512,  # query rows per chunk of attention="chunked"
       # "splash" is the Pallas TPU kernel (TPU only; tests run it in the Pallas interpreter).
@@ -189,6 +190,9 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       use_ema=True,
       seed=1,
       checkpoint_step=-1,  # -1 = latest
+      # Samples each task a second time, compiled, to record the sampler's own time in
+      # samples/summary.json (off: the first call's time, compilation included, is recorded).
+      time_tasks=False,
   ))
 
   # --- evaluation: the task suite (--mode=eval; avdit/evaluation/suite.py) ---------------------

@@ -22,6 +22,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     raise ValueError(f"unknown variant {variant!r} of magvit2_synthetic: tiny, default or paper")
   base = avdit_synthetic.get_config("tiny" if variant == "tiny" else "default")
   c = ml_collections.ConfigDict()
+  c.job = "autoencoder"
   c.kind = "magvit2"
   c.variant = variant
   c.seed = 0

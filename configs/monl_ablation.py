@@ -25,6 +25,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     raise ValueError(f"unknown variant {variant!r} of monl_ablation: tiny or default")
   c = avdit_synthetic.get_config("tiny" if variant == "tiny" else "default")
   c.variant = variant
+  c.job = "experiment"
   c.experiment = ml_collections.ConfigDict(dict(
       # Noise mixtures (avdit.diffusion.monl.parse_mixture), in the paper's Table 1 order.
       settings="vanilla|pm|pt|ptm|pt,pm,ptm|monl",

@@ -24,6 +24,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
                      "paper")
   base = avdit_synthetic.get_config("tiny" if variant == "tiny" else "default")
   c = ml_collections.ConfigDict()
+  c.job = "autoencoder"
   c.kind = "soundstream"
   c.variant = variant
   c.seed = 0

@@ -34,10 +34,10 @@ def _start(module, json_path, *flags):
 def runs(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("benchmarks")
   started = {
-      "data": (_start("avdit.benchmark_data", tmp / "data.json", f"--video={VIDEO}",
+      "data": (_start("avdit.tools.benchmark_data", tmp / "data.json", f"--video={VIDEO}",
                       "--sizes=32", "--repeats=1", "--steps=6", "--warmup_steps=2"),
                tmp / "data.json"),
-      "autoencoders": (_start("avdit.benchmark_autoencoders", tmp / "ae.json",
+      "autoencoders": (_start("avdit.tools.benchmark_autoencoders", tmp / "ae.json",
                               "--settings=tiny", "--batch=1", "--repeats=1", "--train_steps=1"),
                        tmp / "ae.json"),
   }

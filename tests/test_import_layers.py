@@ -26,7 +26,7 @@ FLOORS = (
     ("sampling", ("avdit.sampling",)),
     ("evaluation", ("avdit.evaluation",)),
     ("workflows", ("avdit.end_to_end", "avdit.experiment", "avdit.preflight")),
-    ("entry points", ("avdit.main", "avdit.benchmark*", "avdit.train_compile")),
+    ("entry points", ("avdit.main", "avdit.tools")),
 )
 
 

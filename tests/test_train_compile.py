@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from avdit import train_compile
+from avdit.tools import train_compile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -13,8 +13,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _compile(*flags):
   env = dict(os.environ, JAX_PLATFORMS="cpu", ALLOW_MULTIPLE_LIBTPU_LOAD="1",
              TF_CPP_MIN_LOG_LEVEL="3")
-  proc = subprocess.run([sys.executable, "-m", "avdit.train_compile", *flags], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=600)
+  proc = subprocess.run([sys.executable, "-m", "avdit.tools.train_compile", *flags], cwd=ROOT,
+                        env=env, capture_output=True, text=True, timeout=600)
   return proc.returncode, proc.stdout, proc.stderr
 
 

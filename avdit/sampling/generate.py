@@ -5,7 +5,8 @@ sampler generates the non-conditioning (modality, segment) elements, the result 
 written as `samples/<task>_<i>.mp4` (the generated clip with sound), `<task>_<i>_compare.mp4`
 (condition | generation side by side, given/generated bars) and `<task>_<i>.png` (frames,
 waveform, spectrogram); `samples/index.html` lists them and `samples/summary.json` records the
-settings and the time per sampler step.
+settings and the time of each task (its first call, compilation included; with
+`sample.time_tasks` also a second, compiled call and its time per sampler step).
 """
 from __future__ import annotations
 
@@ -112,6 +113,21 @@ def sample_task_latents(config, apply_fn, params, condition, task, rng, *, sched
                                  schedule=schedule, layout=layout, spec=spec), {}
 
 
+def _run_timed(run, num_steps: int, time_compiled: bool) -> tuple[dict, dict]:
+  """(latents, timing) of `run() -> (latents, sampler stats)`: its first call, compilation
+  included, and the sampler stats (parallel iterations, NFE); with `time_compiled` a second,
+  compiled call times the sampler itself (off by default: it samples the task twice)."""
+  start = time.time()
+  latents, stats = jax.block_until_ready(run())
+  timing = {"first_call_s": time.time() - start}
+  if time_compiled:
+    start = time.time()
+    latents, stats = jax.block_until_ready(run())
+    seconds = time.time() - start
+    timing.update(seconds=seconds, seconds_per_step=seconds / num_steps)
+  return latents, {**timing, **{k: int(v) for k, v in stats.items()}}
+
+
 def sample(config, workdir: str) -> list[dict]:
   """Samples every task in `config.sample.tasks`; returns the index entries written."""
   mesh = sharding.make_mesh(config.mesh)
@@ -134,18 +150,10 @@ def sample(config, workdir: str) -> list[dict]:
         return sample_task_latents(config, apply_fn, params, condition, task, task_rng,
                                    schedule=schedule, layout=layout, spec=spec)
 
-    start = time.time()
-    latents, _ = jax.block_until_ready(run())  # includes compilation
-    first = time.time() - start
-    start = time.time()
-    latents, stats = jax.block_until_ready(run())  # compiled: the sampler's own time
-    steady = time.time() - start
-    timings[task.name] = {"first_call_s": first, "seconds": steady,
-                          "seconds_per_step": steady / spec.num_steps,
-                          **{k: int(v) for k, v in stats.items()}}
-    logging.info("task %s: %d %s steps in %.2fs (%.3fs/step, first call %.1fs)%s", task.name,
-                 spec.num_steps, spec.sampler, steady, steady / spec.num_steps, first,
-                 f", {int(stats['iterations'])} parallel iterations" if stats else "")
+    latents, timings[task.name] = _run_timed(run, spec.num_steps,
+                                             config.sample.get("time_tasks", False))
+    logging.info("task %s (%d %s steps): %s", task.name, spec.num_steps, spec.sampler,
+                 timings[task.name])
     generated[task.name] = sharding.fetch(decode(latents))
   if not is_chief:
     return entries

@@ -555,7 +555,7 @@ def compiled_sampler(apply_fn: ApplyFn, condition_mask: np.ndarray, *,
   """The cached jitted `run(params, condition, rng, initial_noise | None) -> latents` of a task.
 
   `sample_latents` calls it; it is public so the whole sampling loop can be lowered and compiled
-  ahead of time (`avdit.train_compile --mode=sample`) from abstract, sharded inputs.
+  ahead of time (`avdit.tools.train_compile --mode=sample`) from abstract, sharded inputs.
   """
   cond_key, uncond_key = check_task_masks(condition_mask, guidance_uncond_mask,
                                           schedule=schedule, layout=layout, spec=spec)

@@ -1,8 +1,8 @@
 r"""Input-side speed: decoding real files into clips, and how long training waits for data.
 
-  python -m avdit.benchmark_data [--video=../shared/data/aist_dance_sample.mp4] \
+  python -m avdit.tools.benchmark_data [--video=../shared/data/aist_dance_sample.mp4] \
       [--sizes=64,128] [--steps=40] [--json=PATH]
-  python -m avdit.benchmark_data ... --tfds_data_dir=DIR --tfds_name=av_folder/NAME
+  python -m avdit.tools.benchmark_data ... --tfds_data_dir=DIR --tfds_name=av_folder/NAME
 
 1. Decode + preprocess. For each frame size S in --sizes, `av_decode.decode_file` of --video at
    10 fps, S x S, 16 kHz mono, then `av_decode.cut_clips` (17 frames, stride 17: back-to-back
@@ -49,7 +49,7 @@ from avdit.data import pipeline
 from avdit.training import loop
 from avdit.training import setup as setup_lib
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_VIDEO = os.path.join(os.path.dirname(_ROOT), "shared", "data", "aist_dance_sample.mp4")
 # The decode geometry of the AIST++ / landscape datasets (configs/avdit_aist.py).
 DECODE_FPS = 10.0

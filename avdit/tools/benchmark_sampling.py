@@ -1,7 +1,7 @@
 r"""Sequential vs parallel (Picard) sampling: wall time, parallel iterations, denoiser calls.
 
   XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu \
-  python -m avdit.benchmark_sampling --config=configs/monl_ablation.py \
+  python -m avdit.tools.benchmark_sampling --config=configs/monl_ablation.py \
       --workdir=/tmp/monl_ablation/monl [--tasks=a2v|av_continue] [--steps=50] [--windows=8,16]
 
 For every task: the sequential sampler (`config.sample`'s sampler and steps) and the parallel

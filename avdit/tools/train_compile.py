@@ -1,8 +1,8 @@
 r"""Ahead-of-time compilation for a TPU topology from a CPU host: does the config fit, how fast?
 
-  JAX_PLATFORMS=cpu python -m avdit.train_compile --config=configs/avdit_monologues.py \
+  JAX_PLATFORMS=cpu python -m avdit.tools.train_compile --config=configs/avdit_monologues.py \
       --topology=v5e:16x16                      # the train step on 256 v5e chips
-  JAX_PLATFORMS=cpu python -m avdit.train_compile --config=configs/avdit_monologues.py \
+  JAX_PLATFORMS=cpu python -m avdit.tools.train_compile --config=configs/avdit_monologues.py \
       --topology=v5e:4x4 --mode=sample          # the whole DDIM sampling loop on 16 chips
 
 Needs `pip install libtpu` (the `tpu` extra of jax), which describes TPU slices without TPUs

@@ -1,6 +1,6 @@
 r"""Train-step and sampler speed, with MFU against a matmul peak measured in the same run.
 
-  python -m avdit.benchmark --config=configs/avdit_synthetic.py:bench [--steps=5]
+  python -m avdit.tools.benchmark --config=configs/avdit_synthetic.py:bench [--steps=5]
 
 Prints the measured matmul peak (a jitted fp32 2048x2048 matmul on this machine), train-step
 time, tokens/s, achieved FLOP/s and MFU (analytic FLOPs of `flops_per_example`: forward x3 for

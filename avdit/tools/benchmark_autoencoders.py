@@ -1,8 +1,8 @@
 r"""MAGVIT-v2 and SoundStream speed: encode/decode throughput and train-step MFU.
 
-  python -m avdit.benchmark_autoencoders [--which=magvit2,soundstream] [--settings=tiny] \
+  python -m avdit.tools.benchmark_autoencoders [--which=magvit2,soundstream] [--settings=tiny] \
       [--batch=1] [--json=PATH]
-  python -m avdit.benchmark_autoencoders --settings=tiny,paper     (paper sizes too, guarded)
+  python -m avdit.tools.benchmark_autoencoders --settings=tiny,paper     (paper sizes too, guarded)
 
 For each autoencoder (--which) and size (--settings; tiny = `TINY_KWARGS` / `TINY_CONFIG`,
 paper = `PAPER_KWARGS` / `PAPER_CONFIG`), in float32 on the default device:
@@ -15,7 +15,7 @@ paper = `PAPER_KWARGS` / `PAPER_CONFIG`), in float32 on the default device:
   continuous latents of x; the quantizer is not part of either), each jitted, timed after one
   warm-up call, the best of --repeats calls (fewer when the calls add up to more than
   --max_timing_seconds; the count is reported). Parameter counts, total and per encoder/decoder.
-* Train step and MFU, as `avdit.benchmark` reports them for AVDiT: a plain Adam step (no
+* Train step and MFU, as `avdit.tools.benchmark` reports them for AVDiT: a plain Adam step (no
   discriminator, no GAN/perceptual losses: the generator network alone) on the reconstruction
   loss mean((decode(encode(x)) - x)^2) with the quantizer bypassed (the continuous latents AVDiT
   uses; the LFQ/RVQ are not timed: at paper size the RVQ's code search is ~2 GFLOP per clip,
