@@ -1,4 +1,4 @@
-"""One way to build a run (avdit/training/setup.py): the abstract run is the concrete one's shapes."""
+"""One way to build a run (training/setup.py): an abstract run has the shapes of the real one."""
 import jax
 import numpy as np
 
