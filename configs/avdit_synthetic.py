@@ -94,6 +94,9 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       # x0 only: x̂_0 = c_skip x_t + c_out F, EDM's skip path per latent channel
       # (avdit/diffusion/skip.py): the identity at low noise is free, not learned by the trunk.
       x0_skip=False,
+      # x0 only: "uniform" (the x0 squared error) or "snr_plus_one" (times 1 + SNR, as
+      # v-prediction weighs it; avdit/diffusion/loss.py loss_weight).
+      loss_weighting="uniform",
       # Noise-level strategy per training example: "monl" (= vanilla,pm,pt,ptm uniformly), one
       # strategy, a comma list (uniform), or weighted "pt:2,pm:1,ptm:1".
       noise_mixture="monl",

@@ -27,17 +27,43 @@ def noise_latents(latents_x0, timestep_vector_bmn, rng, *, schedule, layout):
   return noisy, noise, alpha_bar
 
 
+LOSS_WEIGHTINGS = ("uniform", "snr_plus_one")
+
+
+def loss_weight(weighting: str, prediction: str, alpha_bar):
+  """Per-element weight of the squared error at noise level ᾱ (broadcast like `alpha_bar`).
+
+  "snr_plus_one" = 1 + ᾱ / (1 - ᾱ) = 1 / (1 - ᾱ): the x0 error weighted as v-prediction weighs
+  it (Salimans & Ho 2022). Why: the uniform x0 error is dominated by high noise levels, where it
+  is irreducible; there its gradient is noise, and the low levels, where the structure of a clip
+  is learnable, get ~(1 - ᾱ) of the weight. Under `diffusion.x0_skip` this is EDM's 1 / c_out²
+  for a unit-variance channel: the network's own output is fitted at unit scale at every level.
+  Given elements (ᾱ = 1) are not counted, so their weight is kept finite, not used.
+  """
+  if weighting == "uniform":
+    return 1.0
+  if weighting != "snr_plus_one":
+    raise ValueError(f"unknown diffusion.loss_weighting {weighting!r}; one of {LOSS_WEIGHTINGS}")
+  if prediction != "x0":
+    raise ValueError(f"diffusion.loss_weighting={weighting!r} weighs the x0 error; prediction "
+                     f"{prediction!r} has its own weighting (use 'uniform')")
+  return 1.0 / jnp.maximum(1.0 - alpha_bar, 1e-6)
+
+
 def diffusion_loss(model, latents_x0, rng, *, schedule: schedule_lib.LinearSchedule,
                    layout: layout_lib.ClipLayout, mixture_weights, prediction: str,
                    self_condition: bool, self_condition_rate: float,
                    condition_rate: float = 0.0, condition_shared_level: bool = False,
-                   condition_tasks: str = "a2v,v2a,continue"):
+                   condition_tasks: str = "a2v,v2a,continue", loss_weighting: str = "uniform"):
   """(scalar loss, aux metrics) for normalized clean latents {"video", "audio"}.
 
   `condition_rate`: the fraction of examples given a task's exact condition (monl.
   apply_conditioning); their given elements are left out of the loss, and with
   `condition_shared_level` their generated elements share one noise level; `condition_tasks`
   weights the task patterns ("a2v:1,v2a:1,continue:1" style, monl.CONDITION_TASKS).
+  `loss_weighting` (x0 prediction only): "uniform", the x0 squared error as it is, or
+  "snr_plus_one", each element's error times 1 + SNR = 1 / (1 - ᾱ) of its noise level (`
+  loss_weight`).
   """
   batch = latents_x0["video"].shape[0]
   t_rng, noise_rng, sc_rng = jax.random.split(rng, 3)
@@ -75,14 +101,16 @@ def diffusion_loss(model, latents_x0, rng, *, schedule: schedule_lib.LinearSched
     raise ValueError(f"unknown prediction {prediction!r}; use one of {schedule_lib.PREDICTIONS}")
 
   squared = {k: jnp.square(output[k].astype(jnp.float32) - target[k]) for k in target}
-  # Weight 1 on every generated element, 0 on given ones (all 1 without conditioning).
-  weight = {k: jnp.broadcast_to(w, squared[k].shape) for k, w in layout.expand_to_latents(
+  # Counted: every generated element, not the given ones (all of them without conditioning).
+  counted = {k: jnp.broadcast_to(w, squared[k].shape) for k, w in layout.expand_to_latents(
       1.0 - given.astype(jnp.float32)).items()}
-  total = sum(jnp.sum(weight[k] * squared[k]) for k in squared)
-  loss = total / jnp.maximum(sum(jnp.sum(w) for w in weight.values()), 1.0)
+  weighted = {k: counted[k] * loss_weight(loss_weighting, prediction, alpha_bar[k]) * squared[k]
+              for k in squared}
+  loss = (sum(jnp.sum(w) for w in weighted.values())
+          / jnp.maximum(sum(jnp.sum(c) for c in counted.values()), 1.0))
   aux = {"loss": loss}
   for k in squared:
-    aux[f"loss_{k}"] = jnp.sum(weight[k] * squared[k]) / jnp.maximum(jnp.sum(weight[k]), 1.0)
+    aux[f"loss_{k}"] = jnp.sum(weighted[k]) / jnp.maximum(jnp.sum(counted[k]), 1.0)
   aux["condition_fraction"] = jnp.mean(jnp.any(given, axis=(1, 2)))
   for i, name in enumerate(monl.STRATEGIES):
     aux[f"strategy_fraction_{name}"] = jnp.mean(strategy == i)

@@ -149,6 +149,11 @@ def make_train_step(config, layout, graphdef, latent_space, latent_stats, *,
   """
   schedule = schedule_lib.from_config(config.diffusion)
   mixture = monl.parse_mixture(config.diffusion.noise_mixture)
+  if (config.diffusion.get("loss_weighting", "uniform") != "uniform"
+      and not config.diffusion.get("x0_skip", False)):
+    # Weighted by 1 / (1 - ᾱ), a plain x0 head's error at the lowest levels is scaled ~1e4.
+    raise ValueError(f"diffusion.loss_weighting={config.diffusion.loss_weighting!r} needs "
+                     "diffusion.x0_skip=True (the skip path makes the low-noise error small)")
   optimizer = make_optimizer(config.train)
   lr_schedule = learning_rate_schedule(config.train)
   # Host constants, placed by jit: nothing here may run eagerly on a (possibly abstract) mesh.
@@ -173,7 +178,8 @@ def make_train_step(config, layout, graphdef, latent_space, latent_stats, *,
           self_condition_rate=config.diffusion.self_condition_rate,
           condition_rate=config.diffusion.get("condition_rate", 0.0),
           condition_shared_level=config.diffusion.get("condition_shared_level", False),
-          condition_tasks=config.diffusion.get("condition_tasks", "a2v,v2a,continue"))
+          condition_tasks=config.diffusion.get("condition_tasks", "a2v,v2a,continue"),
+          loss_weighting=config.diffusion.get("loss_weighting", "uniform"))
       if contrastive:  # CDL / CDCD (SPEC §7), on their own stream of randomness
         extra, extra_aux = loss_lib.contrastive_terms(
             model, latents, jax.random.fold_in(rng, 1), diffusion_config=config.diffusion,
