@@ -183,7 +183,9 @@ def layout_from_config(config) -> ClipLayout:
       height=config.clip.height,
       width=config.clip.width,
       sample_rate=config.clip.sample_rate,
-      video_channels=config.latent.video_channels,
+      # The channels the model sees: with latent.video_rank, the video latents' k principal
+      # directions (latent_space.estimate_stats), else the latent space's own channels.
+      video_channels=config.latent.get("video_rank", 0) or config.latent.video_channels,
       audio_channels=config.latent.audio_channels,
       spatial_factor=config.latent.spatial_factor,
       temporal_factor=config.latent.temporal_factor,

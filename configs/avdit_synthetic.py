@@ -32,6 +32,9 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       # modalities then whitened (latent_space.estimate_stats): their `whiten_rank` strongest
       # principal directions get about unit variance, weaker ones less, e.g. "video"
       whiten="", whiten_rank=128,
+      # > 0 (whitened video only): keep the video's `video_rank` strongest principal directions,
+      # so the model's video tokens have that many channels (latent_space.estimate_stats).
+      video_rank=0,
       # Per-channel normalization, estimated on `stats_clips` training clips at the first step
       # and stored in the checkpoint directory.
       stats_clips=64,

@@ -120,6 +120,39 @@ def test_whitening_equalizes_the_strongest_directions_and_inverts_exactly():
   np.testing.assert_allclose(np.asarray(back["audio"]), latents["audio"], rtol=1e-4, atol=1e-4)
 
 
+def test_kept_directions_project_onto_the_strongest_principal_subspace():
+  """keep={"video": 2}: two channels out, and the round trip is the orthogonal projection of the
+  standardized data onto its top-2 principal subspace (reference: numpy SVD)."""
+  rng = np.random.default_rng(6)
+  scales = np.array([30.0, 10.0, 3.0, 1.0, 0.3])
+  rotation = np.linalg.qr(rng.normal(size=(5, 5)))[0]
+  video = (rng.normal(size=(3000, 5)) * scales) @ rotation + 2.0
+  latents = {"video": video.reshape(100, 30, 5), "audio": rng.normal(size=(10, 3, 4))}
+  stats = latent_space.estimate_stats(latents, whiten=("video",), whiten_rank=3,
+                                      keep={"video": 2})
+  normalized = np.asarray(latent_space.normalize(latents, stats)["video"])
+  assert normalized.shape == (100, 30, 2) and stats["video_normalized_var"].shape == (2,)
+  back = np.asarray(latent_space.denormalize({"video": normalized}, stats)["video"]).reshape(-1, 5)
+  mean, std = video.mean(0), video.std(0)
+  standardized = (video - mean) / std
+  _, _, vt = np.linalg.svd(standardized - standardized.mean(0), full_matrices=False)
+  expected = (standardized @ vt[:2].T @ vt[:2]) * std + mean
+  np.testing.assert_allclose(back, expected, rtol=1e-3, atol=1e-3)
+  with pytest.raises(ValueError, match="whitened"):
+    latent_space.estimate_stats(latents, keep={"video": 2})
+
+
+def test_video_rank_gives_the_model_k_channels_and_the_latent_space_its_own():
+  from configs import avdit_synthetic  # pylint: disable=g-import-not-at-top
+  config = avdit_synthetic.get_config("tiny")
+  config.latent.update(whiten="video", video_rank=16)
+  model_layout = layout_lib.layout_from_config(config)
+  assert model_layout.video_channels == 16
+  space = latent_space.make_latent_space(config, model_layout)
+  video, audio = _clip(space.layout, batch=1)
+  assert space.encode(video, audio)["video"].shape[-1] == config.latent.video_channels
+
+
 def test_bad_clip_errors(lay):
   space = latent_space.SpaceToDepth(lay)
   video, audio = _clip(lay, batch=1)

@@ -16,8 +16,9 @@ averages the copies, which is exact on encoded data and a projection on generate
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
-from typing import Protocol
+from typing import Mapping, Protocol
 
 import jax.numpy as jnp
 import numpy as np
@@ -203,6 +204,8 @@ def check_autoencoders_match(layout, identity: dict, video_model, audio_model) -
 
 
 def make_latent_space(config, layout: layout_lib.ClipLayout) -> LatentSpace:
+  # The latent space's own channels (the model's layout has latent.video_rank of them, if set).
+  layout = dataclasses.replace(layout, video_channels=config.latent.video_channels)
   if config.latent.name == "space_to_depth":
     return SpaceToDepth(layout, config.latent.get("audio_transform", "waveform"))
   if config.latent.name == "precomputed":
@@ -217,7 +220,8 @@ def make_latent_space(config, layout: layout_lib.ClipLayout) -> LatentSpace:
 
 # --- normalization: per channel, then optionally whitened --------------------------------------
 def estimate_stats(latents: Latents, eps: float = 1e-3, shared: tuple[str, ...] = (),
-                   whiten: tuple[str, ...] = (), whiten_rank: int = 128) -> dict[str, np.ndarray]:
+                   whiten: tuple[str, ...] = (), whiten_rank: int = 128,
+                   keep: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:
   """Per-channel mean/std over every axis but the last, float32 numpy; std floored at `eps`.
 
   Modalities named in `shared` get one mean and std for all their channels (still stored per
@@ -231,7 +235,16 @@ def estimate_stats(latents: Latents, eps: float = 1e-3, shared: tuple[str, ...] 
   variance, so a per-channel MSE spends the model on colour and the disc (the part the tasks
   are about) is a few percent of the loss; a model narrower than the token also can only output
   `width` directions, and whitening makes those the ones that matter.
+
+  `keep` {modality: k} (whitened modalities only) keeps only the k strongest directions: the
+  normalized latents then have k channels and `denormalize` projects back onto that subspace
+  (latent.video_rank). Why: a 768-channel space-to-depth token holds a few numbers of content
+  (colours, an edge); at k = 64 the oracle still finds the disc in 99.6% of round-tripped frames
+  at 0.12 px of height, and the loss is no longer spread over hundreds of weak directions.
   """
+  keep = dict(keep or {})
+  if set(keep) - set(whiten):
+    raise ValueError(f"keep={keep} needs those modalities whitened (whiten={whiten})")
   stats = {}
   for name, x in latents.items():
     x = np.asarray(x, np.float64).reshape(-1, x.shape[-1])
@@ -240,8 +253,9 @@ def estimate_stats(latents: Latents, eps: float = 1e-3, shared: tuple[str, ...] 
     mean, std = pooled.mean(0) * ones, np.maximum(pooled.std(0), eps) * ones
     stats[f"{name}_mean"], stats[f"{name}_std"] = mean.astype(np.float32), std.astype(np.float32)
     if name in whiten:
-      stats[f"{name}_directions"], stats[f"{name}_direction_std"] = _whitening(
-          (x - mean) / std, whiten_rank)
+      directions, scale = _whitening((x - mean) / std, whiten_rank)
+      k = keep.get(name, directions.shape[1])
+      stats[f"{name}_directions"], stats[f"{name}_direction_std"] = directions[:, :k], scale[:k]
     # Per channel after all of it (diffusion/skip.py's data variance): 1 per channel, shared
     # stats aside; λ_i / (λ_i + λ_rank) along whitened directions.
     normalized = normalize({name: x}, {k: v for k, v in stats.items() if k.startswith(name)})

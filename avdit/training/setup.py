@@ -128,19 +128,24 @@ def estimate_latent_stats(config, layout, latent_space):
   clips = [world[i] for i in range(min(config.latent.stats_clips, len(world)))]
   latents = jax.jit(latent_space.encode)(np.stack([c["video"] for c in clips]),
                                          np.stack([c["audio"] for c in clips]))
+  video_rank = config.latent.get("video_rank", 0)
   return latent_lib.estimate_stats(latents, shared=latent_modalities(config, "shared_stats"),
                                    whiten=latent_modalities(config, "whiten"),
-                                   whiten_rank=config.latent.get("whiten_rank", 128))
+                                   whiten_rank=config.latent.get("whiten_rank", 128),
+                                   keep={"video": video_rank} if video_rank else None)
 
 
 def placeholder_stats(config, layout) -> dict[str, np.ndarray]:
   """Statistics of the shapes `estimate_latent_stats` gives (identity normalization), so that an
   abstract step has the same operations, the whitening rotation included."""
   stats = {}
-  for name, channels in (("video", layout.video_channels), ("audio", layout.audio_channels)):
+  # (the latent space's channels, the model's): they differ with latent.video_rank.
+  for name, channels, kept in (
+      ("video", config.latent.video_channels, layout.video_channels),
+      ("audio", layout.audio_channels, layout.audio_channels)):
     stats[f"{name}_mean"] = np.zeros((channels,), np.float32)
     stats[f"{name}_std"] = np.ones((channels,), np.float32)
     if name in latent_modalities(config, "whiten"):
-      stats[f"{name}_directions"] = np.eye(channels, dtype=np.float32)
-      stats[f"{name}_direction_std"] = np.ones((channels,), np.float32)
+      stats[f"{name}_directions"] = np.eye(channels, kept, dtype=np.float32)
+      stats[f"{name}_direction_std"] = np.ones((kept,), np.float32)
   return stats
