@@ -34,6 +34,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       whiten="", whiten_rank=128,
       # > 0 (whitened video only): keep the video's `video_rank` strongest principal directions,
       # so the model's video tokens have that many channels (latent_space.estimate_stats).
+      # Measured on the fixed latents at 64: no disc in a2v frames either (README).
       video_rank=0,
       # Per-channel normalization, estimated on `stats_clips` training clips at the first step
       # and stored in the checkpoint directory.
@@ -72,7 +73,8 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       # mean token over its time segment (avdit.models.avdit.CrossModalPool).
       cross_modal_pool=False,
       # After each block, every token gets a (zero-init) projection of its own modality's mean
-      # token over the whole clip (avdit.models.avdit.ClipPool).
+      # token over the whole clip (avdit.models.avdit.ClipPool). Measured on the fixed latents
+      # (README, The main job): a2v frames stay a patchwork of block colours, v2a worse.
       clip_pool=False,
       # Per block, a zero-init Linear(cond row -> heads): every key's attention logits get a
       # bias from its own (modality, segment)'s noise level (layers.AdaLNBlock), so a clean
@@ -98,7 +100,8 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       # (avdit/diffusion/skip.py): the identity at low noise is free, not learned by the trunk.
       x0_skip=False,
       # x0 only: "uniform" (the x0 squared error) or "snr_plus_one" (times 1 + SNR, as
-      # v-prediction weighs it; avdit/diffusion/loss.py loss_weight).
+      # v-prediction weighs it; avdit/diffusion/loss.py loss_weight; needs x0_skip). Measured on
+      # the fixed latents: the video term still adds nothing to the skip path at step 600.
       loss_weighting="uniform",
       # Noise-level strategy per training example: "monl" (= vanilla,pm,pt,ptm uniformly), one
       # strategy, a comma list (uniform), or weighted "pt:2,pm:1,ptm:1".
