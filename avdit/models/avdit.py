@@ -67,6 +67,12 @@ class FinalLayer(nnx.Module):
             self.audio_out(h_bld[:, num_video_tokens:]))
 
 
+def _pool_projection(width: int, dtype: jnp.dtype, rngs: nnx.Rngs) -> layers.Dense:
+  """A zero-initialized d x d projection of a pooled token (the pools start as the identity)."""
+  return layers.Dense(width, width, kernel_axes=AXES.cross_modal_kernel,
+                      bias_axes=AXES.embed_bias, kernel_init=layers.zeros, dtype=dtype, rngs=rngs)
+
+
 class CrossModalPool(nnx.Module):
   """Adds to every token a projection of the other modality's mean token over its segment.
 
@@ -77,11 +83,8 @@ class CrossModalPool(nnx.Module):
 
   def __init__(self, width: int, layout: ClipLayout, *, dtype: jnp.dtype, rngs: nnx.Rngs):
     self.layout = layout
-    zero = dict(kernel_init=layers.zeros, dtype=dtype, rngs=rngs)
-    self.from_video = layers.Dense(width, width, kernel_axes=AXES.cross_modal_kernel,
-                                   bias_axes=AXES.embed_bias, **zero)
-    self.from_audio = layers.Dense(width, width, kernel_axes=AXES.cross_modal_kernel,
-                                   bias_axes=AXES.embed_bias, **zero)
+    self.from_video = _pool_projection(width, dtype, rngs)
+    self.from_audio = _pool_projection(width, dtype, rngs)
 
   def __call__(self, x_bld: jax.Array) -> jax.Array:
     lay = self.layout
@@ -103,18 +106,15 @@ class ClipPool(nnx.Module):
 
   The tokens of a generated clip must agree on what is shared by all of them (a scene's
   background); the mean of the clip's noisy tokens estimates it at noise levels where one token
-  cannot (model.clip_pool, after each block). Attention can average too, but in a small budget
-  it did not: without this every 8x8 token of an a2v frame committed to its own colour.
-  Zero-initialized, so the model starts as without it.
+  cannot (model.clip_pool, after each block). Meant for a2v frames whose 8x8 tokens each kept
+  their own colour; measured (README), it did not make them agree. Zero-initialized, so the
+  model starts as without it.
   """
 
   def __init__(self, width: int, layout: ClipLayout, *, dtype: jnp.dtype, rngs: nnx.Rngs):
     self.layout = layout
-    zero = dict(kernel_init=layers.zeros, dtype=dtype, rngs=rngs)
-    self.video = layers.Dense(width, width, kernel_axes=AXES.cross_modal_kernel,
-                              bias_axes=AXES.embed_bias, **zero)
-    self.audio = layers.Dense(width, width, kernel_axes=AXES.cross_modal_kernel,
-                              bias_axes=AXES.embed_bias, **zero)
+    self.video = _pool_projection(width, dtype, rngs)
+    self.audio = _pool_projection(width, dtype, rngs)
 
   def __call__(self, x_bld: jax.Array) -> jax.Array:
     num_video = self.layout.num_video_tokens
