@@ -28,9 +28,9 @@ autoencoder       configs/{magvit2,soundstream}_synthetic.py (config.kind = magv
   train             train, then reconstruct held-out clips
   sample            reconstructions from the latest checkpoint
 
-Every AVDiT mode first checks what its later stages need (avdit/preflight.py: the workdir, the
-dataset's splits and geometry, train.init_from, checkpoints); a problem a user fixes ends the
-run with one `error: ...` line and exit status 1, no traceback.
+Every AVDiT mode first checks what its later stages need (avdit/workflows/preflight.py: the
+workdir, the dataset's splits and geometry, train.init_from, checkpoints); a problem a user
+fixes ends the run with one `error: ...` line and exit status 1, no traceback.
 """
 from __future__ import annotations
 
@@ -128,7 +128,8 @@ def _prepare(config, mode: str, workdir: str):
   """Before any AVDiT mode but describe: the distributed runtime, the pipeline's stage
   directories and the checks of what the mode's later stages need; the config to run."""
   maybe_initialize_distributed()
-  from avdit import preflight  # pylint: disable=g-import-not-at-top  # keeps describe light
+  # Imported here so that `describe` stays light.
+  from avdit.workflows import preflight  # pylint: disable=g-import-not-at-top
   logging.info("JAX devices: %s", jax.devices())
   if workdir_lib.is_pipeline(config):
     config = workdir_lib.with_stage_dirs(config, workdir)
@@ -137,7 +138,7 @@ def _prepare(config, mode: str, workdir: str):
 
 
 def run_pipeline(config, workdir: str) -> None:
-  from avdit import end_to_end  # pylint: disable=g-import-not-at-top
+  from avdit.workflows import end_to_end  # pylint: disable=g-import-not-at-top
   results = end_to_end.run(config, workdir)
   if results.get("stopped_by"):
     print(f"stopped by {results['stopped_by']} in stage {results['stage']}; rerun the same "
@@ -148,7 +149,7 @@ def run_pipeline(config, workdir: str) -> None:
 
 
 def run_experiment(config, workdir: str) -> None:
-  from avdit import experiment  # pylint: disable=g-import-not-at-top
+  from avdit.workflows import experiment  # pylint: disable=g-import-not-at-top
   results = experiment.run(config, workdir)
   if results.get("stopped_by"):
     print(f"stopped by {results['stopped_by']} while training {results['setting']}; rerun "
@@ -172,7 +173,7 @@ def run_curve(config, workdir: str) -> None:
 
 
 def run_encode(config, workdir: str) -> None:
-  from avdit import end_to_end  # pylint: disable=g-import-not-at-top
+  from avdit.workflows import end_to_end  # pylint: disable=g-import-not-at-top
   meta = end_to_end.encode(config, workdir)
   print(f"encoded {meta['num_clips']} clips into {config.data.cache_dir}")
 

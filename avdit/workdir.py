@@ -74,9 +74,9 @@ def model_dir(config, workdir: str) -> str:
 def with_stage_dirs(config, workdir: str):
   """A pipeline's AVDiT config with its autoencoder workdirs and cache directory filled in.
 
-  The pipeline (avdit/end_to_end.py) runs each stage in its own sub-directory of the workdir;
-  every tool that reads a stage's output (the pipeline itself, main's modes, the probes) names
-  them here, so they agree.
+  The pipeline (avdit/workflows/end_to_end.py) runs each stage in its own sub-directory of the
+  workdir; every tool that reads a stage's output (the pipeline itself, main's modes, the
+  probes) names them here, so they agree.
   """
   config = config.copy_and_resolve_references()
   if config.latent.name != "learned":  # fixed latents: no autoencoders or cache to name

@@ -3,7 +3,8 @@
   python -m avdit.main --config=configs/avdit_fixed_latents.py --workdir=DIR
 
 runs, resumable, in DIR/avdit: training, samples of every task (mp4 with sound), the task suite
-beside its real and chance rows, and the learning curve (end_to_end.run; no autoencoder stages).
+beside its real and chance rows, and the learning curve (avdit/workflows/end_to_end.py; no
+autoencoder stages).
 
 Why fixed latents here (configs/avdit_pipeline.py keeps the paper's MAGVIT-v2 + SoundStream):
 measured on the 2-core CPU, the learned autoencoders alone take ~44 of the 60 minutes and bound

@@ -4,7 +4,7 @@
 
 Every setting trains the same model on the same synthetic world with the same budget and seed
 (DIR/<setting>/), then runs the task suite with the same held-out clips, sampler and seed
-(DIR/<setting>/eval/<method>/); DIR/comparison.md is the table (see avdit/experiment.py).
+(DIR/<setting>/eval/<method>/); DIR/comparison.md is the table (see avdit/workflows/experiment.py).
 
 Variants:
   default  17 frames 32x32 at 8 fps + 2.125 s of 16 kHz audio (space-to-depth latents:

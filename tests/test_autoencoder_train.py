@@ -139,7 +139,7 @@ def test_autoencoders_that_do_not_match_the_config_are_refused(runs, tmp_path):
 
 def test_latent_cache_roundtrip_stats_and_refusals(runs, tmp_path):
   config = _pipeline_config(runs, tmp_path / "cache")
-  from avdit import end_to_end
+  from avdit.workflows import end_to_end
   meta = end_to_end.encode(config, str(tmp_path))
   layout = layout_lib.layout_from_config(config)
   space = latent_lib.make_latent_space(config, layout)
@@ -176,7 +176,7 @@ def test_latent_cache_roundtrip_stats_and_refusals(runs, tmp_path):
 def test_whole_pipeline_trains_avdit_on_the_cache_and_samples(runs, tmp_path):
   """The main job's path at tiny size, with the autoencoders already trained (the pipeline
   recognises finished stages): encode, AVDiT on cached latents, samples decoded to mp4."""
-  from avdit import end_to_end
+  from avdit.workflows import end_to_end
   config = avdit_pipeline.get_config("tiny")
   config.latent.video_autoencoder_workdir = runs["magvit2"][1]
   config.latent.audio_autoencoder_workdir = runs["soundstream"][1]

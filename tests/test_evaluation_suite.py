@@ -208,7 +208,7 @@ def test_single_model_table_shows_the_baselines():
 
 @pytest.mark.slow  # trains and evaluates a tiny AVDiT end to end: ~35 s on 2 cores
 def test_tiny_experiment_trains_evaluates_compares_and_resumes(tmp_path):
-  from avdit import experiment
+  from avdit.workflows import experiment
   from configs import monl_ablation
   config = monl_ablation.get_config("tiny")
   results = experiment.run(config, str(tmp_path))
@@ -340,7 +340,7 @@ def test_feature_metrics_say_what_was_computed_and_skipped(monkeypatch):
 
 
 def test_experiment_settings_and_overrides():
-  from avdit import experiment
+  from avdit.workflows import experiment
   from configs import contrastive_ablation
   from configs import monl_ablation
   config = monl_ablation.get_config("default")

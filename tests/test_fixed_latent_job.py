@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from avdit import end_to_end
+from avdit.workflows import end_to_end
 from avdit.diffusion import monl
 from configs import avdit_fixed_latents
 

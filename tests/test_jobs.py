@@ -63,7 +63,7 @@ def test_a_mode_outside_the_job_is_a_usage_error_listing_its_modes(tmp_path):
 
 def test_an_experiment_setting_is_one_model_job():
   proc = _python(
-      "from avdit import experiment\n"
+      "from avdit.workflows import experiment\n"
       "from configs import monl_ablation\n"
       "config = experiment.setting_config(monl_ablation.get_config('tiny'), 'pt', 'monl')\n"
       "print(config.job, 'experiment' in config)\n")

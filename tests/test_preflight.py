@@ -1,11 +1,12 @@
-"""Every mode checks what its later stages need before the first step (avdit/preflight.py)."""
+"""Every mode checks what its later stages need before the first step
+(avdit/workflows/preflight.py)."""
 import os
 import subprocess
 import sys
 
 import pytest
 
-from avdit import preflight
+from avdit.workflows import preflight
 from avdit.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

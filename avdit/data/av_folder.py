@@ -768,7 +768,8 @@ class AvFolderConfig(tfds.core.BuilderConfig):
                width=geometry.width, num_frames=geometry.num_frames,
                sample_rate=geometry.sample_rate, stride_frames=geometry.stride_frames,
                split_rule=split_rule, test_fraction=test_fraction, split_seed=split_seed,
-               clip_fallback=clip_fallback, description=f"clips of {geometry.default_name()}, split rule {split_rule}")
+               clip_fallback=clip_fallback,
+               description=f"clips of {geometry.default_name()}, split rule {split_rule}")
 
 
 _MM_DIFFUSION = dict(fps=10.0, height=64, width=64, num_frames=17, sample_rate=16000,
