@@ -200,18 +200,18 @@ class AVDiT(nnx.Module):
       self.final = FinalLayer(width, p * p * d_v, d_a, dtype=dtype, rngs=rngs)
       self.cross_modal_pool = bool(cfg.get("cross_modal_pool", False))
       if self.cross_modal_pool:
-        if self.scan_layers:
-          raise ValueError("model.cross_modal_pool runs between unrolled blocks; set "
-                           "model.scan_layers=False")
-        self.pools = nnx.List([CrossModalPool(width, layout, dtype=dtype, rngs=rngs)
-                               for _ in range(cfg.depth)])
+        self.pools = self._per_block(CrossModalPool, "cross_modal_pool", cfg, layout, rngs)
       self.clip_pool = bool(cfg.get("clip_pool", False))
       if self.clip_pool:
-        if self.scan_layers:
-          raise ValueError("model.clip_pool runs between unrolled blocks; set "
-                           "model.scan_layers=False")
-        self.clip_pools = nnx.List([ClipPool(width, layout, dtype=dtype, rngs=rngs)
-                                    for _ in range(cfg.depth)])
+        self.clip_pools = self._per_block(ClipPool, "clip_pool", cfg, layout, rngs)
+
+  def _per_block(self, pool_class, option: str, cfg, layout: ClipLayout, rngs: nnx.Rngs):
+    """One pool per block; pools run between unrolled blocks, so not with scan_layers."""
+    if self.scan_layers:
+      raise ValueError(f"model.{option} runs between unrolled blocks; set "
+                       "model.scan_layers=False")
+    return nnx.List([pool_class(self.width, layout, dtype=self.dtype, rngs=rngs)
+                     for _ in range(cfg.depth)])
 
   # --- pieces (public so tests and analysis can check them) ------------------------------------
   @property
