@@ -2,6 +2,8 @@
 trains, samples, evaluates and draws the learning curve in DIR/avdit, no autoencoder stage."""
 import json
 
+import av
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,7 +19,14 @@ def test_fixed_latent_job_runs_every_stage(tmp_path):
   assert results["avdit"]["step"] == 4
   assert sorted(p.name for p in tmp_path.iterdir()) == ["avdit"]  # no autoencoders, no cache
   model_dir = tmp_path / "avdit"
-  assert (model_dir / "samples" / "index.html").exists()
+  samples = model_dir / "samples"
+  assert (samples / "index.html").exists()
+  mp4s = sorted(samples.glob("*.mp4"))
+  assert mp4s and {"a2v_0_compare.mp4", "joint_0.mp4"} <= {p.name for p in mp4s}
+  with av.open(str(samples / "a2v_0_compare.mp4")) as container:  # plays, with sound
+    assert sorted(s.type for s in container.streams) == ["audio", "video"]
+    assert sum(1 for _ in container.decode(video=0)) == config.clip.num_frames
+    assert container.streams.audio[0].sample_rate == config.clip.sample_rate
   evaluated = json.loads((model_dir / "eval" / "results.json").read_text())
   gain = evaluated["cross_modal_gain"]
   assert set(gain) >= {"video", "audio", "video_t500", "audio_t800"}

@@ -93,6 +93,9 @@ def test_sigterm_saves_and_rerun_resumes(tmp_path):
   assert os.path.isdir(tmp_path / "checkpoints" / str(stopped_at + 2))
 
 
+# ~50 s (a subprocess trains and samples every task); by default test_fixed_latent_job.py runs
+# train -> sample -> eval in process and checks that its mp4s play with sound.
+@pytest.mark.slow
 def test_main_job_writes_checkpoint_events_and_playable_mp4s(tmp_path):
   proc = _main(tmp_path)
   out = proc.communicate(timeout=600)[0]
