@@ -32,6 +32,10 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       # modalities then whitened (latent_space.estimate_stats): their `whiten_rank` strongest
       # principal directions get about unit variance, weaker ones less, e.g. "video"
       whiten="", whiten_rank=128,
+      # "unit" (whitening, above) or "shared": the whitened modalities are only rotated onto their
+      # principal directions (and cut to video_rank), one scale for all, keeping their natural
+      # spectrum (latent_space.estimate_stats; with diffusion.input_scale for the network's view)
+      direction_scale="unit",
       # > 0 (whitened video only): keep the video's `video_rank` strongest principal directions,
       # so the model's video tokens have that many channels (latent_space.estimate_stats).
       # Measured on the fixed latents at 64: no disc in a2v frames either (README).
@@ -99,6 +103,10 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       # x0 only: x̂_0 = c_skip x_t + c_out F, EDM's skip path per latent channel
       # (avdit/diffusion/skip.py): the identity at low noise is free, not learned by the trunk.
       x0_skip=False,
+      # With x0_skip: the network sees c_in x_t, c_in = 1 / sqrt(ᾱ s + 1 - ᾱ) per channel of data
+      # variance s (EDM's input scaling; 1 where s = 1): a given (clean) element reaches it
+      # whitened even when the latents keep their natural spectrum (latent.direction_scale).
+      input_scale=False,
       # x0 only: "uniform" (the x0 squared error) or "snr_plus_one" (times 1 + SNR, as
       # v-prediction weighs it; avdit/diffusion/loss.py loss_weight; needs x0_skip). Measured on
       # the fixed latents: the video term still adds nothing to the skip path at step 600.

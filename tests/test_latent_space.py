@@ -142,6 +142,33 @@ def test_kept_directions_project_onto_the_strongest_principal_subspace():
     latent_space.estimate_stats(latents, keep={"video": 2})
 
 
+def test_shared_direction_scale_keeps_the_natural_spectrum_at_mean_unit_variance():
+  """direction_scale="shared": rotated onto the top-k principal directions, not equalized: the
+  variances are the k largest eigenvalues (numpy SVD) over their mean, and the round trip is the
+  same orthogonal projection as with whitening."""
+  rng = np.random.default_rng(7)
+  scales = np.array([30.0, 10.0, 3.0, 1.0, 0.3])
+  rotation = np.linalg.qr(rng.normal(size=(5, 5)))[0]
+  video = (rng.normal(size=(3000, 5)) * scales) @ rotation - 1.0
+  latents = {"video": video.reshape(100, 30, 5), "audio": rng.normal(size=(10, 3, 4))}
+  stats = latent_space.estimate_stats(latents, whiten=("video",), keep={"video": 3},
+                                      direction_scale="shared")
+  standardized = (video - video.mean(0)) / video.std(0)
+  singular = np.linalg.svd(standardized - standardized.mean(0), compute_uv=False)
+  top = (singular ** 2 / (len(video) - 1))[:3]
+  normalized = np.asarray(latent_space.normalize(latents, stats)["video"]).reshape(-1, 3)
+  np.testing.assert_allclose(normalized.var(0, ddof=1), top / top.mean(), rtol=1e-3)
+  np.testing.assert_allclose(stats["video_normalized_var"], top / top.mean(), rtol=1e-3)
+  unit = latent_space.estimate_stats(latents, whiten=("video",), keep={"video": 3})
+  for scaled in (stats, unit):
+    back = latent_space.denormalize(latent_space.normalize(latents, scaled), scaled)["video"]
+    np.testing.assert_allclose(np.asarray(back), np.asarray(
+        latent_space.denormalize(latent_space.normalize(latents, unit), unit)["video"]),
+        rtol=1e-4, atol=1e-4)
+  with pytest.raises(ValueError, match="direction_scale"):
+    latent_space.estimate_stats(latents, whiten=("video",), direction_scale="equal")
+
+
 def test_video_rank_gives_the_model_k_channels_and_the_latent_space_its_own():
   from configs import avdit_synthetic  # pylint: disable=g-import-not-at-top
   config = avdit_synthetic.get_config("tiny")

@@ -51,6 +51,36 @@ def test_wrapped_network_keeps_given_elements_and_scales_its_output():
                              c_skip * np.asarray(noisy["video"][:, 1:]) + c_out, rtol=1e-5)
 
 
+def test_input_scale_gives_the_network_unit_variance_inputs_and_given_elements_whitened():
+  lay = _layout()
+  schedule = schedule_lib.LinearSchedule()
+  rng = np.random.default_rng(2)
+  data_var = {"video": np.array([40.0, 9.0, 1.0, 0.25, 0.04, 0.01], np.float32),
+              "audio": np.ones(4, np.float32)}
+  batch = 4000
+  x0 = {"video": rng.normal(size=(batch,) + lay.video_latent_shape) * np.sqrt(data_var["video"]),
+        "audio": rng.normal(size=(batch,) + lay.audio_latent_shape)}
+  t = np.zeros((batch, 2, lay.num_segments), np.float32)
+  t[:, layout_lib.VIDEO, 1:] = 300.0  # video's first segment given, the rest at t = 300
+  ab = schedule.alpha_bar_table[300]
+  noisy = {k: v.copy() for k, v in x0.items()}
+  noisy["video"][:, 1:] = (np.sqrt(ab) * x0["video"][:, 1:]
+                           + np.sqrt(1 - ab) * rng.normal(size=x0["video"][:, 1:].shape))
+  seen = {}
+  def network(x, t, sc):
+    seen.update(x)
+    return {k: jnp.zeros_like(v) for k, v in x.items()}
+  denoise = skip.with_skip(network, schedule, lay, data_var, scale_input=True)
+  denoise({k: jnp.asarray(v, jnp.float32) for k, v in noisy.items()}, jnp.asarray(t), None)
+  video = np.asarray(seen["video"], np.float64)
+  # Empirical per-channel standard deviation of what the network saw: 1 at t = 300 ...
+  np.testing.assert_allclose(video[:, 1:].reshape(-1, 6).std(0), 1.0, rtol=0.03)
+  # ... and the given segment is x_0 / sqrt(s) exactly (whitened); unit-variance audio unchanged.
+  np.testing.assert_allclose(video[:, 0], x0["video"][:, 0] / np.sqrt(data_var["video"]),
+                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(seen["audio"]), x0["audio"], rtol=1e-6, atol=1e-6)
+
+
 def test_skip_needs_x0_prediction_and_is_off_by_default():
   lay = _layout()
   network = lambda x, t, sc: x
@@ -58,6 +88,9 @@ def test_skip_needs_x0_prediction_and_is_off_by_default():
   assert skip.maybe_with_skip(network, config, schedule_lib.LinearSchedule(), lay, {}) is network
   config.x0_skip = True
   with pytest.raises(ValueError, match="x0_skip needs diffusion.prediction='x0'"):
+    skip.maybe_with_skip(network, config, schedule_lib.LinearSchedule(), lay, {})
+  config = ml_collections.ConfigDict(dict(prediction="x0", x0_skip=False, input_scale=True))
+  with pytest.raises(ValueError, match="input_scale needs diffusion.x0_skip"):
     skip.maybe_with_skip(network, config, schedule_lib.LinearSchedule(), lay, {})
   # Stats without the per-channel variance (older checkpoints, latent caches): 1 per channel.
   variances = skip.data_variances({}, lay)

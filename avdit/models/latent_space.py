@@ -221,7 +221,8 @@ def make_latent_space(config, layout: layout_lib.ClipLayout) -> LatentSpace:
 # --- normalization: per channel, then optionally whitened --------------------------------------
 def estimate_stats(latents: Latents, eps: float = 1e-3, shared: tuple[str, ...] = (),
                    whiten: tuple[str, ...] = (), whiten_rank: int = 128,
-                   keep: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:
+                   keep: Mapping[str, int] | None = None,
+                   direction_scale: str = "unit") -> dict[str, np.ndarray]:
   """Per-channel mean/std over every axis but the last, float32 numpy; std floored at `eps`.
 
   Modalities named in `shared` get one mean and std for all their channels (still stored per
@@ -241,7 +242,17 @@ def estimate_stats(latents: Latents, eps: float = 1e-3, shared: tuple[str, ...] 
   (latent.video_rank). Why: a 768-channel space-to-depth token holds a few numbers of content
   (colours, an edge); at k = 64 the oracle still finds the disc in 99.6% of round-tripped frames
   at 0.12 px of height, and the loss is no longer spread over hundreds of weak directions.
+
+  `direction_scale="shared"` rotates (and keeps k directions) without equalizing: every direction
+  gets one scale, chosen so that the kept directions' variances average 1, so the data keeps its
+  natural spectrum (the background colour most of the variance). Why: under isotropic diffusion
+  noise a strong direction then survives to higher noise levels than a weak one, as in pixel
+  space, and the x0 loss weighs what is shared by a clip's tokens most (README: whitened, the
+  denoiser never learns the video beyond its skip path); `diffusion.input_scale` still gives the
+  network a whitened view of it.
   """
+  if direction_scale not in ("unit", "shared"):
+    raise ValueError(f"direction_scale must be 'unit' or 'shared', got {direction_scale!r}")
   keep = dict(keep or {})
   if set(keep) - set(whiten):
     raise ValueError(f"keep={keep} needs those modalities whitened (whiten={whiten})")
@@ -253,8 +264,13 @@ def estimate_stats(latents: Latents, eps: float = 1e-3, shared: tuple[str, ...] 
     mean, std = pooled.mean(0) * ones, np.maximum(pooled.std(0), eps) * ones
     stats[f"{name}_mean"], stats[f"{name}_std"] = mean.astype(np.float32), std.astype(np.float32)
     if name in whiten:
-      directions, scale = _whitening((x - mean) / std, whiten_rank)
+      directions, eigenvalues = _principal_directions((x - mean) / std)
       k = keep.get(name, directions.shape[1])
+      if direction_scale == "shared":
+        scale = np.full_like(eigenvalues, np.sqrt(eigenvalues[:k].mean()))
+      else:  # λ_i / (λ_i + λ_rank) along direction i
+        floor = max(eigenvalues[min(whiten_rank, len(eigenvalues)) - 1], 1e-6)
+        scale = np.sqrt(eigenvalues + floor)
       stats[f"{name}_directions"], stats[f"{name}_direction_std"] = directions[:, :k], scale[:k]
     # Per channel after all of it (diffusion/skip.py's data variance): 1 per channel, shared
     # stats aside; λ_i / (λ_i + λ_rank) along whitened directions.
@@ -263,15 +279,11 @@ def estimate_stats(latents: Latents, eps: float = 1e-3, shared: tuple[str, ...] 
   return stats
 
 
-def _whitening(x_nc: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
-  """Principal directions [C, C] (columns, strongest first) and the scale of each, float32.
-
-  z = x @ directions / scale has variance λ_i / (λ_i + λ_rank) along direction i.
-  """
+def _principal_directions(x_nc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Principal directions [C, C] (columns, strongest first) and their variances λ, float32."""
   eigenvalues, directions = np.linalg.eigh(np.cov(x_nc, rowvar=False))
   eigenvalues = np.maximum(eigenvalues[::-1], 0.0)
-  floor = max(eigenvalues[min(rank, len(eigenvalues)) - 1], 1e-6)
-  return directions[:, ::-1].astype(np.float32), np.sqrt(eigenvalues + floor).astype(np.float32)
+  return directions[:, ::-1].astype(np.float32), eigenvalues.astype(np.float32)
 
 
 def normalize(latents: Latents, stats) -> Latents:

@@ -132,7 +132,8 @@ def estimate_latent_stats(config, layout, latent_space):
   return latent_lib.estimate_stats(latents, shared=latent_modalities(config, "shared_stats"),
                                    whiten=latent_modalities(config, "whiten"),
                                    whiten_rank=config.latent.get("whiten_rank", 128),
-                                   keep={"video": video_rank} if video_rank else None)
+                                   keep={"video": video_rank} if video_rank else None,
+                                   direction_scale=config.latent.get("direction_scale", "unit"))
 
 
 def placeholder_stats(config, layout) -> dict[str, np.ndarray]:
