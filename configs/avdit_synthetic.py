@@ -111,6 +111,9 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       # v-prediction weighs it; avdit/diffusion/loss.py loss_weight; needs x0_skip). Measured on
       # the fixed latents: the video term still adds nothing to the skip path at step 600.
       loss_weighting="uniform",
+      # The loss as the mean of the two modalities' mean errors (avdit/diffusion/loss.py), not
+      # the mean over all latent elements, which weighs each modality by its element count.
+      modality_balance=False,
       # Noise-level strategy per training example: "monl" (= vanilla,pm,pt,ptm uniformly), one
       # strategy, a comma list (uniform), or weighted "pt:2,pm:1,ptm:1".
       noise_mixture="monl",

@@ -232,3 +232,24 @@ def test_snr_plus_one_weighs_each_error_by_one_over_one_minus_alpha_bar():
   assert float(loss) == pytest.approx(weights / counts, rel=1e-4)
   with pytest.raises(ValueError, match="x0 error"):
     loss_lib.loss_weight("snr_plus_one", "v", jnp.ones(()))
+
+
+def test_modality_balance_averages_the_two_modalities_mean_errors():
+  """Errors of 1 on video and 3 on audio (9 squared): by element count the audio dominates; with
+  modality_balance the loss is (1 + 9) / 2 whatever the counts."""
+  rng = np.random.default_rng(8)
+  x0 = {"video": jnp.asarray(rng.normal(size=(8, 3, 2, 2, 3)), jnp.float32),
+        "audio": jnp.asarray(rng.normal(size=(8, 57, 2)), jnp.float32)}
+  off = lambda noisy, t_bmn, _: {"video": x0["video"] + 1.0, "audio": x0["audio"] + 3.0}
+  kwargs = dict(schedule=schedule_lib.LinearSchedule(), layout=LAYOUT,
+                mixture_weights=monl.parse_mixture("vanilla"), prediction="x0",
+                self_condition=False, self_condition_rate=0.9)
+  pooled, _ = loss_lib.diffusion_loss(off, x0, jax.random.key(9), **kwargs)
+  video_elements, audio_elements = 3 * 2 * 2 * 3, 57 * 2
+  assert float(pooled) == pytest.approx(
+      (video_elements * 1 + audio_elements * 9) / (video_elements + audio_elements), rel=1e-5)
+  balanced, aux = loss_lib.diffusion_loss(off, x0, jax.random.key(9), modality_balance=True,
+                                          **kwargs)
+  assert float(balanced) == pytest.approx(5.0, rel=1e-5)
+  assert float(aux["loss_video"]) == pytest.approx(1.0, rel=1e-5)
+  assert float(aux["loss_audio"]) == pytest.approx(9.0, rel=1e-5)

@@ -54,7 +54,8 @@ def diffusion_loss(model, latents_x0, rng, *, schedule: schedule_lib.LinearSched
                    layout: layout_lib.ClipLayout, mixture_weights, prediction: str,
                    self_condition: bool, self_condition_rate: float,
                    condition_rate: float = 0.0, condition_shared_level: bool = False,
-                   condition_tasks: str = "a2v,v2a,continue", loss_weighting: str = "uniform"):
+                   condition_tasks: str = "a2v,v2a,continue", loss_weighting: str = "uniform",
+                   modality_balance: bool = False):
   """(scalar loss, aux metrics) for normalized clean latents {"video", "audio"}.
 
   `condition_rate`: the fraction of examples given a task's exact condition (monl.
@@ -64,6 +65,9 @@ def diffusion_loss(model, latents_x0, rng, *, schedule: schedule_lib.LinearSched
   `loss_weighting` (x0 prediction only): "uniform", the x0 squared error as it is, or
   "snr_plus_one", each element's error times 1 + SNR = 1 / (1 - ᾱ) of its noise level (`
   loss_weight`).
+  `modality_balance`: the loss is the mean of the two modalities' mean errors instead of the mean
+  over all elements, so a modality with few latent elements (64-channel video tokens against
+  107 x 320 audio values: 13% of the elements) still gets half of the gradient.
   """
   batch = latents_x0["video"].shape[0]
   t_rng, noise_rng, sc_rng = jax.random.split(rng, 3)
@@ -106,11 +110,16 @@ def diffusion_loss(model, latents_x0, rng, *, schedule: schedule_lib.LinearSched
       1.0 - given.astype(jnp.float32)).items()}
   weighted = {k: counted[k] * loss_weight(loss_weighting, prediction, alpha_bar[k]) * squared[k]
               for k in squared}
-  loss = (sum(jnp.sum(w) for w in weighted.values())
-          / jnp.maximum(sum(jnp.sum(c) for c in counted.values()), 1.0))
+  per_modality = {k: jnp.sum(weighted[k]) / jnp.maximum(jnp.sum(counted[k]), 1.0)
+                  for k in squared}
+  if modality_balance:
+    loss = sum(per_modality.values()) / len(per_modality)
+  else:
+    loss = (sum(jnp.sum(w) for w in weighted.values())
+            / jnp.maximum(sum(jnp.sum(c) for c in counted.values()), 1.0))
   aux = {"loss": loss}
   for k in squared:
-    aux[f"loss_{k}"] = jnp.sum(weighted[k]) / jnp.maximum(jnp.sum(counted[k]), 1.0)
+    aux[f"loss_{k}"] = per_modality[k]
   aux["condition_fraction"] = jnp.mean(jnp.any(given, axis=(1, 2)))
   for i, name in enumerate(monl.STRATEGIES):
     aux[f"strategy_fraction_{name}"] = jnp.mean(strategy == i)

@@ -179,7 +179,8 @@ def make_train_step(config, layout, graphdef, latent_space, latent_stats, *,
           condition_rate=config.diffusion.get("condition_rate", 0.0),
           condition_shared_level=config.diffusion.get("condition_shared_level", False),
           condition_tasks=config.diffusion.get("condition_tasks", "a2v,v2a,continue"),
-          loss_weighting=config.diffusion.get("loss_weighting", "uniform"))
+          loss_weighting=config.diffusion.get("loss_weighting", "uniform"),
+          modality_balance=config.diffusion.get("modality_balance", False))
       if contrastive:  # CDL / CDCD (SPEC §7), on their own stream of randomness
         extra, extra_aux = loss_lib.contrastive_terms(
             model, latents, jax.random.fold_in(rng, 1), diffusion_config=config.diffusion,
