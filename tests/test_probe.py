@@ -25,3 +25,22 @@ def test_with_neighbours_stacks_shifted_copies_with_repeated_edges():
   np.testing.assert_array_equal(stacked[0, :, 0], [0, 0, 1, 2, 3])  # left neighbour
   np.testing.assert_array_equal(stacked[0, :, 1], [0, 1, 2, 3, 4])  # itself
   np.testing.assert_array_equal(stacked[0, :, 2], [1, 2, 3, 4, 4])  # right neighbour
+
+
+def test_pooling_gain_is_nil_for_independent_tokens_and_large_for_a_shared_colour():
+  """Independent tokens: nothing to pool, and the skip error is its closed form
+  s (1 - ᾱ) / (ᾱ s + 1 - ᾱ). One value per clip and channel shared by every token: pooling
+  recovers it, the closed form of averaging 80 noisy copies is about (1 - ᾱ) / (80 ᾱ)."""
+  rng = np.random.default_rng(1)
+  shape = (64, 5, 4, 4, 3)  # 80 tokens a clip
+  data_var = np.array([4.0, 1.0, 0.25])
+  alpha_bar = 0.3
+  independent = rng.standard_normal(shape) * np.sqrt(data_var)
+  gains = probe.pooling_gain(independent, data_var, {500: alpha_bar}, rng)["500"]
+  closed = np.mean(data_var * (1 - alpha_bar) / (alpha_bar * data_var + 1 - alpha_bar))
+  assert abs(gains["skip_error"] - closed) < 0.03 * closed
+  assert abs(gains["gain"]) < 0.02
+  shared = np.broadcast_to(rng.standard_normal((64, 1, 1, 1, 3)) * np.sqrt(data_var), shape)
+  gains = probe.pooling_gain(shared, data_var, {500: alpha_bar}, rng)["500"]
+  assert gains["gain"] > 0.8
+  assert gains["pooled_error"] < 2 * (1 - alpha_bar) / (80 * alpha_bar)

@@ -44,6 +44,7 @@ def test_resume_matches_uninterrupted_run(tiny_config, tmp_path):
   assert 0 < straight["metrics"]["mfu"] < 1.5 and straight["metrics"]["tflops_per_device"] > 0
 
 
+@pytest.mark.slow  # ~20 s; test_loop.py stops on a non-finite loss by default
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_path):
   with tiny_config.unlocked():
     tiny_config.train.update(learning_rate=1e38, warmup_steps=0, num_steps=8, log_every=1)

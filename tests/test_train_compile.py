@@ -31,6 +31,7 @@ def test_tiny_train_step_compiles_for_v5e_and_reports_memory():
   assert "fits: peak" in out and "days" in out
 
 
+@pytest.mark.slow  # ~25 s; the fit report itself runs by default in the test above
 def test_a_step_that_cannot_fit_exits_with_a_clear_error():
   # 4096 clips of 1387 tokens on 4 chips: the [B, H, L, L] attention scores alone are ~30 GiB.
   rc, out, err = _compile("--config=configs/avdit_monologues.py:tiny", "--topology=v5e:2x2",

@@ -1,6 +1,7 @@
 r"""Linear probes: can disc height and pitch be read linearly from a latent space?
 
   python -m avdit.evaluation.probe --config=configs/avdit_pipeline.py --workdir=DIR
+  python -m avdit.evaluation.probe --config=configs/avdit_fixed_latents.py --measure=pooling
 
 Encodes held-out clips of the synthetic world with the config's latent space and fits ridge
 regressions on half of them, scored by R² on the other half:
@@ -10,6 +11,13 @@ regressions on half of them, scored by R² on the other half:
 An AVDiT has to map one onto the other; a latent space from which neither is readable makes
 that map hard whatever the transformer does (the raw space-to-depth audio frame scores R² ~0:
 the pitch is in the waveform's phase pattern, not in any linear function of it).
+
+It also prints the video's pooling gain (`pooling_gain`): on the latents as the config
+normalizes them, how much of the x̂0 error of the skip path's per-token guess c_skip x_t a
+denoiser removes by also reading the mean noisy token of the clip and of the segment, at a few
+noise levels. That is the easiest thing a denoiser can learn about video (a flat background
+shared by a clip's tokens); where it is ~0 (whitened space-to-depth video), a video term that
+stays at the skip path's error is not a failure to learn but nothing easy to learn.
 """
 from __future__ import annotations
 
@@ -25,6 +33,8 @@ from avdit import layout as layout_lib
 from avdit import workdir as workdir_lib
 from avdit.data import pipeline
 from avdit.data import synthetic
+from avdit.diffusion import schedule as schedule_lib
+from avdit.diffusion import skip as skip_lib
 from avdit.models import latent_space as latent_lib
 
 
@@ -34,6 +44,9 @@ def _define_flags():
   flags.DEFINE_string("workdir", "", "Pipeline workdir (its autoencoders).")
   flags.DEFINE_integer("num_clips", 256, "Held-out clips (half fit, half scored).")
   flags.DEFINE_integer("audio_context", 2, "Neighbours on each side.")
+  flags.DEFINE_list("measure", ["linear", "pooling"],
+                    "linear: the ridge probes (minutes on 768-channel tokens); pooling: the "
+                    "video's pooling gain (seconds; AVDiT configs only)")
 
 
 PENALTIES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # relative to the Gram matrix's mean diagonal
@@ -90,6 +103,32 @@ def probe(latents: dict, truth: dict, layout: layout_lib.ClipLayout,
   return results
 
 
+def pooling_gain(video_bnhwc: np.ndarray, data_var_c: np.ndarray, alpha_bars: dict,
+                 rng: np.random.Generator) -> dict[str, dict[str, float]]:
+  """Per noise level {t: ᾱ}: the mean squared x̂0 error of the skip guess c_skip x_t and of the
+  per-channel least-squares combination of x_t, its segment's mean token and its clip's mean
+  token (fit on the first half of the clips, scored on the second), and the fraction removed."""
+  x0 = np.asarray(video_bnhwc, np.float64)
+  half = x0.shape[0] // 2
+  out = {}
+  for t, alpha_bar in alpha_bars.items():
+    x_t = np.sqrt(alpha_bar) * x0 + np.sqrt(1 - alpha_bar) * rng.standard_normal(x0.shape)
+    c_skip, _ = skip_lib.skip_coefficients(np.float64(alpha_bar), data_var_c.astype(np.float64))
+    skip_error = float(np.mean((np.asarray(c_skip) * x_t[half:] - x0[half:]) ** 2))
+    features = np.stack([x_t, np.broadcast_to(x_t.mean((2, 3), keepdims=True), x_t.shape),
+                         np.broadcast_to(x_t.mean((1, 2, 3), keepdims=True), x_t.shape),
+                         np.ones_like(x_t)], -1)  # [B, N, h, w, C, 4]
+    fit, score = features[:half].reshape(-1, *features.shape[-2:]), features[half:]
+    gram_c44 = np.einsum("ncf,ncg->cfg", fit, fit)
+    moment_c4 = np.einsum("ncf,nc->cf", fit, x0[:half].reshape(-1, x0.shape[-1]))
+    weights_c4 = np.linalg.solve(gram_c44 + 1e-9 * np.eye(4), moment_c4[..., None])[..., 0]
+    squared = np.sum((np.einsum("...cf,cf->...c", score, weights_c4) - x0[half:]) ** 2)
+    pooled_error = float(squared / x0[half:].size)
+    out[str(t)] = {"skip_error": skip_error, "pooled_error": pooled_error,
+                   "gain": 1.0 - pooled_error / skip_error}
+  return out
+
+
 def ground_truth(clips: dict, layout: layout_lib.ClipLayout) -> dict:
   """disc_xy [B, F, 2] and the log pitch at every audio latent's centre [B, l_a]."""
   centres_s = (np.arange(layout.audio_latents) + 0.5) * layout.audio_hop / layout.sample_rate
@@ -121,8 +160,20 @@ def main(argv):
     for k in latents:
       latents[k].append(np.asarray(part[k]))
   latents = {k: np.concatenate(v) for k, v in latents.items()}
-  results = probe(latents, ground_truth(clips, layout), layout, args.audio_context)
-  print(json.dumps({k: round(v, 3) for k, v in results.items()}, indent=2))
+  if "linear" in args.measure:
+    results = probe(latents, ground_truth(clips, layout), layout, args.audio_context)
+    print(json.dumps({k: round(v, 3) for k, v in results.items()}, indent=2))
+  if "pooling" in args.measure and "diffusion" in config:  # the AVDiT's normalization, estimated on the fitting half
+    half = {k: v[:num_clips // 2] for k, v in latents.items()}
+    stats = latent_lib.estimate_stats_for_config(half, config.latent)
+    video = latent_lib.normalize(latents, stats)["video"]
+    data_var = stats.get("video_normalized_var", np.ones(video.shape[-1], np.float32))
+    table = schedule_lib.from_config(config.diffusion).alpha_bar_table
+    gains = pooling_gain(video, data_var, {t: float(table[t]) for t in (100, 300, 500, 800)},
+                         np.random.default_rng(0))
+    print("video pooling gain (x0 error: skip path -> + segment and clip mean tokens):")
+    print(json.dumps({t: {k: round(v, 4) for k, v in g.items()} for t, g in gains.items()},
+                     indent=2))
 
 
 if __name__ == "__main__":

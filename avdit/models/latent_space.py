@@ -279,6 +279,22 @@ def estimate_stats(latents: Latents, eps: float = 1e-3, shared: tuple[str, ...] 
   return stats
 
 
+def config_modalities(latent_config, field: str) -> tuple[str, ...]:
+  """The modalities a comma-separated `latent_config.<field>` names ("video,audio")."""
+  return tuple(filter(None, latent_config.get(field, "").split(",")))
+
+
+def estimate_stats_for_config(latents: Latents, latent_config) -> dict[str, np.ndarray]:
+  """`estimate_stats` with the options of `config.latent` (shared_stats, whiten, whiten_rank,
+  video_rank, direction_scale)."""
+  video_rank = latent_config.get("video_rank", 0)
+  return estimate_stats(latents, shared=config_modalities(latent_config, "shared_stats"),
+                        whiten=config_modalities(latent_config, "whiten"),
+                        whiten_rank=latent_config.get("whiten_rank", 128),
+                        keep={"video": video_rank} if video_rank else None,
+                        direction_scale=latent_config.get("direction_scale", "unit"))
+
+
 def _principal_directions(x_nc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """Principal directions [C, C] (columns, strongest first) and their variances λ, float32."""
   eigenvalues, directions = np.linalg.eigh(np.cov(x_nc, rowvar=False))

@@ -119,7 +119,7 @@ def _latent_spaces(config, layout, abstract: bool):
 
 def latent_modalities(config, field: str) -> tuple[str, ...]:
   """The modalities a comma-separated `config.latent.<field>` names."""
-  return tuple(filter(None, config.latent.get(field, "").split(",")))
+  return latent_lib.config_modalities(config.latent, field)
 
 
 def estimate_latent_stats(config, layout, latent_space):
@@ -128,12 +128,7 @@ def estimate_latent_stats(config, layout, latent_space):
   clips = [world[i] for i in range(min(config.latent.stats_clips, len(world)))]
   latents = jax.jit(latent_space.encode)(np.stack([c["video"] for c in clips]),
                                          np.stack([c["audio"] for c in clips]))
-  video_rank = config.latent.get("video_rank", 0)
-  return latent_lib.estimate_stats(latents, shared=latent_modalities(config, "shared_stats"),
-                                   whiten=latent_modalities(config, "whiten"),
-                                   whiten_rank=config.latent.get("whiten_rank", 128),
-                                   keep={"video": video_rank} if video_rank else None,
-                                   direction_scale=config.latent.get("direction_scale", "unit"))
+  return latent_lib.estimate_stats_for_config(latents, config.latent)
 
 
 def placeholder_stats(config, layout) -> dict[str, np.ndarray]:
