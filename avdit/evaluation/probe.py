@@ -163,7 +163,8 @@ def main(argv):
   if "linear" in args.measure:
     results = probe(latents, ground_truth(clips, layout), layout, args.audio_context)
     print(json.dumps({k: round(v, 3) for k, v in results.items()}, indent=2))
-  if "pooling" in args.measure and "diffusion" in config:  # the AVDiT's normalization, estimated on the fitting half
+  if "pooling" in args.measure and "diffusion" in config:
+    # The AVDiT's normalization, estimated on the fitting half.
     half = {k: v[:num_clips // 2] for k, v in latents.items()}
     stats = latent_lib.estimate_stats_for_config(half, config.latent)
     video = latent_lib.normalize(latents, stats)["video"]
