@@ -3,7 +3,6 @@ trains, samples, evaluates and draws the learning curve in DIR/avdit, no autoenc
 import json
 
 import av
-
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -56,17 +56,19 @@ def with_skip(network, schedule: schedule_lib.LinearSchedule, layout: layout_lib
               data_var: dict[str, np.ndarray], scale_input: bool = False):
   """The denoiser x̂_0(noisy, timestep_vector_bmn, self_cond) around `network` (same call)."""
 
+  data_var = {k: jnp.asarray(v) for k, v in data_var.items()}
+
   def denoise(noisy, timestep_vector_bmn, self_cond=None):
     alpha_bar = layout.expand_to_latents(
         schedule.alpha_bar(jnp.round(timestep_vector_bmn).astype(jnp.int32)))
     network_input = noisy
     if scale_input:
-      network_input = {k: (input_scale(alpha_bar[k], jnp.asarray(data_var[k])) * x).astype(x.dtype)
+      network_input = {k: (input_scale(alpha_bar[k], data_var[k]) * x).astype(x.dtype)
                        for k, x in noisy.items()}
     output = network(network_input, timestep_vector_bmn, self_cond)
     x0_hat = {}
     for k, f in output.items():
-      c_skip, c_out = skip_coefficients(alpha_bar[k], jnp.asarray(data_var[k]))
+      c_skip, c_out = skip_coefficients(alpha_bar[k], data_var[k])
       x0_hat[k] = (c_skip * noisy[k] + c_out * f.astype(jnp.float32)).astype(f.dtype)
     return x0_hat
 

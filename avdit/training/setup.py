@@ -117,11 +117,6 @@ def _latent_spaces(config, layout, abstract: bool):
   return latent_space, latent_space
 
 
-def latent_modalities(config, field: str) -> tuple[str, ...]:
-  """The modalities a comma-separated `config.latent.<field>` names."""
-  return latent_lib.config_modalities(config.latent, field)
-
-
 def estimate_latent_stats(config, layout, latent_space):
   """Latent normalization (latent_space.estimate_stats) on the first `stats_clips` train clips."""
   world = pipeline.make_source(config.data, layout)
@@ -141,7 +136,7 @@ def placeholder_stats(config, layout) -> dict[str, np.ndarray]:
       ("audio", layout.audio_channels, layout.audio_channels)):
     stats[f"{name}_mean"] = np.zeros((channels,), np.float32)
     stats[f"{name}_std"] = np.ones((channels,), np.float32)
-    if name in latent_modalities(config, "whiten"):
+    if name in latent_lib.config_modalities(config.latent, "whiten"):
       stats[f"{name}_directions"] = np.eye(channels, kept, dtype=np.float32)
       stats[f"{name}_direction_std"] = np.ones((kept,), np.float32)
   return stats

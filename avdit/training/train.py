@@ -45,7 +45,7 @@ def _latent_payload(config, stats) -> dict:
 def _fully_whitened(config, modality: str, channels: int) -> bool:
   """Whitened to unit variance in every direction: the noise left outside the head's span is
   then distributed as the data is there, so ε/v heads narrower than the token are fine."""
-  whitened = modality in setup_lib.latent_modalities(config, "whiten")
+  whitened = modality in latent_lib.config_modalities(config.latent, "whiten")
   return whitened and config.latent.get("whiten_rank", 0) >= channels
 
 
