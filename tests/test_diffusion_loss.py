@@ -1,6 +1,7 @@
 """Forward noising against closed forms; the MoNL loss with an oracle denoiser."""
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -253,3 +254,40 @@ def test_modality_balance_averages_the_two_modalities_mean_errors():
   assert float(balanced) == pytest.approx(5.0, rel=1e-5)
   assert float(aux["loss_video"]) == pytest.approx(1.0, rel=1e-5)
   assert float(aux["loss_audio"]) == pytest.approx(9.0, rel=1e-5)
+
+
+def test_natural_loss_spectrum_measures_the_error_after_undoing_the_whitening():
+  """loss_spectrum="natural" on whitened video: the loss equals the squared error mapped back
+  through the whitening (denormalize's rotation and scales, a second code path) over the mean
+  direction variance; "normalized" is the plain mean; unwhitened stats are refused."""
+  from avdit.models import latent_space  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(3)
+  mixed = rng.normal(size=(4000, 3)) * np.array([5.0, 1.0, 0.2]) @ np.linalg.qr(
+      rng.normal(size=(3, 3)))[0]
+  stats = latent_space.estimate_stats({"video": mixed.reshape(100, 40, 3)}, whiten=("video",),
+                                      whiten_rank=2)
+  x0 = {"video": jnp.asarray(rng.normal(size=(8, 3, 2, 2, 3)), jnp.float32),
+        "audio": jnp.asarray(rng.normal(size=(8, 57, 2)), jnp.float32)}
+  error = rng.normal(size=x0["video"].shape).astype(np.float32)
+  off = lambda noisy, t_bmn, _: {"video": x0["video"] + error, "audio": x0["audio"]}
+  kwargs = dict(schedule=schedule_lib.LinearSchedule(), layout=LAYOUT,
+                mixture_weights=monl.parse_mixture("vanilla"), prediction="x0",
+                self_condition=False, self_condition_rate=0.9)
+  config = ml_collections.ConfigDict(dict(loss_spectrum="natural"))
+  weights = loss_lib.loss_channel_weights(config, stats)
+  _, aux = loss_lib.diffusion_loss(off, x0, jax.random.key(2), channel_weights=weights, **kwargs)
+  unscaled = {"video_directions": stats["video_directions"],
+              "video_direction_std": stats["video_direction_std"],
+              "video_mean": np.zeros(3, np.float32), "video_std": np.ones(3, np.float32)}
+  natural = np.asarray(latent_space.denormalize({"video": error}, unscaled)["video"])
+  expected = np.mean(natural ** 2) / np.mean(stats["video_direction_std"] ** 2)
+  assert float(aux["loss_video"]) == pytest.approx(expected, rel=1e-4)
+  assert weights["video"][0] > 5 * weights["video"][2]  # the strongest direction weighs most
+  config.loss_spectrum = "normalized"
+  assert loss_lib.loss_channel_weights(config, stats) is None
+  config.loss_spectrum = "natural"
+  with pytest.raises(ValueError, match="whitened"):
+    loss_lib.loss_channel_weights(config, {"video_mean": np.zeros(3)})
+  config.loss_spectrum = "pixels"
+  with pytest.raises(ValueError, match="loss_spectrum"):
+    loss_lib.loss_channel_weights(config, stats)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from avdit import layout as layout_lib
 from avdit.diffusion import monl
@@ -50,12 +51,43 @@ def loss_weight(weighting: str, prediction: str, alpha_bar):
   return 1.0 / jnp.maximum(1.0 - alpha_bar, 1e-6)
 
 
+LOSS_SPECTRA = ("normalized", "natural")
+
+
+def loss_channel_weights(diffusion_config, stats) -> dict | None:
+  """Per-channel loss weights of `diffusion.loss_spectrum`, from the latent statistics
+  (latent_space.estimate_stats): None for "normalized" (the error of the latents as normalized);
+  for "natural", {modality: [k]} for each whitened modality, direction i's scale squared over
+  their mean.
+
+  The weighted error is then the error of the per-channel normalized latents (projected on the
+  kept directions), up to one factor, while the diffusion noise stays isotropic in the whitened
+  space. Why: whitening lets the disc survive the noise (v2a reads it) but spreads the loss over
+  the detail directions; at the natural spectrum the flat background that a clip's tokens share
+  is most of the loss, and pooling the clip's tokens removes most of it (probe --measure=pooling).
+  """
+  spectrum = diffusion_config.get("loss_spectrum", "normalized")
+  if spectrum not in LOSS_SPECTRA:
+    raise ValueError(f"diffusion.loss_spectrum must be one of {LOSS_SPECTRA}, got {spectrum!r}")
+  if spectrum == "normalized":
+    return None
+  weights = {}
+  for name in ("video", "audio"):
+    if f"{name}_direction_std" in stats:
+      variance = np.square(np.asarray(stats[f"{name}_direction_std"], np.float64))
+      weights[name] = (variance / variance.mean()).astype(np.float32)
+  if not weights:
+    raise ValueError('diffusion.loss_spectrum="natural" weighs whitened modalities; none is '
+                     "(set latent.whiten)")
+  return weights
+
+
 def diffusion_loss(model, latents_x0, rng, *, schedule: schedule_lib.LinearSchedule,
                    layout: layout_lib.ClipLayout, mixture_weights, prediction: str,
                    self_condition: bool, self_condition_rate: float,
                    condition_rate: float = 0.0, condition_shared_level: bool = False,
                    condition_tasks: str = "a2v,v2a,continue", loss_weighting: str = "uniform",
-                   modality_balance: bool = False):
+                   modality_balance: bool = False, channel_weights=None):
   """(scalar loss, aux metrics) for normalized clean latents {"video", "audio"}.
 
   `condition_rate`: the fraction of examples given a task's exact condition (monl.
@@ -68,6 +100,8 @@ def diffusion_loss(model, latents_x0, rng, *, schedule: schedule_lib.LinearSched
   `modality_balance`: the loss is the mean of the two modalities' mean errors instead of the mean
   over all elements, so a modality with few latent elements (64-channel video tokens against
   107 x 320 audio values: 13% of the elements) still gets half of the gradient.
+  `channel_weights` {modality: [C]}: each latent channel's squared error times its weight
+  (diffusion.loss_spectrum="natural": latent_space.natural_spectrum_weights).
   """
   batch = latents_x0["video"].shape[0]
   t_rng, noise_rng, sc_rng = jax.random.split(rng, 3)
@@ -105,6 +139,8 @@ def diffusion_loss(model, latents_x0, rng, *, schedule: schedule_lib.LinearSched
     raise ValueError(f"unknown prediction {prediction!r}; use one of {schedule_lib.PREDICTIONS}")
 
   squared = {k: jnp.square(output[k].astype(jnp.float32) - target[k]) for k in target}
+  for k, weight_c in (channel_weights or {}).items():
+    squared[k] = squared[k] * jnp.asarray(weight_c, jnp.float32)
   # Counted: every generated element, not the given ones (all of them without conditioning).
   counted = {k: jnp.broadcast_to(w, squared[k].shape) for k, w in layout.expand_to_latents(
       1.0 - given.astype(jnp.float32)).items()}

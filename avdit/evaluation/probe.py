@@ -33,6 +33,7 @@ from avdit import layout as layout_lib
 from avdit import workdir as workdir_lib
 from avdit.data import pipeline
 from avdit.data import synthetic
+from avdit.diffusion import loss as loss_lib
 from avdit.diffusion import schedule as schedule_lib
 from avdit.diffusion import skip as skip_lib
 from avdit.models import latent_space as latent_lib
@@ -104,17 +105,21 @@ def probe(latents: dict, truth: dict, layout: layout_lib.ClipLayout,
 
 
 def pooling_gain(video_bnhwc: np.ndarray, data_var_c: np.ndarray, alpha_bars: dict,
-                 rng: np.random.Generator) -> dict[str, dict[str, float]]:
+                 rng: np.random.Generator,
+                 loss_weight_c: np.ndarray | None = None) -> dict[str, dict[str, float]]:
   """Per noise level {t: ᾱ}: the mean squared x̂0 error of the skip guess c_skip x_t and of the
   per-channel least-squares combination of x_t, its segment's mean token and its clip's mean
-  token (fit on the first half of the clips, scored on the second), and the fraction removed."""
+  token (fit on the first half of the clips, scored on the second), and the fraction removed.
+  Errors are weighted per channel by `loss_weight_c` (diffusion.loss_spectrum; the fit is per
+  channel, so the weights change only how the channels add up)."""
   x0 = np.asarray(video_bnhwc, np.float64)
+  weight_c = np.ones(x0.shape[-1]) if loss_weight_c is None else np.asarray(loss_weight_c)
   half = x0.shape[0] // 2
   out = {}
   for t, alpha_bar in alpha_bars.items():
     x_t = np.sqrt(alpha_bar) * x0 + np.sqrt(1 - alpha_bar) * rng.standard_normal(x0.shape)
     c_skip, _ = skip_lib.skip_coefficients(np.float64(alpha_bar), data_var_c.astype(np.float64))
-    skip_error = float(np.mean((np.asarray(c_skip) * x_t[half:] - x0[half:]) ** 2))
+    skip_error = float(np.mean(weight_c * (np.asarray(c_skip) * x_t[half:] - x0[half:]) ** 2))
     features = np.stack([x_t, np.broadcast_to(x_t.mean((2, 3), keepdims=True), x_t.shape),
                          np.broadcast_to(x_t.mean((1, 2, 3), keepdims=True), x_t.shape),
                          np.ones_like(x_t)], -1)  # [B, N, h, w, C, 4]
@@ -122,7 +127,7 @@ def pooling_gain(video_bnhwc: np.ndarray, data_var_c: np.ndarray, alpha_bars: di
     gram_c44 = np.einsum("ncf,ncg->cfg", fit, fit)
     moment_c4 = np.einsum("ncf,nc->cf", fit, x0[:half].reshape(-1, x0.shape[-1]))
     weights_c4 = np.linalg.solve(gram_c44 + 1e-9 * np.eye(4), moment_c4[..., None])[..., 0]
-    squared = np.sum((np.einsum("...cf,cf->...c", score, weights_c4) - x0[half:]) ** 2)
+    squared = np.sum(weight_c * (np.einsum("...cf,cf->...c", score, weights_c4) - x0[half:]) ** 2)
     pooled_error = float(squared / x0[half:].size)
     out[str(t)] = {"skip_error": skip_error, "pooled_error": pooled_error,
                    "gain": 1.0 - pooled_error / skip_error}
@@ -170,8 +175,9 @@ def main(argv):
     video = latent_lib.normalize(latents, stats)["video"]
     data_var = stats.get("video_normalized_var", np.ones(video.shape[-1], np.float32))
     table = schedule_lib.from_config(config.diffusion).alpha_bar_table
+    loss_weights = loss_lib.loss_channel_weights(config.diffusion, stats) or {}
     gains = pooling_gain(video, data_var, {t: float(table[t]) for t in (100, 300, 500, 800)},
-                         np.random.default_rng(0))
+                         np.random.default_rng(0), loss_weights.get("video"))
     print("video pooling gain (x0 error: skip path -> + segment and clip mean tokens):")
     print(json.dumps({t: {k: round(v, 4) for k, v in g.items()} for t, g in gains.items()},
                      indent=2))

@@ -158,6 +158,7 @@ def make_train_step(config, layout, graphdef, latent_space, latent_stats, *,
   lr_schedule = learning_rate_schedule(config.train)
   # Host constants, placed by jit: nothing here may run eagerly on a (possibly abstract) mesh.
   stats = {k: np.asarray(v, np.float32) for k, v in latent_stats.items()}
+  channel_weights = loss_lib.loss_channel_weights(config.diffusion, stats)
   contrastive = (config.diffusion.get("cdl_weight", 0.0) > 0
                  or config.diffusion.get("cdcd_weight", 0.0) > 0)
 
@@ -180,7 +181,8 @@ def make_train_step(config, layout, graphdef, latent_space, latent_stats, *,
           condition_shared_level=config.diffusion.get("condition_shared_level", False),
           condition_tasks=config.diffusion.get("condition_tasks", "a2v,v2a,continue"),
           loss_weighting=config.diffusion.get("loss_weighting", "uniform"),
-          modality_balance=config.diffusion.get("modality_balance", False))
+          modality_balance=config.diffusion.get("modality_balance", False),
+          channel_weights=channel_weights)
       if contrastive:  # CDL / CDCD (SPEC §7), on their own stream of randomness
         extra, extra_aux = loss_lib.contrastive_terms(
             model, latents, jax.random.fold_in(rng, 1), diffusion_config=config.diffusion,
