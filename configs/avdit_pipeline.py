@@ -11,7 +11,14 @@ runs, each resumable in its own sub-directory of DIR:
   6. avdit/eval     the task suite beside its real and chance rows, and the learning curve
 Variants: default (the README's main job: ~76 min on a 2-core Ice Lake, of which ~44 the two
 autoencoders; the AVDiT it trains does not yet learn the audio-video correspondence, see the
-README) and tiny (tests).
+README) and tiny (tests); folder and folder_tiny: the same stages on your own videos, a TFDS
+dataset prepared from a folder of video files at this config's clip geometry (all three models
+read it; data.raw.data_dir is the one setting to give):
+
+  python -m avdit.data.prepare --config=configs/avdit_pipeline.py:folder --manual_dir=MY_VIDEOS \
+      --data_dir=TFDS_DIR
+  python -m avdit.main --config=configs/avdit_pipeline.py:folder \
+      --config.data.raw.data_dir=TFDS_DIR --workdir=DIR
 """
 import ml_collections
 
@@ -20,9 +27,38 @@ from configs import magvit2_synthetic
 from configs import soundstream_synthetic
 
 
+# The dataset `prepare --config=configs/avdit_pipeline.py:folder` writes (geometry from c.clip).
+FOLDER_DATASET = "av_folder/avdit_pipeline"
+VARIANTS = ("default", "tiny", "folder", "folder_tiny")
+
+
+def folder_data(batch_size: int) -> ml_collections.ConfigDict:
+  """A prepared av_folder TFDS dataset (avdit/data/pipeline.py, name "tfds")."""
+  return ml_collections.ConfigDict(dict(
+      name="tfds", tfds_name=FOLDER_DATASET,
+      data_dir=ml_collections.config_dict.placeholder(str),  # --config.data.raw.data_dir=...
+      train_split="train", eval_split="test",
+      stride_frames=ml_collections.config_dict.placeholder(int),  # None: back to back
+      split_rule="auto", test_fraction=0.1, split_seed=0, clip_fallback=True,
+      seed=0, shuffle_seed=0, batch_size=batch_size, worker_count=0, prefetch_buffer=2))
+
+
+def _read_folder(c: ml_collections.ConfigDict) -> None:
+  """All three models on the prepared folder: the autoencoders' data refer to data.raw's
+  fields (one override reaches all three), each keeping its own batch size."""
+  c.data.raw = folder_data(c.data.raw.batch_size)
+  for ae in (c.video_autoencoder, c.audio_autoencoder):
+    batch_size = ae.data.batch_size
+    ae.data = folder_data(batch_size)
+    for field in ("tfds_name", "data_dir", "train_split", "eval_split", "stride_frames"):
+      ae.data[field] = c.data.raw.get_ref(field)
+
+
 def get_config(variant: str = "default") -> ml_collections.ConfigDict:
-  if variant not in ("tiny", "default"):
-    raise ValueError(f"unknown variant {variant!r} of avdit_pipeline: tiny or default")
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown variant {variant!r} of avdit_pipeline: one of {VARIANTS}")
+  on_folder = variant.startswith("folder")
+  variant = "tiny" if variant.endswith("tiny") else "default"
   c = avdit_synthetic.get_config(variant)
   c.job = "pipeline"
   c.video_autoencoder = magvit2_synthetic.get_config(variant)
@@ -60,4 +96,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     c.train.update(num_steps=4, warmup_steps=1, checkpoint_every=2, keep_period=2)
     c.eval.update(tasks="a2v", num_clips=2, batch_size=2, num_sample_videos=1,
                   curve_tasks="a2v", curve_num_clips=2)
+  if on_folder:
+    _read_folder(c)
+    c.variant = "folder_tiny" if variant == "tiny" else "folder"
   return c

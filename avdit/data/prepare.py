@@ -140,6 +140,12 @@ GEOMETRY_FLAGS = ("fps", "height", "width", "num_frames", "sample_rate", "stride
 SPLIT_FLAGS = ("split_rule", "test_fraction", "split_seed", "clip_fallback")
 
 
+def clip_data_config(config):
+  """The config's clip data: `config.data`, or `config.data.raw` for a pipeline config (its
+  AVDiT reads the clips through the latent cache)."""
+  return config.data.raw if config.data.get("name") == "latent_cache" else config.data
+
+
 def resolve_config(dataset: str | None = "av_folder", config=None, config_name: str | None = None,
                    **values) -> av_folder.AvFolderConfig:
   """The `AvFolderConfig` to prepare from one source of geometry (see the module docstring).
@@ -147,7 +153,8 @@ def resolve_config(dataset: str | None = "av_folder", config=None, config_name: 
   Args:
     dataset: "av_folder" (geometry from `values` or `config`), or a preset name.
     config: an avdit ConfigDict: geometry from `config.clip` (+ `config.data.stride_frames`,
-      default back to back), the dataset from `config.data.tfds_name` ("av_folder/NAME").
+      default back to back), the dataset from `config.data.tfds_name` ("av_folder/NAME");
+      `config.data.raw` for a pipeline config (data.name "latent_cache").
     config_name: name of a custom dataset (default: the geometry spelled out).
     **values: GEOMETRY_FLAGS and SPLIT_FLAGS; None means not given.
 
@@ -159,12 +166,12 @@ def resolve_config(dataset: str | None = "av_folder", config=None, config_name: 
   if unknown:
     raise ValueError(f"unknown settings {sorted(unknown)}")
   if config is not None:
-    tfds_name = config.data.get("tfds_name", None)
-    if config.data.get("name") != "tfds" or not tfds_name or not tfds_name.startswith(
-        "av_folder/"):
+    data = clip_data_config(config)
+    tfds_name = data.get("tfds_name", None)
+    if data.get("name") != "tfds" or not tfds_name or not tfds_name.startswith("av_folder/"):
       raise ValueError("--config must describe a TFDS av_folder dataset (c.data.name='tfds', "
                        f"c.data.tfds_name='av_folder/NAME'), got data.name="
-                       f"{config.data.get('name')!r}, tfds_name={tfds_name!r}")
+                       f"{data.get('name')!r}, tfds_name={tfds_name!r}")
     name = tfds_name.split("/", 1)[1]
     if dataset not in (None, "av_folder", name):
       raise ValueError(f"--dataset={dataset} disagrees with the config's tfds_name {tfds_name}")
@@ -176,11 +183,11 @@ def resolve_config(dataset: str | None = "av_folder", config=None, config_name: 
     geometry = av_folder.ClipGeometry(
         fps=clip.fps, height=clip.height, width=clip.width, num_frames=clip.num_frames,
         sample_rate=clip.sample_rate,
-        stride_frames=config.data.get("stride_frames", None) or clip.num_frames)
-    split = {"split_rule": config.data.get("split_rule", "auto"),
-             "test_fraction": config.data.get("test_fraction", 0.1),
-             "split_seed": config.data.get("split_seed", 0),
-             "clip_fallback": config.data.get("clip_fallback", True)}
+        stride_frames=data.get("stride_frames", None) or clip.num_frames)
+    split = {"split_rule": data.get("split_rule", "auto"),
+             "test_fraction": data.get("test_fraction", 0.1),
+             "split_seed": data.get("split_seed", 0),
+             "clip_fallback": data.get("clip_fallback", True)}
     split.update({k: v for k, v in given.items() if k in SPLIT_FLAGS})
     if name in av_folder.PRESETS:
       preset = av_folder.PRESETS[name]
@@ -268,7 +275,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS,
 def run_from_flags(fv: flags.FlagValues = flags.FLAGS) -> dict:
   """Resolves the parsed flags and prepares; returns the report."""
   config = fv.config
-  data_dir = fv.data_dir or (config.data.get("data_dir", None) if config is not None else None)
+  data_dir = fv.data_dir or (clip_data_config(config).get("data_dir", None)
+                             if config is not None else None)
   values = {k: fv[k].value for k in GEOMETRY_FLAGS + SPLIT_FLAGS}
   builder_config = resolve_config(fv.dataset, config=config, config_name=fv.config_name,
                                   **values)
@@ -285,8 +293,12 @@ def main(argv) -> None:
     sys.exit(f"avdit.data.prepare: error: {err}")  # a clear message, not a traceback
   print(json.dumps(report, indent=2))
   if report.get("data_dir"):
-    print(f"\nTrain on it with: --config.data.name=tfds --config.data.tfds_name="
-          f"{report['dataset']} --config.data.data_dir={report['data_dir']}")
+    config = flags.FLAGS.config
+    if config is not None and config.data.get("name") == "latent_cache":
+      print(f"\nTrain on it with: --config.data.raw.data_dir={report['data_dir']}")
+    else:
+      print(f"\nTrain on it with: --config.data.name=tfds --config.data.tfds_name="
+            f"{report['dataset']} --config.data.data_dir={report['data_dir']}")
 
 
 if __name__ == "__main__":

@@ -43,7 +43,9 @@ def _cache_is_current(config) -> bool:
   except ValueError as e:
     logging.info("re-encoding: %s", e)
     return False
-  return meta["num_clips"] == config.encode.num_clips
+  # A folder with fewer clips than encode.num_clips is encoded whole (latent_cache.write_cache).
+  available = len(pipeline.make_source(config.data.raw, layout))
+  return meta["num_clips"] == min(config.encode.num_clips, available)
 
 
 def run(config, workdir: str) -> dict:
