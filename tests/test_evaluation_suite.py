@@ -358,3 +358,26 @@ def test_experiment_settings_and_overrides():
   assert cdl_config.diffusion.cdl_weight > 0 and cdl_config.diffusion.cdcd_weight == 0
   plain = experiment.setting_config(config, "monl", "monl").diffusion
   assert plain.cdl_weight == plain.cdcd_weight == 0 and plain.noise_mixture == "monl"
+
+
+def test_reference_clips_for_the_real_row_are_training_clips_not_the_held_out_ones():
+  """The real clips' FVD row compares the held-out clips with other real clips: the first
+  training clips (data.raw for a pipeline config), none of them a held-out clip; the distance
+  between the two real sets is > 0 where a set against itself is 0."""
+  from avdit.data import pipeline
+  from configs import avdit_pipeline
+  from configs import avdit_synthetic
+  for config in (avdit_pipeline.get_config("tiny"), avdit_synthetic.get_config("tiny")):
+    config.eval.num_clips = 6
+    layout = layout_lib.layout_from_config(config)
+    other = suite.reference_clips(config, layout, 6)
+    data = config.data.raw if config.data.name == "latent_cache" else config.data
+    np.testing.assert_array_equal(other["video"][3], pipeline.make_source(data, layout)[3]["video"])
+    real = suite.eval_clips(config, layout)
+    for video in real["video"]:
+      assert not any(np.array_equal(video, mine) for mine in other["video"])
+  task = tasks_lib.parse_task("a2v", layout)
+  networks = suite.FeatureNetworks(video=_MeanColourNet())
+  between = suite.measure_distribution(real, other, task, layout, networks)
+  itself = suite.measure_distribution(real, real, task, layout, networks)
+  assert between["fvd"] > 1e3 * abs(itself["fvd"])

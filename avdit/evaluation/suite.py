@@ -167,7 +167,6 @@ def measure_task(real: dict[str, np.ndarray], generated: dict[str, np.ndarray],
   Returns:
     {metric: value}; every metric looks only at generated elements (module docstring).
   """
-  frames, samples = generated_frames(task, layout), generated_samples(task, layout)
   span_frames, span_samples = generated_span(task, layout)
   results: dict[str, float] = {}
   if oracle_metrics:
@@ -177,18 +176,30 @@ def measure_task(real: dict[str, np.ndarray], generated: dict[str, np.ndarray],
                              layout.sample_rate)
            for video, audio in zip(generated["video"], generated["audio"])]
   results["av_align"] = float(np.mean(align))
+  results.update(measure_distribution(real, generated, task, layout, networks))
+  return results
+
+
+def measure_distribution(real: dict[str, np.ndarray], other: dict[str, np.ndarray],
+                         task: tasks_lib.Task, layout: layout_lib.ClipLayout,
+                         networks: FeatureNetworks | None) -> dict[str, float]:
+  """FVD/KVD (and FAD) between the sets `real` and `other` over the task's generated span
+  (skipped for a network that is absent)."""
+  frames, samples = generated_frames(task, layout), generated_samples(task, layout)
+  span_frames, span_samples = generated_span(task, layout)
   networks = networks or FeatureNetworks()
+  results = {}
   if networks.video is not None and frames.any():
     from avdit.evaluation import distribution  # pylint: disable=g-import-not-at-top
     real_f = _video_features(networks, real["video"][:, span_frames])
-    fake_f = _video_features(networks, generated["video"][:, span_frames])
+    fake_f = _video_features(networks, other["video"][:, span_frames])
     results["fvd"] = distribution.frechet_distance_of_features(real_f, fake_f)
     results["kvd"] = distribution.kernel_distance(real_f, fake_f)
   # VGGish embeds 1 s windows: a shorter generated span has no FAD.
   if networks.audio is not None and span_samples.sum() >= layout.sample_rate and samples.any():
     from avdit.evaluation import distribution  # pylint: disable=g-import-not-at-top
     real_f = _audio_features(networks, real["audio"][:, span_samples], layout.sample_rate)
-    fake_f = _audio_features(networks, generated["audio"][:, span_samples], layout.sample_rate)
+    fake_f = _audio_features(networks, other["audio"][:, span_samples], layout.sample_rate)
     results["fad"] = distribution.frechet_distance_of_features(real_f, fake_f)
   return results
 
@@ -317,6 +328,15 @@ def eval_clips(config, layout) -> dict[str, np.ndarray]:
                                   seed=generate.held_out_seed(config, config.eval.seed))
 
 
+def reference_clips(config, layout, num_clips: int) -> dict[str, np.ndarray]:
+  """Real clips disjoint from the held-out ones, for the real clips' FVD/KVD/FAD: the first
+  `num_clips` training clips (the training world, or data.train_split; fewer if it has fewer)."""
+  data = config.data.raw if config.data.name == "latent_cache" else config.data
+  source = pipeline.make_source(data, layout)
+  clips = [source[i] for i in range(min(num_clips, len(source)))]
+  return {key: np.stack([clip[key] for clip in clips]) for key in ("video", "audio")}
+
+
 def _batches(num_clips: int, batch_size: int):
   for start in range(0, num_clips, batch_size):
     yield start, min(start + batch_size, num_clips)
@@ -399,6 +419,8 @@ def evaluate(config, workdir: str, *, name: str | None = None, subdir: str = "")
   real = {"video": clips["video"], "audio": clips["audio"]}
   num_clips = real["video"].shape[0]
   networks = FeatureNetworks.from_config(config.eval)
+  other_real = (reference_clips(config, layout, num_clips)
+                if networks.video is not None or networks.audio is not None else None)
   use_oracle = config.data.name == "synthetic" or (
       config.data.name == "latent_cache" and config.data.raw.name == "synthetic")
   rng = jax.random.key(config.eval.seed)
@@ -425,7 +447,10 @@ def evaluate(config, workdir: str, *, name: str | None = None, subdir: str = "")
     # 4. Measure.
     start = time.time()
     metrics = measure_task(real, generated, task, layout, networks, use_oracle)
-    reference = measure_task(real, real, task, layout, networks, use_oracle)
+    # The real clips' row: their own oracle scores; FVD/KVD/FAD against other real clips (a
+    # set against itself is 0 whatever the features), the distance a perfect model still has.
+    reference = dict(measure_task(real, real, task, layout, None, use_oracle),
+                     **measure_distribution(real, other_real, task, layout, networks))
     metrics_s = time.time() - start
     start = time.time()
     baseline_metrics = measure_baselines(real, autoencoded, baselines, task, layout, networks,
