@@ -80,6 +80,8 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       # token over the whole clip (avdit.models.avdit.ClipPool). Measured on the fixed latents
       # (README, The main job): a2v frames stay a patchwork of block colours, v2a worse.
       clip_pool=False,
+      # The modalities whose tokens get it: "video,audio" or one of them.
+      clip_pool_modalities="video,audio",
       # Per block, a zero-init Linear(cond row -> heads): every key's attention logits get a
       # bias from its own (modality, segment)'s noise level (layers.AdaLNBlock), so a clean
       # other modality can be read where a noisy one is ignored. Not with attention="splash".

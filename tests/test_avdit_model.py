@@ -551,6 +551,13 @@ def test_clip_pool_adds_each_modality_its_own_clip_mean_and_starts_as_the_identi
   other[1] += 5.0 * np.random.default_rng(2).standard_normal(other[1].shape).astype(np.float32)
   np.testing.assert_allclose(np.asarray(pool(jnp.asarray(other)))[0], got[0], rtol=1e-5,
                              atol=1e-5)
+  # model.clip_pool_modalities="video": the audio tokens pass unchanged.
+  with nnx.use_eager_sharding(False):
+    video_only = ClipPool(32, layout, dtype=jnp.float32, rngs=nnx.Rngs(0), modalities=("video",))
+  video_only.video = pool.video
+  got = np.asarray(video_only(jnp.asarray(x)))
+  np.testing.assert_array_equal(got[:, lv:], x[:, lv:])
+  np.testing.assert_allclose(got[:, :lv], expected[:, :lv], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("option", ["cross_modal_pool", "clip_pool"])

@@ -10,6 +10,7 @@ R = M·N rows, L_v = N·(h/p)·(w/p) video tokens, l_a audio latents.
 """
 from __future__ import annotations
 
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -111,19 +112,25 @@ class ClipPool(nnx.Module):
   model starts as without it.
   """
 
-  def __init__(self, width: int, layout: ClipLayout, *, dtype: jnp.dtype, rngs: nnx.Rngs):
+  def __init__(self, width: int, layout: ClipLayout, *, dtype: jnp.dtype, rngs: nnx.Rngs,
+               modalities: tuple[str, ...] = ("video", "audio")):
     self.layout = layout
-    self.video = _pool_projection(width, dtype, rngs)
-    self.audio = _pool_projection(width, dtype, rngs)
+    # model.clip_pool_modalities: the modalities whose tokens get their clip mean.
+    self.video = _pool_projection(width, dtype, rngs) if "video" in modalities else None
+    self.audio = _pool_projection(width, dtype, rngs) if "audio" in modalities else None
 
   def __call__(self, x_bld: jax.Array) -> jax.Array:
     num_video = self.layout.num_video_tokens
     normed = layers.layer_norm(x_bld)
-    video_mean_b1d = normed[:, :num_video].mean(1, keepdims=True)
-    audio_mean_b1d = normed[:, num_video:].mean(1, keepdims=True)
-    to_video = jnp.broadcast_to(self.video(video_mean_b1d), x_bld[:, :num_video].shape)
-    to_audio = jnp.broadcast_to(self.audio(audio_mean_b1d), x_bld[:, num_video:].shape)
-    return x_bld + jnp.concatenate([to_video, to_audio], axis=1)
+    parts = []
+    for projection, tokens_bld in ((self.video, normed[:, :num_video]),
+                                   (self.audio, normed[:, num_video:])):
+      if projection is None:
+        parts.append(jnp.zeros_like(tokens_bld))
+      else:
+        parts.append(jnp.broadcast_to(projection(tokens_bld.mean(1, keepdims=True)),
+                                      tokens_bld.shape))
+    return x_bld + jnp.concatenate(parts, axis=1).astype(x_bld.dtype)
 
 
 class AVDiT(nnx.Module):
@@ -203,7 +210,12 @@ class AVDiT(nnx.Module):
         self.pools = self._per_block(CrossModalPool, "cross_modal_pool", cfg, layout, rngs)
       self.clip_pool = bool(cfg.get("clip_pool", False))
       if self.clip_pool:
-        self.clip_pools = self._per_block(ClipPool, "clip_pool", cfg, layout, rngs)
+        modalities = tuple(cfg.get("clip_pool_modalities", "video,audio").split(","))
+        if not set(modalities) <= {"video", "audio"}:
+          raise ValueError("model.clip_pool_modalities names video and/or audio, got "
+                           f"{cfg.clip_pool_modalities!r}")
+        self.clip_pools = self._per_block(
+            functools.partial(ClipPool, modalities=modalities), "clip_pool", cfg, layout, rngs)
 
   def _per_block(self, pool_class, option: str, cfg, layout: ClipLayout, rngs: nnx.Rngs):
     """One pool per block; pools run between unrolled blocks, so not with scan_layers."""
@@ -368,7 +380,9 @@ def flops_per_example(model_config, layout: ClipLayout) -> dict[str, int]:
       "cross_modal_pool": (depth * 2 * 2 * layout.num_segments * d * d
                            if cfg.get("cross_modal_pool", False) else 0),
       # Two d x d projections of the clip means per block (model.clip_pool).
-      "clip_pool": depth * 2 * 2 * d * d if cfg.get("clip_pool", False) else 0,
+      "clip_pool": (depth * 2 * 2 * d * d * len(cfg.get("clip_pool_modalities", "video,audio")
+                                                 .split(",")) // 2
+                    if cfg.get("clip_pool", False) else 0),
   }
   flops["total"] = sum(flops.values())
   return flops
