@@ -13,13 +13,17 @@ The audio is a quiet tone plus a loud click (a 1 ms pulse) at the time of a chos
 so the A/V alignment of a decoder can be checked to within a few milliseconds: the click's sample
 must sit at that frame's time. Stereo files carry the tone in opposite phase in the two channels
 (it cancels in the channel average) and a second tone that is the same in both, so a mono downmix
-that averages the channels is distinguishable from one that keeps a single channel.
+that averages the channels is distinguishable from one that keeps a single channel. Files with more
+channels (5.1) carry the second tone (and the click) in every channel.
+
+Variable frame rate files (`write_av(frame_seconds=...)`) show frame i at frame_seconds[i].
 """
 from __future__ import annotations
 
 import dataclasses
 import os
 import pathlib
+from collections.abc import Sequence
 from fractions import Fraction
 
 import av
@@ -32,6 +36,8 @@ COMMON_TONE_HZ = 1000.0  # same in both channels: survives the average
 TONE_AMPLITUDE = 0.1
 CLICK_AMPLITUDE = 0.8
 CLICK_SECONDS = 0.001
+VFR_TIME_BASE = Fraction(1, 1000)  # video time base of variable frame rate files: 1 ms
+AUDIO_LAYOUTS = {1: "mono", 2: "stereo", 6: "5.1"}
 
 # container suffix -> (video encoder, audio encoder, audio rate override or None)
 CODECS = {
@@ -54,14 +60,22 @@ class Fixture:
   channels: int
   audio_start_seconds: float  # pts of the first audio sample
   audio_seconds: float  # duration of the audio signal written (before codec padding)
-  click_frame: int | None  # the click sits at t = click_frame / fps
+  click_frame: int | None  # the click sits at the time of that frame
+  # Variable frame rate files: frame i at frame_seconds[i], the last shown until ~end_seconds
+  # (None: frame i at i / fps, the video ends at num_frames / fps).
+  frame_seconds: tuple[float, ...] | None = None
+  end_seconds: float | None = None
 
   @property
   def click_seconds(self) -> float:
+    if self.frame_seconds is not None:
+      return self.frame_seconds[self.click_frame]
     return self.click_frame / self.fps
 
   @property
   def video_seconds(self) -> float:
+    if self.end_seconds is not None:
+      return self.end_seconds
     return self.num_frames / self.fps
 
 
@@ -113,8 +127,10 @@ def audio_signal(num_samples: int, sample_rate: int, channels: int,
     signal_cl = (tone_l + common_l)[None]
   elif channels == 2:
     signal_cl = np.stack([tone_l + common_l, -tone_l + common_l])
+  elif channels in AUDIO_LAYOUTS:
+    signal_cl = np.repeat(common_l[None], channels, axis=0)
   else:
-    raise ValueError(f"channels must be 1 or 2, got {channels}")
+    raise ValueError(f"channels must be one of {sorted(AUDIO_LAYOUTS)}, got {channels}")
   if click_sample is not None and 0 <= click_sample < num_samples:
     width = max(1, int(round(CLICK_SECONDS * sample_rate)))
     signal_cl[:, click_sample:click_sample + width] += CLICK_AMPLITUDE
@@ -125,15 +141,18 @@ def write_av(path: str | os.PathLike, *, fps: int = 25, width: int = 64, height:
              seconds: float = 2.0, sample_rate: int = 16000, channels: int = 1,
              audio_start_seconds: float = 0.0, audio_seconds: float | None = None,
              with_audio: bool = True, click_frame: int | None = None,
-             faststart: bool = True) -> Fixture:
+             faststart: bool = True, frame_seconds: Sequence[float] | None = None,
+             audio_codec: str | None = None) -> Fixture:
   """Writes a pattern video (+ tone and click audio) and returns what it holds.
 
   Args:
     path: .mp4, .mkv or .webm; the codecs come from `CODECS`.
     fps: source frame rate; video frame i has pts i in time base 1 / fps.
     width, height: source frame size (even: yuv420p).
-    seconds: video duration (round(seconds * fps) frames).
-    sample_rate, channels: of the audio written (webm forces 48 kHz for Opus).
+    seconds: video duration (round(seconds * fps) frames; with `frame_seconds`, when the last
+      frame ends).
+    sample_rate, channels: of the audio written (webm forces 48 kHz for Opus); channels 1, 2
+      or 6 (5.1).
     audio_start_seconds: pts of the first audio sample; > 0 makes the audio start later than the
       video (the muxer records it as an empty edit / start offset).
     audio_seconds: duration of the audio signal; default: up to the end of the video.
@@ -141,22 +160,44 @@ def write_av(path: str | os.PathLike, *, fps: int = 25, width: int = 64, height:
     click_frame: the source frame whose time gets the click (default: the middle frame after
       the audio start).
     faststart: mp4 only: put the index (moov) in front of the data.
+    frame_seconds: a variable frame rate: frame i at frame_seconds[i] (increasing, rounded to
+      `VFR_TIME_BASE`), the last one shown until `seconds` (only about, in mp4: its muxer takes
+      durations in decode order, so keep the last interval short); `fps` is then only the
+      stream's nominal rate.
+    audio_codec: an audio encoder instead of the container's default (e.g. "pcm_u8" in .mkv:
+      8-bit unsigned samples).
   """
   path = pathlib.Path(path)
-  video_codec, audio_codec, forced_rate = CODECS[path.suffix]
+  video_codec, default_audio_codec, forced_rate = CODECS[path.suffix]
+  audio_codec = audio_codec or default_audio_codec
   sample_rate = forced_rate or sample_rate
-  num_frames = int(round(seconds * fps))
+  if frame_seconds is None:
+    frame_pts = None
+    num_frames = int(round(seconds * fps))
+    video_end = num_frames / fps
+  else:
+    frame_pts = [int(round(t / VFR_TIME_BASE)) for t in frame_seconds]
+    frame_seconds = tuple(float(p * VFR_TIME_BASE) for p in frame_pts)
+    if any(b <= a for a, b in zip(frame_pts, frame_pts[1:])) or frame_seconds[-1] >= seconds:
+      raise ValueError("frame_seconds must increase and stay below seconds")
+    num_frames = len(frame_pts)
+    video_end = float(seconds)
   if click_frame is None:
-    first = int(np.ceil(audio_start_seconds * fps))
+    if frame_seconds is None:
+      first = int(np.ceil(audio_start_seconds * fps))
+    else:
+      first = int(np.searchsorted(frame_seconds, audio_start_seconds))
     click_frame = (first + num_frames) // 2
+  click_time = click_frame / fps if frame_seconds is None else frame_seconds[click_frame]
   if audio_seconds is None:
-    audio_seconds = num_frames / fps - audio_start_seconds
+    audio_seconds = video_end - audio_start_seconds
   options = {"movflags": "+faststart"} if faststart and path.suffix == ".mp4" else {}
   with av.open(str(path), mode="w", container_options=options) as container:
     video = container.add_stream(video_codec, rate=fps)
     video.width, video.height = width, height
     video.pix_fmt = "yuv420p"
-    video.codec_context.time_base = Fraction(1, fps)
+    video_time_base = Fraction(1, fps) if frame_pts is None else VFR_TIME_BASE
+    video.codec_context.time_base = video_time_base
     if video_codec == "libx264":
       # Near-lossless keeps the bit stripes crisp; veryfast still uses B-frames (pts reordering).
       video.codec_context.options = {"crf": "12", "preset": "veryfast"}
@@ -165,7 +206,7 @@ def write_av(path: str | os.PathLike, *, fps: int = 25, width: int = 64, height:
     streams = [video]
     if with_audio:
       audio = container.add_stream(audio_codec, rate=sample_rate)
-      audio.codec_context.layout = "mono" if channels == 1 else "stereo"
+      audio.codec_context.layout = AUDIO_LAYOUTS[channels]
       audio.codec_context.time_base = Fraction(1, sample_rate)
       audio.codec_context.bit_rate = 128_000
       streams.append(audio)
@@ -174,15 +215,20 @@ def write_av(path: str | os.PathLike, *, fps: int = 25, width: int = 64, height:
     packets = []
     for i in range(num_frames):
       frame = av.VideoFrame.from_ndarray(pattern_frame(i, width, height), format="rgb24")
-      frame.pts = i
-      frame.time_base = Fraction(1, fps)
+      frame.pts = i if frame_pts is None else frame_pts[i]
+      frame.time_base = video_time_base
       packets += video.encode(frame)
     packets += video.encode(None)
+    if frame_pts is not None:  # each frame lasts until the next, the last one until `seconds`
+      ends = dict(zip(frame_pts, frame_pts[1:] + [int(round(seconds / VFR_TIME_BASE))]))
+      for packet in packets:
+        pts = int(round(packet.pts * packet.time_base / VFR_TIME_BASE))
+        packet.duration = int(round((ends[pts] - pts) * VFR_TIME_BASE / packet.time_base))
 
     if with_audio:
       offset = int(round(audio_start_seconds * sample_rate))
       num_samples = int(round(audio_seconds * sample_rate))
-      click_sample = int(round(click_frame / fps * sample_rate)) - offset
+      click_sample = int(round(click_time * sample_rate)) - offset
       signal_cl = audio_signal(num_samples, sample_rate, channels, click_sample)
       ctx = audio.codec_context
       frame_size = ctx.frame_size if ctx.frame_size > 0 else 960
@@ -195,6 +241,8 @@ def write_av(path: str | os.PathLike, *, fps: int = 25, width: int = 64, height:
           chunk_cl = chunk_cl.T.reshape(1, -1)
         if fmt.startswith("s16"):
           chunk_cl = np.round(chunk_cl * 32767).astype(np.int16)
+        elif fmt.startswith("u8"):  # unsigned 8-bit: silence at 128
+          chunk_cl = np.round(128 + chunk_cl * 127).astype(np.uint8)
         frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk_cl), format=fmt,
                                            layout=ctx.layout.name)
         frame.sample_rate = sample_rate
@@ -213,7 +261,9 @@ def write_av(path: str | os.PathLike, *, fps: int = 25, width: int = 64, height:
                  channels=channels if with_audio else 0,
                  audio_start_seconds=audio_start_seconds if with_audio else 0.0,
                  audio_seconds=audio_seconds if with_audio else 0.0,
-                 click_frame=click_frame if with_audio else None)
+                 click_frame=click_frame if with_audio else None,
+                 frame_seconds=frame_seconds,
+                 end_seconds=None if frame_seconds is None else video_end)
 
 
 def write_truncated(source: str | os.PathLike, path: str | os.PathLike,
@@ -229,3 +279,43 @@ def write_garbage(path: str | os.PathLike, num_bytes: int = 20_000, seed: int = 
   data = np.random.default_rng(seed).integers(0, 256, num_bytes, dtype=np.uint8).tobytes()
   pathlib.Path(path).write_bytes(data)
   return str(path)
+
+
+def write_corrupt(source: str | os.PathLike, path: str | os.PathLike, *, fraction: float = 0.5,
+                  num_bytes: int = 2000, seed: int = 0) -> str:
+  """Copies `source` to `path` with `num_bytes` random bytes from `fraction` of the file on.
+
+  In the middle of an interleaved file they hit audio and video packets alike (a damaged disk
+  sector or a bad download block); the container's index is untouched when it is in front.
+  """
+  data = bytearray(pathlib.Path(source).read_bytes())
+  start = int(len(data) * fraction)
+  data[start:start + num_bytes] = np.random.default_rng(seed).integers(
+      0, 256, num_bytes, dtype=np.uint8).tobytes()
+  pathlib.Path(path).write_bytes(bytes(data))
+  return str(path)
+
+
+def write_corrupt_packets(source: str | os.PathLike, path: str | os.PathLike, *,
+                          stream: str = "video", fraction: float = 0.5, num_packets: int = 1,
+                          seed: int = 0) -> list[float]:
+  """Copies `source` to `path` with the payload of `num_packets` packets of one stream damaged.
+
+  The packets are the first of that stream (audio or video) stored from `fraction` of the file
+  on; each keeps its first 8 bytes (an H.264 NAL's length and header) and the rest is random, so
+  the container and the other stream are intact and only that stream's decoder meets garbage.
+  Returns the damaged packets' pts (seconds).
+  """
+  data = bytearray(pathlib.Path(source).read_bytes())
+  start = int(len(data) * fraction)
+  with av.open(str(source)) as container:
+    packets = [(packet.pos, packet.size, float(packet.pts * packet.time_base))
+               for packet in container.demux(getattr(container.streams, stream)[0])
+               if packet.size > 8 and packet.pos >= start][:num_packets]
+  if len(packets) < num_packets:
+    raise ValueError(f"fewer than {num_packets} {stream} packets after byte {start}")
+  rng = np.random.default_rng(seed)
+  for pos, size, _ in packets:
+    data[pos + 8:pos + size] = rng.integers(0, 256, size - 8, dtype=np.uint8).tobytes()
+  pathlib.Path(path).write_bytes(bytes(data))
+  return [seconds for _, _, seconds in packets]

@@ -252,7 +252,8 @@ def _decode_frames(container, stream, path: str, what: str) -> Iterator[Any]:
   A decode error on the last packet of the file (a download cut off mid-packet) only ends the
   stream: the frames before it are sound, and whether too much is missing is then decided by the
   truncation check against the declared durations. An error with more data after it is
-  corruption inside the file: `decode_error`.
+  corruption inside the file: `decode_error`. A frame the decoder flags as corrupt counts as such
+  an error (see below).
   """
   packets = container.demux(stream)
   try:
@@ -264,7 +265,16 @@ def _decode_frames(container, stream, path: str, what: str) -> Iterator[Any]:
           raise UnusableFile("decode_error", f"{what}: {type(err).__name__}: {err}",
                              path) from err
         return
-      yield from frames
+      # FFmpeg's H.264 decoder conceals much damaged data instead of failing on it: it returns the
+      # frame patched from its neighbours, only flagged corrupt, and the frames predicted from it
+      # are wrong too, unflagged. Without this check such frames went into the clips silently.
+      for frame in frames:
+        if frame.is_corrupt:
+          if any(later.size for later in packets):
+            raise UnusableFile("decode_error", f"{what}: the decoder flagged the frame at "
+                               f"{_frame_seconds(frame, stream)} s corrupt (damaged data)", path)
+          return
+        yield frame
   except av.FFmpegError as err:  # demuxer errors, and decoder errors while scanning ahead
     raise UnusableFile("decode_error", f"{what}: {type(err).__name__}: {err}", path) from err
 
