@@ -20,6 +20,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 import av_fixtures as fx
+from avdit.data import av_decode
 from avdit.data import av_folder
 from avdit.data import prepare
 
@@ -51,11 +52,13 @@ TONES = {name: (fx.TONE_AMPLITUDE, fx.TONE_AMPLITUDE) for name in GOOD}
 TONES["train/u8.mkv"] = (fx.TONE_AMPLITUDE, 0.0)
 TONES["train/surround.mp4"] = (fx.TONE_AMPLITUDE, 0.0)
 SKIPPED = {
-    "train/corrupt_middle.mp4": "decode_error",
-    "train/corrupt_video.mp4": "decode_error",
     "train/empty.mp4": "unreadable",
     "test/notes.mp4": "unreadable",
 }
+
+
+# Damaged in the middle (all streams; the video stream only): used, with the clips before it.
+DAMAGED = ("train/corrupt_middle.mp4", "train/corrupt_video.mp4")
 
 
 def implied_clips(seconds: float) -> int:
@@ -139,8 +142,8 @@ def cover_crop_rows(src_width: int, src_height: int) -> list[tuple[float, float]
 def test_report_counts_every_file_used_or_skipped_with_its_reason(prepared):
   """Every file is counted: the good ones used, each bad one under its reason, none lost."""
   _, report, _ = prepared
-  assert report["files_seen"] == len(GOOD) + len(SKIPPED)
-  assert report["files_used"] == len(GOOD)
+  assert report["files_seen"] == len(GOOD) + len(SKIPPED) + len(DAMAGED)
+  assert report["files_used"] == len(GOOD) + len(DAMAGED)
   assert report["files_skipped"] == len(SKIPPED)
   assert report["ignored"] == {"count": 0, "files": []}
   got = {reason: sorted(info["files"]) for reason, info in report["skipped"].items()}
@@ -150,26 +153,28 @@ def test_report_counts_every_file_used_or_skipped_with_its_reason(prepared):
     assert info["count"] == len(info["files"])
     assert info["meaning"] == av_folder.SKIP_REASONS[reason]
   for split in ("train", "test"):
-    names = [n for n in {**GOOD, **SKIPPED} if n.startswith(split + "/")]
+    names = [n for n in [*GOOD, *SKIPPED, *DAMAGED] if n.startswith(split + "/")]
     assert report["splits"][split]["files"] == len(names)
-    assert report["splits"][split]["files_used"] == len([n for n in names if n in GOOD])
+    assert report["splits"][split]["files_used"] == len([n for n in names if n not in SKIPPED])
 
 
 def test_good_files_give_the_clips_their_length_implies(prepared):
   """Per file: as many clips as its duration holds, each exactly once; per split: the totals."""
   _, report, records = prepared
   files = by_source(records)
-  assert sorted(files) == sorted(GOOD)
+  assert sorted(files) == sorted([*GOOD, *DAMAGED])
   for name, kwargs in GOOD.items():
     assert [int(r["clip_index"]) for r in files[name]] == list(
         range(implied_clips(kwargs["seconds"]))), name
+  damaged_clips = sum(len(files[name]) for name in DAMAGED)  # all in train/
   for split in ("train", "test"):
     expected = sum(implied_clips(kw["seconds"]) for n, kw in GOOD.items()
-                   if n.startswith(split + "/"))
+                   if n.startswith(split + "/")) + (damaged_clips if split == "train" else 0)
     assert report["splits"][split]["clips"] == len(records[split]) == expected, split
-    assert report["splits"][split]["video_seconds"] == pytest.approx(
-        sum(kw["seconds"] for n, kw in GOOD.items() if n.startswith(split + "/")))
-  assert report["clips"] == sum(implied_clips(kw["seconds"]) for kw in GOOD.values()) == 13
+  assert report["splits"]["test"]["video_seconds"] == pytest.approx(
+      sum(kw["seconds"] for n, kw in GOOD.items() if n.startswith("test/")))
+  assert report["clips"] == sum(implied_clips(kw["seconds"]) for kw in GOOD.values()) + (
+      damaged_clips) == 13 + damaged_clips
 
 
 def test_clips_have_the_dataset_geometry(prepared):
@@ -276,23 +281,32 @@ def test_audio_of_any_layout_format_and_rate_is_the_mono_mix_at_16k(prepared, na
 # --------------------------------------------------------------------------------------------
 # Bad files
 # --------------------------------------------------------------------------------------------
-def test_damage_in_the_middle_skips_the_whole_file(prepared):
-  """A file damaged in the middle is skipped as `decode_error`; its earlier clips are not kept.
+def test_damage_in_the_middle_keeps_the_clips_before_it(prepared, manual_dir):
+  """A file damaged in the middle is used up to the damage: the report names it with the damage's
+  time, its clips all end DAMAGE_MARGIN_SECONDS before it, and they show the right frames.
 
-  What happens: 2000 random bytes in the middle of an interleaved mp4 hit AAC packets, and the
-  audio decoder fails on them; av_decode treats a decode error with more data after it as
-  corruption inside the file and skips the whole file (only a failure on the very last packet,
-  a cut-off download, keeps what came before). Damage to the H.264 data alone is often concealed
-  by the decoder instead (the frame comes out patched, only flagged corrupt, and the frames
-  predicted from it are wrong too): av_decode takes such a flag as the same error, so those
-  frames never reach the clips either.
+  The damage: 2000 random bytes at half of a 4 s interleaved mp4 (the audio decoder fails on
+  them), and one H.264 packet at ~2 s that the decoder conceals (the frame comes out patched,
+  only flagged corrupt, and the frames predicted from it are wrong too): either ends both
+  streams (av_decode.decode_file), as a failure on the very last packet (a cut-off download)
+  always did.
   """
   _, report, records = prepared
-  skipped = report["skipped"]["decode_error"]["files"]
-  assert skipped["train/corrupt_middle.mp4"].startswith("audio: ")  # audio is decoded first
-  assert skipped["train/corrupt_video.mp4"].startswith("video: ")
-  sources = set(by_source(records))
-  assert not {"train/corrupt_middle.mp4", "train/corrupt_video.mp4"} & sources
+  assert report["damaged"]["count"] == len(DAMAGED)
+  files = by_source(records)
+  clip_seconds = FRAMES / FPS
+  for name in DAMAGED:
+    info = report["damaged"]["files"][name]
+    assert 1.0 < info["damaged_at_seconds"] < 3.0, (name, info)  # in the middle of 4 s
+    clips = files[name]
+    assert info["clips_kept_before"] == len(clips) >= 1
+    keep_until = info["damaged_at_seconds"] - av_decode.DAMAGE_MARGIN_SECONDS
+    assert len(clips) == int(keep_until // clip_seconds)  # every whole clip before it, no more
+    for record in clips:
+      shown = [fx.read_frame_index(frame) for frame in record["video"]]
+      first = int(record["clip_index"]) * FRAMES
+      # Source frames at 25 fps on the 10 fps grid: frame k shows source frame floor(2.5 k).
+      assert shown == [int(2.5 * k + 1e-6) for k in range(first, first + FRAMES)], name
 
 
 def test_empty_and_text_files_named_mp4_are_unreadable(prepared):

@@ -38,7 +38,10 @@ converted. Rotation metadata (phone videos) is not applied. The whole file is he
 the output size (51 s at 10 fps and 128 x 128: 25 MB of frames).
 
 Errors. Any file that cannot give correct clips raises `UnusableFile(reason, detail)` with
-`reason` one of `REASONS` (see there); bad arguments raise ValueError.
+`reason` one of `REASONS` (see there); bad arguments raise ValueError. Damaged data inside a file
+(a decoder error, or a frame the decoder flags corrupt, with more data after it) ends both
+streams DAMAGE_MARGIN_SECONDS before it: the clips before the damage are kept
+(`DecodedAV.damaged_at_seconds`).
 """
 from __future__ import annotations
 
@@ -50,6 +53,7 @@ from typing import Any
 
 import av
 import numpy as np
+from absl import logging
 
 PathLike = str | os.PathLike
 
@@ -71,6 +75,9 @@ AUDIO_LEAD_TOLERANCE_SECONDS = 0.005
 # A stream that stops earlier than the container declares by more than this is a cut-off file.
 TRUNCATION_TOLERANCE_SECONDS = 0.5
 TRUNCATION_TOLERANCE_FRACTION = 0.02
+# Damaged data inside a file: what precedes it by this much is kept (B-frames shown before a
+# damaged packet may be predicted from it; x264 reorders a few frames, well under this).
+DAMAGE_MARGIN_SECONDS = 0.5
 # libswresample options: timestamp compensation up to 1000 samples/s of stretch, and a channel
 # matrix normalised to sum 1 (plain average for stereo; the default keeps 0.707 * (L + R)).
 _RESAMPLER_OPTIONS = {"async": "1000", "rematrix_maxval": "1.0"}
@@ -105,6 +112,8 @@ class DecodedAV:
       shows (for reports and tests of the frame-rate conversion).
     source_duration_seconds: the container's declared duration (or the longest stream's end).
     video_end_seconds, audio_end_seconds: where each decoded stream ends on the source clock.
+    damaged_at_seconds: where damaged data inside the file stopped a stream (None: no damage);
+      both streams then end DAMAGE_MARGIN_SECONDS before it.
   """
 
   source: str
@@ -117,6 +126,7 @@ class DecodedAV:
   source_duration_seconds: float
   video_end_seconds: float
   audio_end_seconds: float
+  damaged_at_seconds: float | None = None
 
   @property
   def num_frames(self) -> int:
@@ -246,41 +256,46 @@ def probe(path: PathLike) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 # Audio
 # --------------------------------------------------------------------------------------------
-def _decode_frames(container, stream, path: str, what: str) -> Iterator[Any]:
+def _decode_frames(container, stream, path: str, what: str,
+                   damage: list[float]) -> Iterator[Any]:
   """Decoded frames of `stream`; FFmpeg errors become UnusableFile.
 
   A decode error on the last packet of the file (a download cut off mid-packet) only ends the
   stream: the frames before it are sound, and whether too much is missing is then decided by the
   truncation check against the declared durations. An error with more data after it is
-  corruption inside the file: `decode_error`. A frame the decoder flags as corrupt counts as such
-  an error (see below).
+  corruption inside the file: it ends the stream too, and its source time (the failing packet's,
+  or the flagged frame's) is appended to `damage` (`decode_file` keeps what precedes it). A
+  frame the decoder flags as corrupt counts as such an error: FFmpeg's H.264 decoder conceals much damaged data instead of failing on it, returning
+  the frame patched from its neighbours, only flagged, and the frames predicted from it are wrong
+  too, unflagged; without the check such frames went into the clips silently.
   """
   packets = container.demux(stream)
+
+  def damaged(seconds) -> None:
+    if any(later.size for later in packets):  # else the very last packet: a cut-off file,
+      damage.append(seconds if seconds is not None else 0.0)  # judged by the truncation check
+
   try:
     for packet in packets:
       try:
         frames = packet.decode()
       except av.FFmpegError as err:
-        if any(later.size for later in packets):
-          raise UnusableFile("decode_error", f"{what}: {type(err).__name__}: {err}",
-                             path) from err
+        logging.info("%s: %s decoding stopped at damaged data: %s: %s", path, what,
+                     type(err).__name__, err)
+        damaged(_seconds(packet.pts, packet.time_base or stream.time_base))
         return
-      # FFmpeg's H.264 decoder conceals much damaged data instead of failing on it: it returns the
-      # frame patched from its neighbours, only flagged corrupt, and the frames predicted from it
-      # are wrong too, unflagged. Without this check such frames went into the clips silently.
       for frame in frames:
         if frame.is_corrupt:
-          if any(later.size for later in packets):
-            raise UnusableFile("decode_error", f"{what}: the decoder flagged the frame at "
-                               f"{_frame_seconds(frame, stream)} s corrupt (damaged data)", path)
+          damaged(_frame_seconds(frame, stream))
           return
         yield frame
   except av.FFmpegError as err:  # demuxer errors, and decoder errors while scanning ahead
     raise UnusableFile("decode_error", f"{what}: {type(err).__name__}: {err}", path) from err
 
 
-def _decode_audio(path: str, sample_rate: int) -> tuple[np.ndarray, float]:
-  """(float32 [L] mono at `sample_rate`, source time of sample 0) of the first audio stream."""
+def _decode_audio(path: str, sample_rate: int, damage: list[float]) -> tuple[np.ndarray, float]:
+  """(float32 [L] mono at `sample_rate`, source time of sample 0) of the first audio stream
+  (up to damage inside the file, whose time goes to `damage`: `_decode_frames`)."""
   resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate,
                                 options=_RESAMPLER_OPTIONS)
   chunks: list[np.ndarray] = []
@@ -290,7 +305,7 @@ def _decode_audio(path: str, sample_rate: int) -> tuple[np.ndarray, float]:
       raise UnusableFile("no_audio_stream", "the container has no audio stream", path)
     stream = container.streams.audio[0]
     try:
-      for frame in _decode_frames(container, stream, path, "audio"):
+      for frame in _decode_frames(container, stream, path, "audio", damage):
         for out in resampler.resample(frame):
           if start_seconds is None and out.pts is not None:
             start_seconds = _seconds(out.pts, out.time_base)
@@ -366,8 +381,10 @@ def _frame_duration(frame: av.VideoFrame, stream, previous_interval: float | Non
   return 1.0 / rate
 
 
-def _decode_video(path: str, *, fps: float, height: int, width: int, audio_start: float):
-  """Frames on the grid t0 + k / fps (see the module docstring).
+def _decode_video(path: str, *, fps: float, height: int, width: int, audio_start: float,
+                  damage: list[float]):
+  """Frames on the grid t0 + k / fps (see the module docstring), up to damage inside the file,
+  whose time goes to `damage` (`_decode_frames`).
 
   Returns:
     (uint8 [T, H, W, 3], float64 [T] source pts of each shown frame, t0, video end seconds).
@@ -403,7 +420,7 @@ def _decode_video(path: str, *, fps: float, height: int, width: int, audio_start
         shown_seconds.append(seconds)
 
     try:
-      for frame in _decode_frames(container, stream, path, "video"):
+      for frame in _decode_frames(container, stream, path, "video", damage):
         decoded_any = True
         seconds = _frame_seconds(frame, stream)
         if seconds is None:  # no pts at all: continue from the last frame at the stream rate
@@ -477,16 +494,31 @@ def decode_file(path: PathLike, *, fps: float, height: int, width: int,
     declared_end = _container_end(container)
 
   # Audio first (cheap): its start decides where the video may begin.
-  audio_l, audio_start = _decode_audio(path, sample_rate)
+  damage: list[float] = []  # source times where a stream stopped at damage inside the file
+  audio_l, audio_start = _decode_audio(path, sample_rate, damage)
   audio_end = audio_start + audio_l.shape[0] / sample_rate
   frames_thwc, shown_seconds, t0, video_end = _decode_video(
-      path, fps=fps, height=height, width=width, audio_start=audio_start)
+      path, fps=fps, height=height, width=width, audio_start=audio_start, damage=damage)
+  damaged_at = min(damage) if damage else None
+  if damaged_at is not None:
+    # Both streams end DAMAGE_MARGIN_SECONDS before the damage: frames shown before a damaged
+    # packet may be predicted from it (B-frames), and an audio frame overlaps its neighbours.
+    keep_until = damaged_at - DAMAGE_MARGIN_SECONDS
+    num_frames = max(0, int(np.floor((keep_until - t0) * fps + TIME_EPSILON_SECONDS)))
+    num_samples = max(0, int(np.floor((keep_until - audio_start) * sample_rate)))
+    if not num_frames or not num_samples:
+      raise UnusableFile("decode_error", f"damaged data at {damaged_at:.3f} s leaves nothing "
+                         "usable before it", path)
+    frames_thwc, shown_seconds = frames_thwc[:num_frames], shown_seconds[:num_frames]
+    audio_l = audio_l[:num_samples]
+    video_end = min(video_end, t0 + num_frames / fps)
+    audio_end = min(audio_end, audio_start + num_samples / sample_rate)
 
   # A cut-off file decodes "fine" up to the cut: compare with what the container declares.
   for name, decoded_end, declared in (("video", video_end, declared_video_end),
                                       ("audio", audio_end, declared_audio_end),
                                       ("longest stream", max(video_end, audio_end), declared_end)):
-    if declared is None:
+    if declared is None or damaged_at is not None:  # damaged: cut on purpose, above
       continue
     tolerance = max(TRUNCATION_TOLERANCE_SECONDS, TRUNCATION_TOLERANCE_FRACTION * declared)
     if decoded_end < declared - tolerance:
@@ -509,7 +541,8 @@ def decode_file(path: PathLike, *, fps: float, height: int, width: int,
       sample_rate=int(sample_rate), t0_seconds=float(t0), source_frame_seconds=shown_seconds,
       source_duration_seconds=float(declared_end if declared_end is not None
                                     else max(video_end, audio_end)),
-      video_end_seconds=float(video_end), audio_end_seconds=float(audio_end))
+      video_end_seconds=float(video_end), audio_end_seconds=float(audio_end),
+      damaged_at_seconds=None if damaged_at is None else float(damaged_at))
   if decoded.common_seconds < 1.0 / fps:
     raise UnusableFile("too_short", f"audio ({audio_start:.3f}-{audio_end:.3f} s) and video "
                        f"(from {t0:.3f} to {video_end:.3f} s) overlap for less than one frame",

@@ -80,10 +80,10 @@ SKIP_REASONS = {
     "missing": "listed in a split's file list but not found in manual_dir",
     "unexpected_error": "decoding raised an unexpected error (not cached: a re-run retries it)",
 }
-CACHE_VERSION = 1  # bump to invalidate every intermediate when their content changes
+CACHE_VERSION = 2  # bump to invalidate every intermediate when their content changes
 REPORT_NAME = "prepare_report.json"
 _SCALARS = ("fps", "sample_rate", "t0_seconds", "source_duration_seconds", "video_end_seconds",
-            "audio_end_seconds")
+            "audio_end_seconds", "damaged_at_seconds")
 
 
 # --------------------------------------------------------------------------------------------
@@ -603,6 +603,9 @@ def decode_and_plan(manual_dir, config: AvFolderConfig, cache_root: str,
   for reason, info in report["skipped"].items():
     logging.warning("Skipped %d file(s) as %s: %s", info["count"], reason,
                     ", ".join(sorted(info["files"])))
+  for relpath, info in report["damaged"]["files"].items():
+    logging.warning("%s: damaged data at %.2f s; its %d clips before it are kept", relpath,
+                    info["damaged_at_seconds"], info["clips_kept_before"])
   return Plan(entries=entries, report=report)
 
 
@@ -686,6 +689,9 @@ def make_report(entries: list[FileEntry], assignment: SplitAssignment,
       info["files"][e.relpath] = e.detail
   used = list({e.relpath: e for e in entries if e.num_clips}.values())  # one per file
   seen = {e.relpath for e in entries}
+  damaged = {e.relpath: {"damaged_at_seconds": outcomes[e.relpath]["damaged_at_seconds"],
+                         "clips_kept_before": e.all_clips}
+             for e in used if outcomes[e.relpath].get("damaged_at_seconds") is not None}
   return {
       "dataset": f"av_folder/{config.name}",
       "dataset_dir": dataset_dir,
@@ -700,6 +706,8 @@ def make_report(entries: list[FileEntry], assignment: SplitAssignment,
       "clips": sum(info["clips"] for info in splits.values()),
       "splits": splits,
       "skipped": dict(sorted(skipped.items())),
+      # Used files with damaged data inside: their clips end before it (av_decode.decode_file).
+      "damaged": {"count": len(damaged), "files": dict(sorted(damaged.items()))},
       "ignored": {"count": len(assignment.ignored), "files": assignment.ignored[:100]},
       "seconds": {"video": round(sum(e.video_seconds for e in used), 3),
                   "audio": round(sum(e.audio_seconds for e in used), 3),
