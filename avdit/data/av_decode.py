@@ -265,9 +265,10 @@ def _decode_frames(container, stream, path: str, what: str,
   truncation check against the declared durations. An error with more data after it is
   corruption inside the file: it ends the stream too, and its source time (the failing packet's,
   or the flagged frame's) is appended to `damage` (`decode_file` keeps what precedes it). A
-  frame the decoder flags as corrupt counts as such an error: FFmpeg's H.264 decoder conceals much damaged data instead of failing on it, returning
-  the frame patched from its neighbours, only flagged, and the frames predicted from it are wrong
-  too, unflagged; without the check such frames went into the clips silently.
+  frame the decoder flags as corrupt counts as such an error: FFmpeg's H.264 decoder conceals
+  much damaged data instead of failing on it, returning the frame patched from its neighbours,
+  only flagged, and the frames predicted from it are wrong too, unflagged; without the check
+  such frames went into the clips silently.
   """
   packets = container.demux(stream)
 
