@@ -3,8 +3,10 @@
   python -m avdit.main --config=configs/monl_ablation.py --workdir=DIR --mode=experiment
 
 Every setting trains the same model on the same synthetic world with the same budget and seed
-(DIR/<setting>/), then runs the task suite with the same held-out clips, sampler and seed
-(DIR/<setting>/eval/<method>/); DIR/comparison.md is the table (see avdit/workflows/experiment.py).
+(DIR/<setting>/; with `experiment.seeds` = "0,1,2" also DIR/<setting>_seed1/, ..._seed2/), then
+runs the task suite with the same held-out clips, sampler and seed (DIR/<setting>/eval/<method>/);
+DIR/comparison.md is the table, means with 95% bootstrap intervals over clips (and seeds) and the
+significant paired differences (see avdit/workflows/experiment.py, avdit/evaluation/report.py).
 
 Variants:
   default  17 frames 32x32 at 8 fps + 2.125 s of 16 kHz audio (space-to-depth latents:
@@ -32,6 +34,10 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       # Sampling methods per setting (default monl). A vanilla model knows one scalar timestep:
       # conditional tasks by replacement, and again with reconstruction guidance.
       methods=dict(vanilla="replacement|reconstruction"),
+      # Training seeds (config.seed = data.shuffle_seed = k), each setting trained once per
+      # seed in DIR/<setting>/ (seed 0) or DIR/<setting>_seed<k>/; all evaluated on the same
+      # held-out clips and sampler seed. "0,1,2" gives intervals over seeds as well as clips.
+      seeds="0",
       title="MoNL vs its ablations on the synthetic world (Table 1 at small scale)",
       command=COMMAND,
   ))

@@ -226,6 +226,7 @@ def test_tiny_experiment_trains_evaluates_compares_and_resumes(tmp_path):
       assert task["reference"]["continuity_jump_px"] < 0.5
       assert set(task["baselines"]) == {"autoencoder", "shuffled", "constant"}
       assert 0 <= task["timing"]["sampling_share"] <= 1
+      assert len(task["per_clip"]["sync_f1"]) == saved["num_clips"]
     assert "| shuffled pairs (chance) |" in (out / "table.md").read_text()
     assert (out / "table.md").exists() and (out / "metrics.png").stat().st_size > 1000
     assert (out / "samples" / "av_continue_0.mp4").stat().st_size > 0
@@ -381,3 +382,212 @@ def test_reference_clips_for_the_real_row_are_training_clips_not_the_held_out_on
   between = suite.measure_distribution(real, other, task, layout, networks)
   itself = suite.measure_distribution(real, real, task, layout, networks)
   assert between["fvd"] > 1e3 * abs(itself["fvd"])
+
+
+# --- per-clip values, intervals over clips and seeds, paired comparisons -----------------------
+def test_evaluate_batch_is_the_mean_of_the_per_clip_values(layout, world_clips):
+  """evaluate_clips tabulates evaluate_clip per clip (NaN where nothing is scored); the batch
+  averages are the means over the defined clips of that table, and the suite's per-clip values
+  are the same table as JSON (None for NaN), with av_align's per-clip values too."""
+  from avdit.evaluation import oracle
+  real = {k: v[:4] for k, v in world_clips.items()}
+  generated = {k: v.copy() for k, v in real.items()}
+  generated["video"][0] = real["video"][0, 0, 0, 0]  # clip 0: one flat colour, no disc
+  task = tasks_lib.parse_task("a2v", layout)
+  table = oracle.evaluate_clips(real, generated, task.condition_mask, layout)
+  assert set(table) == set(oracle.METRICS) | set(oracle.COUNTS)
+  assert all(v.shape == (4,) for v in table.values())
+  one = oracle.evaluate_clip({k: v[2] for k, v in real.items()},
+                             {k: v[2] for k, v in generated.items()}, task.condition_mask, layout)
+  assert {name: table[name][2] for name in one} == pytest.approx(one, nan_ok=True)
+  jumps = table["continuity_jump_px"]
+  assert np.isnan(jumps[0]) and np.isfinite(jumps[1:]).all()
+  averaged = oracle.evaluate_batch(real, generated, task.condition_mask, layout)
+  for name in oracle.METRICS:
+    defined = np.isfinite(table[name])
+    assert averaged[f"{name}_num_clips"] == defined.sum()
+    if defined.any():
+      assert averaged[name] == pytest.approx(table[name][defined].mean(), rel=1e-12), name
+  assert averaged["continuity_jump_px_num_clips"] == 3
+  assert averaged["subject_disc_found_fraction"] == pytest.approx(0.75)
+  metrics, per_clip = suite.measure_task_per_clip(real, generated, task, layout)
+  assert set(per_clip) == set(oracle.METRICS) | {"av_align"}
+  assert per_clip["continuity_jump_px"][0] is None
+  assert per_clip["continuity_jump_px"][1:] == pytest.approx(list(jumps[1:]))
+  assert metrics["av_align"] == pytest.approx(np.mean(per_clip["av_align"]))
+  assert json.loads(json.dumps(per_clip)) == per_clip  # plain JSON, no NaN
+  assert metrics == pytest.approx(suite.measure_task(real, generated, task, layout), nan_ok=True)
+
+
+def test_bootstrap_interval_of_normal_clips_approaches_the_normal_interval():
+  """For many clips of a normal distribution the 95% bootstrap interval of the mean approaches
+  mean ± 1.96 sd / sqrt(n); a constant column has a zero-width interval; undefined clips (None)
+  are left out; the same values always give the same interval (a fixed generator seed)."""
+  x = np.random.default_rng(4).normal(3.0, 2.0, 400)
+  interval = report.bootstrap_interval(x)
+  half = 1.96 * x.std(ddof=1) / np.sqrt(400)
+  assert interval.mean == pytest.approx(x.mean())
+  assert interval.low == pytest.approx(x.mean() - half, abs=0.1 * half)
+  assert interval.high == pytest.approx(x.mean() + half, abs=0.1 * half)
+  assert report.bootstrap_interval(x) == interval
+  assert report.bootstrap_interval([0.25] * 16) == report.Interval(0.25, 0.25, 0.25)
+  with_gaps = report.bootstrap_interval([1.0, None, 3.0, float("nan")])
+  assert with_gaps.mean == 2.0 and 1.0 <= with_gaps.low < with_gaps.high <= 3.0
+  assert report.bootstrap_interval([None, None]) is None
+
+
+def test_bootstrap_interval_over_seeds_resamples_seeds_and_shares_the_clips():
+  """Several seeds: the mean is the mean of the seeds' means; seeds are resampled (two seeds of
+  constant values 0 and 1 give exactly [0, 1]); clips are drawn once for all seeds, which see
+  the same clips (two identical seeds give the one seed's interval, not a narrower one)."""
+  assert report.bootstrap_interval([[0.0] * 8, [1.0] * 8]) == report.Interval(0.5, 0.0, 1.0)
+  x = list(np.random.default_rng(2).normal(0.0, 1.0, 16))
+  assert report.bootstrap_interval([x, x]) == pytest.approx(report.bootstrap_interval(x))
+  # Seed means 1 (one clip defined) and 3.
+  assert report.bootstrap_interval([[1.0, None], [2.0, 4.0]]).mean == 2.0
+  with pytest.raises(ValueError, match="equally many clips"):
+    report.bootstrap_interval([[1.0, 2.0], [3.0]])
+
+
+def test_paired_difference_detects_a_shift_the_separate_intervals_do_not():
+  """Per-clip values with a large clip-to-clip variation shared by two settings and a small
+  constant shift: their separate intervals overlap, the paired difference's interval is near
+  the shift and excludes 0; identical settings give a difference of exactly 0."""
+  clip = np.random.default_rng(0).normal(0.0, 10.0, 32)
+  noise = np.random.default_rng(1).normal(0.0, 0.05, 32)
+  a, b = clip + 0.5 + noise, clip
+  separate_a, separate_b = report.bootstrap_interval(a), report.bootstrap_interval(b)
+  assert separate_a.low < separate_b.high and separate_b.low < separate_a.high  # overlap
+  difference = report.paired_difference(a, b)
+  assert difference.excludes_zero and 0.45 < difference.low < difference.high < 0.55
+  assert difference.mean == pytest.approx(np.mean(a - b))
+  assert report.paired_difference(b, a).high < 0
+  assert not report.paired_difference(b, b).excludes_zero
+  with pytest.raises(ValueError, match="same seeds and clips"):
+    report.paired_difference([a, a], [b])
+
+
+def _seed_results(name, per_clip_by_seed, fvd_by_seed):
+  """Suite results per seed: task "t", av_height_error_px with per-clip values, fvd without."""
+  runs = []
+  for values, fvd in zip(per_clip_by_seed, fvd_by_seed):
+    results = _results(name, {"t": {"av_height_error_px": float(np.mean(values)), "fvd": fvd}})
+    results["tasks"]["t"]["per_clip"] = {"av_height_error_px": [float(v) for v in values]}
+    runs.append(results)
+  return runs
+
+
+def test_comparison_tables_show_intervals_and_list_significant_pairs():
+  """Two seeds per setting on the same 16 clips: cells with per-clip values show mean [low,
+  high] (the bootstrap over clips and seeds), fvd (no per-clip values) the mean over seeds; the
+  significance section lists b (better by 1 on every clip, under a clip variation of sd 5) as
+  better than a and than c, and not a vs c (per-clip differences of ±0.1, mean 0.0125); the
+  mean ranks are of the means; results without per-clip values get neither intervals nor
+  that section."""
+  clip = np.random.default_rng(3).normal(10.0, 5.0, 16)
+  signs = np.where(np.arange(16) < 9, 0.1, -0.1)
+  by_setting = {
+      "a": _seed_results("a", [clip, clip + 0.3], [1.0, 3.0]),
+      "b": _seed_results("b", [clip - 1.0, clip - 0.7], [2.0, 2.0]),
+      "c": _seed_results("c", [clip + signs, clip + 0.3 + signs], [4.0, 4.0]),
+  }
+  found, tested = report.significant_differences(by_setting)
+  assert tested == 3  # the three pairs in the one cell with per-clip values
+  assert [(better, worse) for _, _, better, worse, _ in found] == [("b", "a"), ("b", "c")]
+  # Intervals of better - worse (lower is better here): -1 on every clip, -1 - signs for c.
+  assert [d.mean for *_, d in found] == pytest.approx([-1.0, -1.0125])
+  assert all(d.high < 0 for *_, d in found)
+  text = report.comparison_tables(by_setting, title="T", notes="N")
+  interval = report.cell_interval(by_setting["a"], "t", "av_height_error_px")
+  assert interval.mean == pytest.approx(clip.mean() + 0.15)
+  assert interval.low < interval.mean < interval.high
+  assert f"| a | {interval.format()} | {interval.mean:.3f} |" in text
+  assert "| a | 2.000 | 2.000 |" in text  # fvd: the mean over the two seeds
+  assert "| b | 2 | 0 |" in text and "| c | 0 | 1 |" in text  # wins, losses
+  assert "- t, av_height_error_px ↓: b better than a: b − a = -1.000 [" in text
+  assert "Intervals: `mean [low, high]`" in text
+  assert "## Significant differences" in text
+  # fvd: a and b tie (1.5), c 3rd; av_height_error_px: b, a, c.
+  assert report.mean_ranks(by_setting) == pytest.approx({"a": 1.75, "b": 1.25, "c": 3.0})
+  plain = {s: runs[0] for s, runs in by_setting.items()}
+  for results in plain.values():
+    del results["tasks"]["t"]["per_clip"]
+  plain_text = report.comparison_tables(plain)
+  assert "Significant differences" not in plain_text and "Intervals:" not in plain_text
+  assert " [" not in plain_text
+
+
+def test_experiment_runs_every_setting_at_every_seed():
+  """experiment.seeds trains each setting once per seed: seed 0 in <setting>/ (the single-seed
+  directories), others in <setting>_seed<k>/, with config.seed and data.shuffle_seed set to
+  the seed and the held-out clips (data.seed) and sampler seed (eval.seed) unchanged; the
+  default is one seed 0, the runs of a single-seed experiment."""
+  from avdit.workflows import experiment
+  from configs import contrastive_ablation
+  from configs import monl_ablation
+  config = monl_ablation.get_config("default")
+  assert experiment.seeds(config) == [0]
+  assert [(r.label, r.directory, r.seed) for r in experiment.seeded_runs(config)][:3] == [
+      ("vanilla+replacement", "vanilla", 0), ("vanilla+reconstruction", "vanilla", 0),
+      ("pm", "pm", 0)]
+  assert contrastive_ablation.get_config("tiny").experiment.seeds == "0"
+  config.experiment.seeds = "0,2"
+  config.experiment.settings = "vanilla|pt,pm,ptm"
+  assert [(r.label, r.setting, r.method, r.seed, r.directory)
+          for r in experiment.seeded_runs(config)] == [
+      ("vanilla+replacement", "vanilla", "replacement", 0, "vanilla"),
+      ("vanilla+reconstruction", "vanilla", "reconstruction", 0, "vanilla"),
+      ("pt-pm-ptm", "pt,pm,ptm", "monl", 0, "pt-pm-ptm"),
+      ("vanilla+replacement", "vanilla", "replacement", 2, "vanilla_seed2"),
+      ("vanilla+reconstruction", "vanilla", "reconstruction", 2, "vanilla_seed2"),
+      ("pt-pm-ptm", "pt,pm,ptm", "monl", 2, "pt-pm-ptm_seed2")]
+  seeded = experiment.setting_config(config, "pt,pm,ptm", "monl", seed=2)
+  assert seeded.seed == 2 and seeded.data.shuffle_seed == 2
+  assert seeded.data.seed == config.data.seed and seeded.eval.seed == config.eval.seed
+  assert seeded.diffusion.noise_mixture == "pt,pm,ptm"
+  first = experiment.setting_config(config, "pt,pm,ptm", "monl")
+  assert first.seed == 0 and first.data.shuffle_seed == 0
+  for bad in ("0,0", "a", "", "-1"):
+    config.experiment.seeds = bad
+    with pytest.raises(ValueError, match="experiment.seeds"):
+      experiment.seeds(config)
+
+
+def test_experiment_run_trains_and_evaluates_each_seed_and_compares_over_seeds(tmp_path,
+                                                                              monkeypatch):
+  """experiment.run with two seeds (training and the suite stubbed): one training per setting
+  and seed in its directory with its seed, each row's results in seed order, and a comparison
+  whose cells are intervals over both seeds' clips."""
+  from avdit.training import train
+  from avdit.workflows import experiment
+  from configs import monl_ablation
+  config = monl_ablation.get_config("tiny")
+  config.experiment.settings = "monl|pt"
+  config.experiment.seeds = "0,1"
+  trained, evaluated = [], []
+
+  def fake_train(run_config, run_dir):
+    trained.append((run_dir.rsplit("/", 1)[-1], run_config.seed, run_config.data.shuffle_seed))
+    return {"stopped_by": None, "step": 3}
+
+  def fake_evaluate(run_config, run_dir, name, subdir):
+    evaluated.append((run_dir.rsplit("/", 1)[-1], name, subdir))
+    values = [float(run_config.seed), float(run_config.seed) + 1.0]  # two clips
+    results = _results(name, {"av_continue": {"sync_f1": float(np.mean(values))}})
+    results["tasks"]["av_continue"]["per_clip"] = {"sync_f1": values}
+    return results
+
+  monkeypatch.setattr(train, "train", fake_train)
+  monkeypatch.setattr(train, "write_summary", lambda run_dir, summary: None)
+  monkeypatch.setattr(suite, "evaluate", fake_evaluate)
+  results = experiment.run(config, str(tmp_path))
+  assert trained == [("monl", 0, 0), ("pt", 0, 0), ("monl_seed1", 1, 1), ("pt_seed1", 1, 1)]
+  assert evaluated == [("monl", "monl", "monl"), ("pt", "pt", "monl"),
+                       ("monl_seed1", "monl", "monl"), ("pt_seed1", "pt", "monl")]
+  assert [[r["tasks"]["av_continue"]["per_clip"]["sync_f1"] for r in results["monl"]]] == [
+      [[0.0, 1.0], [1.0, 2.0]]]
+  table = (tmp_path / "comparison.md").read_text()
+  interval = report.bootstrap_interval([[0.0, 1.0], [1.0, 2.0]])
+  assert interval.mean == 1.0 and f"| monl | {interval.format()} |" in table
+  assert "once per training seed 0, 1" in table
+  assert json.loads((tmp_path / "comparison.json").read_text())["pt"][1]["name"] == "pt"

@@ -55,8 +55,8 @@ continuity_jump_px              lower      0        disc position error at segme
 
 A metric with nothing to score (e.g. subject consistency in v2a, where no video is generated, or
 sync_f1 when the scored span holds neither clicks nor bounces) is NaN, and the count fields
-(`*_num_*`) say how many elements each value rests on. `evaluate_batch` averages the defined
-values over clips (and says over how many).
+(`*_num_*`) say how many elements each value rests on. `evaluate_clips` tabulates a batch per
+clip; `evaluate_batch` averages the defined values over clips (and says over how many).
 
 Audio needs a sample rate of at least ~7.8 kHz (clicks are found above the pitch band).
 The continuity prediction and the disc-size prior use the world's geometry (`RADIUS_FRACTION`,
@@ -638,9 +638,9 @@ def _unbatch(clips, name: str) -> list:
   raise ValueError(f"{name} must be a mapping of batched arrays or a sequence of clips")
 
 
-def evaluate_batch(condition_clips, generated_clips, condition_mask,
-                   layout: layout_lib.ClipLayout) -> dict[str, float]:
-  """`evaluate_clip` over a batch, averaged.
+def evaluate_clips(condition_clips, generated_clips, condition_mask,
+                   layout: layout_lib.ClipLayout) -> dict[str, np.ndarray]:
+  """`evaluate_clip` of every clip of a batch, as a per-clip table.
 
   Args:
     condition_clips, generated_clips: sequences of clip mappings, or mappings of batched arrays
@@ -649,8 +649,9 @@ def evaluate_batch(condition_clips, generated_clips, condition_mask,
     layout: the clip geometry.
 
   Returns:
-    Every metric of `METRICS` averaged over the clips where it is defined (NaN if none), with
-    "<metric>_num_clips" saying over how many; every count of `COUNTS` summed; "num_clips".
+    {name: float64 [B]} for every name in `METRICS` (NaN where a clip has nothing to score) and
+    in `COUNTS`, clip i in row i. `evaluate_batch` is its average (`average_clips`); the task
+    suite also stores the table, for intervals over clips (avdit.evaluation.report).
   """
   conditions = _unbatch(condition_clips, "condition_clips")
   generations = _unbatch(generated_clips, "generated_clips")
@@ -664,12 +665,40 @@ def evaluate_batch(condition_clips, generated_clips, condition_mask,
     raise ValueError(f"condition_mask must be [2, N] or [B, 2, N] with B = {len(conditions)}, "
                      f"got shape {np.shape(condition_mask)}")
   per_clip = [evaluate_clip(c, g, m, layout) for c, g, m in zip(conditions, generations, masks)]
-  result = {"num_clips": float(len(per_clip))}
+  return {name: np.array([r[name] for r in per_clip], np.float64)
+          for name in (*METRICS, *COUNTS)}
+
+
+def average_clips(per_clip: Mapping[str, np.ndarray]) -> dict[str, float]:
+  """The batch summary of a per-clip table (`evaluate_clips`).
+
+  Returns:
+    Every metric of `METRICS` averaged over the clips where it is defined (NaN if none), with
+    "<metric>_num_clips" saying over how many; every count of `COUNTS` summed; "num_clips".
+  """
+  result = {"num_clips": float(len(per_clip[next(iter(METRICS))]))}
   for name in METRICS:
-    values = np.array([r[name] for r in per_clip])
+    values = np.asarray(per_clip[name], np.float64)
     defined = np.isfinite(values)
     result[name] = float(values[defined].mean()) if defined.any() else np.nan
     result[f"{name}_num_clips"] = float(defined.sum())
   for name in COUNTS:
-    result[name] = float(sum(r[name] for r in per_clip))
+    result[name] = float(np.sum(per_clip[name]))
   return result
+
+
+def evaluate_batch(condition_clips, generated_clips, condition_mask,
+                   layout: layout_lib.ClipLayout) -> dict[str, float]:
+  """`evaluate_clip` over a batch, averaged: `average_clips(evaluate_clips(...))`.
+
+  Args:
+    condition_clips, generated_clips: sequences of clip mappings, or mappings of batched arrays
+      ("video" [B, F, H, W, 3], "audio" [B, L]).
+    condition_mask: bool [2, N] for every clip, or [B, 2, N].
+    layout: the clip geometry.
+
+  Returns:
+    Every metric of `METRICS` averaged over the clips where it is defined (NaN if none), with
+    "<metric>_num_clips" saying over how many; every count of `COUNTS` summed; "num_clips".
+  """
+  return average_clips(evaluate_clips(condition_clips, generated_clips, condition_mask, layout))

@@ -5,9 +5,19 @@ real clips' scores as the reference, and the baselines that place the model betw
 chance); `comparison_tables` / `plot_comparison` put several training settings side by side
 (settings as rows, one table per metric, with the per-task average and each setting's mean rank
 over tasks and metrics).
+
+Uncertainty (`comparison_tables`): a setting is the suite results of one training run, or of
+several training seeds evaluated on the same held-out clips. Where the results hold the model's
+per-clip values (suite results' "per_clip": the oracle metrics and AV-Align), a cell shows the
+mean and its 95% bootstrap interval over clips and seeds (`bootstrap_interval`), and settings
+are compared by the paired bootstrap of their per-clip differences (`paired_difference`), listed
+under "Significant differences"; the mean rank stays a rank of the means. FVD/KVD/FAD (set
+statistics) and results without per-clip values show the mean alone.
 """
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import math
 import pathlib
 from typing import Mapping, Sequence
@@ -149,19 +159,204 @@ def _distribution_notes(results: Mapping) -> list[str]:
   return lines
 
 
-def mean_ranks(results_by_setting: Mapping[str, Mapping]) -> dict[str, float]:
+# --- intervals over clips and seeds ---------------------------------------------------------------
+NUM_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0  # every interval draws from a fresh Generator of this seed: tables reproduce
+LEVEL = 0.95
+
+
+@dataclasses.dataclass(frozen=True)
+class Interval:
+  """A mean and its bootstrap interval [low, high]."""
+
+  mean: float
+  low: float
+  high: float
+
+  @property
+  def excludes_zero(self) -> bool:
+    return self.low > 0 or self.high < 0
+
+  def format(self, signed: bool = False) -> str:
+    sign = "+" if signed and self.mean >= 0 else ""
+    return f"{sign}{_format(self.mean)} [{_format(self.low)}, {_format(self.high)}]"
+
+
+def _clips_by_seed(values) -> np.ndarray:
+  """float64 [seeds, clips] from one seed's per-clip values [clips] or [seeds][clips]."""
+  try:
+    x = np.array(values, dtype=np.float64)  # None (nothing scored) -> NaN
+  except ValueError:
+    raise ValueError("per-clip values of several seeds must cover equally many clips (the "
+                     "same held-out clips)") from None
+  if x.ndim == 1:
+    x = x[None]
+  if x.ndim != 2 or x.shape[1] < 1:
+    raise ValueError(f"per-clip values must be [clips] or [seeds][clips], got shape {x.shape}")
+  return x
+
+
+def _nanmean(x: np.ndarray, axis: int) -> np.ndarray:
+  """Mean over the finite values along `axis` (NaN where there are none), without warnings."""
+  defined = np.isfinite(x)
+  counts = defined.sum(axis)
+  sums = np.where(defined, x, 0.0).sum(axis)
+  return np.divide(sums, counts, out=np.full(np.shape(sums), np.nan), where=counts > 0)
+
+
+def bootstrap_interval(values, *, num_resamples: int = NUM_RESAMPLES,
+                       seed: int = BOOTSTRAP_SEED, level: float = LEVEL) -> Interval | None:
+  """The mean of per-clip values and its percentile bootstrap interval.
+
+  Args:
+    values: [clips] for one training seed, or [seeds][clips] for several seeds evaluated on the
+      same held-out clips (clip i of every seed is the same clip); None or NaN where a clip has
+      nothing to score.
+    num_resamples, seed, level: the bootstrap (a fresh `np.random.default_rng(seed)`, so the same
+      values always give the same interval).
+
+  Returns:
+    Interval(mean, low, high), or None if no value is defined. The mean is the mean over seeds
+    of each seed's mean over its defined clips (for one seed: the suite's average). Each
+    resample draws the seeds with replacement and the clips with replacement, one draw of clip
+    indices for all seeds (the seeds share the clips, so a clip's difficulty is common to them:
+    drawing clips independently per seed would count it as independent noise and narrow the
+    interval), and takes the same mean; [low, high] are the (1 - level) / 2 and (1 + level) / 2
+    quantiles of the resampled means. Caveats: with 16 clips the percentile interval is ~10%
+    narrower than a t interval would be, and with few seeds the seed part is rough (3 seeds:
+    resampling gives 2/3 of the unbiased seed variance).
+  """
+  x = _clips_by_seed(values)
+  mean = float(_nanmean(_nanmean(x, 1), 0))
+  if not math.isfinite(mean):
+    return None
+  num_seeds, num_clips = x.shape
+  rng = np.random.default_rng(seed)
+  clip_draws = rng.integers(0, num_clips, (num_resamples, num_clips))
+  seed_draws = rng.integers(0, num_seeds, (num_resamples, num_seeds))
+  resampled = x[seed_draws[:, :, None], clip_draws[:, None, :]]  # [R, seeds, clips]
+  means = _nanmean(_nanmean(resampled, 2), 1)
+  low, high = np.quantile(means[np.isfinite(means)], [(1 - level) / 2, (1 + level) / 2])
+  return Interval(mean, float(low), float(high))
+
+
+def paired_difference(values_a, values_b, **bootstrap) -> Interval | None:
+  """The mean per-clip difference a - b of two settings and its bootstrap interval.
+
+  `values_a`, `values_b` are per-clip values as in `bootstrap_interval`, of the same held-out
+  clips and training seeds in the same order: the difference is taken clip by clip and seed by
+  seed (where both are defined), so what the clips share (one clip is hard for every setting)
+  cancels, and `bootstrap_interval` of the differences says whether a - b is distinguishable
+  from 0 (`Interval.excludes_zero`: a two-sided test at 1 - level).
+  """
+  a, b = _clips_by_seed(values_a), _clips_by_seed(values_b)
+  if a.shape != b.shape:
+    raise ValueError(f"a paired comparison needs the same seeds and clips, got [seeds, clips] "
+                     f"{list(a.shape)} and {list(b.shape)}")
+  return bootstrap_interval(a - b, **bootstrap)
+
+
+def _seed_runs(entry) -> list[Mapping]:
+  """A setting's suite results per training seed (one results mapping, or a list of them)."""
+  return [entry] if isinstance(entry, Mapping) else list(entry)
+
+
+def _per_clip(runs: Sequence[Mapping], task: str, metric: str) -> list | None:
+  """The model's per-clip values of a cell, [seeds][clips]; None unless every seed has them
+  for equally many clips."""
+  lists = [r["tasks"].get(task, {}).get("per_clip", {}).get(metric) for r in runs]
+  if not lists or any(v is None for v in lists) or len({len(v) for v in lists}) != 1:
+    return None
+  return lists
+
+
+def cell_interval(runs, task: str, metric: str) -> Interval | None:
+  """`bootstrap_interval` of a setting's (task, metric) cell over its clips and seeds; None
+  without per-clip values (FVD/KVD/FAD, results written before they were stored)."""
+  values = _per_clip(_seed_runs(runs), task, metric)
+  return None if values is None else bootstrap_interval(values)
+
+
+def _setting_value(runs, task: str, metric: str, key: str = "metrics"):
+  """A setting's mean of a cell: the mean over seeds of the stored means (None if absent)."""
+  values = [_value(r, task, metric, key) for r in _seed_runs(runs)]
+  values = [v for v in values if v is not None]
+  if not values:
+    return None
+  finite = [v for v in values if not math.isnan(v)]
+  return float(np.mean(finite)) if finite else float("nan")
+
+
+def _directed_metrics(all_results) -> list[str]:
+  return [m for m in _metric_names(all_results) if m in HIGHER_IS_BETTER]
+
+
+def significant_differences(results_by_setting: Mapping[str, object]
+                            ) -> tuple[list[tuple[str, str, str, str, Interval]], int]:
+  """Pairs of settings whose paired difference in a (task, metric) cell excludes 0.
+
+  Every two settings are compared (`paired_difference`) in every cell of a metric with a known
+  direction where both have per-clip values of the same clips and seeds. This is one 95% test
+  per pair and cell, without a correction for their number: where settings do not differ at
+  all, about 1 in 20 tested pairs is listed anyway, so a pattern across tasks says more than
+  one entry.
+
+  Returns:
+    ([(task, metric, better, worse, Interval of better - worse in the metric's units)], the
+    number of (pair, cell) comparisons made).
+  """
+  by_setting = {s: _seed_runs(r) for s, r in results_by_setting.items()}
+  all_results = [r for runs in by_setting.values() for r in runs]
+  found, tested = [], 0
+  for task in _task_names(all_results):
+    for metric in _directed_metrics(all_results):
+      values = {s: _per_clip(runs, task, metric) for s, runs in by_setting.items()}
+      for a, b in itertools.combinations(by_setting, 2):
+        if values[a] is None or values[b] is None or (
+            _clips_by_seed(values[a]).shape != _clips_by_seed(values[b]).shape):
+          continue
+        difference = paired_difference(values[a], values[b])
+        if difference is None:
+          continue
+        tested += 1
+        if not difference.excludes_zero:
+          continue
+        a_better = (difference.low > 0) == HIGHER_IS_BETTER[metric]
+        if not a_better:
+          a, b = b, a
+          difference = Interval(-difference.mean, -difference.high, -difference.low)
+        found.append((task, metric, a, b, difference))
+  return found, tested
+
+
+INTERVAL_NOTES = (
+    "Intervals: `mean [low, high]` is the mean over held-out clips (and over training seeds, "
+    "where several were trained) with its 95% percentile bootstrap interval: clips resampled "
+    "with replacement (one draw shared by all seeds, which see the same clips), seeds resampled "
+    f"with replacement, {NUM_RESAMPLES} resamples from a fixed generator seed. A mean alone "
+    "has no per-clip values (FVD/KVD/FAD are statistics of the set; older results did not keep "
+    "them); the average column is the mean of the task means. Two settings' intervals may "
+    "overlap although one is better on nearly every clip: the comparison that counts is the "
+    "paired one (*Significant differences*: the bootstrap of the per-clip difference, paired by "
+    "clip and seed, listed where its 95% interval excludes 0). The mean rank ranks the means "
+    "whether or not they differ significantly.")
+
+
+def mean_ranks(results_by_setting: Mapping[str, object]) -> dict[str, float]:
   """Each setting's rank (1 = best) per (task, metric) with a known direction, averaged.
 
-  Ties share the mean of their ranks. (task, metric) cells some setting lacks are skipped.
+  A setting is one suite results mapping or a list of them (training seeds; ranked by the mean
+  over seeds). Ties share the mean of their ranks. (task, metric) cells some setting lacks are
+  skipped. The ranks are of the means, significant or not: `significant_differences` says
+  which differences the clips and seeds support.
   """
-  settings = list(results_by_setting)
+  by_setting = {s: _seed_runs(r) for s, r in results_by_setting.items()}
+  settings = list(by_setting)
   ranks = {s: [] for s in settings}
-  all_results = list(results_by_setting.values())
+  all_results = [r for runs in by_setting.values() for r in runs]
   for task in _task_names(all_results):
-    for metric in _metric_names(all_results):
-      if metric not in HIGHER_IS_BETTER:
-        continue
-      values = [_value(results_by_setting[s], task, metric) for s in settings]
+    for metric in _directed_metrics(all_results):
+      values = [_setting_value(by_setting[s], task, metric) for s in settings]
       if any(v is None or math.isnan(v) for v in values):
         continue
       signed = np.array(values) * (-1.0 if HIGHER_IS_BETTER[metric] else 1.0)
@@ -176,28 +371,73 @@ def mean_ranks(results_by_setting: Mapping[str, Mapping]) -> dict[str, float]:
   return {s: (float(np.mean(r)) if r else float("nan")) for s, r in ranks.items()}
 
 
-def comparison_tables(results_by_setting: Mapping[str, Mapping], *, title: str = "",
+def _significance_lines(results_by_setting, settings) -> list[str]:
+  """The "Significant differences" section (nothing if no pair could be compared)."""
+  found, tested = significant_differences(results_by_setting)
+  if not tested:
+    return []
+  wins = {s: sum(better == s for _, _, better, _, _ in found) for s in settings}
+  losses = {s: sum(worse == s for _, _, _, worse, _ in found) for s in settings}
+  lines = ["## Significant differences (paired bootstrap over clips and seeds, 95%)", "",
+           f"{len(found)} of {tested} comparisons (two settings in one task and metric) have a "
+           "paired 95% interval that excludes 0 (no correction for the number of comparisons: "
+           "with no true difference about 1 in 20 would be listed). Wins: comparisons in which "
+           "the setting is significantly better than the other setting; losses: worse. Each entry "
+           "gives the paired mean difference better − worse and its 95% interval (negative for "
+           "metrics where lower is better).", "",
+           "| setting | wins | losses |", "|---|---|---|"]
+  lines += [f"| {s} | {wins[s]} | {losses[s]} |"
+            for s in sorted(settings, key=lambda s: losses[s] - wins[s])]
+  lines.append("")
+  for (task, metric), group in itertools.groupby(found, key=lambda f: f[:2]):
+    lines.append(f"- {task}, {metric}{arrow(metric)}: " + "; ".join(
+        f"{better} better than {worse}: {better} − {worse} = {difference.format(signed=True)}"
+        for _, _, better, worse, difference in group))
+  lines.append("")
+  return lines
+
+
+def comparison_tables(results_by_setting: Mapping[str, object], *, title: str = "",
                       notes: str = "") -> str:
-  """Markdown: per metric, settings as rows and tasks as columns (+ average); mean ranks."""
-  settings = list(results_by_setting)
-  all_results = list(results_by_setting.values())
+  """Markdown: per metric, settings as rows and tasks as columns (+ average); mean ranks.
+
+  `results_by_setting`: {setting: suite results, or a list of them, one per training seed, the
+  seeds in the same order for every setting and evaluated on the same held-out clips}. A cell
+  with per-clip values shows `mean [low, high]` (`cell_interval`: 95% bootstrap over clips and
+  seeds), else the mean alone. The mean rank ranks the means; a "Significant differences"
+  section lists, per (task, metric), the pairs of settings whose paired per-clip difference
+  has a 95% interval excluding 0 (`significant_differences`), with each setting's count of
+  such wins and losses. A separate section rather than a rank over significant cells only:
+  it keeps the rank comparable with tables without per-clip values and shows which pairs
+  differ, not just which setting leads.
+  """
+  by_setting = {s: _seed_runs(r) for s, r in results_by_setting.items()}
+  settings = list(by_setting)
+  all_results = [r for runs in by_setting.values() for r in runs]
   tasks = _task_names(all_results)
+  metrics = _metric_names(all_results)
+  intervals = {(s, t, m): cell_interval(by_setting[s], t, m)
+               for s in settings for t in tasks for m in metrics}
   lines = [f"# {title or 'Training settings compared on the task suite'}", ""]
   if notes:
     lines += [notes, ""]
-  ranks = mean_ranks(results_by_setting)
-  lines += ["## Mean rank over tasks and metrics (1 = best)", "",
+  if any(v is not None for v in intervals.values()):
+    lines += [INTERVAL_NOTES, ""]
+  ranks = mean_ranks(by_setting)
+  lines += ["## Mean rank over tasks and metrics (1 = best; ranks of the means)", "",
             "| setting | mean rank |", "|---|---|"]
   lines += [f"| {s} | {ranks[s]:.2f} |" for s in sorted(settings, key=lambda s: ranks[s])]
   lines.append("")
-  for metric in _metric_names(all_results):
+  lines += _significance_lines(by_setting, settings)
+  for metric in metrics:
     lines += [f"## {metric}{arrow(metric)}", "",
               "| setting | " + " | ".join(tasks) + " | average |",
               "|---|" + "---|" * (len(tasks) + 1)]
     for s in settings:
-      values = [_value(results_by_setting[s], t, metric) for t in tasks]
-      lines.append(f"| {s} | " + " | ".join(_format(v) for v in values)
-                   + f" | {_format(_mean(values))} |")
+      values = [_setting_value(by_setting[s], t, metric) for t in tasks]
+      cells = [intervals[s, t, metric].format() if intervals[s, t, metric] else _format(v)
+               for t, v in zip(tasks, values)]
+      lines.append(f"| {s} | " + " | ".join(cells) + f" | {_format(_mean(values))} |")
     # The real clips and the chance rows (the same clips for every setting: the first's).
     for label, values in _rows(all_results[0], tasks, metric).items():
       if label in SHARED_LABELS:
@@ -247,10 +487,11 @@ def plot_single_model(results: Mapping, path) -> pathlib.Path:
   return _plot(series, tasks, path)
 
 
-def plot_comparison(results_by_setting: Mapping[str, Mapping], path) -> pathlib.Path:
-  """Bar charts per metric: every setting per task."""
-  all_results = list(results_by_setting.values())
+def plot_comparison(results_by_setting: Mapping[str, object], path) -> pathlib.Path:
+  """Bar charts per metric: every setting per task (the mean over its seeds)."""
+  by_setting = {s: _seed_runs(r) for s, r in results_by_setting.items()}
+  all_results = [r for runs in by_setting.values() for r in runs]
   tasks = _task_names(all_results)
-  series = {m: {s: [_value(r, t, m) for t in tasks] for s, r in results_by_setting.items()}
+  series = {m: {s: [_setting_value(runs, t, m) for t in tasks] for s, runs in by_setting.items()}
             for m in _metric_names(all_results)}
   return _plot(series, tasks, path)

@@ -19,7 +19,9 @@ Phases:
               them and chance: the real clips' latent round trip ("autoencoder", the best any
               model on these latents can do) and two generators that ignore the other
               modality ("shuffled" pairs, "constant" output).
-  5. Write    eval/results.json, eval/table.md (the shape of the paper's Table 1), eval/plots/
+  5. Write    eval/results.json (the model's metrics per task, and under "per_clip" the
+              values per held-out clip of the metrics that average over clips, for intervals),
+              eval/table.md (the shape of the paper's Table 1), eval/plots/
               *.png and eval/samples/<task>_<i>.mp4 (+ _compare.mp4 with the condition).
 
 Conditioning segments are excluded from every metric, as in the paper: a metric of one
@@ -167,17 +169,38 @@ def measure_task(real: dict[str, np.ndarray], generated: dict[str, np.ndarray],
   Returns:
     {metric: value}; every metric looks only at generated elements (module docstring).
   """
+  return measure_task_per_clip(real, generated, task, layout, networks, oracle_metrics)[0]
+
+
+def measure_task_per_clip(real: dict[str, np.ndarray], generated: dict[str, np.ndarray],
+                          task: tasks_lib.Task, layout: layout_lib.ClipLayout,
+                          networks: FeatureNetworks | None = None,
+                          oracle_metrics: bool = True) -> tuple[dict[str, float], dict]:
+  """`measure_task`'s metrics and the per-clip values they average.
+
+  Returns:
+    (metrics, per_clip): metrics as `measure_task`; per_clip {metric: [value per clip, None
+    where the clip has nothing to score]} (JSON-ready) for the metrics that are means over
+    clips: the oracle METRICS (when measured) and av_align. FVD/KVD/FAD are statistics of the
+    set and have none. results.json keeps them as the model row's "per_clip", from which
+    avdit.evaluation.report draws intervals over clips.
+  """
   span_frames, span_samples = generated_span(task, layout)
   results: dict[str, float] = {}
+  per_clip: dict[str, np.ndarray] = {}
   if oracle_metrics:
-    results.update(oracle.evaluate_batch(real, generated, task.condition_mask, layout))
+    table = oracle.evaluate_clips(real, generated, task.condition_mask, layout)
+    results.update(oracle.average_clips(table))
+    per_clip.update({name: table[name] for name in oracle.METRICS})
   # AV-Align on the generated time span (the clip after a given start, etc.).
-  align = [av_align.av_align(video[span_frames], audio[span_samples], layout.fps,
-                             layout.sample_rate)
-           for video, audio in zip(generated["video"], generated["audio"])]
+  align = np.array([av_align.av_align(video[span_frames], audio[span_samples], layout.fps,
+                                      layout.sample_rate)
+                    for video, audio in zip(generated["video"], generated["audio"])], np.float64)
   results["av_align"] = float(np.mean(align))
+  per_clip["av_align"] = align
   results.update(measure_distribution(real, generated, task, layout, networks))
-  return results
+  return results, {name: [float(v) if np.isfinite(v) else None for v in values]
+                   for name, values in per_clip.items()}
 
 
 def measure_distribution(real: dict[str, np.ndarray], other: dict[str, np.ndarray],
@@ -446,7 +469,8 @@ def evaluate(config, workdir: str, *, name: str | None = None, subdir: str = "")
     sampling_s = time.time() - start
     # 4. Measure.
     start = time.time()
-    metrics = measure_task(real, generated, task, layout, networks, use_oracle)
+    metrics, per_clip = measure_task_per_clip(real, generated, task, layout, networks,
+                                              use_oracle)
     # The real clips' row: their own oracle scores; FVD/KVD/FAD against other real clips (a
     # set against itself is 0 whatever the features), the distance a perfect model still has.
     reference = dict(measure_task(real, real, task, layout, None, use_oracle),
@@ -457,7 +481,7 @@ def evaluate(config, workdir: str, *, name: str | None = None, subdir: str = "")
                                          use_oracle)
     baselines_s = time.time() - start
     results["tasks"][task.name] = {
-        "spec": task.spec, "metrics": metrics, "reference": reference,
+        "spec": task.spec, "metrics": metrics, "per_clip": per_clip, "reference": reference,
         "baselines": baseline_metrics,
         "timing": {"sampling_s": sampling_s, "metrics_s": metrics_s,
                    "baselines_s": baselines_s,

@@ -11,12 +11,23 @@ they sample conditional tasks with the replacement method, and once more with re
 guidance (`experiment.methods`). Every run is resumable: a finished training is
 recognised by its checkpoint, a finished evaluation by its results.json.
 
-Writes DIR/comparison.md (one table per metric, settings as rows, tasks as columns, mean
-ranks), DIR/comparison.png and DIR/comparison.json.
+Training seeds (`experiment.seeds`, e.g. "0,1,2"; default "0"): every setting is trained once
+per seed k (config.seed = data.shuffle_seed = k: another initialisation, noise draws and batch
+order of the same world), in DIR/<setting>/ for seed 0 (the directory of a single-seed run, which
+therefore resumes) and DIR/<setting>_seed<k>/ for the others; every run is evaluated on the same
+held-out clips with the same sampler seed (data.seed and eval.seed are not changed), so settings
+are compared clip by clip and seed by seed (avdit.evaluation.report: intervals over clips and
+seeds, paired differences).
+
+Writes DIR/comparison.md (one table per metric, settings as rows, tasks as columns, means with
+95% bootstrap intervals, mean ranks, significant differences), DIR/comparison.png and
+DIR/comparison.json ({row: suite results}, or {row: [suite results per seed]} with several
+seeds).
 """
 from __future__ import annotations
 
 import json
+from typing import NamedTuple
 
 from absl import logging
 
@@ -32,11 +43,32 @@ def setting_name(setting: str) -> str:
   return setting.replace(",", "-").replace("/", "-").replace(":", "")
 
 
-def setting_config(config, setting: str, method: str):
-  """The AVDiT config of one setting and sampling method.
+def seeds(config) -> list[int]:
+  """The training seeds of `experiment.seeds` ("0,1,2"; absent or "0": one seed, 0)."""
+  text = str(config.experiment.get("seeds", "0"))
+  try:
+    values = [int(part) for part in text.split(",") if part.strip()]
+  except ValueError:
+    raise ValueError(f"experiment.seeds must be comma-separated integers, got {text!r}") from None
+  if not values or len(set(values)) != len(values) or min(values) < 0:
+    raise ValueError(f"experiment.seeds must be distinct integers >= 0, got {text!r}")
+  return values
+
+
+def run_name(setting: str, seed: int) -> str:
+  """The run directory of a setting's training seed: <setting> for seed 0, else
+  <setting>_seed<k> (so the directories of a single-seed experiment keep their names)."""
+  name = setting_name(setting)
+  return name if seed == 0 else f"{name}_seed{seed}"
+
+
+def setting_config(config, setting: str, method: str, seed: int = 0):
+  """The AVDiT config of one setting, sampling method and training seed.
 
   `experiment.overrides[<setting name>]` (nested dicts) is applied when present; a setting
-  without overrides is a noise mixture (diffusion.noise_mixture = setting).
+  without overrides is a noise mixture (diffusion.noise_mixture = setting). The training seed
+  sets config.seed and data.shuffle_seed (after the overrides); data.seed (the world and its
+  held-out clips) and eval.seed (the sampler's noise) stay those of `config`.
   """
   name = setting_name(setting)
   overrides = config.experiment.get("overrides", {})
@@ -47,6 +79,8 @@ def setting_config(config, setting: str, method: str):
     else:
       config.diffusion.noise_mixture = setting
     config.sample.method = method
+    config.seed = int(seed)
+    config.data.shuffle_seed = int(seed)
     del config["experiment"]
     config.job = "train_and_sample"  # one setting is one AVDiT
   return config
@@ -67,6 +101,23 @@ def runs(config) -> list[tuple[str, str, str]]:
   return rows
 
 
+class SeededRun(NamedTuple):
+  """One evaluation of the experiment: a comparison row's setting and method at one seed."""
+
+  label: str  # the comparison row (`runs`)
+  setting: str
+  method: str
+  seed: int
+  directory: str  # under the experiment's workdir (`run_name`)
+
+
+def seeded_runs(config) -> list[SeededRun]:
+  """Every (row, training seed) of the experiment, seed by seed: all rows of the first seed
+  (those of a single-seed experiment) before any of the next."""
+  return [SeededRun(label, setting, method, seed, run_name(setting, seed))
+          for seed in seeds(config) for label, setting, method in runs(config)]
+
+
 def _finished_eval(eval_path, step: int) -> dict | None:
   if not eval_path.exists():
     return None
@@ -75,31 +126,41 @@ def _finished_eval(eval_path, step: int) -> dict | None:
 
 
 def run(config, workdir: str) -> dict:
-  """Trains and evaluates every setting; returns {row label: suite results}."""
+  """Trains and evaluates every setting at every seed.
+
+  Returns {row label: suite results} with one seed, {row label: [suite results per seed, in
+  `seeds` order]} with several (what avdit.evaluation.report compares).
+  """
   from avdit.training import train  # pylint: disable=g-import-not-at-top
-  results_by_row = {}
+  by_row: dict[str, list] = {label: [] for label, _, _ in runs(config)}
   trained = {}
-  for label, setting, method in runs(config):
-    run_config = setting_config(config, setting, method)
-    run_dir = str(workdir_lib.path(workdir, setting_name(setting)))
-    if setting not in trained:
-      logging.info("experiment: training %s in %s", setting, run_dir)
+  for label, setting, method, seed, directory in seeded_runs(config):
+    run_config = setting_config(config, setting, method, seed)
+    run_dir = str(workdir_lib.path(workdir, directory))
+    if directory not in trained:
+      logging.info("experiment: training %s (seed %d) in %s", setting, seed, run_dir)
       summary = train.train(run_config, run_dir)
       train.write_summary(run_dir, summary)
       if summary["stopped_by"]:
-        return {"stopped_by": summary["stopped_by"], "setting": setting}
-      trained[setting] = summary["step"]
+        return {"stopped_by": summary["stopped_by"], "setting": setting, "seed": seed}
+      trained[directory] = summary["step"]
     eval_path = workdir_lib.path(run_dir, suite.EVAL_DIR, method, EVALUATION_FILE)
-    results = _finished_eval(eval_path, trained[setting])
+    results = _finished_eval(eval_path, trained[directory])
     if results is None:
-      logging.info("experiment: evaluating %s (%s sampling)", setting, method)
+      logging.info("experiment: evaluating %s seed %d (%s sampling)", setting, seed, method)
       results = suite.evaluate(run_config, run_dir, name=label, subdir=method)
-    results_by_row[label] = results
-  notes = (f"{len(config.experiment.settings.split('|'))} settings trained for "
-           f"{config.train.num_steps} steps each (batch {config.data.batch_size}, seed "
-           f"{config.seed}); the suite samples {config.eval.num_clips} held-out clips per task "
-           f"with {config.sample.sampler}, {config.sample.num_steps} steps. Regenerate: "
-           f"`{config.experiment.command}`.")
+    by_row[label].append(results)
+  results_by_row = {label: rows[0] if len(rows) == 1 else rows for label, rows in by_row.items()}
+  seed_list = seeds(config)
+  num_settings = len([s for s in config.experiment.settings.split("|") if s.strip()])
+  notes = (f"{num_settings} settings trained for {config.train.num_steps} steps each (batch "
+           f"{config.data.batch_size}), "
+           + (f"training seed {seed_list[0]}" if len(seed_list) == 1 else
+              f"once per training seed {', '.join(map(str, seed_list))} (config.seed and "
+              f"data.shuffle_seed)")
+           + f"; the suite samples the same {config.eval.num_clips} held-out clips per task for "
+           f"every run, with {config.sample.sampler}, {config.sample.num_steps} steps and eval "
+           f"seed {config.eval.seed}. Regenerate: `{config.experiment.command}`.")
   with workdir_lib.local_staging(workdir_lib.path(workdir)) as out:
     (out / "comparison.md").write_text(report.comparison_tables(
         results_by_row, title=config.experiment.title, notes=notes))
