@@ -76,6 +76,9 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       # After each block, every token gets a (zero-init) projection of the other modality's
       # mean token over its time segment (avdit.models.avdit.CrossModalPool).
       cross_modal_pool=False,
+      # With it: a second projection of the other modality's segment means minus their clip
+      # mean (the part that moves over time), so a clip-wide content cannot swamp it.
+      cross_modal_pool_deviation=False,
       # After each block, every token gets a (zero-init) projection of its own modality's mean
       # token over the whole clip (avdit.models.avdit.ClipPool). Measured on the fixed latents
       # (README, The main job): a2v frames stay a patchwork of block colours, v2a worse.

@@ -528,6 +528,30 @@ def test_cross_modal_pool_matches_a_numpy_loop_and_starts_as_the_identity():
       expected[:, i] += project(pool.from_video, video_mean)
   np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
+  # model.cross_modal_pool_deviation: plus a projection of each segment mean minus the mean of
+  # the segment means (numpy loop again).
+  with nnx.use_eager_sharding(False):
+    deviating = CrossModalPool(32, layout, dtype=jnp.float32, rngs=nnx.Rngs(1), deviation=True)
+  np.testing.assert_array_equal(np.asarray(deviating(jnp.asarray(x))), x)  # zero-init
+  randomize_params(deviating)
+  segments = range(layout.num_segments)
+  video_rows = [list(range(n * layout.video_tokens_per_segment,
+                           (n + 1) * layout.video_tokens_per_segment)) for n in segments]
+  audio_rows = [[lv + j for j in range(layout.audio_latents) if layout.segment_of_audio[j] == n]
+                for n in segments]
+  video_means = [norm(x[:, rows]).mean(1) for rows in video_rows]
+  audio_means = [norm(x[:, rows]).mean(1) for rows in audio_rows]
+  expected = x.copy()
+  for n in segments:
+    for i in video_rows[n]:
+      expected[:, i] += (project(deviating.from_audio, audio_means[n]) + project(
+          deviating.deviation_from_audio, audio_means[n] - np.mean(audio_means, 0)))
+    for i in audio_rows[n]:
+      expected[:, i] += (project(deviating.from_video, video_means[n]) + project(
+          deviating.deviation_from_video, video_means[n] - np.mean(video_means, 0)))
+  np.testing.assert_allclose(np.asarray(deviating(jnp.asarray(x))), expected, rtol=1e-4,
+                             atol=1e-4)
+
 
 def test_clip_pool_adds_each_modality_its_own_clip_mean_and_starts_as_the_identity():
   from avdit.models.avdit import ClipPool  # pylint: disable=g-import-not-at-top

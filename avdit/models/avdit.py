@@ -82,10 +82,16 @@ class CrossModalPool(nnx.Module):
   stayed ~0). Zero-initialized, so the model starts as without it.
   """
 
-  def __init__(self, width: int, layout: ClipLayout, *, dtype: jnp.dtype, rngs: nnx.Rngs):
+  def __init__(self, width: int, layout: ClipLayout, *, dtype: jnp.dtype, rngs: nnx.Rngs,
+               deviation: bool = False):
     self.layout = layout
     self.from_video = _pool_projection(width, dtype, rngs)
     self.from_audio = _pool_projection(width, dtype, rngs)
+    # model.cross_modal_pool_deviation: a second projection of the segment means minus their
+    # clip mean, the part that changes over time (where the disc is), which what every segment
+    # shares (a clip's background, once model.clip_pool has spread it) can otherwise swamp.
+    self.deviation_from_video = _pool_projection(width, dtype, rngs) if deviation else None
+    self.deviation_from_audio = _pool_projection(width, dtype, rngs) if deviation else None
 
   def __call__(self, x_bld: jax.Array) -> jax.Array:
     lay = self.layout
@@ -97,8 +103,15 @@ class CrossModalPool(nnx.Module):
     one_hot_ln = jax.nn.one_hot(segment_of_audio, n, dtype=x_bld.dtype)
     one_hot_ln = one_hot_ln / jnp.maximum(one_hot_ln.sum(0, keepdims=True), 1.0)
     audio_mean_bnd = jnp.einsum("ln,bld->bnd", one_hot_ln, normed[:, lay.num_video_tokens:])
-    to_video = jnp.repeat(self.from_audio(audio_mean_bnd), per_segment, axis=1)
-    to_audio = self.from_video(video_mean_bnd)[:, segment_of_audio]
+    from_audio_bnd = self.from_audio(audio_mean_bnd)
+    from_video_bnd = self.from_video(video_mean_bnd)
+    if self.deviation_from_video is not None:
+      from_audio_bnd += self.deviation_from_audio(
+          audio_mean_bnd - audio_mean_bnd.mean(1, keepdims=True))
+      from_video_bnd += self.deviation_from_video(
+          video_mean_bnd - video_mean_bnd.mean(1, keepdims=True))
+    to_video = jnp.repeat(from_audio_bnd, per_segment, axis=1)
+    to_audio = from_video_bnd[:, segment_of_audio]
     return x_bld + jnp.concatenate([to_video, to_audio], axis=1)
 
 
@@ -207,7 +220,10 @@ class AVDiT(nnx.Module):
       self.final = FinalLayer(width, p * p * d_v, d_a, dtype=dtype, rngs=rngs)
       self.cross_modal_pool = bool(cfg.get("cross_modal_pool", False))
       if self.cross_modal_pool:
-        self.pools = self._per_block(CrossModalPool, "cross_modal_pool", cfg, layout, rngs)
+        self.pools = self._per_block(
+            functools.partial(CrossModalPool,
+                              deviation=bool(cfg.get("cross_modal_pool_deviation", False))),
+            "cross_modal_pool", cfg, layout, rngs)
       self.clip_pool = bool(cfg.get("clip_pool", False))
       if self.clip_pool:
         modalities = tuple(cfg.get("clip_pool_modalities", "video,audio").split(","))
@@ -378,6 +394,7 @@ def flops_per_example(model_config, layout: ClipLayout) -> dict[str, int]:
       "timestep_mlp": 2 * rows * (cfg.timestep_embed_dim * d + d * d),
       # Two d x d projections of the segment means per block (model.cross_modal_pool).
       "cross_modal_pool": (depth * 2 * 2 * layout.num_segments * d * d
+                           * (2 if cfg.get("cross_modal_pool_deviation", False) else 1)
                            if cfg.get("cross_modal_pool", False) else 0),
       # Two d x d projections of the clip means per block (model.clip_pool).
       "clip_pool": (depth * 2 * 2 * d * d * len(cfg.get("clip_pool_modalities", "video,audio")
