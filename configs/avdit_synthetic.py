@@ -119,10 +119,11 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       # The loss as the mean of the two modalities' mean errors (avdit/diffusion/loss.py), not
       # the mean over all latent elements, which weighs each modality by its element count.
       modality_balance=False,
-      # "normalized" (the error of the latents as normalized) or "natural": a whitened modality's
-      # error weighted per direction by its variance before whitening (latent_space.
-      # natural_spectrum_weights): the noise stays isotropic in the whitened space, the loss
-      # weighs what a clip's tokens share (the background) as the per-channel normalized video.
+      # "normalized" (the error of the latents as normalized), "natural": a whitened modality's
+      # error weighted per direction by its variance before whitening (diffusion/loss.py
+      # loss_channel_weights; the noise stays isotropic in the whitened space, the loss weighs
+      # what a clip's tokens share, the background, as on per-channel normalized video), or
+      # "mixed", the mean of the two.
       loss_spectrum="normalized",
       # Noise-level strategy per training example: "monl" (= vanilla,pm,pt,ptm uniformly), one
       # strategy, a comma list (uniform), or weighted "pt:2,pm:1,ptm:1".

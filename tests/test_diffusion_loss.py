@@ -283,6 +283,11 @@ def test_natural_loss_spectrum_measures_the_error_after_undoing_the_whitening():
   expected = np.mean(natural ** 2) / np.mean(stats["video_direction_std"] ** 2)
   assert float(aux["loss_video"]) == pytest.approx(expected, rel=1e-4)
   assert weights["video"][0] > 5 * weights["video"][2]  # the strongest direction weighs most
+  config.loss_spectrum = "mixed"  # half the plain error, half the natural one
+  _, mixed = loss_lib.diffusion_loss(off, x0, jax.random.key(2), **kwargs,
+                                     channel_weights=loss_lib.loss_channel_weights(config, stats))
+  assert float(mixed["loss_video"]) == pytest.approx((np.mean(error ** 2) + expected) / 2,
+                                                      rel=1e-4)
   config.loss_spectrum = "normalized"
   assert loss_lib.loss_channel_weights(config, stats) is None
   config.loss_spectrum = "natural"

@@ -51,20 +51,23 @@ def loss_weight(weighting: str, prediction: str, alpha_bar):
   return 1.0 / jnp.maximum(1.0 - alpha_bar, 1e-6)
 
 
-LOSS_SPECTRA = ("normalized", "natural")
+LOSS_SPECTRA = ("normalized", "natural", "mixed")
 
 
 def loss_channel_weights(diffusion_config, stats) -> dict | None:
   """Per-channel loss weights of `diffusion.loss_spectrum`, from the latent statistics
   (latent_space.estimate_stats): None for "normalized" (the error of the latents as normalized);
   for "natural", {modality: [k]} for each whitened modality, direction i's scale squared over
-  their mean.
+  their mean; "mixed" is the mean of the two weightings (1 + natural) / 2.
 
   The weighted error is then the error of the per-channel normalized latents (projected on the
   kept directions), up to one factor, while the diffusion noise stays isotropic in the whitened
   space. Why: whitening lets the disc survive the noise (v2a reads it) but spreads the loss over
   the detail directions; at the natural spectrum the flat background that a clip's tokens share
   is most of the loss, and pooling the clip's tokens removes most of it (probe --measure=pooling).
+  "mixed" keeps half of the weight on the detail directions (the disc): measured (README), under
+  "natural" the audio no longer reads the disc from the video (v2a at chance), presumably because
+  the video's own objective no longer asks its tokens to represent it.
   """
   spectrum = diffusion_config.get("loss_spectrum", "normalized")
   if spectrum not in LOSS_SPECTRA:
@@ -75,7 +78,9 @@ def loss_channel_weights(diffusion_config, stats) -> dict | None:
   for name in ("video", "audio"):
     if f"{name}_direction_std" in stats:
       variance = np.square(np.asarray(stats[f"{name}_direction_std"], np.float64))
-      weights[name] = (variance / variance.mean()).astype(np.float32)
+      natural = variance / variance.mean()
+      weights[name] = (natural if spectrum == "natural" else (1.0 + natural) / 2).astype(
+          np.float32)
   if not weights:
     raise ValueError('diffusion.loss_spectrum="natural" weighs whitened modalities; none is '
                      "(set latent.whiten)")
