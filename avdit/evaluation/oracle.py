@@ -689,16 +689,6 @@ def average_clips(per_clip: Mapping[str, np.ndarray]) -> dict[str, float]:
 
 def evaluate_batch(condition_clips, generated_clips, condition_mask,
                    layout: layout_lib.ClipLayout) -> dict[str, float]:
-  """`evaluate_clip` over a batch, averaged: `average_clips(evaluate_clips(...))`.
-
-  Args:
-    condition_clips, generated_clips: sequences of clip mappings, or mappings of batched arrays
-      ("video" [B, F, H, W, 3], "audio" [B, L]).
-    condition_mask: bool [2, N] for every clip, or [B, 2, N].
-    layout: the clip geometry.
-
-  Returns:
-    Every metric of `METRICS` averaged over the clips where it is defined (NaN if none), with
-    "<metric>_num_clips" saying over how many; every count of `COUNTS` summed; "num_clips".
-  """
+  """`evaluate_clip` over a batch, averaged: `average_clips(evaluate_clips(...))` (arguments
+  as `evaluate_clips`, the result as `average_clips`)."""
   return average_clips(evaluate_clips(condition_clips, generated_clips, condition_mask, layout))
