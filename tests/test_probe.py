@@ -44,3 +44,22 @@ def test_pooling_gain_is_nil_for_independent_tokens_and_large_for_a_shared_colou
   gains = probe.pooling_gain(shared, data_var, {500: alpha_bar}, rng)["500"]
   assert gains["gain"] > 0.8
   assert gains["pooled_error"] < 2 * (1 - alpha_bar) / (80 * alpha_bar)
+
+
+def test_pooling_gain_weighs_the_channels_as_the_loss_does():
+  """With loss weights (diffusion.loss_spectrum) the skip error is the weighted closed form
+  sum_c w_c s_c (1 - ᾱ) / (ᾱ s_c + 1 - ᾱ) / C; all weight on one channel gives that channel's
+  own closed form."""
+  rng = np.random.default_rng(2)
+  data_var = np.array([4.0, 1.0, 0.25])
+  alpha_bar = 0.3
+  independent = rng.standard_normal((64, 5, 4, 4, 3)) * np.sqrt(data_var)
+  per_channel = data_var * (1 - alpha_bar) / (alpha_bar * data_var + 1 - alpha_bar)
+  weights = np.array([2.0, 0.5, 0.5])
+  gains = probe.pooling_gain(independent, data_var, {500: alpha_bar}, rng, weights)["500"]
+  expected = np.mean(weights * per_channel)  # 2560 scored tokens: a few % of sampling noise
+  assert abs(gains["skip_error"] - expected) < 0.08 * expected
+  only_first = probe.pooling_gain(independent, data_var, {500: alpha_bar}, rng,
+                                  np.array([3.0, 0.0, 0.0]))["500"]
+  assert abs(only_first["skip_error"] - per_channel[0]) < 0.08 * per_channel[0]
+  assert abs(only_first["skip_error"] - np.mean(per_channel)) > 0.3 * per_channel[0]

@@ -82,8 +82,8 @@ def loss_channel_weights(diffusion_config, stats) -> dict | None:
       weights[name] = (natural if spectrum == "natural" else (1.0 + natural) / 2).astype(
           np.float32)
   if not weights:
-    raise ValueError('diffusion.loss_spectrum="natural" weighs whitened modalities; none is '
-                     "(set latent.whiten)")
+    raise ValueError(f"diffusion.loss_spectrum={spectrum!r} weighs whitened modalities; none "
+                     "is (set latent.whiten)")
   return weights
 
 
@@ -106,7 +106,7 @@ def diffusion_loss(model, latents_x0, rng, *, schedule: schedule_lib.LinearSched
   over all elements, so a modality with few latent elements (64-channel video tokens against
   107 x 320 audio values: 13% of the elements) still gets half of the gradient.
   `channel_weights` {modality: [C]}: each latent channel's squared error times its weight
-  (diffusion.loss_spectrum="natural": latent_space.natural_spectrum_weights).
+  (diffusion.loss_spectrum: `loss_channel_weights`).
   """
   batch = latents_x0["video"].shape[0]
   t_rng, noise_rng, sc_rng = jax.random.split(rng, 3)
