@@ -372,8 +372,8 @@ def test_reference_clips_for_the_real_row_are_training_clips_not_the_held_out_on
     config.eval.num_clips = 6
     layout = layout_lib.layout_from_config(config)
     other = suite.reference_clips(config, layout, 6)
-    data = config.data.raw if config.data.name == "latent_cache" else config.data
-    np.testing.assert_array_equal(other["video"][3], pipeline.make_source(data, layout)[3]["video"])
+    training = pipeline.make_source(pipeline.clip_data_config(config), layout)
+    np.testing.assert_array_equal(other["video"][3], training[3]["video"])
     real = suite.eval_clips(config, layout)
     for video in real["video"]:
       assert not any(np.array_equal(video, mine) for mine in other["video"])

@@ -106,6 +106,12 @@ def _tfds_source(data_config, layout, split: str) -> TfdsClips:
   return TfdsClips(builder.as_data_source(split=split), name=name, split=split)
 
 
+def clip_data_config(config):
+  """The data section whose clips a run reads: `config.data`, or `config.data.raw` for a
+  pipeline config (its AVDiT reads the clips through the latent cache)."""
+  return config.data.raw if config.data.get("name") == "latent_cache" else config.data
+
+
 def make_source(data_config, layout, seed: int | None = None, num_clips: int | None = None,
                 split: str | None = None):
   """The random-access clip source named by `data_config.name` at the geometry of `layout`.

@@ -54,6 +54,7 @@ from absl import logging
 import tensorflow_datasets as tfds
 
 from avdit.data import av_folder
+from avdit.data import pipeline
 
 
 # --------------------------------------------------------------------------------------------
@@ -140,12 +141,6 @@ GEOMETRY_FLAGS = ("fps", "height", "width", "num_frames", "sample_rate", "stride
 SPLIT_FLAGS = ("split_rule", "test_fraction", "split_seed", "clip_fallback")
 
 
-def clip_data_config(config):
-  """The config's clip data: `config.data`, or `config.data.raw` for a pipeline config (its
-  AVDiT reads the clips through the latent cache)."""
-  return config.data.raw if config.data.get("name") == "latent_cache" else config.data
-
-
 def resolve_config(dataset: str | None = "av_folder", config=None, config_name: str | None = None,
                    **values) -> av_folder.AvFolderConfig:
   """The `AvFolderConfig` to prepare from one source of geometry (see the module docstring).
@@ -166,7 +161,7 @@ def resolve_config(dataset: str | None = "av_folder", config=None, config_name: 
   if unknown:
     raise ValueError(f"unknown settings {sorted(unknown)}")
   if config is not None:
-    data = clip_data_config(config)
+    data = pipeline.clip_data_config(config)
     tfds_name = data.get("tfds_name", None)
     if data.get("name") != "tfds" or not tfds_name or not tfds_name.startswith("av_folder/"):
       raise ValueError("--config must describe a TFDS av_folder dataset (c.data.name='tfds', "
@@ -275,7 +270,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS,
 def run_from_flags(fv: flags.FlagValues = flags.FLAGS) -> dict:
   """Resolves the parsed flags and prepares; returns the report."""
   config = fv.config
-  data_dir = fv.data_dir or (clip_data_config(config).get("data_dir", None)
+  data_dir = fv.data_dir or (pipeline.clip_data_config(config).get("data_dir", None)
                              if config is not None else None)
   values = {k: fv[k].value for k in GEOMETRY_FLAGS + SPLIT_FLAGS}
   builder_config = resolve_config(fv.dataset, config=config, config_name=fv.config_name,

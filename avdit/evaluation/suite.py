@@ -354,8 +354,7 @@ def eval_clips(config, layout) -> dict[str, np.ndarray]:
 def reference_clips(config, layout, num_clips: int) -> dict[str, np.ndarray]:
   """Real clips disjoint from the held-out ones, for the real clips' FVD/KVD/FAD: the first
   `num_clips` training clips (the training world, or data.train_split; fewer if it has fewer)."""
-  data = config.data.raw if config.data.name == "latent_cache" else config.data
-  source = pipeline.make_source(data, layout)
+  source = pipeline.make_source(pipeline.clip_data_config(config), layout)
   clips = [source[i] for i in range(min(num_clips, len(source)))]
   return {key: np.stack([clip[key] for clip in clips]) for key in ("video", "audio")}
 

@@ -65,7 +65,7 @@ def check_workdir_writable(workdir: str) -> None:
 
 def needed_splits(config, mode: str) -> list[tuple[str, str, int]]:
   """(split, what reads it, clips it needs) of every TFDS split a run of `mode` reads."""
-  data = _clip_data(config)
+  data = pipeline.clip_data_config(config)
   train_split = data.get("train_split", None) or "train"
   eval_split = data.get("eval_split", None) or "test"
   needs = []
@@ -86,7 +86,7 @@ def needed_splits(config, mode: str) -> list[tuple[str, str, int]]:
 
 def check_data(config, mode: str) -> None:
   """A TFDS dataset is prepared at config.clip's geometry with every split the mode reads."""
-  data = _clip_data(config)
+  data = pipeline.clip_data_config(config)
   needs = needed_splits(config, mode)
   if data.get("name") != "tfds" or not needs:
     return
@@ -137,6 +137,3 @@ def check_feature_weights(eval_config) -> None:
                       f"avdit.evaluation.convert_features) or set eval.{key}=none to skip.")
 
 
-def _clip_data(config):
-  """The data section whose clips a run reads: a latent cache's raw clips, else data."""
-  return config.data.raw if config.data.name == "latent_cache" else config.data
