@@ -29,7 +29,7 @@ from configs import soundstream_synthetic
 
 # The dataset `prepare --config=configs/avdit_pipeline.py:folder` writes (geometry from c.clip).
 FOLDER_DATASET = "av_folder/avdit_pipeline"
-VARIANTS = ("default", "tiny", "folder", "folder_tiny")
+VARIANTS = ("default", "tiny", "folder", "folder_tiny", "logmag", "logmag_tiny")
 
 
 def folder_data(batch_size: int) -> ml_collections.ConfigDict:
@@ -54,10 +54,23 @@ def _read_folder(c: ml_collections.ConfigDict) -> None:
       ae.data[field] = c.data.raw.get_ref(field)
 
 
+def _logmag_audio(c: ml_collections.ConfigDict) -> None:
+  """MAGVIT-v2 video with log-magnitude STFT audio (no SoundStream), trained as the fixed-latent
+  config that learned v2a (configs/avdit_fixed_latents.py): x0 with the skip path, half the
+  examples conditioned on top of MoNL, the time-aligned cross-modal pool."""
+  c.latent.update(audio_transform="logmag", audio_channels=c.latent.audio_hop,
+                  shared_stats="audio")
+  c.data.raw.disc_brighter = True
+  c.model.cross_modal_pool = True
+  # Balanced: the video's 80 x 8 latent elements are 2% of the audio's 107 x 320.
+  c.diffusion.update(prediction="x0", condition_rate=0.5, x0_skip=True, modality_balance=True)
+
+
 def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   if variant not in VARIANTS:
     raise ValueError(f"unknown variant {variant!r} of avdit_pipeline: one of {VARIANTS}")
   on_folder = variant.startswith("folder")
+  logmag_audio = variant.startswith("logmag")
   variant = "tiny" if variant.endswith("tiny") else "default"
   c = avdit_synthetic.get_config(variant)
   c.job = "pipeline"
@@ -96,6 +109,9 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     c.train.update(num_steps=4, warmup_steps=1, checkpoint_every=2, keep_period=2)
     c.eval.update(tasks="a2v", num_clips=2, batch_size=2, num_sample_videos=1,
                   curve_tasks="a2v", curve_num_clips=2)
+  if logmag_audio:
+    _logmag_audio(c)
+    c.variant = "logmag_tiny" if variant == "tiny" else "logmag"
   if on_folder:
     _read_folder(c)
     c.variant = "folder_tiny" if variant == "tiny" else "folder"

@@ -127,6 +127,40 @@ def test_learned_latents_have_the_layout_and_decode_to_clips(runs, tmp_path):
   assert audio.shape == clips["audio"].shape
 
 
+def test_logmag_audio_latents_are_magvit_video_and_the_exact_spectrogram(runs, tmp_path):
+  """configs/avdit_pipeline.py:logmag_tiny: MAGVIT-v2 encodes the video, the audio is the
+  log-magnitude STFT of the zero-padded waveform (no SoundStream anywhere), checked against the
+  autoencoder and the transform applied on their own; the decoded tone keeps its pitch."""
+  from avdit.data import pipeline
+  from avdit.models import spectrogram
+  config = avdit_pipeline.get_config("logmag_tiny")
+  config.latent.video_autoencoder_workdir = runs["magvit2"][1]
+  config.latent.audio_autoencoder_workdir = str(tmp_path / "no_soundstream_here")
+  layout = layout_lib.layout_from_config(config)
+  space = latent_lib.make_latent_space(config, layout)
+  assert space.identity["audio"] == {"modality": "audio", "kind": "logmag", "hop": 320}
+  clips = pipeline.make_eval_clips(config.data.raw, layout, 2, seed=5)
+  latents = jax.jit(space.encode)(clips["video"], clips["audio"])
+  video_model, _, _ = autoencoders.load_autoencoder(runs["magvit2"][1])
+  np.testing.assert_allclose(
+      latents["video"], video_model.encode(np.asarray(clips["video"], np.float32) / 127.5 - 1),
+      atol=1e-5)
+  padded = np.zeros((2, layout.audio_latents * layout.audio_hop), np.float32)
+  padded[:, :layout.audio_samples] = clips["audio"]
+  magnitude = np.abs(np.stack([np.fft.rfft(
+      np.concatenate([p, p, p])[k * 320 - 160 + len(p):k * 320 + 480 + len(p)]
+      * spectrogram.sine_window(320)) for p in padded for k in range(layout.audio_latents)]))
+  expected = np.log(magnitude[:, :320] + spectrogram.MAGNITUDE_FLOOR).reshape(latents["audio"].shape)
+  np.testing.assert_allclose(latents["audio"], expected, atol=2e-3)
+  _, audio = jax.jit(space.decode)(latents)
+  assert audio.shape == clips["audio"].shape
+  peak_hz = lambda x: np.argmax(np.abs(np.fft.rfft(x))) * layout.sample_rate / len(x)
+  assert abs(peak_hz(np.asarray(audio[0])) - peak_hz(clips["audio"][0])) <= 30  # Griffin-Lim
+  config.latent.audio_channels = 16
+  with pytest.raises(ValueError, match="logmag audio has latent.audio_hop 320 channels"):
+    latent_lib.make_latent_space(config, layout_lib.layout_from_config(config))
+
+
 def test_autoencoders_that_do_not_match_the_config_are_refused(runs, tmp_path):
   config = _pipeline_config(runs, tmp_path)
   config.latent.audio_channels = 32

@@ -61,6 +61,25 @@ def check_clip_shapes(layout: layout_lib.ClipLayout, video_bfhwc, audio_bl) -> N
 AUDIO_TRANSFORMS = {"waveform": None, "mdct": mdct, "logmag": spectrogram}
 
 
+def encode_fixed_audio(layout: layout_lib.ClipLayout, audio_transform: str, audio_bl) -> jnp.ndarray:
+  """Audio latents [B, l_a, d_a] of a fixed transform (AUDIO_TRANSFORMS) of zero-padded audio."""
+  pad = layout.audio_latents * layout.audio_hop - layout.audio_samples
+  audio = jnp.pad(jnp.asarray(audio_bl, jnp.float32), ((0, 0), (0, pad)))
+  transform = AUDIO_TRANSFORMS[audio_transform]
+  if transform is None:
+    return audio.reshape(audio.shape[0], *layout.audio_latent_shape)
+  return transform.forward(audio, layout.audio_hop)
+
+
+def decode_fixed_audio(layout: layout_lib.ClipLayout, audio_transform: str,
+                       audio_latents) -> jnp.ndarray:
+  """Waveforms [B, L] (unclipped) of `encode_fixed_audio`'s latents, cut to the clip length."""
+  transform = AUDIO_TRANSFORMS[audio_transform]
+  audio = (transform.inverse(audio_latents) if transform is not None
+           else audio_latents.reshape(audio_latents.shape[0], -1))
+  return audio[:, :layout.audio_samples]
+
+
 class SpaceToDepth:
   """Pixels ×`spatial_factor` in space and ×`temporal_factor` in time to channels; audio frames."""
 
@@ -85,12 +104,7 @@ class SpaceToDepth:
     x = padded.reshape(b, lay.num_segments, tf, lay.latent_height, sf, lay.latent_width, sf, 3)
     x = x.transpose(0, 1, 3, 5, 2, 4, 6, 7)  # [B, N, h, w, tf, sf, sf, 3]
     video = x.reshape(b, *lay.video_latent_shape)
-    pad = lay.audio_latents * lay.audio_hop - lay.audio_samples
-    audio = jnp.pad(jnp.asarray(audio_bl, jnp.float32), ((0, 0), (0, pad)))
-    transform = AUDIO_TRANSFORMS[self.audio_transform]
-    if transform is not None:
-      return {"video": video, "audio": transform.forward(audio, lay.audio_hop)}
-    return {"video": video, "audio": audio.reshape(b, *lay.audio_latent_shape)}
+    return {"video": video, "audio": encode_fixed_audio(lay, self.audio_transform, audio_bl)}
 
   def decode(self, latents: Latents) -> tuple[jnp.ndarray, jnp.ndarray]:
     """(video uint8 [B, F, H, W, 3], audio float32 [B, L] clipped to [-1, 1])."""
@@ -104,10 +118,7 @@ class SpaceToDepth:
     first = frames[:, :tf].mean(axis=1, keepdims=True)
     pixels = jnp.concatenate([first, frames[:, tf:]], axis=1)
     video_u8 = jnp.round(jnp.clip((pixels + 1.0) * 127.5, 0, 255)).astype(jnp.uint8)
-    transform = AUDIO_TRANSFORMS[self.audio_transform]
-    audio = latents["audio"]
-    audio = transform.inverse(audio) if transform is not None else audio.reshape(b, -1)
-    audio = audio[:, :lay.audio_samples]
+    audio = decode_fixed_audio(lay, self.audio_transform, latents["audio"])
     return video_u8, jnp.clip(audio, -1.0, 1.0)
 
 
@@ -135,36 +146,57 @@ class PrecomputedLatents:
 
 
 class LearnedLatents:
-  """MAGVIT-v2 (video) and SoundStream (audio) continuous latents, from their training runs.
+  """MAGVIT-v2 (video) continuous latents, and SoundStream's (audio) or a fixed audio transform.
 
   Each autoencoder is rebuilt from its own checkpoint (kind and constructor arguments are saved
   with it) with its EMA parameters. Its identity must agree with the config: clip geometry,
   latent channels, and the segment structure (time/space factors, hop); otherwise a clear error.
+
+  `audio_transform` other than "soundstream" ("logmag": avdit/models/spectrogram.py) replaces
+  SoundStream by that exact transform, as in `SpaceToDepth`. Why: SoundStream's round trip alone
+  puts the pitch 1.5 px of height from the disc (the v2a target) and linear probes do not read
+  the pitch from its latents (R^2 0.08), while the log-magnitude STFT carries it phase-free with
+  a 0.03 px round trip, and it needs no training (README, The main job).
   """
 
-  def __init__(self, layout: layout_lib.ClipLayout, video_workdir: str, audio_workdir: str):
+  def __init__(self, layout: layout_lib.ClipLayout, video_workdir: str, audio_workdir: str,
+               audio_transform: str = "soundstream"):
     from avdit.models import autoencoders  # pylint: disable=g-import-not-at-top
     self.layout = layout
+    self.audio_transform = audio_transform
     self.video_model, self.video_identity, self.video_step = autoencoders.load_autoencoder(
         video_workdir)
-    self.audio_model, self.audio_identity, self.audio_step = autoencoders.load_autoencoder(
-        audio_workdir)
     self.identity = {"video": dict(self.video_identity, workdir=str(video_workdir),
-                                   step=int(self.video_step)),
-                     "audio": dict(self.audio_identity, workdir=str(audio_workdir),
-                                   step=int(self.audio_step))}
+                                   step=int(self.video_step))}
+    if audio_transform == "soundstream":
+      self.audio_model, audio_identity, audio_step = autoencoders.load_autoencoder(audio_workdir)
+      self.identity["audio"] = dict(audio_identity, workdir=str(audio_workdir),
+                                    step=int(audio_step))
+    elif audio_transform in AUDIO_TRANSFORMS and AUDIO_TRANSFORMS[audio_transform] is not None:
+      self.audio_model = None
+      self.identity["audio"] = {"modality": "audio", "kind": audio_transform,
+                                "hop": layout.audio_hop}
+    else:
+      raise ValueError(f"unknown latent.audio_transform {audio_transform!r} for learned latents; "
+                       f"use soundstream or one of {[k for k, v in AUDIO_TRANSFORMS.items() if v]}")
     check_autoencoders_match(layout, self.identity, self.video_model, self.audio_model)
 
   def encode(self, video_bfhwc, audio_bl) -> Latents:
     check_clip_shapes(self.layout, video_bfhwc, audio_bl)
     pixels = jnp.asarray(video_bfhwc, jnp.float32) / 127.5 - 1.0
-    return {"video": self.video_model.encode(pixels),
-            "audio": self.audio_model.encode(jnp.asarray(audio_bl, jnp.float32))}
+    if self.audio_model is None:
+      audio_latents = encode_fixed_audio(self.layout, self.audio_transform, audio_bl)
+    else:
+      audio_latents = self.audio_model.encode(jnp.asarray(audio_bl, jnp.float32))
+    return {"video": self.video_model.encode(pixels), "audio": audio_latents}
 
   def decode(self, latents: Latents) -> tuple[jnp.ndarray, jnp.ndarray]:
     pixels = self.video_model.decode(latents["video"])
     video_u8 = jnp.round(jnp.clip((pixels + 1.0) * 127.5, 0, 255)).astype(jnp.uint8)
-    audio = self.audio_model.decode(latents["audio"])[:, :self.layout.audio_samples]
+    if self.audio_model is None:
+      audio = decode_fixed_audio(self.layout, self.audio_transform, latents["audio"])
+    else:
+      audio = self.audio_model.decode(latents["audio"])[:, :self.layout.audio_samples]
     return video_u8, jnp.clip(audio, -1.0, 1.0)
 
 
@@ -174,7 +206,8 @@ def check_autoencoders_match(layout, identity: dict, video_model, audio_model) -
   expected_clip = {"num_frames": layout.num_frames, "fps": float(layout.fps),
                    "height": layout.height, "width": layout.width,
                    "sample_rate": layout.sample_rate}
-  for modality in ("video", "audio"):
+  learned = ("video", "audio") if audio_model is not None else ("video",)
+  for modality in learned:
     ident = identity[modality]
     if ident["modality"] != modality:
       problems.append(f"the {modality} autoencoder ({ident.get('workdir')}) is a "
@@ -193,7 +226,10 @@ def check_autoencoders_match(layout, identity: dict, video_model, audio_model) -
     if factors != (layout.spatial_factor, layout.temporal_factor):
       problems.append(f"MAGVIT-v2 down-samples (space, time) by {factors}, the layout by "
                       f"{(layout.spatial_factor, layout.temporal_factor)}")
-  if identity["audio"]["modality"] == "audio":
+  if audio_model is None and layout.audio_channels != layout.audio_hop:
+    problems.append(f"{identity['audio']['kind']} audio has latent.audio_hop "
+                    f"{layout.audio_hop} channels, the config says {layout.audio_channels}")
+  elif audio_model is not None and identity["audio"]["modality"] == "audio":
     if audio_model.latent_dim != layout.audio_channels:
       problems.append(f"SoundStream latent_dim {audio_model.latent_dim} != "
                       f"latent.audio_channels {layout.audio_channels}")
@@ -212,7 +248,8 @@ def make_latent_space(config, layout: layout_lib.ClipLayout) -> LatentSpace:
     return PrecomputedLatents(layout)
   if config.latent.name == "learned":
     return LearnedLatents(layout, config.latent.video_autoencoder_workdir,
-                          config.latent.audio_autoencoder_workdir)
+                          config.latent.audio_autoencoder_workdir,
+                          config.latent.get("audio_transform", "soundstream"))
   raise ValueError(f"unknown latent space {config.latent.name!r}; available: space_to_depth, "
                    "precomputed, learned (MAGVIT-v2 + SoundStream runs named by "
                    "latent.video_autoencoder_workdir / latent.audio_autoencoder_workdir)")

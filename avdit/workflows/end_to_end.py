@@ -48,6 +48,17 @@ def _cache_is_current(config) -> bool:
   return meta["num_clips"] == min(config.encode.num_clips, available)
 
 
+def _autoencoder_stages(config) -> list[tuple[str, object, str]]:
+  """(name, config, workdir) of the autoencoders to train: MAGVIT-v2, and SoundStream unless the
+  audio latents are a fixed transform (latent.audio_transform, e.g. logmag)."""
+  stages = [("video_autoencoder", config.video_autoencoder,
+             config.latent.video_autoencoder_workdir)]
+  if config.latent.get("audio_transform", "soundstream") == "soundstream":
+    stages.append(("audio_autoencoder", config.audio_autoencoder,
+                   config.latent.audio_autoencoder_workdir))
+  return stages
+
+
 def run(config, workdir: str) -> dict:
   from avdit.evaluation import curve  # pylint: disable=g-import-not-at-top
   from avdit.evaluation import suite  # pylint: disable=g-import-not-at-top
@@ -57,10 +68,7 @@ def run(config, workdir: str) -> dict:
   config = workdir_lib.with_stage_dirs(config, workdir)
   results = {}
   learned = config.latent.name == "learned"  # else fixed latents: stages 1-3 do not apply
-  for name, ae_config, ae_dir in (
-      ("video_autoencoder", config.video_autoencoder, config.latent.video_autoencoder_workdir),
-      ("audio_autoencoder", config.audio_autoencoder, config.latent.audio_autoencoder_workdir)
-  ) if learned else ():
+  for name, ae_config, ae_dir in _autoencoder_stages(config) if learned else ():
     summary = autoencoder.finished_summary(ae_config, ae_dir)
     if summary is None:
       logging.info("pipeline: training the %s in %s", name, ae_dir)
