@@ -16,7 +16,7 @@ train_and_sample  one AVDiT (the configs/avdit_*.py but the pipelines):
                     <workdir>/eval/learning_curve.{png,json}
   encode            writes the latent cache of a config with latent.name=learned
   describe          prints the clip/token layout and the parameter count, builds nothing
-pipeline          configs/avdit_pipeline.py (both autoencoders, the latent cache, AVDiT and the
+pipeline          configs/avdit_pipeline.py (the autoencoders, the latent cache, AVDiT and the
                   samples, each stage resumable) and configs/avdit_fixed_latents.py (AVDiT,
                   samples, suite and curve on fixed latents):
   pipeline          all of its stages; then every mode of train_and_sample, on the AVDiT the

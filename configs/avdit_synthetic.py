@@ -81,20 +81,21 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       cross_modal_pool_deviation=False,
       # After each block, every token gets a (zero-init) projection of its own modality's mean
       # token over the whole clip (avdit.models.avdit.ClipPool). Measured on the fixed latents
-      # (README, The main job): a2v frames stay a patchwork of block colours, v2a worse.
+      # (docs/learning_the_link.md): a2v frames stay a patchwork of block colours, v2a worse.
       clip_pool=False,
       # The modalities whose tokens get it: "video,audio" or one of them.
       clip_pool_modalities="video,audio",
       # Per block, a zero-init Linear(cond row -> heads): every key's attention logits get a
       # bias from its own (modality, segment)'s noise level (layers.AdaLNBlock), so a clean
       # other modality can be read where a noisy one is ignored. Not with attention="splash".
-      # Measured (README, The main job): no cross-modal gain under MoNL.
+      # Measured (docs/learning_the_link.md): no cross-modal gain under MoNL.
       noise_key_bias=False,
       # Attention within a token's modality and across to the other one as two softmaxes, the
       # cross one through a zero-init gate per head (from the token's and the co-timed other
       # modality's noise levels): the own modality's keys cannot starve the other's of attention
-      # (layers.SelfAttention._split_attention). Not with attention="splash". Measured (README,
-      # The main job): with the cross-modal pool under MoNL, worse than joint attention.
+      # (layers.SelfAttention._split_attention). Not with attention="splash". Measured
+      # (docs/learning_the_link.md): with the cross-modal pool under MoNL, worse than joint
+      # attention.
       split_attention=False,
   ))
 

@@ -106,7 +106,7 @@ def test_missing_perceptual_weights_file_is_a_clear_error(tmp_path):
 
 
 def _pipeline_config(runs, cache_dir):
-  config = avdit_pipeline.get_config("tiny")
+  config = avdit_pipeline.get_config("soundstream_tiny")
   config.latent.video_autoencoder_workdir = runs["magvit2"][1]
   config.latent.audio_autoencoder_workdir = runs["soundstream"][1]
   config.data.cache_dir = str(cache_dir)
@@ -128,12 +128,12 @@ def test_learned_latents_have_the_layout_and_decode_to_clips(runs, tmp_path):
 
 
 def test_logmag_audio_latents_are_magvit_video_and_the_exact_spectrogram(runs, tmp_path):
-  """configs/avdit_pipeline.py:logmag_tiny: MAGVIT-v2 encodes the video, the audio is the
+  """configs/avdit_pipeline.py:tiny: MAGVIT-v2 encodes the video, the audio is the
   log-magnitude STFT of the zero-padded waveform (no SoundStream anywhere), checked against the
   autoencoder and the transform applied on their own; the decoded tone keeps its pitch."""
   from avdit.data import pipeline
   from avdit.models import spectrogram
-  config = avdit_pipeline.get_config("logmag_tiny")
+  config = avdit_pipeline.get_config("tiny")
   config.latent.video_autoencoder_workdir = runs["magvit2"][1]
   config.latent.audio_autoencoder_workdir = str(tmp_path / "no_soundstream_here")
   layout = layout_lib.layout_from_config(config)
@@ -214,9 +214,10 @@ def test_whole_pipeline_trains_avdit_on_the_cache_and_samples(runs, tmp_path):
   from avdit.workflows import end_to_end
   config = avdit_pipeline.get_config("tiny")
   config.latent.video_autoencoder_workdir = runs["magvit2"][1]
-  config.latent.audio_autoencoder_workdir = runs["soundstream"][1]
   config.sample.tasks = "a2v"
   results = end_to_end.run(config, str(tmp_path))
+  # Log-magnitude audio: no SoundStream stage (it would train in tmp_path/soundstream).
+  assert "audio_autoencoder" not in results and not (tmp_path / "soundstream").exists()
   assert results["avdit"]["step"] == config.train.num_steps
   assert np.isfinite(results["avdit"]["metrics"]["loss"])
   assert os.path.exists(tmp_path / "latent_cache" / "meta.json")
@@ -256,7 +257,6 @@ def test_folder_pipeline_prepares_real_video_then_encodes_trains_samples_and_eva
   assert config.video_autoencoder.data.data_dir == config.audio_autoencoder.data.data_dir == str(
       tmp_path / "tfds")
   config.latent.video_autoencoder_workdir = runs["magvit2"][1]
-  config.latent.audio_autoencoder_workdir = runs["soundstream"][1]
   config.sample.tasks = "a2v"
   config.encode.num_clips = 1000  # more than the folder holds: all of its training clips
   results = end_to_end.run(config, str(tmp_path / "run"))

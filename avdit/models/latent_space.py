@@ -156,7 +156,7 @@ class LearnedLatents:
   SoundStream by that exact transform, as in `SpaceToDepth`. Why: SoundStream's round trip alone
   puts the pitch 1.5 px of height from the disc (the v2a target) and linear probes do not read
   the pitch from its latents (R^2 0.08), while the log-magnitude STFT carries it phase-free with
-  a 0.03 px round trip, and it needs no training (README, The main job).
+  a 0.03 px round trip, and it needs no training (docs/learning_the_link.md).
   """
 
   def __init__(self, layout: layout_lib.ClipLayout, video_workdir: str, audio_workdir: str,
