@@ -16,10 +16,10 @@ is rewarded for putting the tone at the right pitch (avdit/models/spectrogram.py
 Measured (docs/learning_the_link.md): under MoNL with the skip path and the cross-modal pool (the
 defaults here) its v2a samples follow the disc (3.0-3.5 px of height at 1000 steps, chance
 5.4-6.7) but its a2v frames hold no disc; the main job (configs/avdit_pipeline.py) keeps this
-objective on MAGVIT-v2 video latents, where the a2v frames do. Variants: default, tiny (tests) and crossmodal: every example a2v or
-v2a (the given modality clean, the generated one at one level), no MoNL: the diagnostic that
-shows the transformer can read the other modality when the mixture lets it; with whitened video
-its v2a samples follow the disc (1.74 px of height, chance 5.4-6.7; docs/learning_the_link.md).
+objective on MAGVIT-v2 video latents, where the a2v frames do. Variants: default, tiny (tests)
+and crossmodal: every example a2v or v2a (the given modality clean, the generated one at one
+level), no MoNL: the diagnostic that shows the transformer can read the other modality when the
+mixture lets it; with whitened video its v2a samples follow the disc (1.74 px of height, chance 5.4-6.7; docs/learning_the_link.md).
 """
 import ml_collections
 
@@ -36,8 +36,8 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   c.clip.update(num_frames=17, fps=8.0, height=32, width=32, sample_rate=16000)
   # Video whitened (latent_space.estimate_stats): per channel, the flat background colour is ~95%
   # of the variance and the disc a few percent of the loss; whitened, the 128 strongest
-  # directions weigh alike. Measured (docs/learning_the_link.md): v2a 1.74 px instead of 8.16 at the crossmodal
-  # variant's 2000 steps. 256 clips x 80 tokens estimate the 768 x 768 covariance.
+  # directions weigh alike. Measured (docs/learning_the_link.md): v2a 1.74 px instead of 8.16 at
+  # the crossmodal variant's 2000 steps. 256 clips x 80 tokens estimate the 768 x 768 covariance.
   c.latent.update(audio_transform="logmag", shared_stats="audio", whiten="video", whiten_rank=128,
                   stats_clips=256)
   c.data.update(disc_brighter=True, batch_size=16)
@@ -46,7 +46,8 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   # Half of the examples get a task's exact condition on top of MoNL (monl.apply_conditioning).
   # The skip path (diffusion/skip.py) and the time-aligned pool of the other modality
   # (model.cross_modal_pool): under this MoNL objective, together, v2a follows the disc (3.0 and
-  # 3.5 px of height at 1000 steps, two seeds; 8.2 px with the skip alone, chance 5.4-6.7; docs/learning_the_link.md).
+  # 3.5 px of height at 1000 steps, two seeds; 8.2 px with the skip alone, chance 5.4-6.7;
+  # docs/learning_the_link.md).
   c.model.cross_modal_pool = True
   c.diffusion.update(prediction="x0", noise_mixture="monl", condition_rate=0.5, x0_skip=True)
   c.train.update(num_steps=3600, learning_rate=1e-3, warmup_steps=100, checkpoint_every=600,

@@ -150,7 +150,8 @@ def test_logmag_audio_latents_are_magvit_video_and_the_exact_spectrogram(runs, t
   magnitude = np.abs(np.stack([np.fft.rfft(
       np.concatenate([p, p, p])[k * 320 - 160 + len(p):k * 320 + 480 + len(p)]
       * spectrogram.sine_window(320)) for p in padded for k in range(layout.audio_latents)]))
-  expected = np.log(magnitude[:, :320] + spectrogram.MAGNITUDE_FLOOR).reshape(latents["audio"].shape)
+  expected = np.log(magnitude[:, :320] + spectrogram.MAGNITUDE_FLOOR)
+  expected = expected.reshape(latents["audio"].shape)
   np.testing.assert_allclose(latents["audio"], expected, atol=2e-3)
   _, audio = jax.jit(space.decode)(latents)
   assert audio.shape == clips["audio"].shape

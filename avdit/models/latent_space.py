@@ -61,7 +61,8 @@ def check_clip_shapes(layout: layout_lib.ClipLayout, video_bfhwc, audio_bl) -> N
 AUDIO_TRANSFORMS = {"waveform": None, "mdct": mdct, "logmag": spectrogram}
 
 
-def encode_fixed_audio(layout: layout_lib.ClipLayout, audio_transform: str, audio_bl) -> jnp.ndarray:
+def encode_fixed_audio(layout: layout_lib.ClipLayout, audio_transform: str,
+                       audio_bl) -> jnp.ndarray:
   """Audio latents [B, l_a, d_a] of a fixed transform (AUDIO_TRANSFORMS) of zero-padded audio."""
   pad = layout.audio_latents * layout.audio_hop - layout.audio_samples
   audio = jnp.pad(jnp.asarray(audio_bl, jnp.float32), ((0, 0), (0, pad)))
