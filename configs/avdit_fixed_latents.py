@@ -19,7 +19,8 @@ defaults here) its v2a samples follow the disc (3.0-3.5 px of height at 1000 ste
 objective on MAGVIT-v2 video latents, where the a2v frames do. Variants: default, tiny (tests)
 and crossmodal: every example a2v or v2a (the given modality clean, the generated one at one
 level), no MoNL: the diagnostic that shows the transformer can read the other modality when the
-mixture lets it; with whitened video its v2a samples follow the disc (1.74 px of height, chance 5.4-6.7; docs/learning_the_link.md).
+mixture lets it; with whitened video its v2a samples follow the disc (1.74 px of height, chance
+5.4-6.7; docs/learning_the_link.md).
 """
 import ml_collections
 
