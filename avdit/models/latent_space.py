@@ -173,13 +173,13 @@ class LearnedLatents:
       self.audio_model, audio_identity, audio_step = autoencoders.load_autoencoder(audio_workdir)
       self.identity["audio"] = dict(audio_identity, workdir=str(audio_workdir),
                                     step=int(audio_step))
-    elif audio_transform in AUDIO_TRANSFORMS and AUDIO_TRANSFORMS[audio_transform] is not None:
+    elif audio_transform in AUDIO_TRANSFORMS:
       self.audio_model = None
       self.identity["audio"] = {"modality": "audio", "kind": audio_transform,
                                 "hop": layout.audio_hop}
     else:
       raise ValueError(f"unknown latent.audio_transform {audio_transform!r} for learned latents; "
-                       f"use soundstream or one of {[k for k, v in AUDIO_TRANSFORMS.items() if v]}")
+                       f"use soundstream or one of {tuple(AUDIO_TRANSFORMS)}")
     check_autoencoders_match(layout, self.identity, self.video_model, self.audio_model)
 
   def encode(self, video_bfhwc, audio_bl) -> Latents:
