@@ -17,6 +17,7 @@ from avdit.data import latent_cache
 from avdit.models import autoencoders
 from avdit.models import latent_space as latent_lib
 from avdit.training import autoencoder
+from avdit.training import setup as setup_lib
 from configs import avdit_pipeline
 from configs import magvit2_synthetic
 from configs import soundstream_synthetic
@@ -194,6 +195,10 @@ def test_latent_cache_roundtrip_stats_and_refusals(runs, tmp_path):
   videos = np.stack([source[i]["video"] for i in range(len(source))]).reshape(-1, 8)
   np.testing.assert_allclose(source.stats["video_mean"], videos.mean(0), rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(source.stats["video_std"], videos.std(0), rtol=1e-3, atol=1e-5)
+  # A new run on the cache (trainer, benchmarks) normalizes with them, not with clips' encodings.
+  run_stats = setup_lib.estimate_latent_stats(config, layout, space)
+  np.testing.assert_allclose(run_stats["video_mean"], videos.mean(0), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(run_stats["video_std"], videos.std(0), rtol=1e-3, atol=1e-5)
   # A cache written by other autoencoders (another checkpoint step) is refused, clearly.
   other = latent_cache.identity_for_meta(space)
   other["audio"] = dict(other["audio"], step=99)

@@ -165,8 +165,8 @@ def profile_breakdown(config, train_result: dict) -> dict:
 def benchmark_train_step(config, steps: int) -> dict:
   """The trainer's step (training.setup), on one device or, with --sharded, over config.mesh."""
   setup = setup_lib.setup_train(config, sharding.training_mesh(config) if _SHARDED.value else None)
-  layout, state, latent_space = setup.layout, setup.state, setup.latent_space
-  stats = setup_lib.estimate_latent_stats(config, layout, latent_space)
+  layout, state = setup.layout, setup.state
+  stats = setup_lib.estimate_latent_stats(config, layout, setup.latent_space)
   train_step = setup.make_step(stats)
   batch = next(pipeline.make_train_iterator(config.data, layout))
   batch = {k: jnp.asarray(batch[k]) for k in setup_lib.MODEL_INPUTS}
@@ -194,7 +194,9 @@ def benchmark_train_step(config, steps: int) -> dict:
           "num_params": setup.num_params,
           "tokens": layout.num_tokens, "batch": config.data.batch_size,
           "loss": float(metrics["loss"]), "_state": state, "_graphdef": setup.graphdef,
-          "_stats": stats, "_batch": batch, "_latent_space": latent_space, "_layout": layout}
+          "_stats": stats, "_batch": batch, "_layout": layout,
+          # What the step encodes batches with (a latent cache's batches are latents already).
+          "_latent_space": setup.step_latent_space}
 
 
 def benchmark_sampler(config, train_result: dict, num_steps: int) -> dict:

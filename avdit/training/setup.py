@@ -8,9 +8,10 @@ pieces with the state as ShapeDtypeStructs (carrying their shardings on a mesh),
 nothing, and `TrainSetup.shaped_inputs` gives the step's batch alike, for `step.lower(...)`.
 
 The step also needs the latent statistics, which are not part of the setup because where they
-come from depends on the run: a resumed run reads them from its checkpoint, a run on a latent
-cache from the cache, a new run estimates them (`estimate_latent_stats`), an abstract run uses
-placeholders of their shapes (`placeholder_stats`). `TrainSetup.make_step(stats)` then builds it.
+come from depends on the run: a resumed run reads them from its checkpoint, a new run takes
+`estimate_latent_stats` (a latent cache's own, else estimated on training clips), an abstract
+run uses placeholders of their shapes (`placeholder_stats`). `TrainSetup.make_step(stats)` then
+builds it.
 """
 from __future__ import annotations
 
@@ -118,8 +119,12 @@ def _latent_spaces(config, layout, abstract: bool):
 
 
 def estimate_latent_stats(config, layout, latent_space):
-  """Latent normalization (latent_space.estimate_stats) on the first `stats_clips` train clips."""
+  """Latent normalization of a new run: a latent cache's own (estimated over every cached clip
+  when it was written; its batches hold latents, not clips), else latent_space.estimate_stats
+  on the first `stats_clips` train clips."""
   world = pipeline.make_source(config.data, layout)
+  if config.data.name == "latent_cache":
+    return world.stats
   clips = [world[i] for i in range(min(config.latent.stats_clips, len(world)))]
   latents = jax.jit(latent_space.encode)(np.stack([c["video"] for c in clips]),
                                          np.stack([c["audio"] for c in clips]))

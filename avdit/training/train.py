@@ -63,15 +63,14 @@ def train(config, workdir: str, steps_this_run: int | None = None,
   is_chief = jax.process_index() == 0
   setup = setup_lib.setup_train(config, sharding.training_mesh(config))
   layout, mesh, state = setup.layout, setup.mesh, setup.state
-  cache_source = None
-  if config.data.name == "latent_cache":
+  if config.data.name == "latent_cache" and isinstance(setup.latent_space,
+                                                     latent_lib.LearnedLatents):
     # Batches already hold latents: the step passes them through; the cache's own statistics
-    # normalize them, and its recorded autoencoders must be the ones the config samples with.
-    cache_source = pipeline.make_source(config.data, layout)
-    if isinstance(setup.latent_space, latent_lib.LearnedLatents):
-      latent_cache.check_meta(cache_source.meta, layout,
-                              latent_cache.identity_for_meta(setup.latent_space),
-                              config.data.cache_dir)
+    # normalize them (estimate_latent_stats), and its recorded autoencoders must be the ones
+    # the config samples with.
+    latent_cache.check_meta(pipeline.make_source(config.data, layout).meta, layout,
+                            latent_cache.identity_for_meta(setup.latent_space),
+                            config.data.cache_dir)
   writer = loop.open_workdir(config, workdir)
 
   # --- 2. Data ----------------------------------------------------------------------------------
@@ -88,8 +87,6 @@ def train(config, workdir: str, steps_this_run: int | None = None,
       raise ValueError(f"checkpoint in {workdir} was trained on latent space "
                        f"{payload['latent_space']!r}, the config says {config.latent.name!r}")
     latent_stats = latent_lib.stats_from_json(payload["stats"])
-  elif cache_source is not None:
-    latent_stats = cache_source.stats
   else:
     latent_stats = setup_lib.estimate_latent_stats(config, layout, setup.latent_space)
   latent_payload = _latent_payload(config, latent_stats)
