@@ -10,7 +10,7 @@ runs, each resumable in its own sub-directory of DIR:
   5. avdit/samples  every task, decoded to mp4 with sound
   6. avdit/eval     the task suite beside its real and chance rows, and the learning curve
 Variants: default (the README's main job: MAGVIT-v2 video latents, log-magnitude STFT audio
-latents decoded by Griffin-Lim; ~58 min on a 2-core AVX2 EPYC, its samples follow the other
+latents decoded by Griffin-Lim; ~59 min on a 2-core AVX2 EPYC, its samples follow the other
 modality, see the README) and tiny (tests); soundstream and soundstream_tiny: the paper's pair
 of learned autoencoders (SoundStream's round trip alone puts the pitch 1.5 px from the disc and
 the AVDiT on its latents stayed at chance, README); folder and folder_tiny: the default's
@@ -120,7 +120,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     c.variant = "soundstream_tiny" if variant == "tiny" else "soundstream"
   else:
     _logmag_audio(c)
-    if variant != "tiny":  # the whole job in ~58 min on a 2-core AVX2 EPYC (README)
+    if variant != "tiny":  # the whole job in ~59 min on a 2-core AVX2 EPYC (README)
       # Batch 8 for twice the steps in the same minutes: v2a 1.76 / joint 2.11 px against
       # 2.13 / 2.87 at 2100 steps of batch 16 (docs/learning_the_link.md).
       c.data.batch_size = 8
