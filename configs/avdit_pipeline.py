@@ -31,6 +31,11 @@ from configs import soundstream_synthetic
 
 # The dataset `prepare --config=configs/avdit_pipeline.py:folder` writes (geometry from c.clip).
 FOLDER_DATASET = "av_folder/avdit_pipeline"
+# Step-times the main job keeps, after AVDiT's training, for its samples, suite (FVD/KVD
+# included) and learning curve: they took 2570 of AVDiT's steps' time on a 2-core AVX2 EPYC
+# (14.6 min at 0.341 s a step) and 2610 on a 2-core AVX-512/AMX Xeon (10.3 min at 0.237 s);
+# 3000 leaves a margin.
+PIPELINE_RESERVE_STEPS = 3000
 VARIANTS = ("default", "tiny", "folder", "folder_tiny", "soundstream", "soundstream_tiny")
 
 
@@ -79,6 +84,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   variant = "tiny" if variant.endswith("tiny") else "default"
   c = avdit_synthetic.get_config(variant)
   c.job = "pipeline"
+  c.job_minutes = 0.0  # > 0: the job's wall-clock budget, AVDiT trains what fits (default variant)
   c.video_autoencoder = magvit2_synthetic.get_config(variant)
   c.audio_autoencoder = soundstream_synthetic.get_config(variant)
   c.clip = c.video_autoencoder.clip  # all three models see the same clips (32x32 by default)
@@ -120,11 +126,17 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     c.variant = "soundstream_tiny" if variant == "tiny" else "soundstream"
   else:
     _logmag_audio(c)
-    if variant != "tiny":  # the whole job in ~59 min on a 2-core AVX2 EPYC (README)
+    if variant != "tiny":
       # Batch 8 for twice the steps in the same minutes: v2a 1.76 / joint 2.11 px against
       # 2.13 / 2.87 at 2100 steps of batch 16 (docs/learning_the_link.md).
       c.data.batch_size = 8
-      c.train.update(num_steps=4200, keep_period=600)
+      # The whole job in 60 minutes on the machine it runs on: AVDiT takes the steps that fit
+      # what its earlier stages leave, less RESERVE step-times for the samples, the suite and
+      # the curve (train.budget_steps). More steps keep buying quality (README): 4200 on a
+      # 2-core AVX2 EPYC. --config.train.num_steps=N trains exactly N steps instead.
+      c.job_minutes = 60.0
+      c.train.update(num_steps=0, budget_reserve_steps=PIPELINE_RESERVE_STEPS,
+                     budget_kept_checkpoints=7, keep_period=600)
   if on_folder:
     _read_folder(c)
     c.variant = "folder_tiny" if variant == "tiny" else "folder"

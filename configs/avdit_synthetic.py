@@ -201,6 +201,11 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       weight_decay=0.01, b1=0.9, b2=0.99, grad_clip_norm=1.0, ema_decay=0.999,
       log_every=25, checkpoint_every=100, keep_checkpoints=3, async_checkpointing=True,
       keep_period=0,  # > 0: checkpoints at multiples of it are kept (for --mode=curve)
+      # num_steps=0: as many steps as `budget_minutes` allow at the step time measured when the
+      # run starts on this machine, less `budget_reserve_steps` step-times left for what follows
+      # (the pipeline's evaluation); `budget_kept_checkpoints` kept over them for the curve. The
+      # choice is saved in the run (step_budget.json) and kept on resume (train.fit_budget).
+      budget_minutes=0.0, budget_reserve_steps=0, budget_kept_checkpoints=0,
       # Fine-tuning: "DIR[:step]" starts a new run from the parameters and EMA of another run
       # (its latest checkpoint, or `step`) with a fresh optimizer at step 0; the model must
       # have the same shapes. A run that has its own checkpoint resumes from it instead.

@@ -1,6 +1,7 @@
 """The fixed-latent job (configs/avdit_fixed_latents.py) at tiny size: one resumable command
 trains, samples, evaluates and draws the learning curve in DIR/avdit, no autoencoder stage."""
 import json
+import time
 
 import av
 import jax
@@ -53,3 +54,15 @@ def test_crossmodal_variant_conditions_every_example_on_a2v_or_v2a():
   assert np.all(one_modality_given & (given.any(axis=2).sum(axis=1) == 1))
   generated = np.where(given, new_t.max(axis=(1, 2), keepdims=True), new_t)
   assert np.all(generated == new_t.max(axis=(1, 2), keepdims=True))  # one level per example
+
+
+def test_main_job_gives_avdit_the_minutes_its_earlier_stages_left():
+  from configs import avdit_pipeline  # pylint: disable=g-import-not-at-top
+  config = avdit_pipeline.get_config()
+  assert config.job_minutes == 60.0 and config.train.num_steps == 0
+  ten_minutes_ago = time.monotonic() - 600.0
+  budget = end_to_end._with_job_budget(config, ten_minutes_ago).train.budget_minutes
+  assert 49.9 < budget <= 50.0
+  with config.unlocked():  # an explicit step count is trained as given
+    config.train.num_steps = 4200
+  assert end_to_end._with_job_budget(config, ten_minutes_ago).train.budget_minutes == 0.0

@@ -1,4 +1,5 @@
 """Training: exact resume, preemption, non-finite stop, and the main job's outputs."""
+import json
 import os
 import signal
 import subprocess
@@ -6,9 +7,11 @@ import sys
 
 import av
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
+from avdit.errors import UserError
 from avdit.sampling import generate
 from avdit.training import loop
 from avdit.training import train
@@ -42,6 +45,45 @@ def test_resume_matches_uninterrupted_run(tiny_config, tmp_path):
   # The untrained model's parameters did move; throughput and MFU are logged.
   assert straight["metrics"]["grad_norm"] > 0
   assert 0 < straight["metrics"]["mfu"] < 1.5 and straight["metrics"]["tflops_per_device"] > 0
+
+
+def _budget_config(minutes, reserve, kept=7):
+  return ml_collections.ConfigDict(dict(
+      budget_minutes=minutes, budget_reserve_steps=reserve, budget_kept_checkpoints=kept,
+      checkpoint_every=300, warmup_steps=100))
+
+
+def test_time_budget_steps_closed_form():
+  # Worked by hand: 10 min at 0.2 s a step = 3000 step-times, 1000 kept back: 2000 fit, 1800 on
+  # multiples of 300; 7 kept checkpoints every 1800 / 7 = 257 -> 300.
+  assert train.budget_steps(_budget_config(10.0, 1000), 0.2) == {"num_steps": 1800,
+                                                                 "keep_period": 300}
+  # 60 min at 0.25 s = 14400, 3000 kept back: 11400; 11400 / 7 = 1629 -> 1500 (5.4 x 300).
+  assert train.budget_steps(_budget_config(60.0, 3000), 0.25) == {"num_steps": 11400,
+                                                                  "keep_period": 1500}
+  # No time left: the first checkpoint past the warm-up; no kept checkpoints asked: none.
+  assert train.budget_steps(_budget_config(-5.0, 3000, kept=0), 0.25) == {"num_steps": 300,
+                                                                         "keep_period": 0}
+
+
+def test_time_budget_run_is_saved_and_kept_on_resume(tiny_config, tmp_path):
+  with tiny_config.unlocked():
+    tiny_config.train.update(num_steps=0, budget_minutes=0.0)
+  with pytest.raises(UserError, match="budget_minutes"):
+    train.train(tiny_config, str(tmp_path))
+  # A budget smaller than a step: the first checkpoint past the warm-up (2 steps): 3.
+  with tiny_config.unlocked():
+    tiny_config.train.update(budget_minutes=1e-6, budget_kept_checkpoints=1)
+  first = train.train(tiny_config, str(tmp_path))
+  chosen = json.loads((tmp_path / train.BUDGET_FILE).read_text())
+  assert first["step"] == chosen["num_steps"] == 3 and chosen["keep_period"] == 3
+  assert chosen["seconds_per_step"] > 0
+  # Rerun with a larger budget: the run keeps the steps it chose (its schedule), trains none.
+  with tiny_config.unlocked():
+    tiny_config.train.budget_minutes = 100.0
+  again = train.train(tiny_config, str(tmp_path))
+  assert again["step"] == 3 and not again["metrics"]
+  assert json.loads((tmp_path / train.BUDGET_FILE).read_text()) == chosen
 
 
 @pytest.mark.slow  # ~20 s; test_loop.py stops on a non-finite loss by default

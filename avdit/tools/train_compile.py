@@ -199,7 +199,10 @@ def main(argv):
         f"{_MFU.value:.0%} MFU")
   if _MODE.value == "train":
     steps = config.train.num_steps
-    print(f"{steps} steps -> {steps * seconds / 86400:.3g} days")
+    if steps:
+      print(f"{steps} steps -> {steps * seconds / 86400:.3g} days")
+    else:  # train.fit_budget
+      print("train.num_steps=0: the run's steps are set by its time budget when it starts")
   if mem["peak"] > chip.hbm_bytes:
     print(f"error: per-chip peak {gib(mem['peak'])} does not fit {chip_name}'s "
           f"{gib(chip.hbm_bytes)} HBM; {fix}", file=sys.stderr)

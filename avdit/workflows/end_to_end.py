@@ -9,6 +9,7 @@ AVDiT.
 from __future__ import annotations
 
 import json
+import time
 
 from absl import logging
 
@@ -65,6 +66,7 @@ def run(config, workdir: str) -> dict:
   from avdit.sampling import generate  # pylint: disable=g-import-not-at-top
   from avdit.training import autoencoder  # pylint: disable=g-import-not-at-top
   from avdit.training import train  # pylint: disable=g-import-not-at-top
+  started = time.monotonic()
   config = workdir_lib.with_stage_dirs(config, workdir)
   results = {}
   learned = config.latent.name == "learned"  # else fixed latents: stages 1-3 do not apply
@@ -83,7 +85,7 @@ def run(config, workdir: str) -> dict:
                  config.data.cache_dir)
     encode(config, workdir)
   avdit_dir = workdir_lib.model_dir(config, workdir)
-  summary = train.train(config, avdit_dir)
+  summary = train.train(_with_job_budget(config, started), avdit_dir)
   train.write_summary(avdit_dir, summary)
   if summary["stopped_by"]:
     return {"stopped_by": summary["stopped_by"], "stage": "avdit"}
@@ -100,6 +102,21 @@ def run(config, workdir: str) -> dict:
     if config.train.get("keep_period", 0):
       curve.run(config, avdit_dir)
   return results
+
+
+def _with_job_budget(config, started: float):
+  """`config` with AVDiT's time budget where the job has one (`job_minutes` > 0 and
+  `train.num_steps` = 0): the job's minutes less those its earlier stages took in this
+  invocation (a stage finished by an earlier one counts nothing). AVDiT then trains what fits,
+  leaving `train.budget_reserve_steps` step-times for the samples, the suite and the curve."""
+  if config.get("job_minutes", 0.0) <= 0 or config.train.num_steps > 0:
+    return config
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.train.budget_minutes = config.job_minutes - (time.monotonic() - started) / 60.0
+  logging.info("pipeline: %.1f of the job's %.0f minutes left for AVDiT and its evaluation",
+               config.train.budget_minutes, config.job_minutes)
+  return config
 
 
 def _oracle_summary(eval_results: dict) -> dict:
