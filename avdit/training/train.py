@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from avdit import checkpointing
 from avdit import sharding
@@ -170,6 +171,8 @@ def fit_budget(config, workdir: str, setup: setup_lib.TrainSetup):
     chosen = json.loads(path.read_text())
   else:
     seconds = measure_step_seconds(config, setup)
+    if jax.process_count() > 1:  # every host trains the chief's count (one schedule)
+      seconds = float(multihost_utils.broadcast_one_to_all(np.float32(seconds)))
     chosen = dict(budget_steps(config.train, seconds), seconds_per_step=seconds,
                   budget_minutes=config.train.budget_minutes,
                   reserve_steps=config.train.get("budget_reserve_steps", 0))
@@ -186,8 +189,9 @@ def fit_budget(config, workdir: str, setup: setup_lib.TrainSetup):
   return config
 
 
-def measure_step_seconds(config, setup: setup_lib.TrainSetup, steps: int = 20) -> float:
-  """Seconds a train step takes here, data included: `steps` steps (after two that compile) on a
+def measure_step_seconds(config, setup: setup_lib.TrainSetup, steps: int = 30) -> float:
+  """Seconds a train step takes here, data included: `steps` steps (after five that compile and
+  warm up) on a
   copy of the initial state (the step donates it) and a fresh data iterator, so the run itself
   starts untouched."""
   layout = setup.layout
@@ -198,7 +202,7 @@ def measure_step_seconds(config, setup: setup_lib.TrainSetup, steps: int = 20) -
   to_device = loop.device_inputs(setup_lib.MODEL_INPUTS, setup.mesh)
   for timed in (False, True):
     start = time.perf_counter()
-    for _ in range(steps if timed else 2):
+    for _ in range(steps if timed else 5):
       state, _ = train_step(state, to_device(next(data)))
     jax.block_until_ready(state)
   return (time.perf_counter() - start) / steps
