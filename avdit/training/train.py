@@ -191,9 +191,9 @@ def fit_budget(config, workdir: str, setup: setup_lib.TrainSetup):
 
 def measure_step_seconds(config, setup: setup_lib.TrainSetup, steps: int = 30) -> float:
   """Seconds a train step takes here, data included: `steps` steps (after five that compile and
-  warm up) on a
-  copy of the initial state (the step donates it) and a fresh data iterator, so the run itself
-  starts untouched."""
+  warm up) on a copy of the initial state (the step donates it) and a fresh data iterator, so
+  the run itself starts untouched. A snapshot: a shared machine's speed drifts by tens of
+  percent over minutes, and the run's minutes with it."""
   layout = setup.layout
   train_step = setup.make_step(setup_lib.estimate_latent_stats(config, layout,
                                                                setup.latent_space))
