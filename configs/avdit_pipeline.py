@@ -133,11 +133,13 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       c.data.batch_size = 8
       # The whole job in 60 minutes on the machine it runs on: AVDiT takes the steps that fit
       # what its earlier stages leave, less RESERVE step-times for the samples, the suite and
-      # the curve (train.budget_steps). More steps keep buying quality (README): 4200 on a
-      # 2-core AVX2 EPYC. --config.train.num_steps=N trains exactly N steps instead.
+      # the curve (training.budget). More steps keep buying quality (README): 4200 on a
+      # 2-core AVX2 EPYC. The learning rate holds its peak and decays over the last 20% of
+      # the steps, started by the clock (budget.ClockPlan), so a machine whose speed drifts
+      # still ends on time. --config.train.num_steps=N trains exactly N steps instead.
       c.job_minutes = 60.0
       c.train.update(num_steps=0, budget_reserve_steps=PIPELINE_RESERVE_STEPS,
-                     budget_kept_checkpoints=7, keep_period=600)
+                     budget_kept_checkpoints=7, keep_period=600, decay_fraction=0.2)
   if on_folder:
     _read_folder(c)
     c.variant = "folder_tiny" if variant == "tiny" else "folder"

@@ -204,8 +204,12 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       # num_steps=0: as many steps as `budget_minutes` allow at the step time measured when the
       # run starts on this machine, less `budget_reserve_steps` step-times left for what follows
       # (the pipeline's evaluation); `budget_kept_checkpoints` kept over them for the curve. The
-      # choice is saved in the run (step_budget.json) and kept on resume (train.fit_budget).
+      # choice is saved in the run (step_budget.json) and kept on resume (training.budget).
       budget_minutes=0.0, budget_reserve_steps=0, budget_kept_checkpoints=0,
+      # > 0: warm-up, the peak held, then a linear decay over the last `decay_fraction` of the
+      # steps (from `decay_start` where set) instead of the cosine; a time budget then starts
+      # its decay by the clock, so a machine that slows down moves the end, not the deadline.
+      decay_fraction=0.0, decay_start=0,
       # Fine-tuning: "DIR[:step]" starts a new run from the parameters and EMA of another run
       # (its latest checkpoint, or `step`) with a fresh optimizer at step 0; the model must
       # have the same shapes. A run that has its own checkpoint resumes from it instead.

@@ -220,3 +220,27 @@ def test_when_no_checkpoint_reads_back_nothing_is_moved_and_the_error_is_raised(
     loop.restore_latest(manager, other_shape, data_iter(), PAYLOADS)
   manager.close()
   assert saved_steps(tmp_path) == [3, 4] and not (tmp_path / "damaged_checkpoints").exists()
+
+
+def _double_step(state, x):  # the fake step with w moved twice as far: a recognisable swap
+  w = 0.5 * state.w + 2.0 * jnp.mean(x)
+  loss = jnp.sum(w)
+  return FakeState(step=state.step + 1, w=w), {"loss": loss, "loss_is_finite": loss * 0 + 1.0}
+
+
+def test_the_checkpoint_hook_moves_the_end_and_swaps_the_step(tmp_path):
+  calls = []
+
+  def at_checkpoint(step):  # at 3: end at 12; at 6: end at 14 with the other step; after: keep
+    calls.append(step)
+    plan = {3: (12, None), 6: (14, jax.jit(_double_step, donate_argnums=(0,)))}
+    return plan.get(step, (14, None))
+
+  result, _, seen = run(tmp_path, at_checkpoint=at_checkpoint)
+  # Called after the periodic checkpoints only (not the last one), the run ends where it says.
+  assert result.step == 14 and calls == [3, 6, 9, 12]
+  assert saved_steps(tmp_path) == [3, 6, 9, 12, 14]
+  w = np.zeros(3, np.float32)  # numpy: steps 1-6 the first step, 7-14 the doubled one
+  for i, b in enumerate(seen):
+    w = np.float32(0.5) * w + np.float32(1.0 if i < 6 else 2.0) * np.float32(np.mean(b))
+  np.testing.assert_allclose(np.asarray(result.state.w), w, rtol=1e-6)

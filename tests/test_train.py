@@ -13,7 +13,9 @@ import pytest
 
 from avdit.errors import UserError
 from avdit.sampling import generate
+from avdit.training import budget
 from avdit.training import loop
+from avdit.training import state as state_lib
 from avdit.training import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,34 +58,103 @@ def _budget_config(minutes, reserve, kept=7):
 def test_time_budget_steps_closed_form():
   # Worked by hand: 10 min at 0.2 s a step = 3000 step-times, 1000 kept back: 2000 fit, 1800 on
   # multiples of 300; 7 kept checkpoints every 1800 / 7 = 257 -> 300.
-  assert train.budget_steps(_budget_config(10.0, 1000), 0.2) == {"num_steps": 1800,
+  assert budget.budget_steps(_budget_config(10.0, 1000), 0.2) == {"num_steps": 1800,
                                                                  "keep_period": 300}
   # 60 min at 0.25 s = 14400, 3000 kept back: 11400; 11400 / 7 = 1629 -> 1500 (5.4 x 300).
-  assert train.budget_steps(_budget_config(60.0, 3000), 0.25) == {"num_steps": 11400,
+  assert budget.budget_steps(_budget_config(60.0, 3000), 0.25) == {"num_steps": 11400,
                                                                   "keep_period": 1500}
   # No time left: the first checkpoint past the warm-up; no kept checkpoints asked: none.
-  assert train.budget_steps(_budget_config(-5.0, 3000, kept=0), 0.25) == {"num_steps": 300,
+  assert budget.budget_steps(_budget_config(-5.0, 3000, kept=0), 0.25) == {"num_steps": 300,
                                                                          "keep_period": 0}
 
 
-def test_time_budget_run_is_saved_and_kept_on_resume(tiny_config, tmp_path):
+def test_warmup_stable_decay_schedule_closed_form():
+  config = ml_collections.ConfigDict(dict(
+      learning_rate=1e-3, end_learning_rate_factor=0.1, num_steps=100, warmup_steps=10,
+      decay_fraction=0.2, decay_start=0))
+  lr = state_lib.learning_rate_schedule(config)
+  # By hand: 0 -> 1e-3 over 10 steps, held to step 80 (100 - 0.2 x 100), linear to 1e-4 at 100.
+  for step, expected in ((0, 0.0), (5, 5e-4), (10, 1e-3), (79, 1e-3), (80, 1e-3),
+                         (90, 5.5e-4), (100, 1e-4), (150, 1e-4)):
+    assert float(lr(step)) == pytest.approx(expected, rel=1e-5, abs=1e-9), step
+  config.decay_start = 60  # set by the clock: 60 -> 100 linear
+  lr = state_lib.learning_rate_schedule(config)
+  assert float(lr(59)) == pytest.approx(1e-3) and float(lr(70)) == pytest.approx(7.75e-4)
+  config.decay_start = budget.HOLD  # the clock has not decided: the peak, held past num_steps
+  lr = state_lib.learning_rate_schedule(config)
+  assert float(lr(100)) == pytest.approx(1e-3) and float(lr(10**6)) == pytest.approx(1e-3)
+
+
+def _clock_config():
+  return ml_collections.ConfigDict(dict(checkpoint_every=300, budget_reserve_steps=1000,
+                                        decay_fraction=0.2))
+
+
+def test_clock_end_closed_form():
+  # At 3000, 40 min left at 0.2 s: 12000 step-times - 1000 = 11000 -> 10800 more, end 13800;
+  # its decay (2760 steps) starts at 11040, after the next checkpoint (3300): not yet.
+  assert budget.clock_end(3000, 2400.0, 0.2, _clock_config()) == (13800, False)
+  # The machine slows to 0.4 s: 6000 - 1000 -> 4800 more, end 7800, decay 1560 from 6240.
+  assert budget.clock_end(3000, 2400.0, 0.4, _clock_config()) == (7800, False)
+  # At 6000 with 10 min left at 0.4 s: 1500 - 1000 -> 300 more: end 6300, decay from now.
+  assert budget.clock_end(6000, 600.0, 0.4, _clock_config()) == (6300, True)
+  # Past the deadline: one more interval, decaying.
+  assert budget.clock_end(6000, -60.0, 0.4, _clock_config()) == (6300, True)
+
+
+def test_clock_plan_follows_a_machine_that_slows_down(tmp_path, monkeypatch):
+  config = ml_collections.ConfigDict(dict(train=dict(
+      _clock_config(), num_steps=9000, decay_start=0, learning_rate=1e-3, warmup_steps=100)))
+  (tmp_path / budget.BUDGET_FILE).write_text(json.dumps({"num_steps": 9000}))
+  now = [0.0]
+  monkeypatch.setattr(budget.time, "monotonic", lambda: now[0])
+  built = []
+  plan = budget.ClockPlan(config, str(tmp_path), deadline=3000.0, seconds_per_step=0.2,
+                          make_step=lambda c: built.append(c) or "decaying step")
+  assert plan.held_config.train.decay_start == budget.HOLD
+  # Step 300 at 100 s: the measured 0.2 s; 2900 s left: 14500 - 1000 -> 13500 more: 13800.
+  now[0] = 100.0
+  assert plan.at_checkpoint(300) == (13800, None)
+  # Step 600 at 400 s: 1 s a step over the interval; 2600 - 1000 -> 1500 more: 2100, whose
+  # decay (420 steps) starts at 1680: later than 900, so not yet.
+  now[0] = 400.0
+  assert plan.at_checkpoint(600) == (2100, None)
+  # Step 1500 at 1300 s: still 1 s; 1700 - 1000 = 700 -> 600 more: 2100, decay from 1680 < 1800.
+  now[0] = 1300.0
+  assert plan.at_checkpoint(1500) == (2100, "decaying step")
+  assert len(built) == 1 and built[0].train.decay_start == 1500
+  assert built[0].train.num_steps == 2100
+  saved = json.loads((tmp_path / budget.BUDGET_FILE).read_text())
+  assert saved["num_steps"] == 2100 and saved["decay_start"] == 1500
+  # Once decaying, the plan is fixed whatever the clock says.
+  now[0] = 5000.0
+  assert plan.at_checkpoint(1800) == (2100, None) and len(built) == 1
+
+
+def test_time_budget_run_keeps_to_the_clock_and_its_plan_on_resume(tiny_config, tmp_path):
   with tiny_config.unlocked():
     tiny_config.train.update(num_steps=0, budget_minutes=0.0)
   with pytest.raises(UserError, match="budget_minutes"):
     train.train(tiny_config, str(tmp_path))
-  # A budget smaller than a step: the first checkpoint past the warm-up (2 steps): 3.
+  # A budget smaller than a step: the first checkpoint past the 3 warm-up steps, 6. At the
+  # checkpoint of step 3 the minutes are spent: the end stays at 6 and the decay starts at 3.
   with tiny_config.unlocked():
-    tiny_config.train.update(budget_minutes=1e-6, budget_kept_checkpoints=1)
+    tiny_config.train.update(budget_minutes=1e-6, budget_kept_checkpoints=1, decay_fraction=0.2,
+                             checkpoint_every=3, warmup_steps=3, log_every=1)
   first = train.train(tiny_config, str(tmp_path))
-  chosen = json.loads((tmp_path / train.BUDGET_FILE).read_text())
-  assert first["step"] == chosen["num_steps"] == 3 and chosen["keep_period"] == 3
-  assert chosen["seconds_per_step"] > 0
-  # Rerun with a larger budget: the run keeps the steps it chose (its schedule), trains none.
+  chosen = json.loads((tmp_path / budget.BUDGET_FILE).read_text())
+  assert first["step"] == chosen["num_steps"] == 6 and chosen["keep_period"] == 6
+  assert chosen["decay_start"] == 3 and chosen["seconds_per_step"] > 0
+  # The last step's learning rate is the decaying schedule's (step 5 of 3 -> 6), not the peak.
+  peak, end = tiny_config.train.learning_rate, tiny_config.train.end_learning_rate_factor
+  expected = peak + (peak * end - peak) * (5 - 3) / (6 - 3)
+  assert first["metrics"]["learning_rate"] == pytest.approx(expected, rel=1e-5)
+  # Rerun with a larger budget: the run keeps the plan it saved (its schedule), trains none.
   with tiny_config.unlocked():
     tiny_config.train.budget_minutes = 100.0
   again = train.train(tiny_config, str(tmp_path))
-  assert again["step"] == 3 and not again["metrics"]
-  assert json.loads((tmp_path / train.BUDGET_FILE).read_text()) == chosen
+  assert again["step"] == 6 and not again["metrics"]
+  assert json.loads((tmp_path / budget.BUDGET_FILE).read_text()) == chosen
 
 
 @pytest.mark.slow  # ~20 s; test_loop.py stops on a non-finite loss by default

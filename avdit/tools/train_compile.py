@@ -201,7 +201,7 @@ def main(argv):
     steps = config.train.num_steps
     if steps:
       print(f"{steps} steps -> {steps * seconds / 86400:.3g} days")
-    else:  # train.fit_budget
+    else:  # training.budget.fit_budget
       print("train.num_steps=0: the run's steps are set by its time budget when it starts")
   if mem["peak"] > chip.hbm_bytes:
     print(f"error: per-chip peak {gib(mem['peak'])} does not fit {chip_name}'s "

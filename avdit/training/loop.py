@@ -23,6 +23,9 @@ cadence. The phases, in order:
                            forced), each save only after every step since the last check had a
                            finite loss: a non-finite loss raises NonFiniteLossError and nothing
                            after the last good checkpoint is saved
+                 e. Plan   after a periodic checkpoint, the `at_checkpoint` hook may move the
+                           end of the run and hand over a new step (a time budget kept to the
+                           clock: avdit.training.budget.ClockPlan)
                then the pending (asynchronous) saves are waited for.
   4. Evaluate  the `evaluate` hook, once a run reaches `num_steps` (not on a stop): e.g. the
                autoencoders' reconstructions of held-out clips; written as `eval_*` scalars.
@@ -175,7 +178,8 @@ def run(train_step: Callable, state, data_iter: Iterator, *, to_device: Callable
         writer: metric_writers.MetricWriter, payloads: dict[str, dict], num_steps: int,
         log_every: int, checkpoint_every: int, steps_this_run: int | None = None,
         flops_per_step: float | None = None, on_batch: Callable[[dict], None] | None = None,
-        evaluate: Callable[[Any], dict[str, float]] | None = None) -> Result:
+        evaluate: Callable[[Any], dict[str, float]] | None = None,
+        at_checkpoint: Callable[[int], tuple[int, Callable | None]] | None = None) -> Result:
   """Trains from `state` (fresh or restored) to `num_steps`; closes `manager` when it is done.
 
   train_step       the jitted step `(state, to_device(batch)) -> (state, metrics)`, state donated
@@ -187,9 +191,12 @@ def run(train_step: Callable, state, data_iter: Iterator, *, to_device: Callable
   flops_per_step   model FLOPs of one step (all devices), for TFLOP/s and MFU; None: not logged
   on_batch         hook called with each host batch before its step
   evaluate         hook called with the final state once the run reaches `num_steps`
+  at_checkpoint    hook called with the step after each periodic checkpoint before the end:
+                   (the run's new `num_steps`, a new train_step or None to keep this one)
   """
   step = int(jax.device_get(state.step))
-  stop_step = num_steps if steps_this_run is None else min(num_steps, step + steps_this_run)
+  run_end = None if steps_this_run is None else step + steps_this_run
+  stop_step = num_steps if run_end is None else min(num_steps, run_end)
   peak_flops = None
   if flops_per_step:
     peak_flops, peak_source = hardware.peak_flops_per_device()
@@ -236,6 +243,16 @@ def run(train_step: Callable, state, data_iter: Iterator, *, to_device: Callable
           logging.warning("Stopping at step %d on %s; checkpoint saved, rerun to resume.",
                           step, stopped_by)
           break
+
+        # e. Plan.
+        if at_checkpoint is not None and step % checkpoint_every == 0 and not last:
+          planned, new_step = at_checkpoint(step)
+          train_step = new_step or train_step
+          if planned != num_steps:
+            num_steps = planned
+            stop_step = num_steps if run_end is None else min(num_steps, run_end)
+            report_progress = periodic_actions.ReportProgress(
+                num_train_steps=num_steps, writer=writer, every_steps=log_every)
   finally:  # saves already started are finished, even when a non-finite loss stops the run
     manager.wait_until_finished()
     manager.close()

@@ -50,17 +50,30 @@ def split_model(model):
 
 def learning_rate_schedule(train_config, peak_value: float | None = None) -> optax.Schedule:
   """Linear warm-up over `train.warmup_steps` to `peak_value` (by default
-  `train.learning_rate`), then cosine decay to peak x `train.end_learning_rate_factor` at
-  `train.num_steps`. The one schedule of every optimizer here and in the autoencoder trainer."""
+  `train.learning_rate`), then to peak x `train.end_learning_rate_factor` at `train.num_steps`:
+  a cosine decay, or with `train.decay_fraction` > 0 the peak held until `train.decay_start`
+  (0: the last `decay_fraction` of the steps) and a linear decay from there (warm-up, stable,
+  decay: a time-budgeted run starts its decay by the clock, budget.ClockPlan). The one schedule
+  of every optimizer here and in the autoencoder trainer."""
   peak = train_config.learning_rate if peak_value is None else peak_value
+  end = peak * train_config.end_learning_rate_factor
+  num_steps, warmup = train_config.num_steps, train_config.warmup_steps
+  if train_config.get("decay_fraction", 0.0) > 0:
+    decay_start = (train_config.get("decay_start", 0)
+                   or num_steps - round(train_config.decay_fraction * num_steps))
+    decay_start = max(decay_start, warmup)
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, peak, max(warmup, 1)), optax.constant_schedule(peak),
+         optax.linear_schedule(peak, end, max(num_steps - decay_start, 1))],
+        boundaries=[warmup, decay_start])
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=peak, warmup_steps=train_config.warmup_steps,
-      decay_steps=max(train_config.num_steps, train_config.warmup_steps + 1),
-      end_value=peak * train_config.end_learning_rate_factor)
+      init_value=0.0, peak_value=peak, warmup_steps=warmup,
+      decay_steps=max(num_steps, warmup + 1), end_value=end)
 
 
 def make_optimizer(train_config) -> optax.GradientTransformation:
-  """AdamW with warm-up + cosine, global-norm clipping; no weight decay on vectors (norms, biases)."""
+  """AdamW with `learning_rate_schedule`, global-norm clipping; no weight decay on vectors
+  (norms, biases)."""
   decay_mask = lambda params: jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
   return optax.chain(
       optax.clip_by_global_norm(train_config.grad_clip_norm),

@@ -2,8 +2,8 @@
 
   1. Setup      layout, latent space, model, state in its shardings (`avdit.training.setup`, as
                 the benchmarks and the AOT compiler build them); with `train.num_steps=0` the
-                number of steps a time budget allows on this machine (`fit_budget`); metric
-                writers, the config written next to the checkpoints
+                number of steps a time budget allows on this machine (`budget.fit_budget`);
+                metric writers, the config written next to the checkpoints
   2. Data       the grain iterator (its position is saved with every checkpoint)
   3. State      model + AdamW + EMA, restored exactly from the latest checkpoint if there is one,
                 with the latent statistics saved beside it (checkpoint item `latent`); a new
@@ -12,7 +12,8 @@
   4. Step       one jitted train step, state donated, no host sync
   5. Loop       `avdit.training.loop.run`: metrics fetched only every `log_every` steps (with
                 MFU against the analytic FLOPs of a step); checkpoints every `checkpoint_every`
-                steps, at the end, and on SIGTERM/SIGINT (preemption)
+                steps, at the end, and on SIGTERM/SIGINT (preemption); a time budget with
+                `train.decay_fraction` kept to the clock at each checkpoint (budget.ClockPlan)
 
 A non-finite loss stops the run with a clear error before anything after the last good
 checkpoint is saved (loop.NonFiniteLossError).
@@ -21,14 +22,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from jax.experimental import multihost_utils
 
 from avdit import checkpointing
 from avdit import sharding
@@ -37,12 +35,12 @@ from avdit.errors import UserError
 from avdit.data import latent_cache
 from avdit.data import pipeline
 from avdit.models import latent_space as latent_lib
+from avdit.training import budget
 from avdit.training import loop
 from avdit.training import setup as setup_lib
 from avdit.training import state as state_lib
 
 PAYLOADS = ("latent",)  # saved beside the state: the latent space and its statistics
-BUDGET_FILE = "step_budget.json"  # the steps a time budget chose: a resumed run keeps them
 
 
 def _latent_payload(config, stats) -> dict:
@@ -67,9 +65,10 @@ def train(config, workdir: str, steps_this_run: int | None = None,
   # --- 1. Setup ---------------------------------------------------------------------------------
   # The state is created directly in its shardings over the (data, fsdp, tensor) mesh of
   # config.mesh (setup.setup_train, as the benchmarks and the AOT compiler build it).
+  started = time.monotonic()  # the time budget counts from here
   is_chief = jax.process_index() == 0
   setup = setup_lib.setup_train(config, sharding.training_mesh(config))
-  config = fit_budget(config, workdir, setup)
+  config, measured_seconds = budget.fit_budget(config, workdir, setup)
   setup = dataclasses.replace(setup, config=config)
   layout, mesh, state = setup.layout, setup.mesh, setup.state
   if config.data.name == "latent_cache" and isinstance(setup.latent_space,
@@ -121,7 +120,14 @@ def train(config, workdir: str, steps_this_run: int | None = None,
     writer.write_hparams({k: v for k, v in config.to_dict().items() if not isinstance(v, dict)})
 
   # --- 4. The step ------------------------------------------------------------------------------
-  train_step = setup.make_step(latent_stats)
+  make_step = lambda step_config: dataclasses.replace(setup, config=step_config).make_step(
+      latent_stats)
+  clock = None
+  if measured_seconds is not None and config.train.get("decay_fraction", 0.0) > 0:
+    # Planned now, in this invocation: its deadline is known, so the end follows the clock.
+    clock = budget.ClockPlan(config, workdir, started + 60.0 * config.train.budget_minutes,
+                             measured_seconds, make_step)
+  train_step = make_step(config if clock is None else clock.held_config)
 
   # --- 5. Loop ----------------------------------------------------------------------------------
   seen_indices = []  # each batch's clip indices, with record_batches
@@ -131,81 +137,11 @@ def train(config, workdir: str, steps_this_run: int | None = None,
       manager=manager, writer=writer, payloads={"latent": latent_payload},
       num_steps=config.train.num_steps, log_every=config.train.log_every,
       checkpoint_every=config.train.checkpoint_every, steps_this_run=steps_this_run,
-      flops_per_step=flops_per_step, on_batch=record if record_batches else None)
+      flops_per_step=flops_per_step, on_batch=record if record_batches else None,
+      at_checkpoint=None if clock is None else clock.at_checkpoint)
   return {"step": result.step, "metrics": result.metrics, "batch_indices": seen_indices,
           "stopped_by": result.stopped_by, "num_params": num_params, "state": result.state,
           "latent_stats": latent_stats, "flops_per_step": flops_per_step}
-
-
-def budget_steps(train_config, seconds_per_step: float) -> dict[str, int]:
-  """{num_steps, keep_period} of `train.budget_minutes` at `seconds_per_step`.
-
-  The steps that fit once `train.budget_reserve_steps` step-times are set aside (for the
-  evaluation that follows training), rounded down to a multiple of `checkpoint_every` and at
-  least the first multiple past the warm-up; the kept checkpoints (the learning curve's points)
-  spread over them, `budget_kept_checkpoints` of them, on multiples of `checkpoint_every`.
-  """
-  every = train_config.checkpoint_every
-  fit = (train_config.budget_minutes * 60.0 / seconds_per_step
-         - train_config.get("budget_reserve_steps", 0))
-  least = every * math.ceil((train_config.warmup_steps + 1) / every)
-  num_steps = max(least, int(fit // every) * every)
-  kept = train_config.get("budget_kept_checkpoints", 0)
-  keep_period = max(every, round(num_steps / kept / every) * every) if kept else 0
-  return {"num_steps": num_steps, "keep_period": keep_period}
-
-
-def fit_budget(config, workdir: str, setup: setup_lib.TrainSetup):
-  """`config` with `train.num_steps` (and `keep_period`) set by its time budget where
-  `train.num_steps` is 0: read back from DIR/step_budget.json when this run chose them before
-  (so a resumed run keeps its schedule), else from the step time measured now on this machine
-  (`budget_steps`), and saved there. `config` itself where `num_steps` is given."""
-  if config.train.num_steps > 0:
-    return config
-  if config.train.get("budget_minutes", 0.0) <= 0:
-    raise UserError("train.num_steps=0 trains for a time budget, and train.budget_minutes is "
-                    f"{config.train.get('budget_minutes', 0.0)}: give train.num_steps, or the "
-                    "minutes (the pipeline sets them from job_minutes)")
-  path = workdir_lib.path(workdir, BUDGET_FILE)
-  if path.exists():
-    chosen = json.loads(path.read_text())
-  else:
-    seconds = measure_step_seconds(config, setup)
-    if jax.process_count() > 1:  # every host trains the chief's count (one schedule)
-      seconds = float(multihost_utils.broadcast_one_to_all(np.float32(seconds)))
-    chosen = dict(budget_steps(config.train, seconds), seconds_per_step=seconds,
-                  budget_minutes=config.train.budget_minutes,
-                  reserve_steps=config.train.get("budget_reserve_steps", 0))
-    if jax.process_index() == 0:
-      workdir_lib.write_text(workdir, BUDGET_FILE, json.dumps(chosen, indent=2))
-  logging.info("Time budget: %d steps (%.3f s a step on this machine, %.1f min, %d step-times "
-               "kept for what follows), checkpoints kept every %d steps; %s",
-               chosen["num_steps"], chosen["seconds_per_step"], chosen["budget_minutes"],
-               chosen["reserve_steps"], chosen["keep_period"], path)
-  config = config.copy_and_resolve_references()
-  with config.unlocked():
-    config.train.num_steps = chosen["num_steps"]
-    config.train.keep_period = chosen["keep_period"]
-  return config
-
-
-def measure_step_seconds(config, setup: setup_lib.TrainSetup, steps: int = 30) -> float:
-  """Seconds a train step takes here, data included: `steps` steps (after five that compile and
-  warm up) on a copy of the initial state (the step donates it) and a fresh data iterator, so
-  the run itself starts untouched. A snapshot: a shared machine's speed drifts by tens of
-  percent over minutes, and the run's minutes with it."""
-  layout = setup.layout
-  train_step = setup.make_step(setup_lib.estimate_latent_stats(config, layout,
-                                                               setup.latent_space))
-  state = jax.tree_util.tree_map(jnp.copy, setup.state)
-  data = pipeline.make_train_iterator(config.data, layout)
-  to_device = loop.device_inputs(setup_lib.MODEL_INPUTS, setup.mesh)
-  for timed in (False, True):
-    start = time.perf_counter()
-    for _ in range(steps if timed else 5):
-      state, _ = train_step(state, to_device(next(data)))
-    jax.block_until_ready(state)
-  return (time.perf_counter() - start) / steps
 
 
 def check_init_from(config, params) -> tuple[str, int]:

@@ -1,0 +1,181 @@
+"""AVDiT trained for a time budget: the steps that fit `train.budget_minutes` on this machine.
+
+`train.num_steps=0` asks for it (the main job does: its hour, less what its earlier stages took).
+
+  1. Measure  `measure_step_seconds`: 30 steps after 5 warm-up ones, on a copy of the initial
+              state and a fresh data iterator, so the run itself starts untouched
+  2. Plan     `budget_steps`: minutes x 60 / step time, less `budget_reserve_steps` step-times
+              for what follows training (the main job's evaluation), rounded down to
+              checkpoints; `budget_kept_checkpoints` kept over them for the learning curve.
+              Saved in DIR/step_budget.json (`fit_budget`)
+  3. Clock    with `train.decay_fraction` > 0 (`ClockPlan`): the learning rate stays at its peak
+              after the warm-up, and every checkpoint re-plans the end from the minutes left at
+              the speed of the last checkpoint interval; the decay (the last `decay_fraction` of
+              the steps) starts at the checkpoint where the minutes left hold only it and the
+              reserve. A machine that slows down (a shared one drifts by tens of percent within
+              minutes) then moves the end of the run, not the deadline. The step is compiled
+              again once, when the decay is fixed. With the cosine schedule (decay_fraction 0)
+              the count must be known from the start: the first plan is final.
+
+A resumed run keeps the plan saved last (the deadline belonged to the invocation that set it).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+
+from avdit import workdir as workdir_lib
+from avdit.data import pipeline
+from avdit.errors import UserError
+from avdit.training import loop
+from avdit.training import setup as setup_lib
+
+BUDGET_FILE = "step_budget.json"  # the steps a time budget chose: a resumed run keeps them
+HOLD = 2**30  # train.decay_start while the clock has not started the decay: the peak, held
+
+
+def budget_steps(train_config, seconds_per_step: float) -> dict[str, int]:
+  """{num_steps, keep_period} of `train.budget_minutes` at `seconds_per_step`.
+
+  The steps that fit once `train.budget_reserve_steps` step-times are set aside (for the
+  evaluation that follows training), rounded down to a multiple of `checkpoint_every` and at
+  least the first multiple past the warm-up; the kept checkpoints (the learning curve's points)
+  spread over them, `budget_kept_checkpoints` of them, on multiples of `checkpoint_every`.
+  """
+  every = train_config.checkpoint_every
+  fit = (train_config.budget_minutes * 60.0 / seconds_per_step
+         - train_config.get("budget_reserve_steps", 0))
+  least = every * math.ceil((train_config.warmup_steps + 1) / every)
+  num_steps = max(least, int(fit // every) * every)
+  kept = train_config.get("budget_kept_checkpoints", 0)
+  keep_period = max(every, round(num_steps / kept / every) * every) if kept else 0
+  return {"num_steps": num_steps, "keep_period": keep_period}
+
+
+def clock_end(step: int, seconds_left: float, seconds_per_step: float,
+              train_config) -> tuple[int, bool]:
+  """(the step the run should end at, whether its decay must start now), at checkpoint `step`
+  with `seconds_left` of the budget at `seconds_per_step`.
+
+  The end: `step` plus the steps that fit the time left less the reserve, on multiples of
+  `checkpoint_every`, at least one more interval. The decay covers its last `decay_fraction`
+  (rounded); it starts now when it would start before the next checkpoint.
+  """
+  every = train_config.checkpoint_every
+  fit = seconds_left / seconds_per_step - train_config.get("budget_reserve_steps", 0)
+  end = step + max(every, int(fit // every) * every)
+  decay_steps = round(train_config.decay_fraction * end)
+  return end, end - decay_steps < step + every
+
+
+def fit_budget(config, workdir: str, setup: setup_lib.TrainSetup):
+  """(`config` with `train.num_steps`, `keep_period` and `decay_start` set by its time budget,
+  the step time measured now or None) where `train.num_steps` is 0: read back from
+  DIR/step_budget.json when this run planned before (a resumed run keeps its schedule), else
+  planned from the step time measured now on this machine (`budget_steps`) and saved there.
+  (`config`, None) where `num_steps` is given."""
+  if config.train.num_steps > 0:
+    return config, None
+  if config.train.get("budget_minutes", 0.0) <= 0:
+    raise UserError("train.num_steps=0 trains for a time budget, and train.budget_minutes is "
+                    f"{config.train.get('budget_minutes', 0.0)}: give train.num_steps, or the "
+                    "minutes (the pipeline sets them from job_minutes)")
+  path = workdir_lib.path(workdir, BUDGET_FILE)
+  seconds = None
+  if path.exists():
+    chosen = json.loads(path.read_text())
+  else:
+    seconds = measure_step_seconds(config, setup)
+    if jax.process_count() > 1:  # every host trains the chief's count (one schedule)
+      seconds = float(multihost_utils.broadcast_one_to_all(np.float32(seconds)))
+    chosen = dict(budget_steps(config.train, seconds), seconds_per_step=seconds,
+                  budget_minutes=config.train.budget_minutes,
+                  reserve_steps=config.train.get("budget_reserve_steps", 0))
+    _save(workdir, chosen)
+  logging.info("Time budget: %d steps (%.3f s a step on this machine, %.1f min, %d step-times "
+               "kept for what follows), checkpoints kept every %d steps; %s",
+               chosen["num_steps"], chosen["seconds_per_step"], chosen["budget_minutes"],
+               chosen["reserve_steps"], chosen["keep_period"], path)
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.train.num_steps = chosen["num_steps"]
+    config.train.keep_period = chosen["keep_period"]
+    config.train.decay_start = chosen.get("decay_start", 0)
+  return config, seconds
+
+
+def _save(workdir: str, chosen: dict) -> None:
+  if jax.process_index() == 0:
+    workdir_lib.write_text(workdir, BUDGET_FILE, json.dumps(chosen, indent=2))
+
+
+def measure_step_seconds(config, setup: setup_lib.TrainSetup, steps: int = 30) -> float:
+  """Seconds a train step takes here, data included: `steps` steps (after five that compile and
+  warm up) on a copy of the initial state (the step donates it) and a fresh data iterator, so
+  the run itself starts untouched. A snapshot: a shared machine's speed drifts by tens of
+  percent over minutes (`ClockPlan` follows it)."""
+  layout = setup.layout
+  train_step = setup.make_step(setup_lib.estimate_latent_stats(config, layout,
+                                                               setup.latent_space))
+  state = jax.tree_util.tree_map(jnp.copy, setup.state)
+  data = pipeline.make_train_iterator(config.data, layout)
+  to_device = loop.device_inputs(setup_lib.MODEL_INPUTS, setup.mesh)
+  for timed in (False, True):
+    start = time.perf_counter()
+    for _ in range(steps if timed else 5):
+      state, _ = train_step(state, to_device(next(data)))
+    jax.block_until_ready(state)
+  return (time.perf_counter() - start) / steps
+
+
+class ClockPlan:
+  """A budgeted run kept to its deadline (module docstring, 3): `held_config` is the run's
+  config with the peak learning rate held; the loop calls `at_checkpoint(step)` after each
+  periodic checkpoint and trains to the end it returns, with the step it returns (one with the
+  decay fixed, once) or the one it has."""
+
+  def __init__(self, config, workdir: str, deadline: float, seconds_per_step: float,
+               make_step: Callable):
+    self.config, self.workdir, self.deadline = config, workdir, deadline
+    self._make_step = make_step
+    self._last = None  # (step, time) of the previous checkpoint
+    self._seconds_per_step = seconds_per_step  # measured; the first interval holds a compile
+    self.decay_start = None
+    self.held_config = _with_plan(config, config.train.num_steps, HOLD)
+
+  def at_checkpoint(self, step: int) -> tuple[int, Callable | None]:
+    if self.decay_start is not None:
+      return self.config.train.num_steps, None
+    now = time.monotonic()
+    if self._last is not None:
+      self._seconds_per_step = (now - self._last[1]) / (step - self._last[0])
+    self._last = (step, now)
+    seconds = np.array([self.deadline - now, self._seconds_per_step], np.float64)
+    if jax.process_count() > 1:  # every host plans the chief's end (one schedule)
+      seconds = np.asarray(multihost_utils.broadcast_one_to_all(seconds.astype(np.float32)))
+    end, decay_now = clock_end(step, float(seconds[0]), float(seconds[1]), self.config.train)
+    chosen = json.loads(workdir_lib.path(self.workdir, BUDGET_FILE).read_text())
+    chosen.update(num_steps=end, replanned_at=step, seconds_per_step_now=float(seconds[1]))
+    if decay_now:
+      self.decay_start = chosen["decay_start"] = step
+    _save(self.workdir, chosen)
+    self.config = _with_plan(self.config, end, step if decay_now else 0)
+    logging.info("Time budget at step %d: %.3f s a step, %.1f min left -> the run ends at step "
+                 "%d%s", step, seconds[1], seconds[0] / 60, end,
+                 f"; the learning rate decays from now (step {step})" if decay_now else "")
+    return end, self._make_step(self.config) if decay_now else None
+
+
+def _with_plan(config, num_steps: int, decay_start: int):
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.train.num_steps, config.train.decay_start = num_steps, decay_start
+  return config
