@@ -105,11 +105,11 @@ def test_clock_end_closed_form():
 def test_clock_plan_follows_a_machine_that_slows_down(tmp_path, monkeypatch):
   config = ml_collections.ConfigDict(dict(train=dict(
       _clock_config(), num_steps=9000, decay_start=0, learning_rate=1e-3, warmup_steps=100)))
-  (tmp_path / budget.BUDGET_FILE).write_text(json.dumps({"num_steps": 9000}))
   now = [0.0]
   monkeypatch.setattr(budget.time, "monotonic", lambda: now[0])
   built = []
-  plan = budget.ClockPlan(config, str(tmp_path), deadline=3000.0, seconds_per_step=0.2,
+  plan = budget.ClockPlan(config, str(tmp_path), deadline=3000.0,
+                          plan={"num_steps": 9000, "seconds_per_step": 0.2},
                           make_step=lambda c: built.append(c) or "decaying step")
   assert plan.held_config.train.decay_start == budget.HOLD
   # Step 300 at 100 s: the measured 0.2 s; 2900 s left: 14500 - 1000 -> 13500 more: 13800.

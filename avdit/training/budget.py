@@ -2,7 +2,7 @@
 
 `train.num_steps=0` asks for it (the main job does: its hour, less what its earlier stages took).
 
-  1. Measure  `measure_step_seconds`: 30 steps after 5 warm-up ones, on a copy of the initial
+  1. Measure  `measure_step_seconds`: 30 steps after 60 warm-up ones, on a copy of the initial
               state and a fresh data iterator, so the run itself starts untouched
   2. Plan     `budget_steps`: minutes x 60 / step time, less `budget_reserve_steps` step-times
               for what follows training (the main job's evaluation), rounded down to
@@ -78,7 +78,7 @@ def clock_end(step: int, seconds_left: float, seconds_per_step: float,
 
 def fit_budget(config, workdir: str, setup: setup_lib.TrainSetup):
   """(`config` with `train.num_steps`, `keep_period` and `decay_start` set by its time budget,
-  the step time measured now or None) where `train.num_steps` is 0: read back from
+  the plan when it was made now, else None) where `train.num_steps` is 0: read back from
   DIR/step_budget.json when this run planned before (a resumed run keeps its schedule), else
   planned from the step time measured now on this machine (`budget_steps`) and saved there.
   (`config`, None) where `num_steps` is given."""
@@ -89,8 +89,8 @@ def fit_budget(config, workdir: str, setup: setup_lib.TrainSetup):
                     f"{config.train.get('budget_minutes', 0.0)}: give train.num_steps, or the "
                     "minutes (the pipeline sets them from job_minutes)")
   path = workdir_lib.path(workdir, BUDGET_FILE)
-  seconds = None
-  if path.exists():
+  planned_now = not path.exists()
+  if not planned_now:
     chosen = json.loads(path.read_text())
   else:
     seconds = measure_step_seconds(config, setup)
@@ -109,7 +109,7 @@ def fit_budget(config, workdir: str, setup: setup_lib.TrainSetup):
     config.train.num_steps = chosen["num_steps"]
     config.train.keep_period = chosen["keep_period"]
     config.train.decay_start = chosen.get("decay_start", 0)
-  return config, seconds
+  return config, chosen if planned_now else None
 
 
 def _save(workdir: str, chosen: dict) -> None:
@@ -117,11 +117,15 @@ def _save(workdir: str, chosen: dict) -> None:
     workdir_lib.write_text(workdir, BUDGET_FILE, json.dumps(chosen, indent=2))
 
 
-def measure_step_seconds(config, setup: setup_lib.TrainSetup, steps: int = 30) -> float:
-  """Seconds a train step takes here, data included: `steps` steps (after five that compile and
-  warm up) on a copy of the initial state (the step donates it) and a fresh data iterator, so
-  the run itself starts untouched. A snapshot: a shared machine's speed drifts by tens of
-  percent over minutes (`ClockPlan` follows it)."""
+def measure_step_seconds(config, setup: setup_lib.TrainSetup, steps: int = 30,
+                         warmup_steps: int = 60) -> float:
+  """Seconds a train step takes here, data included: `steps` steps after `warmup_steps` that
+  compile and warm up, on a copy of the initial state (the step donates it) and a fresh data
+  iterator, so the run itself starts untouched. The warm-up is long because the first ~60 steps
+  of a new process run up to twice as slow as the later ones on the CPU (measured with one
+  batch reused, so not the data): five of them made the main job plan for half the steps that
+  fit. A snapshot still: a shared machine's speed drifts by tens of percent over minutes
+  (`ClockPlan` follows it)."""
   layout = setup.layout
   train_step = setup.make_step(setup_lib.estimate_latent_stats(config, layout,
                                                                setup.latent_space))
@@ -130,7 +134,7 @@ def measure_step_seconds(config, setup: setup_lib.TrainSetup, steps: int = 30) -
   to_device = loop.device_inputs(setup_lib.MODEL_INPUTS, setup.mesh)
   for timed in (False, True):
     start = time.perf_counter()
-    for _ in range(steps if timed else 5):
+    for _ in range(steps if timed else warmup_steps):
       state, _ = train_step(state, to_device(next(data)))
     jax.block_until_ready(state)
   return (time.perf_counter() - start) / steps
@@ -142,12 +146,12 @@ class ClockPlan:
   periodic checkpoint and trains to the end it returns, with the step it returns (one with the
   decay fixed, once) or the one it has."""
 
-  def __init__(self, config, workdir: str, deadline: float, seconds_per_step: float,
-               make_step: Callable):
+  def __init__(self, config, workdir: str, deadline: float, plan: dict, make_step: Callable):
     self.config, self.workdir, self.deadline = config, workdir, deadline
+    self.plan = dict(plan)  # as saved in DIR/step_budget.json, updated at each checkpoint
     self._make_step = make_step
     self._last = None  # (step, time) of the previous checkpoint
-    self._seconds_per_step = seconds_per_step  # measured; the first interval holds a compile
+    self._seconds_per_step = plan["seconds_per_step"]  # the first interval holds a compile
     self.decay_start = None
     self.held_config = _with_plan(config, config.train.num_steps, HOLD)
 
@@ -162,11 +166,10 @@ class ClockPlan:
     if jax.process_count() > 1:  # every host plans the chief's end (one schedule)
       seconds = np.asarray(multihost_utils.broadcast_one_to_all(seconds.astype(np.float32)))
     end, decay_now = clock_end(step, float(seconds[0]), float(seconds[1]), self.config.train)
-    chosen = json.loads(workdir_lib.path(self.workdir, BUDGET_FILE).read_text())
-    chosen.update(num_steps=end, replanned_at=step, seconds_per_step_now=float(seconds[1]))
+    self.plan.update(num_steps=end, replanned_at=step, seconds_per_step_now=float(seconds[1]))
     if decay_now:
-      self.decay_start = chosen["decay_start"] = step
-    _save(self.workdir, chosen)
+      self.decay_start = self.plan["decay_start"] = step
+    _save(self.workdir, self.plan)
     self.config = _with_plan(self.config, end, step if decay_now else 0)
     logging.info("Time budget at step %d: %.3f s a step, %.1f min left -> the run ends at step "
                  "%d%s", step, seconds[1], seconds[0] / 60, end,

@@ -68,7 +68,7 @@ def train(config, workdir: str, steps_this_run: int | None = None,
   started = time.monotonic()  # the time budget counts from here
   is_chief = jax.process_index() == 0
   setup = setup_lib.setup_train(config, sharding.training_mesh(config))
-  config, measured_seconds = budget.fit_budget(config, workdir, setup)
+  config, new_plan = budget.fit_budget(config, workdir, setup)
   setup = dataclasses.replace(setup, config=config)
   layout, mesh, state = setup.layout, setup.mesh, setup.state
   if config.data.name == "latent_cache" and isinstance(setup.latent_space,
@@ -123,10 +123,10 @@ def train(config, workdir: str, steps_this_run: int | None = None,
   make_step = lambda step_config: dataclasses.replace(setup, config=step_config).make_step(
       latent_stats)
   clock = None
-  if measured_seconds is not None and config.train.get("decay_fraction", 0.0) > 0:
+  if new_plan is not None and config.train.get("decay_fraction", 0.0) > 0:
     # Planned now, in this invocation: its deadline is known, so the end follows the clock.
     clock = budget.ClockPlan(config, workdir, started + 60.0 * config.train.budget_minutes,
-                             measured_seconds, make_step)
+                             new_plan, make_step)
   train_step = make_step(config if clock is None else clock.held_config)
 
   # --- 5. Loop ----------------------------------------------------------------------------------
