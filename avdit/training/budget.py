@@ -152,12 +152,11 @@ class ClockPlan:
     self._make_step = make_step
     self._last = None  # (step, time) of the previous checkpoint
     self._seconds_per_step = plan["seconds_per_step"]  # the first interval holds a compile
-    self.decay_start = None
     self.held_config = _with_plan(config, config.train.num_steps, HOLD)
 
   def at_checkpoint(self, step: int) -> tuple[int, Callable | None]:
-    if self.decay_start is not None:
-      return self.config.train.num_steps, None
+    if "decay_start" in self.plan:  # fixed once the decay has started
+      return self.plan["num_steps"], None
     now = time.monotonic()
     if self._last is not None:
       self._seconds_per_step = (now - self._last[1]) / (step - self._last[0])
@@ -168,7 +167,7 @@ class ClockPlan:
     end, decay_now = clock_end(step, float(seconds[0]), float(seconds[1]), self.config.train)
     self.plan.update(num_steps=end, replanned_at=step, seconds_per_step_now=float(seconds[1]))
     if decay_now:
-      self.decay_start = self.plan["decay_start"] = step
+      self.plan["decay_start"] = step
     _save(self.workdir, self.plan)
     self.config = _with_plan(self.config, end, step if decay_now else 0)
     logging.info("Time budget at step %d: %.3f s a step, %.1f min left -> the run ends at step "
