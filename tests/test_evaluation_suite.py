@@ -207,10 +207,14 @@ def test_single_model_table_shows_the_baselines():
 
 
 @pytest.mark.slow  # trains and evaluates a tiny AVDiT end to end: ~35 s on 2 cores
-def test_tiny_experiment_trains_evaluates_compares_and_resumes(tmp_path):
+def test_tiny_experiment_trains_evaluates_compares_and_resumes(tmp_path, monkeypatch):
+  from avdit.evaluation import i3d
   from avdit.workflows import experiment
   from configs import monl_ablation
   config = monl_ablation.get_config("tiny")
+  net = _MeanColourNet()  # a stand-in I3D that records what it embeds
+  monkeypatch.setattr(i3d, "load_packaged", lambda: net)
+  config.eval.i3d_weights = "packaged"
   results = experiment.run(config, str(tmp_path))
   assert list(results) == ["monl"]
   for label, setting, method in experiment.runs(config):
@@ -245,6 +249,18 @@ def test_tiny_experiment_trains_evaluates_compares_and_resumes(tmp_path):
   assert (tmp_path / "monl" / "train_summary.json").read_text() == summary
   # (as JSON text: NaN metrics, e.g. a task without events, are not == to themselves)
   assert json.dumps(again["monl"]["tasks"]) == json.dumps(results["monl"]["tasks"])
+  # The suite embeds through the networks it is given: another sampler on the same clips
+  # embeds only its new samples' generated span; the real, reference and chance rows' spans
+  # come from the cache the first evaluation filled.
+  assert results["monl"]["tasks"]["av_continue"]["metrics"]["fvd"] > 0
+  networks = suite.FeatureNetworks(video=_MeanColourNet())
+  run_config = experiment.setting_config(config, "monl", "monl")
+  suite.evaluate(run_config, str(tmp_path / "monl"), subdir="first", networks=networks)
+  first_calls = len(networks.video.seen)
+  assert first_calls >= 4  # held-out, reference, model, round trip (constant: more)
+  run_config.sample.num_steps += 1
+  suite.evaluate(run_config, str(tmp_path / "monl"), subdir="second", networks=networks)
+  assert len(networks.video.seen) == first_calls + 1
 
 
 class _MeanColourNet:
@@ -570,8 +586,11 @@ def test_experiment_run_trains_and_evaluates_each_seed_and_compares_over_seeds(t
     trained.append((run_dir.rsplit("/", 1)[-1], run_config.seed, run_config.data.shuffle_seed))
     return {"stopped_by": None, "step": 3}
 
-  def fake_evaluate(run_config, run_dir, name, subdir):
+  built = []
+
+  def fake_evaluate(run_config, run_dir, name, subdir, networks):
     evaluated.append((run_dir.rsplit("/", 1)[-1], name, subdir))
+    built.append(networks)
     values = [float(run_config.seed), float(run_config.seed) + 1.0]  # two clips
     results = _results(name, {"av_continue": {"sync_f1": float(np.mean(values))}})
     results["tasks"]["av_continue"]["per_clip"] = {"sync_f1": values}
@@ -580,7 +599,11 @@ def test_experiment_run_trains_and_evaluates_each_seed_and_compares_over_seeds(t
   monkeypatch.setattr(train, "train", fake_train)
   monkeypatch.setattr(train, "write_summary", lambda run_dir, summary: None)
   monkeypatch.setattr(suite, "evaluate", fake_evaluate)
+  monkeypatch.setattr(suite.FeatureNetworks, "from_config",
+                      classmethod(lambda cls, eval_config: cls(video=_MeanColourNet())))
   results = experiment.run(config, str(tmp_path))
+  # One set of embedders (one feature cache) for all four evaluations.
+  assert len(built) == 4 and all(networks is built[0] for networks in built)
   assert trained == [("monl", 0, 0), ("pt", 0, 0), ("monl_seed1", 1, 1), ("pt_seed1", 1, 1)]
   assert evaluated == [("monl", "monl", "monl"), ("pt", "pt", "monl"),
                        ("monl_seed1", "monl", "monl"), ("pt_seed1", "pt", "monl")]

@@ -425,8 +425,13 @@ def measure_cross_modal_gain(config, loaded, clips: dict[str, np.ndarray], mesh)
       prediction=config.diffusion.prediction)
 
 
-def evaluate(config, workdir: str, *, name: str | None = None, subdir: str = "") -> dict:
+def evaluate(config, workdir: str, *, name: str | None = None, subdir: str = "",
+             networks: FeatureNetworks | None = None) -> dict:
   """Runs the task suite on the latest (or `sample.checkpoint_step`) checkpoint of `workdir`.
+
+  `networks`: the FVD/KVD/FAD embedders (default: from `config.eval`). Runs that score the same
+  held-out clips (an experiment's settings) pass one, so its feature cache embeds the real
+  clips, the reference clips and the chance rows once for all of them.
 
   Returns the results dict written to <workdir>/eval[/<subdir>]/results.json.
   """
@@ -440,7 +445,8 @@ def evaluate(config, workdir: str, *, name: str | None = None, subdir: str = "")
   clips = eval_clips(config, layout)
   real = {"video": clips["video"], "audio": clips["audio"]}
   num_clips = real["video"].shape[0]
-  networks = FeatureNetworks.from_config(config.eval)
+  if networks is None:
+    networks = FeatureNetworks.from_config(config.eval)
   other_real = (reference_clips(config, layout, num_clips)
                 if networks.video is not None or networks.audio is not None else None)
   use_oracle = config.data.name == "synthetic" or (

@@ -134,6 +134,9 @@ def run(config, workdir: str) -> dict:
   from avdit.training import train  # pylint: disable=g-import-not-at-top
   by_row: dict[str, list] = {label: [] for label, _, _ in runs(config)}
   trained = {}
+  # One set of embedders for every run: the same held-out clips, reference clips and chance
+  # rows are then embedded by I3D once, not once per setting (most of FVD's time on a CPU).
+  networks = None
   for label, setting, method, seed, directory in seeded_runs(config):
     run_config = setting_config(config, setting, method, seed)
     run_dir = str(workdir_lib.path(workdir, directory))
@@ -148,7 +151,10 @@ def run(config, workdir: str) -> dict:
     results = _finished_eval(eval_path, trained[directory])
     if results is None:
       logging.info("experiment: evaluating %s seed %d (%s sampling)", setting, seed, method)
-      results = suite.evaluate(run_config, run_dir, name=label, subdir=method)
+      if networks is None:
+        networks = suite.FeatureNetworks.from_config(run_config.eval)
+      results = suite.evaluate(run_config, run_dir, name=label, subdir=method,
+                               networks=networks)
     by_row[label].append(results)
   results_by_row = {label: rows[0] if len(rows) == 1 else rows for label, rows in by_row.items()}
   seed_list = seeds(config)
