@@ -206,7 +206,7 @@ def test_single_model_table_shows_the_baselines():
   assert "autoencoder" not in comparison
 
 
-@pytest.mark.slow  # trains and evaluates a tiny AVDiT end to end: ~35 s on 2 cores
+@pytest.mark.slow  # trains and evaluates a tiny AVDiT end to end (and twice more): ~50 s on 2 cores
 def test_tiny_experiment_trains_evaluates_compares_and_resumes(tmp_path, monkeypatch):
   from avdit.evaluation import i3d
   from avdit.workflows import experiment
