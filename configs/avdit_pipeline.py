@@ -32,11 +32,11 @@ from configs import soundstream_synthetic
 
 # The dataset `prepare --config=configs/avdit_pipeline.py:folder` writes (geometry from c.clip).
 FOLDER_DATASET = "av_folder/avdit_pipeline"
-# Step-times the main job keeps, after AVDiT's training, for its samples, suite (FVD/KVD
-# included) and learning curve: they took 2570 of AVDiT's steps' time on a 2-core AVX2 EPYC
-# (14.6 min at 0.341 s a step) and 2610 on a 2-core AVX-512/AMX Xeon (10.3 min at 0.237 s);
-# 3000 leaves a margin.
-PIPELINE_RESERVE_STEPS = 3000
+# The main job keeps, after AVDiT's training, the time of this many training clips for its
+# samples, suite (FVD/KVD included) and learning curve (training.budget.reserve_steps): they took
+# 2570 steps' time of batch 8 on a 2-core AVX2 EPYC (14.6 min at 0.341 s a step) and 2610 on a
+# 2-core AVX-512/AMX Xeon (10.3 min at 0.237 s); 3000 steps of 8 clips leave a margin.
+PIPELINE_RESERVE_CLIPS = 24000
 VARIANTS = ("default", "tiny", "folder", "folder_tiny", "soundstream", "soundstream_tiny")
 
 
@@ -132,13 +132,13 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       # 2.13 / 2.87 at 2100 steps of batch 16 (docs/learning_the_link.md).
       c.data.batch_size = 8
       # The whole job in 60 minutes on the machine it runs on: AVDiT takes the steps that fit
-      # what its earlier stages leave, less RESERVE step-times for the samples, the suite and
-      # the curve (training.budget). More steps keep buying quality (README): 4200 on a
-      # 2-core AVX2 EPYC. The learning rate holds its peak and decays over the last 20% of
+      # what its earlier stages leave, less RESERVE_CLIPS training clips' time for the samples,
+      # the suite and the curve (training.budget). More steps keep buying quality (README):
+      # 4200 on a 2-core AVX2 EPYC. The learning rate holds its peak and decays over the last 20% of
       # the steps, started by the clock (budget.ClockPlan), so a machine whose speed drifts
       # still ends on time. --config.train.num_steps=N trains exactly N steps instead.
       c.job_minutes = 60.0
-      c.train.update(num_steps=0, budget_reserve_steps=PIPELINE_RESERVE_STEPS,
+      c.train.update(num_steps=0, budget_reserve_clips=PIPELINE_RESERVE_CLIPS,
                      budget_kept_checkpoints=7, keep_period=600, decay_fraction=0.2)
   if on_folder:
     _read_folder(c)

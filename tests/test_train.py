@@ -49,23 +49,34 @@ def test_resume_matches_uninterrupted_run(tiny_config, tmp_path):
   assert 0 < straight["metrics"]["mfu"] < 1.5 and straight["metrics"]["tflops_per_device"] > 0
 
 
-def _budget_config(minutes, reserve, kept=7):
+def _budget_config(minutes, kept=7):
   return ml_collections.ConfigDict(dict(
-      budget_minutes=minutes, budget_reserve_steps=reserve, budget_kept_checkpoints=kept,
-      checkpoint_every=300, warmup_steps=100))
+      budget_minutes=minutes, budget_kept_checkpoints=kept, checkpoint_every=300,
+      warmup_steps=100))
 
 
 def test_time_budget_steps_closed_form():
   # Worked by hand: 10 min at 0.2 s a step = 3000 step-times, 1000 kept back: 2000 fit, 1800 on
   # multiples of 300; 7 kept checkpoints every 1800 / 7 = 257 -> 300.
-  assert budget.budget_steps(_budget_config(10.0, 1000), 0.2) == {"num_steps": 1800,
+  assert budget.budget_steps(_budget_config(10.0), 0.2, 1000) == {"num_steps": 1800,
                                                                  "keep_period": 300}
   # 60 min at 0.25 s = 14400, 3000 kept back: 11400; 11400 / 7 = 1629 -> 1500 (5.4 x 300).
-  assert budget.budget_steps(_budget_config(60.0, 3000), 0.25) == {"num_steps": 11400,
+  assert budget.budget_steps(_budget_config(60.0), 0.25, 3000) == {"num_steps": 11400,
                                                                   "keep_period": 1500}
   # No time left: the first checkpoint past the warm-up; no kept checkpoints asked: none.
-  assert budget.budget_steps(_budget_config(-5.0, 3000, kept=0), 0.25) == {"num_steps": 300,
+  assert budget.budget_steps(_budget_config(-5.0, kept=0), 0.25, 3000) == {"num_steps": 300,
                                                                          "keep_period": 0}
+
+
+def test_reserve_is_counted_in_training_clips():
+  # 24000 clips: 3000 steps of batch 8, 6000 of batch 4 (each half the time: the same minutes).
+  config = ml_collections.ConfigDict(dict(train=dict(budget_reserve_clips=24000),
+                                          data=dict(batch_size=8)))
+  assert budget.reserve_steps(config) == 3000
+  config.data.batch_size = 4
+  assert budget.reserve_steps(config) == 6000
+  del config.train["budget_reserve_clips"]  # no reserve asked: none
+  assert budget.reserve_steps(config) == 0
 
 
 def test_warmup_stable_decay_schedule_closed_form():
@@ -86,20 +97,19 @@ def test_warmup_stable_decay_schedule_closed_form():
 
 
 def _clock_config():
-  return ml_collections.ConfigDict(dict(checkpoint_every=300, budget_reserve_steps=1000,
-                                        decay_fraction=0.2))
+  return ml_collections.ConfigDict(dict(checkpoint_every=300, decay_fraction=0.2))
 
 
 def test_clock_end_closed_form():
   # At 3000, 40 min left at 0.2 s: 12000 step-times - 1000 = 11000 -> 10800 more, end 13800;
   # its decay (2760 steps) starts at 11040, after the next checkpoint (3300): not yet.
-  assert budget.clock_end(3000, 2400.0, 0.2, _clock_config()) == (13800, False)
+  assert budget.clock_end(3000, 2400.0, 0.2, 1000, _clock_config()) == (13800, False)
   # The machine slows to 0.4 s: 6000 - 1000 -> 4800 more, end 7800, decay 1560 from 6240.
-  assert budget.clock_end(3000, 2400.0, 0.4, _clock_config()) == (7800, False)
+  assert budget.clock_end(3000, 2400.0, 0.4, 1000, _clock_config()) == (7800, False)
   # At 6000 with 10 min left at 0.4 s: 1500 - 1000 -> 300 more: end 6300, decay from now.
-  assert budget.clock_end(6000, 600.0, 0.4, _clock_config()) == (6300, True)
+  assert budget.clock_end(6000, 600.0, 0.4, 1000, _clock_config()) == (6300, True)
   # Past the deadline: one more interval, decaying.
-  assert budget.clock_end(6000, -60.0, 0.4, _clock_config()) == (6300, True)
+  assert budget.clock_end(6000, -60.0, 0.4, 1000, _clock_config()) == (6300, True)
 
 
 def test_clock_plan_follows_a_machine_that_slows_down(tmp_path, monkeypatch):
@@ -109,7 +119,8 @@ def test_clock_plan_follows_a_machine_that_slows_down(tmp_path, monkeypatch):
   monkeypatch.setattr(budget.time, "monotonic", lambda: now[0])
   built = []
   plan = budget.ClockPlan(config, str(tmp_path), deadline=3000.0,
-                          plan={"num_steps": 9000, "seconds_per_step": 0.2},
+                          plan={"num_steps": 9000, "seconds_per_step": 0.2,
+                                "reserve_steps": 1000},
                           make_step=lambda c: built.append(c) or "decaying step")
   assert plan.held_config.train.decay_start == budget.HOLD
   # Step 300 at 100 s: the measured 0.2 s; 2900 s left: 14500 - 1000 -> 13500 more: 13800.

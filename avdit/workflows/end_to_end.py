@@ -108,7 +108,8 @@ def _with_job_budget(config, started: float):
   """`config` with AVDiT's time budget where the job has one (`job_minutes` > 0 and
   `train.num_steps` = 0): the job's minutes less those its earlier stages took in this
   invocation (a stage finished by an earlier one counts nothing). AVDiT then trains what fits,
-  leaving `train.budget_reserve_steps` step-times for the samples, the suite and the curve."""
+  leaving the time of `train.budget_reserve_clips` training clips for the samples, the suite and
+  the curve (training.budget.reserve_steps)."""
   if config.get("job_minutes", 0.0) <= 0 or config.train.num_steps > 0:
     return config
   config = config.copy_and_resolve_references()
