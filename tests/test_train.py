@@ -142,6 +142,30 @@ def test_clock_plan_follows_a_machine_that_slows_down(tmp_path, monkeypatch):
   assert plan.at_checkpoint(1800) == (2100, None) and len(built) == 1
 
 
+def test_clock_plan_reads_the_median_of_the_last_intervals(tmp_path, monkeypatch):
+  # A fast machine (0.1 s a step) with one slow interval, then a lasting slowdown.
+  config = ml_collections.ConfigDict(dict(train=dict(
+      _clock_config(), num_steps=9000, decay_start=0, learning_rate=1e-3, warmup_steps=100)))
+  now = [0.0]
+  monkeypatch.setattr(budget.time, "monotonic", lambda: now[0])
+  plan = budget.ClockPlan(config, str(tmp_path), deadline=3000.0,
+                          plan={"num_steps": 9000, "seconds_per_step": 0.1,
+                                "reserve_steps": 1000},
+                          make_step=lambda c: "decaying step")
+  for step, seconds in ((300, 30.0), (600, 60.0), (900, 90.0)):
+    now[0] = seconds
+    plan.at_checkpoint(step)
+  # Step 1200 at 390 s: this interval at 1 s a step, the two before at 0.1: the median 0.1;
+  # 2610 s left: 26100 - 1000 -> 24900 more: 26100 (the last interval alone: 1610 -> 2700).
+  now[0] = 390.0
+  assert plan.at_checkpoint(1200) == (26100, None)
+  # A second slow interval: the median is 1 s; 2310 - 1000 -> 1200 more: 2700, whose decay
+  # (540 steps) starts at 2160: after the next checkpoint (1800), so not yet.
+  now[0] = 690.0
+  assert plan.at_checkpoint(1500) == (2700, None)
+  assert json.loads((tmp_path / budget.BUDGET_FILE).read_text())["seconds_per_step_now"] == 1.0
+
+
 def test_time_budget_run_keeps_to_the_clock_and_its_plan_on_resume(tiny_config, tmp_path):
   with tiny_config.unlocked():
     tiny_config.train.update(num_steps=0, budget_minutes=0.0)

@@ -6,16 +6,19 @@
               state and a fresh data iterator, so the run itself starts untouched
   2. Plan     `budget_steps`: minutes x 60 / step time, less the time of
               `budget_reserve_clips` training clips (`reserve_steps`) for what follows training
-              (the main job's evaluation), rounded down to checkpoints; `budget_kept_checkpoints` kept over them for the learning curve.
-              Saved in DIR/step_budget.json (`fit_budget`)
+              (the main job's evaluation), rounded down to checkpoints;
+              `budget_kept_checkpoints` kept over them for the learning curve. Saved in
+              DIR/step_budget.json (`fit_budget`)
   3. Clock    with `train.decay_fraction` > 0 (`ClockPlan`): the learning rate stays at its peak
               after the warm-up, and every checkpoint re-plans the end from the minutes left at
-              the speed of the last checkpoint interval; the decay (the last `decay_fraction` of
-              the steps) starts at the checkpoint where the minutes left hold only it and the
-              reserve. A machine that slows down (a shared one drifts by tens of percent within
-              minutes) then moves the end of the run, not the deadline. The step is compiled
-              again once, when the decay is fixed. With the cosine schedule (decay_fraction 0)
-              the count must be known from the start: the first plan is final.
+              the median step time of the last `SPEED_INTERVALS` checkpoint intervals (read from
+              the last one alone, one slow interval started the main job's decay early and left
+              ~9 of its 60 minutes unused); the decay (the last `decay_fraction` of the steps) starts at the checkpoint
+              where the minutes left hold only it and the reserve. A machine that slows down (a
+              shared one drifts by tens of percent within minutes) then moves the end of the
+              run, not the deadline. The step is compiled again once, when the decay is fixed.
+              With the cosine schedule (decay_fraction 0) the count must be known from the
+              start: the first plan is final.
 
 A resumed run keeps the plan saved last (the deadline belonged to the invocation that set it).
 """
@@ -40,6 +43,7 @@ from avdit.training import setup as setup_lib
 
 BUDGET_FILE = "step_budget.json"  # the steps a time budget chose: a resumed run keeps them
 HOLD = 2**30  # train.decay_start while the clock has not started the decay: the peak, held
+SPEED_INTERVALS = 3  # checkpoint intervals whose median step time the clock plans with
 
 
 def reserve_steps(config) -> float:
@@ -159,7 +163,7 @@ class ClockPlan:
     self.plan = dict(plan)  # as saved in DIR/step_budget.json, updated at each checkpoint
     self._make_step = make_step
     self._last = None  # (step, time) of the previous checkpoint
-    self._seconds_per_step = plan["seconds_per_step"]  # the first interval holds a compile
+    self._interval_seconds = []  # a step's time in the last intervals (not the first: a compile)
     self.held_config = _with_plan(config, config.train.num_steps, HOLD)
 
   def at_checkpoint(self, step: int) -> tuple[int, Callable | None]:
@@ -167,9 +171,12 @@ class ClockPlan:
       return self.plan["num_steps"], None
     now = time.monotonic()
     if self._last is not None:
-      self._seconds_per_step = (now - self._last[1]) / (step - self._last[0])
+      measured = (now - self._last[1]) / (step - self._last[0])
+      self._interval_seconds = (self._interval_seconds + [measured])[-SPEED_INTERVALS:]
     self._last = (step, now)
-    seconds = np.array([self.deadline - now, self._seconds_per_step], np.float64)
+    speed = (np.median(self._interval_seconds) if self._interval_seconds
+             else self.plan["seconds_per_step"])  # until one is measured: the plan's
+    seconds = np.array([self.deadline - now, speed], np.float64)
     if jax.process_count() > 1:  # every host plans the chief's end (one schedule)
       seconds = np.asarray(multihost_utils.broadcast_one_to_all(seconds.astype(np.float32)))
     end, decay_now = clock_end(step, float(seconds[0]), float(seconds[1]),
