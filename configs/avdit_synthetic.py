@@ -203,8 +203,9 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       keep_period=0,  # > 0: checkpoints at multiples of it are kept (for --mode=curve)
       # num_steps=0: as many steps as `budget_minutes` allow at the step time measured when the
       # run starts on this machine, less the time of `budget_reserve_clips` training clips left
-      # for what follows (the pipeline's evaluation); `budget_kept_checkpoints` kept over them for the curve. The
-      # choice is saved in the run (step_budget.json) and kept on resume (training.budget).
+      # for what follows (the pipeline's evaluation); `budget_kept_checkpoints` kept over them
+      # for the curve. The choice is saved in the run (step_budget.json) and kept on resume
+      # (training.budget).
       budget_minutes=0.0, budget_reserve_clips=0, budget_kept_checkpoints=0,
       # > 0: warm-up, the peak held, then a linear decay over the last `decay_fraction` of the
       # steps (from `decay_start` where set) instead of the cosine; a time budget then starts

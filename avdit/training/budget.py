@@ -13,12 +13,12 @@
               after the warm-up, and every checkpoint re-plans the end from the minutes left at
               the median step time of the last `SPEED_INTERVALS` checkpoint intervals (read from
               the last one alone, one slow interval started the main job's decay early and left
-              ~9 of its 60 minutes unused); the decay (the last `decay_fraction` of the steps) starts at the checkpoint
-              where the minutes left hold only it and the reserve. A machine that slows down (a
-              shared one drifts by tens of percent within minutes) then moves the end of the
-              run, not the deadline. The step is compiled again once, when the decay is fixed.
-              With the cosine schedule (decay_fraction 0) the count must be known from the
-              start: the first plan is final.
+              ~9 of its 60 minutes unused); the decay (the last `decay_fraction` of the steps)
+              starts at the checkpoint where the minutes left hold only it and the reserve. A
+              machine that slows down (a shared one drifts by tens of percent within minutes)
+              then moves the end of the run, not the deadline. The step is compiled again once,
+              when the decay is fixed. With the cosine schedule (decay_fraction 0) the count
+              must be known from the start: the first plan is final.
 
 A resumed run keeps the plan saved last (the deadline belonged to the invocation that set it).
 """
