@@ -24,6 +24,7 @@ A resumed run keeps the plan saved last (the deadline belonged to the invocation
 """
 from __future__ import annotations
 
+import collections
 import json
 import math
 import time
@@ -163,7 +164,8 @@ class ClockPlan:
     self.plan = dict(plan)  # as saved in DIR/step_budget.json, updated at each checkpoint
     self._make_step = make_step
     self._last = None  # (step, time) of the previous checkpoint
-    self._interval_seconds = []  # a step's time in the last intervals (not the first: a compile)
+    # A step's time in the last intervals (not the first: it holds a compile).
+    self._interval_seconds = collections.deque(maxlen=SPEED_INTERVALS)
     self.held_config = _with_plan(config, config.train.num_steps, HOLD)
 
   def at_checkpoint(self, step: int) -> tuple[int, Callable | None]:
@@ -171,8 +173,7 @@ class ClockPlan:
       return self.plan["num_steps"], None
     now = time.monotonic()
     if self._last is not None:
-      measured = (now - self._last[1]) / (step - self._last[0])
-      self._interval_seconds = (self._interval_seconds + [measured])[-SPEED_INTERVALS:]
+      self._interval_seconds.append((now - self._last[1]) / (step - self._last[0]))
     self._last = (step, now)
     speed = (np.median(self._interval_seconds) if self._interval_seconds
              else self.plan["seconds_per_step"])  # until one is measured: the plan's
