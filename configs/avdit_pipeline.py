@@ -11,8 +11,8 @@ runs, each resumable in its own sub-directory of DIR:
   6. avdit/eval     the task suite beside its real and chance rows, and the learning curve
 Variants: default (the README's main job: MAGVIT-v2 video latents, log-magnitude STFT audio
 latents decoded by Griffin-Lim; AVDiT trains what the job's 60 minutes leave on the machine it
-runs on, 4200 steps of batch 8 on a 2-core AVX2 EPYC; its samples follow the other modality,
-see the README) and tiny (tests); soundstream and soundstream_tiny: the paper's pair
+runs on, 12 600 steps of batch 4 on a 2-core AVX-512/AMX Xeon; its samples follow the other
+modality, see the README) and tiny (tests); soundstream and soundstream_tiny: the paper's pair
 of learned autoencoders (SoundStream's round trip alone puts the pitch 1.5 px from the disc and
 the AVDiT on its latents stayed at chance, README); folder and folder_tiny: the default's
 stages on your own videos, a TFDS dataset prepared from a folder of video files at this
@@ -135,7 +135,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       # The whole job in 60 minutes on the machine it runs on: AVDiT takes the steps that fit
       # what its earlier stages leave, less RESERVE_CLIPS training clips' time for the samples,
       # the suite and the curve (training.budget). More steps keep buying quality (README):
-      # 7200 of batch 4 on a 2-core AVX-512/AMX Xeon. The learning rate holds its peak and
+      # 12 600 of batch 4 on a 2-core AVX-512/AMX Xeon. The learning rate holds its peak and
       # decays over the last 20% of the steps, started by the clock (budget.ClockPlan), so a
       # machine whose speed drifts still ends on time. --config.train.num_steps=N trains
       # exactly N steps instead.
