@@ -456,17 +456,22 @@ def test_synchrony_f1_closed_forms(clips):
     pytest.fail("no clip with two well separated bounces")
   condition = WORLD[index]
 
-  def f1(click_seconds):
+  def sync(click_seconds):
     audio = WORLD.render_audio(params, np.asarray(click_seconds))
-    return oracle.evaluate_clip(condition, dict(condition, audio=audio), mask, LAYOUT)["sync_f1"]
+    report = oracle.evaluate_clip(condition, dict(condition, audio=audio), mask, LAYOUT)
+    return report["sync_f1"], report["sync_clicks_matched"], report["sync_bounces_matched"]
 
-  assert f1(truth) == 1.0
-  assert f1(truth + 0.6 / WORLD.fps) == 1.0  # within the one-frame tolerance
-  assert f1(truth + 2.0 / WORLD.fps) == 0.0  # two frames late: no click matches
-  # One of two clicks missing: TP 1, FN 1 -> F1 = 2 / 3.
-  np.testing.assert_allclose(f1(truth[:1]), 2.0 / 3.0)
-  # An extra click far from any bounce: TP 2, FP 1 -> F1 = 4 / 5.
-  np.testing.assert_allclose(f1(np.sort([*truth, truth[0] + 0.3])), 4.0 / 5.0)
+  assert sync(truth) == (1.0, 1.0, 1.0)
+  assert sync(truth + 0.6 / WORLD.fps) == (1.0, 1.0, 1.0)  # within the one-frame tolerance
+  assert sync(truth + 2.0 / WORLD.fps) == (0.0, 0.0, 0.0)  # two frames late: no click matches
+  # One of two clicks missing: TP 1, FN 1 -> F1 = 2 / 3; the click is on a bounce, half the
+  # bounces have a click.
+  np.testing.assert_allclose(sync(truth[:1]), (2.0 / 3.0, 1.0, 0.5))
+  # An extra click far from any bounce: TP 2, FP 1 -> F1 = 4 / 5; two of three clicks on a bounce.
+  np.testing.assert_allclose(sync(np.sort([*truth, truth[0] + 0.3])), (4.0 / 5.0, 2.0 / 3.0, 1.0))
+  # No clicks at all: nothing to match on the click side (NaN), no bounce has a click.
+  f1, clicks_matched, bounces_matched = sync([])
+  assert f1 == 0.0 and np.isnan(clicks_matched) and bounces_matched == 0.0
 
 
 # --- conditioning elements are never scored ------------------------------------------------------
@@ -520,8 +525,9 @@ def test_batch_forms_and_per_clip_masks(clips):
                              (per_clip[0]["av_height_error_px"]
                               + per_clip[1]["av_height_error_px"]) / 2)
   assert report["av_num_frames"] == 34
-  assert oracle.HIGHER_IS_BETTER == {name: name in ("subject_disc_found_fraction", "sync_f1")
-                                     for name in oracle.METRICS}
+  higher = ("subject_disc_found_fraction", "sync_f1", "sync_clicks_matched",
+            "sync_bounces_matched")
+  assert oracle.HIGHER_IS_BETTER == {name: name in higher for name in oracle.METRICS}
 
 
 def test_generated_video_without_a_disc(clips):

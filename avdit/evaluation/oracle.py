@@ -48,6 +48,10 @@ sync_f1                         higher     1        F1 of audio clicks vs video 
                                                     within one frame) among events in time-segments
                                                     with a generated element (and in the span the
                                                     frames show, `SYNC_EDGE_FRAMES`)
+sync_clicks_matched             higher     1        fraction of those clicks matched to a bounce
+                                                    (low: clicks where nothing bounces)
+sync_bounces_matched            higher     1        fraction of those bounces matched to a click
+                                                    (low: bounces without a click)
 continuity_jump_px              lower      0        disc position error at segment borders with
                                                     generated video on a side, against a
                                                     constant-velocity, wall-reflecting prediction
@@ -100,6 +104,12 @@ METRICS = {
         False, 0.0, "av_height_error_px divided by the frame height"),
     "sync_f1": MetricInfo(
         True, 1.0, "F1 of audio clicks vs video bounces within one frame"),
+    # Which side sync_f1 loses on: a generator that adds clicks (or bounces) scores low on one,
+    # one that misses them on the other.
+    "sync_clicks_matched": MetricInfo(
+        True, 1.0, "fraction of the audio clicks within one frame of a video bounce"),
+    "sync_bounces_matched": MetricInfo(
+        True, 1.0, "fraction of the video bounces within one frame of an audio click"),
     "continuity_jump_px": MetricInfo(
         False, 0.0, "mean disc position error at segment borders vs constant-velocity motion"),
 }
@@ -530,6 +540,11 @@ def _color_drift(colors_f3: np.ndarray) -> float:
   return _color_distance(colors_f3, np.median(colors_f3, axis=0))
 
 
+def _matched_share(matched: np.ndarray) -> float:
+  """The fraction of events that found a partner (NaN for no events)."""
+  return float(matched.mean()) if matched.size else np.nan
+
+
 def evaluate_clip(condition_clip, generated_clip, condition_mask,
                   layout: layout_lib.ClipLayout) -> dict[str, float]:
   """All oracle metrics (see the module docstring and `METRICS`) of one generated clip.
@@ -605,6 +620,8 @@ def evaluate_clip(condition_clip, generated_clip, condition_mask,
   result["sync_f1"] = (float((matched_clicks[click_scored].sum()
                               + matched_bounces[bounce_scored].sum()) / num_events)
                        if num_events else np.nan)
+  result["sync_clicks_matched"] = _matched_share(matched_clicks[click_scored])
+  result["sync_bounces_matched"] = _matched_share(matched_bounces[bounce_scored])
 
   # Motion continuity at segment borders with generated video on either side.
   radius = _world_radius(height, width)
