@@ -1,6 +1,7 @@
 """The task suite and the experiment: what is measured, tables, ranks, the tiny experiment."""
 import json
 
+import jax
 import numpy as np
 import pytest
 
@@ -129,6 +130,25 @@ def test_constant_baseline_is_a_mid_screen_tone_and_a_frozen_frame(layout):
   constant = suite.baseline_clips("constant", real, tasks_lib.parse_task("a2v", layout), layout)
   np.testing.assert_array_equal(constant["video"][0], np.repeat(real["video"][1, :1], 17, 0))
   np.testing.assert_array_equal(constant["audio"], real["audio"])
+
+
+def test_a_task_draws_the_same_sampler_noise_in_any_task_list(layout):
+  rng = jax.random.key(7)
+  default = tasks_lib.parse_tasks("joint|a2v|v2a|av_continue|av_continue_2s|av_inpaint", layout)
+  keys = {task.spec: jax.random.key_data(suite.task_rng(rng, task)) for task in default}
+  # The default suite keeps the noise its task positions gave it.
+  for index, task in enumerate(default):
+    np.testing.assert_array_equal(keys[task.spec],
+                                  jax.random.key_data(jax.random.fold_in(rng, index)))
+  # Alone, in another order, or spelled as a spec: the same task, the same noise.
+  for specs in ("v2a", "av_inpaint|v2a", "v:*", "none"):
+    for task in tasks_lib.parse_tasks(specs, layout):
+      np.testing.assert_array_equal(jax.random.key_data(suite.task_rng(rng, task)),
+                                    keys[task.spec])
+  # Other masks get streams of their own.
+  custom = [suite.task_rng(rng, t) for t in tasks_lib.parse_tasks("v:0;a:0..1|v:0..2", layout)]
+  streams = [tuple(np.asarray(jax.random.key_data(k)).ravel()) for k in custom]
+  assert len(set(streams) | {tuple(np.asarray(k).ravel()) for k in keys.values()}) == 8
 
 
 def test_baseline_names_from_config():
