@@ -63,6 +63,12 @@ def test_mean_ranks_by_hand():
   # cells: (t1,fvd) a=1 b=2; (t1,align) a=2 b=1; (t2,fvd) tie 1.5/1.5; (t2,align) a=1 b=2.
   assert ranks["a"] == pytest.approx((1 + 2 + 1.5 + 1) / 4)
   assert ranks["b"] == pytest.approx((2 + 1 + 1.5 + 2) / 4)
+  # The two sides of sync_f1 are shown but not ranked a second time.
+  for name, clicks_matched in (("a", 1.0), ("b", 0.0)):
+    for task in ("t1", "t2"):
+      results[name]["tasks"][task]["metrics"].update(sync_clicks_matched=clicks_matched,
+                                                     sync_bounces_matched=clicks_matched)
+  assert report.mean_ranks(results) == ranks
   text = report.comparison_tables(results, title="T", notes="N")
   assert "## fvd ↓" in text and "## av_align ↑" in text
   # Row of setting b in the fvd table: per task values and their average (2.5).

@@ -114,6 +114,8 @@ METRICS = {
         False, 0.0, "mean disc position error at segment borders vs constant-velocity motion"),
 }
 HIGHER_IS_BETTER = {name: info.higher_is_better for name, info in METRICS.items()}
+# The two sides of sync_f1: shown to say why it is low, not ranked again beside it.
+DIAGNOSTICS = ("sync_clicks_matched", "sync_bounces_matched")
 # How many elements each metric rests on (frames, events, borders), reported beside them.
 COUNTS = ("subject_num_frames", "av_num_frames", "sync_num_clicks", "sync_num_bounces",
           "continuity_num_borders")
