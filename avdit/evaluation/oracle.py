@@ -85,6 +85,8 @@ class MetricInfo:
   higher_is_better: bool
   perfect: float
   description: str
+  # False for a part of another metric (shown to say why it is low): not ranked again beside it.
+  ranked: bool = True
 
 
 METRICS = {
@@ -107,15 +109,15 @@ METRICS = {
     # Which side sync_f1 loses on: a generator that adds clicks (or bounces) scores low on one,
     # one that misses them on the other.
     "sync_clicks_matched": MetricInfo(
-        True, 1.0, "fraction of the audio clicks within one frame of a video bounce"),
+        True, 1.0, "fraction of the audio clicks within one frame of a video bounce", ranked=False),
     "sync_bounces_matched": MetricInfo(
-        True, 1.0, "fraction of the video bounces within one frame of an audio click"),
+        True, 1.0, "fraction of the video bounces within one frame of an audio click",
+        ranked=False),
     "continuity_jump_px": MetricInfo(
         False, 0.0, "mean disc position error at segment borders vs constant-velocity motion"),
 }
 HIGHER_IS_BETTER = {name: info.higher_is_better for name, info in METRICS.items()}
-# The two sides of sync_f1: shown to say why it is low, not ranked again beside it.
-DIAGNOSTICS = ("sync_clicks_matched", "sync_bounces_matched")
+UNRANKED = tuple(name for name, info in METRICS.items() if not info.ranked)
 # How many elements each metric rests on (frames, events, borders), reported beside them.
 COUNTS = ("subject_num_frames", "av_num_frames", "sync_num_clicks", "sync_num_bounces",
           "continuity_num_borders")
@@ -619,11 +621,11 @@ def evaluate_clip(condition_clip, generated_clip, condition_mask,
   result["sync_num_clicks"] = float(click_scored.sum())
   result["sync_num_bounces"] = float(bounce_scored.sum())
   # F1 = 2 TP / (2 TP + FP + FN) = matched events / all events (counting both lists).
-  result["sync_f1"] = (float((matched_clicks[click_scored].sum()
-                              + matched_bounces[bounce_scored].sum()) / num_events)
+  clicks_hit, bounces_hit = matched_clicks[click_scored], matched_bounces[bounce_scored]
+  result["sync_f1"] = (float((clicks_hit.sum() + bounces_hit.sum()) / num_events)
                        if num_events else np.nan)
-  result["sync_clicks_matched"] = _matched_share(matched_clicks[click_scored])
-  result["sync_bounces_matched"] = _matched_share(matched_bounces[bounce_scored])
+  result["sync_clicks_matched"] = _matched_share(clicks_hit)
+  result["sync_bounces_matched"] = _matched_share(bounces_hit)
 
   # Motion continuity at segment borders with generated video on either side.
   radius = _world_radius(height, width)

@@ -344,7 +344,7 @@ INTERVAL_NOTES = (
 
 def mean_ranks(results_by_setting: Mapping[str, object]) -> dict[str, float]:
   """Each setting's rank (1 = best) per (task, metric) with a known direction, averaged
-  (`oracle.DIAGNOSTICS`, the parts of another metric, are not ranked).
+  (`oracle.UNRANKED`, the parts of another metric, are not ranked).
 
   A setting is one suite results mapping or a list of them (training seeds; ranked by the mean
   over seeds). Ties share the mean of their ranks. (task, metric) cells some setting lacks are
@@ -355,7 +355,7 @@ def mean_ranks(results_by_setting: Mapping[str, object]) -> dict[str, float]:
   settings = list(by_setting)
   ranks = {s: [] for s in settings}
   all_results = [r for runs in by_setting.values() for r in runs]
-  ranked = [m for m in _directed_metrics(all_results) if m not in oracle.DIAGNOSTICS]
+  ranked = [m for m in _directed_metrics(all_results) if m not in oracle.UNRANKED]
   for task in _task_names(all_results):
     for metric in ranked:
       values = [_setting_value(by_setting[s], task, metric) for s in settings]
