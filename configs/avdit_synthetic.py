@@ -223,6 +223,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       sampler="ddim",  # ddpm | ddim | dpmpp_2m
       num_steps=50, eta=0.0,
       guidance_weight=0.0,  # classifier-free guidance "for free", w
+      guidance_by_task="",  # a task's own w, e.g. "v2a=1" (the others keep guidance_weight)
       method="monl",  # monl | replacement | reconstruction (the last two: baselines for vanilla)
       reconstruction_lambda=0.02,
       # Parallel sampling by Picard iteration (ParaDiGMS; avdit/sampling/parallel.py): the same

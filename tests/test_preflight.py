@@ -99,3 +99,14 @@ def test_main_reports_a_user_error_without_traceback_and_trains_nothing(train_on
   assert "has no split 'test'" in result.stderr
   assert "Traceback" not in result.stderr + result.stdout
   assert not (workdir / "checkpoints").exists()  # nothing trained
+
+
+def test_a_misspelled_guidance_by_task_is_named_before_training(tmp_path):
+  from configs import avdit_synthetic
+  config = avdit_synthetic.get_config("tiny")
+  config.sample.guidance_by_task = "vid2aud=1"
+  with pytest.raises(UserError, match="vid2aud"):
+    preflight.check(config, "train_and_sample", str(tmp_path))
+  preflight.check(config, "train", str(tmp_path))  # training alone never reads it
+  config.sample.guidance_by_task = "v2a=1"
+  preflight.check(config, "train_and_sample", str(tmp_path))

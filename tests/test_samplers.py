@@ -655,3 +655,19 @@ def test_from_config():
   config.model.self_condition = False
   assert not samplers.SamplerSpec.from_config(config.sample, config.diffusion,
                                               config.model).self_condition
+
+
+def test_guidance_by_task_gives_a_named_task_its_own_weight():
+  sample = {"guidance_weight": 0.5, "guidance_by_task": " v2a=1, joint = 2.5 "}
+  weight = {name: samplers.SamplerSpec.from_config(sample, {}, task_name=name).guidance_weight
+            for name in ("v2a", "joint", "a2v", None)}
+  assert weight == {"v2a": 1.0, "joint": 2.5, "a2v": 0.5, None: 0.5}
+  assert samplers.parse_guidance_by_task("") == {}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("v2a", "must be '<task>=<weight>'"), ("video2audio=1", "must be '<task>=<weight>'"),
+    ("v2a=much", "is not a number"), ("v2a=1,=2", "must be '<task>=<weight>'")])
+def test_guidance_by_task_rejects_what_it_cannot_read(text, message):
+  with pytest.raises(ValueError, match=message):
+    samplers.parse_guidance_by_task(text)

@@ -110,6 +110,13 @@ def _mean(values) -> float | None:
   return float(np.mean(values)) if values else None
 
 
+def _guidance_text(sampler: Mapping) -> str:
+  """'0.0', or '0.0 (v2a: 1.0)' when some tasks have their own weight."""
+  by_task = sampler.get("guidance_by_task") or {}
+  extra = ", ".join(f"{name}: {weight}" for name, weight in by_task.items())
+  return f"{sampler['guidance_weight']}" + (f" ({extra})" if extra else "")
+
+
 def single_model_table(results: Mapping) -> str:
   """Markdown: per metric the model, the real clips and the baselines as rows; tasks as columns."""
   tasks = _task_names([results])
@@ -117,7 +124,7 @@ def single_model_table(results: Mapping) -> str:
            "",
            f"{results['num_clips']} held-out clips per task, seed {results['seed']}; sampler "
            f"{results['sampler']['sampler']}, {results['sampler']['num_steps']} steps, method "
-           f"{results['sampler']['method']}, guidance w = {results['sampler']['guidance_weight']}."
+           f"{results['sampler']['method']}, guidance w = {_guidance_text(results['sampler'])}."
            " Conditioning segments are excluded from every metric. *real clips*: the held-out "
            "clips' own score (the best a model can reach; FVD/KVD/FAD against as many training "
            "clips, the distance a model sampling the data still has); *autoencoder round trip*: the real "

@@ -453,6 +453,8 @@ def evaluate(config, workdir: str, *, name: str | None = None, subdir: str = "",
   layout, step = loaded[0], loaded[-1]
   spec = samplers.SamplerSpec.from_config(config.sample, config.diffusion, config.model)
   task_list = tasks_lib.parse_tasks(config.eval.tasks, layout)
+  task_specs = {task.name: samplers.SamplerSpec.from_config(
+      config.sample, config.diffusion, config.model, task_name=task.name) for task in task_list}
   # 2. Clips.
   clips = eval_clips(config, layout)
   real = {"video": clips["video"], "audio": clips["audio"]}
@@ -469,7 +471,10 @@ def evaluate(config, workdir: str, *, name: str | None = None, subdir: str = "",
   autoencoded = (autoencode_clips(config, loaded, clips, mesh) if "autoencoder" in baselines
                  else None)
   results = {"name": name or config.get("variant", ""), "checkpoint_step": step,
-             "sampler": dataclasses.asdict(spec), "num_clips": num_clips,
+             "sampler": dict(dataclasses.asdict(spec),
+                             guidance_by_task=samplers.parse_guidance_by_task(
+                                 config.sample.get("guidance_by_task", ""))),
+             "num_clips": num_clips,
              "seed": int(config.eval.seed), "tasks": {},
              "distribution_metrics": dict(networks.status),
              "cross_modal_gain": measure_cross_modal_gain(config, loaded, clips, mesh)}
@@ -481,7 +486,8 @@ def evaluate(config, workdir: str, *, name: str | None = None, subdir: str = "",
   for task in task_list:
     # 3. Sample (the first batch includes the sampler's compilation).
     start = time.time()
-    generated = sample_task(config, loaded, task, clips, mesh, spec, task_rng(rng, task))
+    generated = sample_task(config, loaded, task, clips, mesh, task_specs[task.name],
+                            task_rng(rng, task))
     sampling_s = time.time() - start
     # 4. Measure.
     start = time.time()
@@ -497,7 +503,8 @@ def evaluate(config, workdir: str, *, name: str | None = None, subdir: str = "",
                                          use_oracle)
     baselines_s = time.time() - start
     results["tasks"][task.name] = {
-        "spec": task.spec, "metrics": metrics, "per_clip": per_clip, "reference": reference,
+        "spec": task.spec, "guidance_weight": task_specs[task.name].guidance_weight,
+        "metrics": metrics, "per_clip": per_clip, "reference": reference,
         "baselines": baseline_metrics,
         "timing": {"sampling_s": sampling_s, "metrics_s": metrics_s,
                    "baselines_s": baselines_s,

@@ -133,7 +133,6 @@ def sample(config, workdir: str) -> list[dict]:
   mesh = sharding.make_mesh(config.mesh)
   layout, latent_space, apply_fn, params, stats, step = load_for_sampling(config, workdir, mesh)
   schedule = schedule_lib.from_config(config.diffusion)
-  spec = samplers.SamplerSpec.from_config(config.sample, config.diffusion, config.model)
   task_list = tasks_lib.parse_tasks(config.sample.tasks, layout)
   clips = pipeline.make_eval_clips(config.data, layout, config.sample.num_clips,
                                    seed=held_out_seed(config, config.sample.seed))
@@ -141,9 +140,12 @@ def sample(config, workdir: str) -> list[dict]:
   decode = make_decoder(latent_space, stats)
   is_chief = jax.process_index() == 0
   entries, timings, generated = [], {}, {}
+  specs = {task.name: samplers.SamplerSpec.from_config(
+      config.sample, config.diffusion, config.model, task_name=task.name) for task in task_list}
   rng = jax.random.key(config.sample.seed)
   for task_index, task in enumerate(task_list):
     task_rng = jax.random.fold_in(rng, task_index)
+    spec = specs[task.name]
 
     def run():
       with jax.set_mesh(mesh):
@@ -173,11 +175,13 @@ def sample(config, workdir: str) -> list[dict]:
                               title=f"{task.name} ({task.spec or 'unconditional'}), clip {i}, "
                               f"step {step}")
         entries.append({"title": f"{task.name} #{i}", "task": task.name, "spec": task.spec,
-                        "sampler": dataclasses.asdict(spec),
+                        "sampler": dataclasses.asdict(specs[task.name]),
                         "videos": [f"{stem}_compare.mp4", f"{stem}.mp4"], "png": f"{stem}.png",
                         "checkpoint_step": step})
     media.write_index_html(samples_dir, entries)
     (samples_dir / "summary.json").write_text(json.dumps(
-        {"checkpoint_step": step, "sampler": dataclasses.asdict(spec), "timings": timings,
+        {"checkpoint_step": step,
+         "sampler": {name: dataclasses.asdict(spec) for name, spec in specs.items()},
+         "timings": timings,
          "files": [e["videos"] + [e["png"]] for e in entries]}, indent=2))
   return entries

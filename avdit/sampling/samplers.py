@@ -75,6 +75,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from avdit import layout as layout_lib
+from avdit import tasks as tasks_lib
 from avdit.diffusion import schedule as schedule_lib
 
 Array = jax.Array
@@ -123,8 +124,12 @@ class SamplerSpec:
           f"scalar timestep (the {self.method!r} baseline) cannot take")
 
   @classmethod
-  def from_config(cls, sample_config, diffusion_config, model_config=None) -> SamplerSpec:
+  def from_config(cls, sample_config, diffusion_config, model_config=None,
+                  task_name: str | None = None) -> SamplerSpec:
     """From `config.sample` and `config.diffusion` (ConfigDicts or plain dicts).
+
+    `task_name`: the task this spec samples; its weight in `sample.guidance_by_task` (see
+    `parse_guidance_by_task`), when named there, replaces `sample.guidance_weight`.
 
     `self_condition` is `sample_config.self_condition` when present; otherwise whether the model
     was trained with self-conditioning: `diffusion_config.self_condition_rate > 0` and, when
@@ -142,17 +147,41 @@ class SamplerSpec:
       if model_config is not None:
         self_condition = self_condition and bool(get(model_config, "self_condition", True))
     defaults = cls()
+    guidance_weight = float(get(sample_config, "guidance_weight", defaults.guidance_weight))
+    guidance_weight = parse_guidance_by_task(get(sample_config, "guidance_by_task", "")).get(
+        task_name, guidance_weight)
     return cls(
         sampler=str(get(sample_config, "sampler", defaults.sampler)),
         num_steps=int(get(sample_config, "num_steps", defaults.num_steps)),
         eta=float(get(sample_config, "eta", defaults.eta)),
-        guidance_weight=float(get(sample_config, "guidance_weight", defaults.guidance_weight)),
+        guidance_weight=guidance_weight,
         method=str(get(sample_config, "method", defaults.method)),
         reconstruction_lambda=float(
             get(sample_config, "reconstruction_lambda", defaults.reconstruction_lambda)),
         prediction=str(get(diffusion_config, "prediction", defaults.prediction)),
         self_condition=bool(self_condition),
     )
+
+
+def parse_guidance_by_task(text: str) -> dict[str, float]:
+  """{task name: guidance weight} from 'v2a=1' or 'v2a=1,joint=0.5' ('' is none).
+
+  A weight per task because guidance helps some tasks and hurts others (on the main job's model
+  it pulls v2a's tone onto the disc but costs a2v half its discs, docs/learning_the_link.md).
+  Names are those of avdit.tasks.NAMED_TASKS; a task not named keeps `sample.guidance_weight`.
+  """
+  weights = {}
+  for item in filter(None, (i.strip() for i in str(text or "").split(","))):
+    name, sep, value = (part.strip() for part in item.partition("="))
+    if not sep or name not in tasks_lib.NAMED_TASKS:
+      raise ValueError(f"sample.guidance_by_task={text!r}: {item!r} must be '<task>=<weight>' "
+                       f"with a task in {sorted(tasks_lib.NAMED_TASKS)}")
+    try:
+      weights[name] = float(value)
+    except ValueError:
+      raise ValueError(f"sample.guidance_by_task={text!r}: the weight of {name!r} is not a "
+                       f"number: {value!r}") from None
+  return weights
 
 
 # --- timesteps and per-step coefficients (host side, float64) ---------------------------------

@@ -91,11 +91,13 @@ def main(argv):
         f"{origin}; {spec.sampler}, {spec.num_steps} steps, batch {_BATCH.value}")
   results = []
   for task in tasks_lib.parse_tasks(_TASKS.value, layout):
+    task_spec = samplers.SamplerSpec.from_config(config.sample, config.diffusion, config.model,
+                                                 task_name=task.name)
     rng = jax.random.key(0)
     with jax.set_mesh(mesh):
       seconds, reference = _timed(lambda: samplers.sample_latents(
           apply_fn, params, condition, task.condition_mask, rng, schedule=schedule,
-          layout=layout, spec=spec), _REPEATS.value)
+          layout=layout, spec=task_spec), _REPEATS.value)
     row = {"task": task.name, "sequential_seconds": seconds, "sequential_nfe": spec.num_steps}
     print(f"{task.name}: sequential {seconds:.2f} s, {spec.num_steps} steps")
     generated = {k: np.asarray(v) > 0.5 for k, v in layout.expand_to_latents(
@@ -105,7 +107,7 @@ def main(argv):
       with jax.set_mesh(mesh):
         seconds, (latents, stats_p) = _timed(lambda p=parallel: parallel_lib.sample_latents_parallel(
             apply_fn, params, condition, task.condition_mask, rng, schedule=schedule,
-            layout=layout, spec=spec, parallel=p), _REPEATS.value)
+            layout=layout, spec=task_spec, parallel=p), _REPEATS.value)
       diff = [np.asarray((latents[k] - reference[k]) ** 2)[np.broadcast_to(
           np.asarray(generated[k]), latents[k].shape)] for k in layout_lib.MODALITIES]
       rms = float(np.sqrt(np.mean(np.concatenate(diff))))

@@ -93,8 +93,9 @@ def compile_sampler(config, devices, task_spec: str):
   mesh = sharding.make_mesh(config.mesh, devices)
   batch = config.sample.num_clips
   sharding.check_batch_divides(batch, mesh.shape)
-  spec = samplers.SamplerSpec.from_config(config.sample, config.diffusion, config.model)
   task = tasks_lib.parse_task(task_spec, layout)
+  spec = samplers.SamplerSpec.from_config(config.sample, config.diffusion, config.model,
+                                          task_name=task.name)
   batch_sharding = sharding.batch_sharding(mesh)
   condition = {k: jax.ShapeDtypeStruct(v, jnp.float32, sharding=batch_sharding)
                for k, v in layout.latent_shapes(batch).items()}

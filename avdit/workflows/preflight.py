@@ -12,6 +12,7 @@ is the worst outcome for a user; every mode of avdit.main calls `check` first, w
   train.init_from  a checkpoint whose model has this config's parameter shapes
   checkpoints      modes that only read a trained AVDiT (sample, eval, curve) find one
   feature weights  I3D / VGGish weight files named by eval.* exist
+  sampler          sample.guidance_by_task names known tasks with numeric weights
 
 Synthetic data is made on the fly and always has what is asked of it; latent-cache data is
 checked through `data.raw`, the clips it encodes.
@@ -26,6 +27,7 @@ from avdit import layout as layout_lib
 from avdit import workdir as workdir_lib
 from avdit.data import pipeline
 from avdit.errors import UserError
+from avdit.sampling import samplers
 from avdit.training import state as state_lib
 from avdit.training import train
 
@@ -39,6 +41,11 @@ def check(config, mode: str, workdir: str) -> None:
   """Raises UserError if a run of `mode` on `config` would fail later for want of something."""
   check_workdir_writable(workdir)
   check_data(config, mode)
+  if mode in SAMPLING_MODES + SUITE_MODES + ("curve",):
+    try:
+      samplers.parse_guidance_by_task(config.sample.get("guidance_by_task", ""))
+    except ValueError as e:
+      raise UserError(str(e)) from None
   if mode in TRAINING_MODES and config.train.get("init_from", ""):
     layout = layout_lib.layout_from_config(config)
     train.check_init_from(config, state_lib.abstract_train_state(config, layout)[1].params)
