@@ -35,8 +35,9 @@ FOLDER_DATASET = "av_folder/avdit_pipeline"
 # The main job keeps, after AVDiT's training, the time of this many training clips for its
 # samples, suite (FVD/KVD included) and learning curve (training.budget.reserve_steps): they took
 # 2570 steps' time of batch 8 on a 2-core AVX2 EPYC (14.6 min at 0.341 s a step) and 2610 on a
-# 2-core AVX-512/AMX Xeon (10.3 min at 0.237 s); 3000 steps of 8 clips leave a margin.
-PIPELINE_RESERVE_CLIPS = 24000
+# 2-core AVX-512/AMX Xeon (10.3 min at 0.237 s); 3000 steps of 8 clips leave a margin, and 2000
+# clips more pay for v2a's guided sampling (a second network pass, ~1 min in all).
+PIPELINE_RESERVE_CLIPS = 26000
 VARIANTS = ("default", "tiny", "folder", "folder_tiny", "soundstream", "soundstream_tiny")
 
 
@@ -142,6 +143,9 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       c.job_minutes = 60.0
       c.train.update(num_steps=0, budget_reserve_clips=PIPELINE_RESERVE_CLIPS,
                      budget_kept_checkpoints=7, keep_period=600, decay_fraction=0.2)
+      # Guidance pulls v2a's tone onto the disc (-0.17 [-0.32, +0.02] px on the suite's clips,
+      # -0.37 [-0.59, -0.19] on 16 others) but costs a2v a fifth of its discs: v2a only.
+      c.sample.guidance_by_task = "v2a=1"
   if on_folder:
     _read_folder(c)
     c.variant = "folder_tiny" if variant == "tiny" else "folder"
