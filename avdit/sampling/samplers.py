@@ -167,7 +167,7 @@ def parse_guidance_by_task(text: str) -> dict[str, float]:
   """{task name: guidance weight} from 'v2a=1' or 'v2a=1,joint=0.5' ('' is none).
 
   A weight per task because guidance helps some tasks and hurts others (on the main job's model
-  it pulls v2a's tone onto the disc but costs a2v half its discs, docs/learning_the_link.md).
+  it pulls v2a's tone onto the disc but costs a2v many of its discs, docs/learning_the_link.md).
   Names are those of avdit.tasks.NAMED_TASKS; a task not named keeps `sample.guidance_weight`.
   """
   weights = {}
