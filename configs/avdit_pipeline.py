@@ -144,7 +144,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       c.train.update(num_steps=0, budget_reserve_clips=PIPELINE_RESERVE_CLIPS,
                      budget_kept_checkpoints=7, keep_period=600, decay_fraction=0.2)
       # Guidance pulls v2a's tone onto the disc (-0.17 [-0.32, +0.02] px on the suite's clips,
-      # -0.37 [-0.59, -0.19] on 16 others) but costs a2v a fifth of its discs: v2a only.
+      # -0.37 [-0.59, -0.19] on 16 others) but costs a2v 21 points of its disc count: v2a only.
       c.sample.guidance_by_task = "v2a=1"
   if on_folder:
     _read_folder(c)
