@@ -659,9 +659,14 @@ def test_from_config():
 
 def test_guidance_by_task_gives_a_named_task_its_own_weight():
   sample = {"guidance_weight": 0.5, "guidance_by_task": " v2a=1, joint = 2.5 "}
-  weight = {name: samplers.SamplerSpec.from_config(sample, {}, task_name=name).guidance_weight
-            for name in ("v2a", "joint", "a2v", None)}
-  assert weight == {"v2a": 1.0, "joint": 2.5, "a2v": 0.5, None: 0.5}
+
+  def weight(name):
+    task = None if name is None else tasks_lib.parse_task(name, LAYOUT)
+    return samplers.SamplerSpec.from_config(sample, {}, task=task).guidance_weight
+
+  names = ("v2a", "joint", "a2v", None, "v:*", "none")
+  assert {name: weight(name) for name in names} == {
+      "v2a": 1.0, "joint": 2.5, "a2v": 0.5, None: 0.5, "v:*": 1.0, "none": 2.5}
   assert samplers.parse_guidance_by_task("") == {}
 
 

@@ -453,8 +453,7 @@ def evaluate(config, workdir: str, *, name: str | None = None, subdir: str = "",
   layout, step = loaded[0], loaded[-1]
   spec = samplers.SamplerSpec.from_config(config.sample, config.diffusion, config.model)
   task_list = tasks_lib.parse_tasks(config.eval.tasks, layout)
-  task_specs = {task.name: samplers.SamplerSpec.from_config(
-      config.sample, config.diffusion, config.model, task_name=task.name) for task in task_list}
+  task_specs = samplers.specs_by_task(config, task_list)
   # 2. Clips.
   clips = eval_clips(config, layout)
   real = {"video": clips["video"], "audio": clips["audio"]}

@@ -140,8 +140,7 @@ def sample(config, workdir: str) -> list[dict]:
   decode = make_decoder(latent_space, stats)
   is_chief = jax.process_index() == 0
   entries, timings, generated = [], {}, {}
-  specs = {task.name: samplers.SamplerSpec.from_config(
-      config.sample, config.diffusion, config.model, task_name=task.name) for task in task_list}
+  specs = samplers.specs_by_task(config, task_list)
   rng = jax.random.key(config.sample.seed)
   for task_index, task in enumerate(task_list):
     task_rng = jax.random.fold_in(rng, task_index)

@@ -125,11 +125,12 @@ class SamplerSpec:
 
   @classmethod
   def from_config(cls, sample_config, diffusion_config, model_config=None,
-                  task_name: str | None = None) -> SamplerSpec:
+                  task: tasks_lib.Task | None = None) -> SamplerSpec:
     """From `config.sample` and `config.diffusion` (ConfigDicts or plain dicts).
 
-    `task_name`: the task this spec samples; its weight in `sample.guidance_by_task` (see
-    `parse_guidance_by_task`), when named there, replaces `sample.guidance_weight`.
+    `task`: the task this spec samples; its weight in `sample.guidance_by_task` (see
+    `parse_guidance_by_task`), when named there, replaces `sample.guidance_weight`. A task is
+    known by its mask's spec, as the suite's noise knows it: 'v:*' is v2a.
 
     `self_condition` is `sample_config.self_condition` when present; otherwise whether the model
     was trained with self-conditioning: `diffusion_config.self_condition_rate > 0` and, when
@@ -148,8 +149,10 @@ class SamplerSpec:
         self_condition = self_condition and bool(get(model_config, "self_condition", True))
     defaults = cls()
     guidance_weight = float(get(sample_config, "guidance_weight", defaults.guidance_weight))
-    guidance_weight = parse_guidance_by_task(get(sample_config, "guidance_by_task", "")).get(
-        task_name, guidance_weight)
+    if task is not None:
+      by_spec = {tasks_lib.NAMED_TASKS[name]: weight for name, weight in
+                 parse_guidance_by_task(get(sample_config, "guidance_by_task", "")).items()}
+      guidance_weight = by_spec.get(task.spec, guidance_weight)
     return cls(
         sampler=str(get(sample_config, "sampler", defaults.sampler)),
         num_steps=int(get(sample_config, "num_steps", defaults.num_steps)),
@@ -161,6 +164,12 @@ class SamplerSpec:
         prediction=str(get(diffusion_config, "prediction", defaults.prediction)),
         self_condition=bool(self_condition),
     )
+
+
+def specs_by_task(config, task_list) -> dict[str, SamplerSpec]:
+  """{task name: its SamplerSpec} for `config.sample` (each task's own guidance weight)."""
+  return {task.name: SamplerSpec.from_config(config.sample, config.diffusion, config.model,
+                                             task=task) for task in task_list}
 
 
 def parse_guidance_by_task(text: str) -> dict[str, float]:

@@ -92,7 +92,7 @@ def main(argv):
   results = []
   for task in tasks_lib.parse_tasks(_TASKS.value, layout):
     task_spec = samplers.SamplerSpec.from_config(config.sample, config.diffusion, config.model,
-                                                 task_name=task.name)
+                                                 task=task)
     rng = jax.random.key(0)
     with jax.set_mesh(mesh):
       seconds, reference = _timed(lambda: samplers.sample_latents(

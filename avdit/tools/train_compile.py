@@ -95,7 +95,7 @@ def compile_sampler(config, devices, task_spec: str):
   sharding.check_batch_divides(batch, mesh.shape)
   task = tasks_lib.parse_task(task_spec, layout)
   spec = samplers.SamplerSpec.from_config(config.sample, config.diffusion, config.model,
-                                          task_name=task.name)
+                                          task=task)
   batch_sharding = sharding.batch_sharding(mesh)
   condition = {k: jax.ShapeDtypeStruct(v, jnp.float32, sharding=batch_sharding)
                for k, v in layout.latent_shapes(batch).items()}
