@@ -117,6 +117,8 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       # v-prediction weighs it; avdit/diffusion/loss.py loss_weight; needs x0_skip). Measured on
       # the fixed latents: the video term still adds nothing to the skip path at step 600.
       loss_weighting="uniform",
+      # > 0: snr_plus_one's weight capped there, min(1 + SNR, cap) (Min-SNR's cap; loss_weight).
+      loss_weight_cap=0.0,
       # The loss as the mean of the two modalities' mean errors (avdit/diffusion/loss.py), not
       # the mean over all latent elements, which weighs each modality by its element count.
       modality_balance=False,

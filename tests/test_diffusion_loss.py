@@ -202,9 +202,11 @@ def test_loss_covers_the_generated_elements_only():
   assert float(aux["loss_video"]) == pytest.approx(1.0, abs=1e-6)
 
 
-def test_snr_plus_one_weighs_each_error_by_one_over_one_minus_alpha_bar():
-  """An error of 1 on every generated element: the loss is the mean of 1 / (1 - ᾱ_t) over them,
-  recomputed in numpy from the timesteps the model was called with (given elements excluded)."""
+@pytest.mark.parametrize("cap", [0.0, 5.0])
+def test_snr_plus_one_weighs_each_error_by_one_over_one_minus_alpha_bar(cap):
+  """An error of 1 on every generated element: the loss is the mean of 1 / (1 - ᾱ_t) over them
+  (at most `cap` when it is > 0), recomputed in numpy from the timesteps the model was called
+  with (given elements excluded)."""
   rng = np.random.default_rng(6)
   x0 = {"video": jnp.asarray(rng.normal(size=(16, 3, 2, 2, 3)), jnp.float32),
         "audio": jnp.asarray(rng.normal(size=(16, 57, 2)), jnp.float32)}
@@ -217,7 +219,8 @@ def test_snr_plus_one_weighs_each_error_by_one_over_one_minus_alpha_bar():
   loss, _ = loss_lib.diffusion_loss(
       off_by_one, x0, jax.random.key(7), schedule=schedule_lib.LinearSchedule(), layout=LAYOUT,
       mixture_weights=monl.parse_mixture("monl"), prediction="x0", self_condition=False,
-      self_condition_rate=0.9, condition_rate=0.5, loss_weighting="snr_plus_one")
+      self_condition_rate=0.9, condition_rate=0.5, loss_weighting="snr_plus_one",
+      loss_weight_cap=cap)
   t_bmn = np.asarray(seen[0]).astype(np.int64)
   betas = np.concatenate([[0.0], np.linspace(1e-4, 0.02, 1000)])
   alpha_bar_table = np.cumprod(1.0 - betas)
@@ -227,12 +230,15 @@ def test_snr_plus_one_weighs_each_error_by_one_over_one_minus_alpha_bar():
       elements = per_element or int((LAYOUT.segment_of_audio == n).sum()) * 2
       t = t_bmn[:, m, n]
       generated = t > 0
-      weights += (elements / (1.0 - alpha_bar_table[t[generated]])).sum()
+      weight = 1.0 / (1.0 - alpha_bar_table[t[generated]])
+      weights += elements * (np.minimum(weight, cap) if cap else weight).sum()
       counts += elements * generated.sum()
   assert 0 < counts < 16 * (3 * 4 * 3 + 57 * 2)  # some elements given, some generated
   assert float(loss) == pytest.approx(weights / counts, rel=1e-4)
   with pytest.raises(ValueError, match="x0 error"):
     loss_lib.loss_weight("snr_plus_one", "v", jnp.ones(()))
+  with pytest.raises(ValueError, match="caps loss_weighting"):
+    loss_lib.loss_weight("uniform", "x0", jnp.ones(()), cap=5.0)
 
 
 def test_modality_balance_averages_the_two_modalities_mean_errors():

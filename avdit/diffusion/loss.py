@@ -31,7 +31,7 @@ def noise_latents(latents_x0, timestep_vector_bmn, rng, *, schedule, layout):
 LOSS_WEIGHTINGS = ("uniform", "snr_plus_one")
 
 
-def loss_weight(weighting: str, prediction: str, alpha_bar):
+def loss_weight(weighting: str, prediction: str, alpha_bar, cap: float = 0.0):
   """Per-element weight of the squared error at noise level ᾱ (broadcast like `alpha_bar`).
 
   "snr_plus_one" = 1 + ᾱ / (1 - ᾱ) = 1 / (1 - ᾱ): the x0 error weighted as v-prediction weighs
@@ -40,15 +40,24 @@ def loss_weight(weighting: str, prediction: str, alpha_bar):
   is learnable, get ~(1 - ᾱ) of the weight. Under `diffusion.x0_skip` this is EDM's 1 / c_out²
   for a unit-variance channel: the network's own output is fitted at unit scale at every level.
   Given elements (ᾱ = 1) are not counted, so their weight is kept finite, not used.
+
+  `cap` > 0 (`diffusion.loss_weight_cap`, "snr_plus_one" only): min(1 + SNR, cap), as Min-SNR
+  weighting caps the low levels (Hang et al. 2023): below ~SNR = cap the network cannot tell the
+  noise from the latent, its unit-scale error there is irreducible, and uncapped it would be as
+  much of the gradient's noise as any learnable level. High levels keep the uniform x0 weight 1.
   """
   if weighting == "uniform":
+    if cap > 0:
+      raise ValueError(f"diffusion.loss_weight_cap={cap} caps loss_weighting='snr_plus_one', "
+                       "not 'uniform'")
     return 1.0
   if weighting != "snr_plus_one":
     raise ValueError(f"unknown diffusion.loss_weighting {weighting!r}; one of {LOSS_WEIGHTINGS}")
   if prediction != "x0":
     raise ValueError(f"diffusion.loss_weighting={weighting!r} weighs the x0 error; prediction "
                      f"{prediction!r} has its own weighting (use 'uniform')")
-  return 1.0 / jnp.maximum(1.0 - alpha_bar, 1e-6)
+  weight = 1.0 / jnp.maximum(1.0 - alpha_bar, 1e-6)
+  return jnp.minimum(weight, cap) if cap > 0 else weight
 
 
 LOSS_SPECTRA = ("normalized", "natural", "mixed")
@@ -92,7 +101,8 @@ def diffusion_loss(model, latents_x0, rng, *, schedule: schedule_lib.LinearSched
                    self_condition: bool, self_condition_rate: float,
                    condition_rate: float = 0.0, condition_shared_level: bool = False,
                    condition_tasks: str = "a2v,v2a,continue", loss_weighting: str = "uniform",
-                   modality_balance: bool = False, channel_weights=None):
+                   loss_weight_cap: float = 0.0, modality_balance: bool = False,
+                   channel_weights=None):
   """(scalar loss, aux metrics) for normalized clean latents {"video", "audio"}.
 
   `condition_rate`: the fraction of examples given a task's exact condition (monl.
@@ -100,8 +110,8 @@ def diffusion_loss(model, latents_x0, rng, *, schedule: schedule_lib.LinearSched
   `condition_shared_level` their generated elements share one noise level; `condition_tasks`
   weights the task patterns ("a2v:1,v2a:1,continue:1" style, monl.CONDITION_TASKS).
   `loss_weighting` (x0 prediction only): "uniform", the x0 squared error as it is, or
-  "snr_plus_one", each element's error times 1 + SNR = 1 / (1 - ᾱ) of its noise level (`
-  loss_weight`).
+  "snr_plus_one", each element's error times 1 + SNR = 1 / (1 - ᾱ) of its noise level, at most
+  `loss_weight_cap` where that is > 0 (`loss_weight`).
   `modality_balance`: the loss is the mean of the two modalities' mean errors instead of the mean
   over all elements, so a modality with few latent elements (64-channel video tokens against
   107 x 320 audio values: 13% of the elements) still gets half of the gradient.
@@ -149,7 +159,8 @@ def diffusion_loss(model, latents_x0, rng, *, schedule: schedule_lib.LinearSched
   # Counted: every generated element, not the given ones (all of them without conditioning).
   counted = {k: jnp.broadcast_to(w, squared[k].shape) for k, w in layout.expand_to_latents(
       1.0 - given.astype(jnp.float32)).items()}
-  weighted = {k: counted[k] * loss_weight(loss_weighting, prediction, alpha_bar[k]) * squared[k]
+  weighted = {k: counted[k] * loss_weight(loss_weighting, prediction, alpha_bar[k],
+                                           loss_weight_cap) * squared[k]
               for k in squared}
   per_modality = {k: jnp.sum(weighted[k]) / jnp.maximum(jnp.sum(counted[k]), 1.0)
                   for k in squared}

@@ -194,6 +194,7 @@ def make_train_step(config, layout, graphdef, latent_space, latent_stats, *,
           condition_shared_level=config.diffusion.get("condition_shared_level", False),
           condition_tasks=config.diffusion.get("condition_tasks", "a2v,v2a,continue"),
           loss_weighting=config.diffusion.get("loss_weighting", "uniform"),
+          loss_weight_cap=config.diffusion.get("loss_weight_cap", 0.0),
           modality_balance=config.diffusion.get("modality_balance", False),
           channel_weights=channel_weights)
       if contrastive:  # CDL / CDCD (SPEC §7), on their own stream of randomness
