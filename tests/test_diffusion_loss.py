@@ -202,11 +202,12 @@ def test_loss_covers_the_generated_elements_only():
   assert float(aux["loss_video"]) == pytest.approx(1.0, abs=1e-6)
 
 
-@pytest.mark.parametrize("cap", [0.0, 5.0])
-def test_snr_plus_one_weighs_each_error_by_one_over_one_minus_alpha_bar(cap):
+@pytest.mark.parametrize("weighting,cap", [("snr_plus_one", 0.0), ("snr_plus_one", 5.0),
+                                           ("video:snr_plus_one", 0.0)])
+def test_snr_plus_one_weighs_each_error_by_one_over_one_minus_alpha_bar(weighting, cap):
   """An error of 1 on every generated element: the loss is the mean of 1 / (1 - ᾱ_t) over them
-  (at most `cap` when it is > 0), recomputed in numpy from the timesteps the model was called
-  with (given elements excluded)."""
+  (at most `cap` when it is > 0; 1 for audio under "video:..."), recomputed in numpy from the
+  timesteps the model was called with (given elements excluded)."""
   rng = np.random.default_rng(6)
   x0 = {"video": jnp.asarray(rng.normal(size=(16, 3, 2, 2, 3)), jnp.float32),
         "audio": jnp.asarray(rng.normal(size=(16, 57, 2)), jnp.float32)}
@@ -219,7 +220,7 @@ def test_snr_plus_one_weighs_each_error_by_one_over_one_minus_alpha_bar(cap):
   loss, _ = loss_lib.diffusion_loss(
       off_by_one, x0, jax.random.key(7), schedule=schedule_lib.LinearSchedule(), layout=LAYOUT,
       mixture_weights=monl.parse_mixture("monl"), prediction="x0", self_condition=False,
-      self_condition_rate=0.9, condition_rate=0.5, loss_weighting="snr_plus_one",
+      self_condition_rate=0.9, condition_rate=0.5, loss_weighting=weighting,
       loss_weight_cap=cap)
   t_bmn = np.asarray(seen[0]).astype(np.int64)
   betas = np.concatenate([[0.0], np.linspace(1e-4, 0.02, 1000)])
@@ -231,14 +232,25 @@ def test_snr_plus_one_weighs_each_error_by_one_over_one_minus_alpha_bar(cap):
       t = t_bmn[:, m, n]
       generated = t > 0
       weight = 1.0 / (1.0 - alpha_bar_table[t[generated]])
-      weights += elements * (np.minimum(weight, cap) if cap else weight).sum()
+      weight = np.minimum(weight, cap) if cap else weight
+      if m == 1 and weighting.startswith("video:"):
+        weight = np.ones_like(weight)
+      weights += elements * weight.sum()
       counts += elements * generated.sum()
   assert 0 < counts < 16 * (3 * 4 * 3 + 57 * 2)  # some elements given, some generated
   assert float(loss) == pytest.approx(weights / counts, rel=1e-4)
   with pytest.raises(ValueError, match="x0 error"):
     loss_lib.loss_weight("snr_plus_one", "v", jnp.ones(()))
-  with pytest.raises(ValueError, match="caps loss_weighting"):
-    loss_lib.loss_weight("uniform", "x0", jnp.ones(()), cap=5.0)
+
+
+def test_loss_weightings_per_modality():
+  assert loss_lib.loss_weightings("snr_plus_one") == {"video": "snr_plus_one",
+                                                      "audio": "snr_plus_one"}
+  assert loss_lib.loss_weightings("video:snr_plus_one") == {"video": "snr_plus_one",
+                                                            "audio": "uniform"}
+  for bad in ("snr", "image:snr_plus_one", "video:snr"):
+    with pytest.raises(ValueError, match="loss_weighting"):
+      loss_lib.loss_weightings(bad)
 
 
 def test_modality_balance_averages_the_two_modalities_mean_errors():

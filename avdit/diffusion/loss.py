@@ -47,9 +47,6 @@ def loss_weight(weighting: str, prediction: str, alpha_bar, cap: float = 0.0):
   much of the gradient's noise as any learnable level. High levels keep the uniform x0 weight 1.
   """
   if weighting == "uniform":
-    if cap > 0:
-      raise ValueError(f"diffusion.loss_weight_cap={cap} caps loss_weighting='snr_plus_one', "
-                       "not 'uniform'")
     return 1.0
   if weighting != "snr_plus_one":
     raise ValueError(f"unknown diffusion.loss_weighting {weighting!r}; one of {LOSS_WEIGHTINGS}")
@@ -58,6 +55,22 @@ def loss_weight(weighting: str, prediction: str, alpha_bar, cap: float = 0.0):
                      f"{prediction!r} has its own weighting (use 'uniform')")
   weight = 1.0 / jnp.maximum(1.0 - alpha_bar, 1e-6)
   return jnp.minimum(weight, cap) if cap > 0 else weight
+
+
+def loss_weightings(text: str) -> dict[str, str]:
+  """{modality: weighting} from `diffusion.loss_weighting`: one weighting for both modalities
+  ("snr_plus_one") or per modality ("video:snr_plus_one"; a modality not named is "uniform")."""
+  if ":" not in text:
+    pairs = [(name, text.strip()) for name in layout_lib.MODALITIES]
+  else:
+    pairs = [part.strip().partition(":")[::2] for part in text.split(",") if part.strip()]
+  weightings = dict.fromkeys(layout_lib.MODALITIES, "uniform")
+  for name, weighting in pairs:
+    if name not in weightings or weighting not in LOSS_WEIGHTINGS:
+      raise ValueError(f"diffusion.loss_weighting={text!r}: use one of {LOSS_WEIGHTINGS}, or "
+                       f"MODALITY:WEIGHTING pairs with a modality of {layout_lib.MODALITIES}")
+    weightings[name] = weighting
+  return weightings
 
 
 LOSS_SPECTRA = ("normalized", "natural", "mixed")
@@ -111,7 +124,8 @@ def diffusion_loss(model, latents_x0, rng, *, schedule: schedule_lib.LinearSched
   weights the task patterns ("a2v:1,v2a:1,continue:1" style, monl.CONDITION_TASKS).
   `loss_weighting` (x0 prediction only): "uniform", the x0 squared error as it is, or
   "snr_plus_one", each element's error times 1 + SNR = 1 / (1 - ᾱ) of its noise level, at most
-  `loss_weight_cap` where that is > 0 (`loss_weight`).
+  `loss_weight_cap` where that is > 0 (`loss_weight`); per modality as "video:snr_plus_one"
+  (`loss_weightings`).
   `modality_balance`: the loss is the mean of the two modalities' mean errors instead of the mean
   over all elements, so a modality with few latent elements (64-channel video tokens against
   107 x 320 audio values: 13% of the elements) still gets half of the gradient.
@@ -159,7 +173,8 @@ def diffusion_loss(model, latents_x0, rng, *, schedule: schedule_lib.LinearSched
   # Counted: every generated element, not the given ones (all of them without conditioning).
   counted = {k: jnp.broadcast_to(w, squared[k].shape) for k, w in layout.expand_to_latents(
       1.0 - given.astype(jnp.float32)).items()}
-  weighted = {k: counted[k] * loss_weight(loss_weighting, prediction, alpha_bar[k],
+  weightings = loss_weightings(loss_weighting)
+  weighted = {k: counted[k] * loss_weight(weightings[k], prediction, alpha_bar[k],
                                            loss_weight_cap) * squared[k]
               for k in squared}
   per_modality = {k: jnp.sum(weighted[k]) / jnp.maximum(jnp.sum(counted[k]), 1.0)

@@ -162,11 +162,15 @@ def make_train_step(config, layout, graphdef, latent_space, latent_stats, *,
   """
   schedule = schedule_lib.from_config(config.diffusion)
   mixture = monl.parse_mixture(config.diffusion.noise_mixture)
-  if (config.diffusion.get("loss_weighting", "uniform") != "uniform"
-      and not config.diffusion.get("x0_skip", False)):
+  weighting = config.diffusion.get("loss_weighting", "uniform")
+  weighted = set(loss_lib.loss_weightings(weighting).values()) != {"uniform"}
+  if weighted and not config.diffusion.get("x0_skip", False):
     # Weighted by 1 / (1 - ᾱ), a plain x0 head's error at the lowest levels is scaled ~1e4.
-    raise ValueError(f"diffusion.loss_weighting={config.diffusion.loss_weighting!r} needs "
+    raise ValueError(f"diffusion.loss_weighting={weighting!r} needs "
                      "diffusion.x0_skip=True (the skip path makes the low-noise error small)")
+  if config.diffusion.get("loss_weight_cap", 0.0) > 0 and not weighted:
+    raise ValueError(f"diffusion.loss_weight_cap={config.diffusion.loss_weight_cap} caps "
+                     f"loss_weighting='snr_plus_one'; it is {weighting!r}")
   optimizer = make_optimizer(config.train)
   lr_schedule = learning_rate_schedule(config.train)
   # Host constants, placed by jit: nothing here may run eagerly on a (possibly abstract) mesh.
