@@ -110,3 +110,19 @@ def test_a_misspelled_guidance_by_task_is_named_before_training(tmp_path):
   preflight.check(config, "train", str(tmp_path))  # training alone never reads it
   config.sample.guidance_by_task = "v2a=1"
   preflight.check(config, "train_and_sample", str(tmp_path))
+
+
+def test_a_loss_weighting_the_loss_cannot_apply_is_named_before_training(tmp_path):
+  from configs import avdit_synthetic
+  config = avdit_synthetic.get_config("tiny")
+  config.diffusion.update(prediction="x0", x0_skip=True, loss_weighting="video:snr")
+  with pytest.raises(UserError, match="video:snr"):
+    preflight.check(config, "train", str(tmp_path))
+  config.diffusion.update(loss_weighting="uniform", loss_weight_cap=5.0)  # nothing to cap
+  with pytest.raises(UserError, match="caps"):
+    preflight.check(config, "train", str(tmp_path))
+  config.diffusion.update(loss_weighting="video:snr_plus_one", x0_skip=False)
+  with pytest.raises(UserError, match="x0_skip"):
+    preflight.check(config, "train", str(tmp_path))
+  config.diffusion.x0_skip = True
+  preflight.check(config, "train", str(tmp_path))

@@ -152,6 +152,19 @@ def sharding_context(config, batch_sharding=None):
   return stack
 
 
+def check_loss_weighting(diffusion_config) -> None:
+  """Raises ValueError for a `diffusion.loss_weighting` (and cap) the loss cannot apply."""
+  weighting = diffusion_config.get("loss_weighting", "uniform")
+  weighted = set(loss_lib.loss_weightings(weighting).values()) != {"uniform"}
+  if weighted and not diffusion_config.get("x0_skip", False):
+    # Weighted by 1 / (1 - ᾱ), a plain x0 head's error at the lowest levels is scaled ~1e4.
+    raise ValueError(f"diffusion.loss_weighting={weighting!r} needs "
+                     "diffusion.x0_skip=True (the skip path makes the low-noise error small)")
+  if diffusion_config.get("loss_weight_cap", 0.0) > 0 and not weighted:
+    raise ValueError(f"diffusion.loss_weight_cap={diffusion_config.loss_weight_cap} caps "
+                     f"loss_weighting='snr_plus_one'; it is {weighting!r}")
+
+
 def make_train_step(config, layout, graphdef, latent_space, latent_stats, *,
                     state_shardings=None, batch_sharding=None):
   """The jitted `train_step(state, batch) -> (state, metrics)` with the state donated.
@@ -162,15 +175,7 @@ def make_train_step(config, layout, graphdef, latent_space, latent_stats, *,
   """
   schedule = schedule_lib.from_config(config.diffusion)
   mixture = monl.parse_mixture(config.diffusion.noise_mixture)
-  weighting = config.diffusion.get("loss_weighting", "uniform")
-  weighted = set(loss_lib.loss_weightings(weighting).values()) != {"uniform"}
-  if weighted and not config.diffusion.get("x0_skip", False):
-    # Weighted by 1 / (1 - ᾱ), a plain x0 head's error at the lowest levels is scaled ~1e4.
-    raise ValueError(f"diffusion.loss_weighting={weighting!r} needs "
-                     "diffusion.x0_skip=True (the skip path makes the low-noise error small)")
-  if config.diffusion.get("loss_weight_cap", 0.0) > 0 and not weighted:
-    raise ValueError(f"diffusion.loss_weight_cap={config.diffusion.loss_weight_cap} caps "
-                     f"loss_weighting='snr_plus_one'; it is {weighting!r}")
+  check_loss_weighting(config.diffusion)
   optimizer = make_optimizer(config.train)
   lr_schedule = learning_rate_schedule(config.train)
   # Host constants, placed by jit: nothing here may run eagerly on a (possibly abstract) mesh.

@@ -13,6 +13,7 @@ is the worst outcome for a user; every mode of avdit.main calls `check` first, w
   checkpoints      modes that only read a trained AVDiT (sample, eval, curve) find one
   feature weights  I3D / VGGish weight files named by eval.* exist
   sampler          sample.guidance_by_task names known tasks with numeric weights
+  loss             diffusion.loss_weighting (and its cap) is one the training loss can apply
 
 Synthetic data is made on the fly and always has what is asked of it; latent-cache data is
 checked through `data.raw`, the clips it encodes.
@@ -44,6 +45,11 @@ def check(config, mode: str, workdir: str) -> None:
   if mode in SAMPLING_MODES + SUITE_MODES + ("curve",):
     try:
       samplers.parse_guidance_by_task(config.sample.get("guidance_by_task", ""))
+    except ValueError as e:
+      raise UserError(str(e)) from None
+  if mode in TRAINING_MODES and "diffusion" in config:
+    try:
+      state_lib.check_loss_weighting(config.diffusion)
     except ValueError as e:
       raise UserError(str(e)) from None
   if mode in TRAINING_MODES and config.train.get("init_from", ""):
