@@ -96,6 +96,64 @@ def test_soundstream_resume_matches_uninterrupted_run(runs, tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+def test_decoder_finetune_holds_the_encoder_and_moves_the_decoder(runs, tmp_path):
+  """magvit2_synthetic:decoder_tiny from the tiny run: its encoder (raw and EMA) is the source's
+  EMA encoder bit for bit, so a cache's latents stay valid; its decoder has moved."""
+  from flax import nnx
+  from avdit.errors import UserError
+  _, source, _ = runs["magvit2"]
+  config = magvit2_synthetic.get_config("decoder_tiny")
+  config.train.init_from = source
+  summary = autoencoder.train(config, str(tmp_path / "decoder"))
+  assert summary["step"] == 6 and np.isfinite(summary["metrics"]["loss"])
+  before, _, _ = autoencoders.load_autoencoder(source)
+  after, _, _ = autoencoders.load_autoencoder(str(tmp_path / "decoder"))
+  raw = nnx.merge(nnx.graphdef(after), summary["state"].gen_params, summary["state"].gen_state)
+  moved = {"enc": [], "dec": []}
+  for model in (after, raw):
+    params = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+    for path, value in nnx.to_flat_state(nnx.state(before, nnx.Param)):
+      part = str(path[0])[:3]
+      if part in moved:
+        moved[part].append(not np.array_equal(np.asarray(value[...]),
+                                              np.asarray(params[path][...])))
+  assert moved["enc"] and not any(moved["enc"])  # every encoder array identical
+  assert any(moved["dec"])
+  clip = np.random.default_rng(0).uniform(-1, 1, (1, 9, 32, 32, 3)).astype(np.float32)
+  np.testing.assert_array_equal(np.asarray(before.encode(clip)), np.asarray(after.encode(clip)))
+  config.model.kwargs = dict(config.model.kwargs, latent_dim=4)  # not the source's model
+  with pytest.raises(UserError, match="init_from"):
+    autoencoder.train(config, str(tmp_path / "other"))
+
+
+def test_noisy_latents_have_per_clip_sigma_times_each_channels_std():
+  """reconstruct_noisy through an identity encoder/decoder: (out - z) / std_c is white noise of
+  one σ_i per clip, σ_i ~ U(0, s): every σ_i ≤ s and E[σ_i²] = s² / 3 (closed form)."""
+  from avdit.training.autoencoder import reconstruct_noisy
+  rng = np.random.default_rng(1)
+  std_c = np.array([4.0, 1.0, 0.25], np.float32)
+  z = (rng.normal(size=(256, 2, 4, 4, 3)) * std_c).astype(np.float32)
+
+  class Identity:
+    encode = decode = staticmethod(lambda x: x)
+    quantize = staticmethod(lambda x, bypass: (x, {}))
+
+  out, _ = reconstruct_noisy(Identity(), z, jax.random.key(0), quantize=False, latent_noise=0.5,
+                             train_encoder=False)
+  batch_std = z.reshape(-1, 3).std(0)
+  unit = (np.asarray(out) - z) / batch_std
+  sigma = unit.reshape(256, -1).std(1)
+  assert sigma.max() <= 0.5 * 1.15
+  assert np.mean(sigma**2) == pytest.approx(0.5**2 / 3, rel=0.15)
+  # Within a clip the three channels share σ_i: the noise scales with each channel's std.
+  per_channel = unit.reshape(256, -1, 3).std(1)
+  big = sigma > 0.2
+  np.testing.assert_allclose(per_channel[big] / sigma[big, None], 1.0, atol=0.35)
+  out, _ = reconstruct_noisy(Identity(), z, jax.random.key(0), quantize=False, latent_noise=0.0,
+                             train_encoder=True)
+  np.testing.assert_array_equal(np.asarray(out), z)
+
+
 def test_missing_perceptual_weights_file_is_a_clear_error(tmp_path):
   config = magvit2_synthetic.get_config("tiny")
   config.loss.perceptual_weight = 0.1

@@ -138,7 +138,9 @@ def ema_decay_at(step, decay: float):
 def ema_update(ema_params, params, step, decay: float):
   """The EMA of the parameters after optimizer step `step` (AVDiT's and the autoencoders')."""
   d = ema_decay_at(step, decay)
-  return jax.tree_util.tree_map(lambda e, p: d * e + (1.0 - d) * p, ema_params, params)
+  # e + (1 - d)(p - e), not d e + (1 - d) p: the same average, and exactly e where p = e (a
+  # held parameter, e.g. MAGVIT-v2's encoder while its decoder is fine-tuned, stays bit for bit).
+  return jax.tree_util.tree_map(lambda e, p: e + (1.0 - d) * (p - e), ema_params, params)
 
 
 def sharding_context(config, batch_sharding=None):
