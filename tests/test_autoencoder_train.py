@@ -124,6 +124,9 @@ def test_decoder_finetune_holds_the_encoder_and_moves_the_decoder(runs, tmp_path
   config.model.kwargs = dict(config.model.kwargs, latent_dim=4)  # not the source's model
   with pytest.raises(UserError, match="init_from"):
     autoencoder.train(config, str(tmp_path / "other"))
+  config = magvit2_synthetic.get_config("decoder_tiny")  # no run to start from
+  with pytest.raises(UserError, match="init_from=RUN"):
+    autoencoder.train(config, str(tmp_path / "none"))
 
 
 def test_noisy_latents_have_per_clip_sigma_times_each_channels_std():

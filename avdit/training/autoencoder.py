@@ -368,6 +368,9 @@ def train(config, workdir: str, steps_this_run: int | None = None) -> dict:
                        f"{saved['model_kwargs']}; the config describes another model")
   elif config.train.get("init_from", ""):
     state = init_from_run(config, state)
+  elif not config.train.get("train_encoder", True):
+    raise UserError("train.train_encoder=False holds the encoder: give the trained run it comes "
+                    "from, --config.train.init_from=RUN")
   num_params = layers.count_params(state.gen_params)
   logging.info("%s: %d generator parameters, %d discriminator parameters", kind.name,
                num_params, layers.count_params(state.disc_params))
