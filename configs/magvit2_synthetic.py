@@ -87,7 +87,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   if decoder:
     # A trained run's decoder, fine-tuned on noisy latents with its encoder held: AVDiT's
     # samples are latents a little off the encoder's, and the plain decoder loses the disc in
-    # 30% of frames at 0.3 std of noise, 80% at 0.5; after these 800 steps 1% / 14%
+    # 30% of frames at 0.3 std of noise, 80% at 0.5; after these 800 steps 2% / 10%
     # (docs/learning_the_link.md). init_from is the run to fine-tune.
     c.variant = "decoder_tiny" if variant == "tiny" else "decoder"
     c.data.batch_size = 2 if variant == "tiny" else 8
