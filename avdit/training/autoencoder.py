@@ -132,16 +132,12 @@ def reconstruct(kind: Kind, generator, x, *, train: bool, quantize: bool, rng=No
   return generator(x, train=train, rng=rng, quantize=quantize)
 
 
-def robust_decoding(train_config) -> bool:
-  """Whether MAGVIT-v2 trains its decoder on noisy latents or with the encoder held."""
-  return bool(train_config.get("latent_noise", 0.0)) or not train_config.get("train_encoder", True)
-
-
 def reconstruct_noisy(generator, x, rng, *, quantize: bool, latent_noise: float,
                       train_encoder: bool):
-  """MAGVIT-v2's training reconstruction from latents + σ · std_c · ε, σ ~ U(0, latent_noise)
-  per clip and std_c each channel's standard deviation in the batch: the decoder learns to map
-  a latent a little off the encoder's (as a diffusion model's samples are) to a clean clip.
+  """MAGVIT-v2's training reconstruction: `generator(x)` spelt out, with the decoder fed
+  latents + σ · std_c · ε, σ ~ U(0, latent_noise) per clip and std_c each channel's standard
+  deviation in the batch (`train.latent_noise`; 0 = none): the decoder learns to map a latent a
+  little off the encoder's (as a diffusion model's samples are) to a clean clip.
   Without `train_encoder` the encoder gets no gradient, so the latents a cache holds stay valid.
   Measured (docs/learning_the_link.md): latents with noise of 0.3 std lose the disc in 30% of
   frames through the plain decoder, 2% after 800 steps of this."""
@@ -235,8 +231,9 @@ def make_train_step(config, gen_graphdef, disc_graphdef, *, state_shardings=None
   perceptual = perceptual_loss(config)
   quantize = bool(train_cfg.quantize)
   sample_rate = config.clip.sample_rate
-  robust = robust_decoding(train_cfg)
-  if robust and kind.name != "magvit2":
+  latent_noise = float(train_cfg.get("latent_noise", 0.0))
+  train_encoder = bool(train_cfg.get("train_encoder", True))
+  if (latent_noise or not train_encoder) and kind.name != "magvit2":
     raise ValueError("train.latent_noise / train.train_encoder=False are MAGVIT-v2's (its decoder "
                      f"decodes AVDiT's samples); config.kind is {kind.name!r}")
 
@@ -247,10 +244,9 @@ def make_train_step(config, gen_graphdef, disc_graphdef, *, state_shardings=None
     # Fresh Variables for the non-parameter state at this trace level: the quantizer updates its
     # EMA codebooks in place, which Flax allows only on Variables made in the current trace.
     gen = nnx.merge(gen_graphdef, gen_params, jax.tree.map(lambda x: x, state.gen_state))
-    if robust:
-      recon, aux = reconstruct_noisy(gen, x, rng, quantize=quantize,
-                                     latent_noise=float(train_cfg.get("latent_noise", 0.0)),
-                                     train_encoder=bool(train_cfg.get("train_encoder", True)))
+    if kind.name == "magvit2":
+      recon, aux = reconstruct_noisy(gen, x, rng, quantize=quantize, latent_noise=latent_noise,
+                                     train_encoder=train_encoder)
     else:
       recon, aux = reconstruct(kind, gen, x, train=True, quantize=quantize, rng=rng)
     new_gen_state = nnx.split(gen, nnx.Param, ...)[2]
