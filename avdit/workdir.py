@@ -82,7 +82,14 @@ def with_stage_dirs(config, workdir: str):
   if config.latent.name != "learned":  # fixed latents: no autoencoders or cache to name
     return config
   with config.unlocked():
-    if not config.latent.video_autoencoder_workdir:
+    if config.get("finetune_video_decoder", False):
+      # MAGVIT-v2 trains in magvit2/; the run with the fine-tuned decoder is the one that
+      # encodes and decodes (its encoder is magvit2/'s).
+      if not config.video_decoder.train.init_from:
+        config.video_decoder.train.init_from = str(path(workdir, "magvit2"))
+      if not config.latent.video_autoencoder_workdir:
+        config.latent.video_autoencoder_workdir = str(path(workdir, "magvit2_decoder"))
+    elif not config.latent.video_autoencoder_workdir:
       config.latent.video_autoencoder_workdir = str(path(workdir, "magvit2"))
     if not config.latent.audio_autoencoder_workdir:
       config.latent.audio_autoencoder_workdir = str(path(workdir, "soundstream"))

@@ -4,6 +4,9 @@
 
 runs, each resumable in its own sub-directory of DIR:
   1. magvit2/       the video autoencoder   (config.video_autoencoder = magvit2_synthetic)
+     magvit2_decoder/  with `finetune_video_decoder`: its decoder fine-tuned on noisy latents,
+                   its encoder held (config.video_decoder = magvit2_synthetic:decoder); it then
+                   encodes the cache and decodes the samples
   2. soundstream/   the audio autoencoder   (config.audio_autoencoder; soundstream variants only)
   3. latent_cache/  `encode.num_clips` training clips encoded (ArrayRecord + meta.json)
   4. avdit/         AVDiT + MoNL trained on the cached latents
@@ -56,7 +59,7 @@ def _read_folder(c: ml_collections.ConfigDict) -> None:
   """All three models on the prepared folder: the autoencoders' data refer to data.raw's
   fields (one override reaches all three), each keeping its own batch size."""
   c.data.raw = folder_data(c.data.raw.batch_size)
-  for ae in (c.video_autoencoder, c.audio_autoencoder):
+  for ae in (c.video_autoencoder, c.video_decoder, c.audio_autoencoder):
     batch_size = ae.data.batch_size
     ae.data = folder_data(batch_size)
     for field in ("tfds_name", "data_dir", "train_split", "eval_split", "stride_frames"):
@@ -88,10 +91,17 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   c.job = "pipeline"
   c.job_minutes = 0.0  # > 0: the job's wall-clock budget, AVDiT trains what fits (default variant)
   c.video_autoencoder = magvit2_synthetic.get_config(variant)
+  # Stage 1b, off by default: MAGVIT-v2's decoder fine-tuned on noisy latents (its init_from, the
+  # magvit2/ run, and latent.video_autoencoder_workdir, magvit2_decoder/, filled in by the
+  # pipeline). A decoder that tolerates AVDiT's errors draws more of its discs (README).
+  c.finetune_video_decoder = False
+  c.video_decoder = magvit2_synthetic.get_config("decoder_tiny" if variant == "tiny" else "decoder")
+  c.video_decoder.model = c.video_autoencoder.model  # one network: an override reaches both
   c.audio_autoencoder = soundstream_synthetic.get_config(variant)
   c.clip = c.video_autoencoder.clip  # all three models see the same clips (32x32 by default)
   video_ae, audio_ae = c.video_autoencoder.model.kwargs, c.audio_autoencoder.model.kwargs
-  # Workdirs are filled in by the pipeline (DIR/magvit2, DIR/soundstream) unless given.
+  # Workdirs are filled in by the pipeline (DIR/magvit2 or DIR/magvit2_decoder, DIR/soundstream)
+  # unless given.
   c.latent = ml_collections.ConfigDict(dict(
       name="learned", video_autoencoder_workdir="", audio_autoencoder_workdir="",
       spatial_factor=8, temporal_factor=4, audio_hop=320,

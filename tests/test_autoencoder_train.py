@@ -129,6 +129,37 @@ def test_decoder_finetune_holds_the_encoder_and_moves_the_decoder(runs, tmp_path
     autoencoder.train(config, str(tmp_path / "none"))
 
 
+def test_decoder_stage_trains_from_magvit2_then_encodes_with_its_encoder_decodes_with_its_own(
+    runs, tmp_path):
+  """avdit_pipeline with `finetune_video_decoder`: magvit2/ (finished here, so recognised) then
+  magvit2_decoder/ fine-tuned from it; the latent space is the decoder run's: its latents are
+  magvit2/'s encoder's, its frames its own decoder's."""
+  from avdit import workdir as workdir_lib
+  from avdit.data import pipeline
+  from avdit.workflows import end_to_end
+  shutil.copytree(runs["magvit2"][1], tmp_path / "magvit2")
+  config = avdit_pipeline.get_config("tiny")
+  config.finetune_video_decoder = True
+  config = workdir_lib.with_stage_dirs(config, str(tmp_path))
+  results = end_to_end.train_autoencoders(config)
+  assert list(results) == ["video_autoencoder", "video_decoder"]
+  assert config.latent.video_autoencoder_workdir == str(tmp_path / "magvit2_decoder")
+  assert results["video_decoder"]["step"] == config.video_decoder.train.num_steps
+  layout = layout_lib.layout_from_config(config)
+  space = latent_lib.make_latent_space(config, layout)
+  source, _, _ = autoencoders.load_autoencoder(str(tmp_path / "magvit2"))
+  clips = pipeline.make_eval_clips(config.data.raw, layout, 2, seed=5)
+  latents = jax.jit(space.encode)(clips["video"], clips["audio"])
+  np.testing.assert_allclose(  # jitted here, not there: equal to float rounding
+      latents["video"], source.encode(np.asarray(clips["video"], np.float32) / 127.5 - 1),
+      atol=1e-5)
+  config.latent.video_autoencoder_workdir = str(tmp_path / "magvit2")
+  source_space = latent_lib.make_latent_space(config, layout)
+  video, _ = jax.jit(space.decode)(latents)
+  source_video, _ = jax.jit(source_space.decode)(latents)
+  assert not np.array_equal(np.asarray(video), np.asarray(source_video))  # its own decoder
+
+
 def test_noisy_latents_have_per_clip_sigma_times_each_channels_std():
   """reconstruct_noisy through an identity encoder/decoder: (out - z) / std_c is white noise of
   one σ_i per clip, σ_i ~ U(0, s): every σ_i ≤ s and E[σ_i²] = s² / 3 (closed form)."""

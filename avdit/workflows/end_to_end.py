@@ -50,27 +50,29 @@ def _cache_is_current(config) -> bool:
 
 
 def _autoencoder_stages(config) -> list[tuple[str, object, str]]:
-  """(name, config, workdir) of the autoencoders to train: MAGVIT-v2, and SoundStream unless the
-  audio latents are a fixed transform (latent.audio_transform, e.g. logmag)."""
-  stages = [("video_autoencoder", config.video_autoencoder,
-             config.latent.video_autoencoder_workdir)]
+  """(name, config, workdir) of the autoencoders to train, in order: MAGVIT-v2, its decoder
+  fine-tuned (`finetune_video_decoder`; the run that then encodes and decodes), and SoundStream
+  unless the audio latents are a fixed transform (latent.audio_transform, e.g. logmag)."""
+  if config.get("finetune_video_decoder", False):
+    stages = [("video_autoencoder", config.video_autoencoder,
+               config.video_decoder.train.init_from),
+              ("video_decoder", config.video_decoder, config.latent.video_autoencoder_workdir)]
+  else:
+    stages = [("video_autoencoder", config.video_autoencoder,
+               config.latent.video_autoencoder_workdir)]
   if config.latent.get("audio_transform", "soundstream") == "soundstream":
     stages.append(("audio_autoencoder", config.audio_autoencoder,
                    config.latent.audio_autoencoder_workdir))
   return stages
 
 
-def run(config, workdir: str) -> dict:
-  from avdit.evaluation import curve  # pylint: disable=g-import-not-at-top
-  from avdit.evaluation import suite  # pylint: disable=g-import-not-at-top
-  from avdit.sampling import generate  # pylint: disable=g-import-not-at-top
+def train_autoencoders(config) -> dict:
+  """Trains the stages `_autoencoder_stages` lists that are not finished, in order, for a config
+  with its stage directories (workdir.with_stage_dirs): {name: step, eval, num_params}, or
+  {stopped_by, stage} if one was interrupted."""
   from avdit.training import autoencoder  # pylint: disable=g-import-not-at-top
-  from avdit.training import train  # pylint: disable=g-import-not-at-top
-  started = time.monotonic()
-  config = workdir_lib.with_stage_dirs(config, workdir)
   results = {}
-  learned = config.latent.name == "learned"  # else fixed latents: stages 1-3 do not apply
-  for name, ae_config, ae_dir in _autoencoder_stages(config) if learned else ():
+  for name, ae_config, ae_dir in _autoencoder_stages(config):
     summary = autoencoder.finished_summary(ae_config, ae_dir)
     if summary is None:
       logging.info("pipeline: training the %s in %s", name, ae_dir)
@@ -80,6 +82,20 @@ def run(config, workdir: str) -> dict:
     if summary["stopped_by"]:
       return {"stopped_by": summary["stopped_by"], "stage": name}
     results[name] = {k: summary[k] for k in ("step", "eval", "num_params")}
+  return results
+
+
+def run(config, workdir: str) -> dict:
+  from avdit.evaluation import curve  # pylint: disable=g-import-not-at-top
+  from avdit.evaluation import suite  # pylint: disable=g-import-not-at-top
+  from avdit.sampling import generate  # pylint: disable=g-import-not-at-top
+  from avdit.training import train  # pylint: disable=g-import-not-at-top
+  started = time.monotonic()
+  config = workdir_lib.with_stage_dirs(config, workdir)
+  learned = config.latent.name == "learned"  # else fixed latents: stages 1-3 do not apply
+  results = train_autoencoders(config) if learned else {}
+  if "stopped_by" in results:
+    return results
   if learned and not _cache_is_current(config):
     logging.info("pipeline: encoding %d clips into %s", config.encode.num_clips,
                  config.data.cache_dir)
