@@ -96,7 +96,8 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   # pipeline). A decoder that tolerates AVDiT's errors draws more of its discs (README).
   c.finetune_video_decoder = False
   c.video_decoder = magvit2_synthetic.get_config("decoder_tiny" if variant == "tiny" else "decoder")
-  c.video_decoder.model = c.video_autoencoder.model  # one network: an override reaches both
+  # One network on one clip geometry: an override of either reaches both.
+  c.video_decoder.model, c.video_decoder.clip = c.video_autoencoder.model, c.video_autoencoder.clip
   c.audio_autoencoder = soundstream_synthetic.get_config(variant)
   c.clip = c.video_autoencoder.clip  # all three models see the same clips (32x32 by default)
   video_ae, audio_ae = c.video_autoencoder.model.kwargs, c.audio_autoencoder.model.kwargs
