@@ -161,9 +161,10 @@ def test_decoder_stage_trains_from_magvit2_then_encodes_with_its_encoder_decodes
 
 
 def test_noisy_latents_have_per_clip_sigma_times_each_channels_std():
-  """reconstruct_noisy through an identity encoder/decoder: (out - z) / std_c is white noise of
-  one σ_i per clip, σ_i ~ U(0, s): every σ_i ≤ s and E[σ_i²] = s² / 3 (closed form)."""
-  from avdit.training.autoencoder import reconstruct_noisy
+  """MAGVIT-v2's reconstruction through an identity encoder/decoder: (out - z) / std_c is white
+  noise of one σ_i per clip, σ_i ~ U(0, s): every σ_i ≤ s and E[σ_i²] = s² / 3 (closed form)."""
+  from avdit.training.autoencoder import Kind, reconstruct
+  magvit2 = Kind("magvit2", "video")
   rng = np.random.default_rng(1)
   std_c = np.array([4.0, 1.0, 0.25], np.float32)
   z = (rng.normal(size=(256, 2, 4, 4, 3)) * std_c).astype(np.float32)
@@ -172,8 +173,8 @@ def test_noisy_latents_have_per_clip_sigma_times_each_channels_std():
     encode = decode = staticmethod(lambda x: x)
     quantize = staticmethod(lambda x, bypass: (x, {}))
 
-  out, _ = reconstruct_noisy(Identity(), z, jax.random.key(0), quantize=False, latent_noise=0.5,
-                             train_encoder=False)
+  out, _ = reconstruct(magvit2, Identity(), z, train=True, quantize=False, rng=jax.random.key(0),
+                       latent_noise=0.5, train_encoder=False)
   batch_std = z.reshape(-1, 3).std(0)
   unit = (np.asarray(out) - z) / batch_std
   sigma = unit.reshape(256, -1).std(1)
@@ -183,9 +184,26 @@ def test_noisy_latents_have_per_clip_sigma_times_each_channels_std():
   per_channel = unit.reshape(256, -1, 3).std(1)
   big = sigma > 0.2
   np.testing.assert_allclose(per_channel[big] / sigma[big, None], 1.0, atol=0.35)
-  out, _ = reconstruct_noisy(Identity(), z, jax.random.key(0), quantize=False, latent_noise=0.0,
-                             train_encoder=True)
+  out, _ = reconstruct(magvit2, Identity(), z, train=False, quantize=False)
   np.testing.assert_array_equal(np.asarray(out), z)
+
+
+def test_magvit2_reconstruction_without_noise_is_the_models_own_call():
+  """The trainer's spelt-out encode -> quantize -> decode is MagvitV2.__call__, quantized or not
+  (a second code path), and the latent noise changes it."""
+  config = magvit2_synthetic.get_config("tiny")
+  kind = autoencoder.kind_of(config)
+  gen = autoencoders.build_generator(kind.name, autoencoder.model_kwargs(config),
+                                     config.model.dtype, seed=0)
+  x = jax.random.uniform(jax.random.key(1), (1, config.clip.num_frames, config.clip.height,
+                                             config.clip.width, 3), minval=-1.0, maxval=1.0)
+  for quantize in (True, False):
+    ours, _ = autoencoder.reconstruct(kind, gen, x, train=False, quantize=quantize)
+    theirs, _ = gen(x, quantize=quantize)
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), atol=1e-6)
+  noisy, _ = autoencoder.reconstruct(kind, gen, x, train=True, quantize=False,
+                                     rng=jax.random.key(2), latent_noise=0.5)
+  assert not np.allclose(np.asarray(noisy), np.asarray(theirs), atol=1e-3)
 
 
 def test_missing_perceptual_weights_file_is_a_clear_error(tmp_path):

@@ -125,22 +125,20 @@ def model_input(kind: Kind, batch) -> jax.Array:
   return jnp.asarray(batch["audio"], jnp.float32)
 
 
-def reconstruct(kind: Kind, generator, x, *, train: bool, quantize: bool, rng=None):
-  """(reconstruction with x's shape, aux of the quantizer)."""
-  if kind.name == "magvit2":
-    return generator(x, quantize=quantize)
-  return generator(x, train=train, rng=rng, quantize=quantize)
+def reconstruct(kind: Kind, generator, x, *, train: bool, quantize: bool, rng=None,
+                latent_noise: float = 0.0, train_encoder: bool = True):
+  """(reconstruction with x's shape, aux of the quantizer): training's and evaluation's one path.
 
-
-def reconstruct_noisy(generator, x, rng, *, quantize: bool, latent_noise: float,
-                      train_encoder: bool):
-  """MAGVIT-v2's training reconstruction: `generator(x)` spelt out, with the decoder fed
-  latents + σ · std_c · ε, σ ~ U(0, latent_noise) per clip and std_c each channel's standard
-  deviation in the batch (`train.latent_noise`; 0 = none): the decoder learns to map a latent a
-  little off the encoder's (as a diffusion model's samples are) to a clean clip.
-  Without `train_encoder` the encoder gets no gradient, so the latents a cache holds stay valid.
-  Measured (docs/learning_the_link.md): latents with noise of 0.3 std lose the disc in 30% of
-  frames through the plain decoder, 2% after 800 steps of this."""
+  MAGVIT-v2's is `generator(x)` spelt out, so that with `latent_noise` > 0 (`train.latent_noise`)
+  its decoder is fed latents + σ · std_c · ε, σ ~ U(0, latent_noise) per clip and std_c each
+  channel's standard deviation in the batch: the decoder learns to map a latent a little off the
+  encoder's (as a diffusion model's samples are) to a clean clip. Without `train_encoder` the
+  encoder gets no gradient, so the latents a cache holds stay valid. Measured
+  (docs/learning_the_link.md): latents with noise of 0.3 std lose the disc in 30% of frames
+  through the plain decoder, 2% after 800 steps of this.
+  """
+  if kind.name != "magvit2":
+    return generator(x, train=train, rng=rng, quantize=quantize)
   z = generator.encode(x)
   if not train_encoder:
     z = jax.lax.stop_gradient(z)
@@ -244,11 +242,8 @@ def make_train_step(config, gen_graphdef, disc_graphdef, *, state_shardings=None
     # Fresh Variables for the non-parameter state at this trace level: the quantizer updates its
     # EMA codebooks in place, which Flax allows only on Variables made in the current trace.
     gen = nnx.merge(gen_graphdef, gen_params, jax.tree.map(lambda x: x, state.gen_state))
-    if kind.name == "magvit2":
-      recon, aux = reconstruct_noisy(gen, x, rng, quantize=quantize, latent_noise=latent_noise,
-                                     train_encoder=train_encoder)
-    else:
-      recon, aux = reconstruct(kind, gen, x, train=True, quantize=quantize, rng=rng)
+    recon, aux = reconstruct(kind, gen, x, train=True, quantize=quantize, rng=rng,
+                             latent_noise=latent_noise, train_encoder=train_encoder)
     new_gen_state = nnx.split(gen, nnx.Param, ...)[2]
     terms = {}
     if kind.name == "magvit2":
