@@ -163,8 +163,7 @@ def test_decoder_stage_trains_from_magvit2_then_encodes_with_its_encoder_decodes
 def test_noisy_latents_have_per_clip_sigma_times_each_channels_std():
   """MAGVIT-v2's reconstruction through an identity encoder/decoder: (out - z) / std_c is white
   noise of one σ_i per clip, σ_i ~ U(0, s): every σ_i ≤ s and E[σ_i²] = s² / 3 (closed form)."""
-  from avdit.training.autoencoder import Kind, reconstruct
-  magvit2 = Kind("magvit2", "video")
+  magvit2 = autoencoder.Kind("magvit2", "video")
   rng = np.random.default_rng(1)
   std_c = np.array([4.0, 1.0, 0.25], np.float32)
   z = (rng.normal(size=(256, 2, 4, 4, 3)) * std_c).astype(np.float32)
@@ -173,8 +172,8 @@ def test_noisy_latents_have_per_clip_sigma_times_each_channels_std():
     encode = decode = staticmethod(lambda x: x)
     quantize = staticmethod(lambda x, bypass: (x, {}))
 
-  out, _ = reconstruct(magvit2, Identity(), z, train=True, quantize=False, rng=jax.random.key(0),
-                       latent_noise=0.5, train_encoder=False)
+  out, _ = autoencoder.reconstruct(magvit2, Identity(), z, train=True, quantize=False,
+                                   rng=jax.random.key(0), latent_noise=0.5, train_encoder=False)
   batch_std = z.reshape(-1, 3).std(0)
   unit = (np.asarray(out) - z) / batch_std
   sigma = unit.reshape(256, -1).std(1)
@@ -184,7 +183,7 @@ def test_noisy_latents_have_per_clip_sigma_times_each_channels_std():
   per_channel = unit.reshape(256, -1, 3).std(1)
   big = sigma > 0.2
   np.testing.assert_allclose(per_channel[big] / sigma[big, None], 1.0, atol=0.35)
-  out, _ = reconstruct(magvit2, Identity(), z, train=False, quantize=False)
+  out, _ = autoencoder.reconstruct(magvit2, Identity(), z, train=False, quantize=False)
   np.testing.assert_array_equal(np.asarray(out), z)
 
 
