@@ -246,6 +246,39 @@ def test_ddim_two_steps_against_numpy():
     np.testing.assert_allclose(out[name], x, rtol=1e-4, atol=1e-4)
 
 
+def linear_eps_apply(params, x, t_bmn, self_cond):
+  """ε̂ = a x + b with params (a, b): two such models combine to another of the same form."""
+  del t_bmn, self_cond
+  a, b = params
+  return {k: a * x[k] + b for k in x}
+
+
+def test_autoguidance_is_the_extrapolated_model_in_a_ddim_run():
+  """(1 + w) D_good - w D_guide: for ε̂ = a x + b the guided model is ε̂ = a' x + b' with
+  a' = (1 + w) a_good - w a_guide (b' alike); DDIM with it, in numpy, from the same x_T."""
+  batch, w = 2, 1.5
+  good, guide = (jnp.float32(0.3), jnp.float32(0.1)), (jnp.float32(0.5), jnp.float32(-0.2))
+  a, b = (1 + w) * 0.3 - w * 0.5, (1 + w) * 0.1 - w * -0.2
+  x_T = _standard_normal_latents(batch, seed=1)
+  spec = samplers.SamplerSpec(sampler="ddim", num_steps=2, self_condition=False)
+  out = samplers.sample_latents(samplers.Autoguided(linear_eps_apply, w), (good, guide),
+                                _zeros(batch), JOINT, jax.random.key(0), schedule=SCHEDULE,
+                                layout=LAYOUT, spec=spec, initial_noise=x_T)
+  ab = SCHEDULE.alpha_bar_table
+  for name in DATA:
+    x = x_T[name].astype(np.float64)
+    for t, s in ((1000, 500), (500, 0)):
+      eps = a * x + b
+      x0 = (x - np.sqrt(1 - ab[t]) * eps) / np.sqrt(ab[t])
+      x = np.sqrt(ab[s]) * x0 + np.sqrt(1 - ab[s]) * eps
+    np.testing.assert_allclose(out[name], x, rtol=1e-4, atol=1e-4)
+  # The guide weighted 0 is the model alone; equal weights make equal compiled samplers.
+  alone = samplers.Autoguided(linear_eps_apply, 0.0)(
+      (good, guide), x_T, jnp.zeros((batch, 2, N)), None)
+  np.testing.assert_allclose(alone["audio"], 0.3 * x_T["audio"] + 0.1, rtol=1e-6)
+  assert samplers.Autoguided(linear_eps_apply, w) == samplers.Autoguided(linear_eps_apply, w)
+
+
 def test_ddim_step_coefficients_against_numpy():
   """One stochastic DDIM step (η = 0.5, K = 10, step 4) from the tabulated coefficients."""
   spec = samplers.SamplerSpec(sampler="ddim", num_steps=10, eta=0.5)

@@ -7,10 +7,12 @@ import sys
 
 import av
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 
+from avdit import sharding
 from avdit.errors import UserError
 from avdit.sampling import generate
 from avdit.training import budget
@@ -203,6 +205,38 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_p
   bad_step = int(str(err.value).split("at step ")[1].split(";")[0])
   assert all(s < bad_step for s in ckpts)
   assert (f"step {ckpts[-1]}" in str(err.value)) if ckpts else "no checkpoint" in str(err.value)
+
+
+def test_autoguidance_loads_the_runs_earlier_checkpoint_as_its_guide(tiny_config, tmp_path):
+  train.train(tiny_config, str(tmp_path))  # checkpoints at steps 3 and 6
+  mesh = sharding.make_mesh(tiny_config.mesh)
+  loaded = generate.load_for_sampling(tiny_config, str(tmp_path), mesh)
+  with tiny_config.unlocked():
+    tiny_config.sample.autoguidance_weight = 2.0
+  for step in (-1, 6):  # none given, or not earlier than the sampled checkpoint
+    with tiny_config.unlocked():
+      tiny_config.sample.autoguidance_step = step
+    with pytest.raises(ValueError, match="earlier checkpoint"):
+      generate.sampling_denoiser(tiny_config, str(tmp_path), loaded, mesh)
+  with tiny_config.unlocked():
+    tiny_config.sample.autoguidance_step = 3
+  apply_fn, params = generate.sampling_denoiser(tiny_config, str(tmp_path), loaded, mesh)
+  # The guide is the run's own model at step 3, restored by the plain loader for comparison.
+  with tiny_config.unlocked():
+    tiny_config.sample.update(checkpoint_step=3, autoguidance_weight=0.0)
+  early = generate.load_for_sampling(tiny_config, str(tmp_path), mesh)
+  assert early[-1] == 3 and loaded[-1] == 6
+  layout = loaded[0]
+  rng = np.random.default_rng(0)
+  noisy = {k: jnp.asarray(rng.standard_normal(s), jnp.float32)
+           for k, s in layout.latent_shapes(2).items()}
+  t_bmn = jnp.full((2, 2, layout.num_segments), 400.0)
+  good = loaded[2](loaded[3], noisy, t_bmn, None)
+  guide = early[2](early[3], noisy, t_bmn, None)
+  guided = apply_fn(params, noisy, t_bmn, None)
+  for k in noisy:
+    assert float(jnp.abs(good[k] - guide[k]).max()) > 1e-4  # the two models differ
+    np.testing.assert_allclose(guided[k], 3.0 * good[k] - 2.0 * guide[k], rtol=1e-4, atol=1e-5)
 
 
 def test_sampling_without_checkpoint_is_a_clear_error(tiny_config, tmp_path):

@@ -46,6 +46,7 @@ def _curve_config(config, step: int):
   config = config.copy_and_resolve_references()
   with config.unlocked():
     config.sample.checkpoint_step = step
+    config.sample.autoguidance_weight = 0.0  # the curve follows the model's own weights
     config.eval.tasks = config.eval.get("curve_tasks", "a2v|v2a|av_continue")
     config.eval.num_clips = config.eval.get("curve_num_clips", config.eval.num_clips)
     config.eval.num_sample_videos = 0

@@ -399,10 +399,12 @@ def task_rng(rng: jax.Array, task: tasks_lib.Task) -> jax.Array:
   return jax.random.fold_in(rng, len(named_specs) + digest % (2**31))
 
 
-def sample_task(config, loaded, task: tasks_lib.Task, clips: dict[str, np.ndarray], mesh,
-                spec: samplers.SamplerSpec, rng) -> dict[str, np.ndarray]:
-  """Generated clips {"video": uint8 [B, ...], "audio": float32 [B, L]} for every eval clip."""
-  layout, latent_space, apply_fn, params, stats, _ = loaded
+def sample_task(config, loaded, denoiser, task: tasks_lib.Task, clips: dict[str, np.ndarray],
+                mesh, spec: samplers.SamplerSpec, rng) -> dict[str, np.ndarray]:
+  """Generated clips {"video": uint8 [B, ...], "audio": float32 [B, L]} for every eval clip,
+  sampled with `denoiser` = (apply_fn, params) (`generate.sampling_denoiser`)."""
+  layout, latent_space, _, _, stats, _ = loaded
+  apply_fn, params = denoiser
   schedule = schedule_lib.from_config(config.diffusion)
 
   def sampled_latents(batch_index, chunk):
@@ -415,6 +417,15 @@ def sample_task(config, loaded, task: tasks_lib.Task, clips: dict[str, np.ndarra
 
   return _decode_in_batches(clips, config.eval.batch_size, sampled_latents,
                             generate.make_decoder(latent_space, stats))
+
+
+def autoguidance_settings(config) -> dict:
+  """{autoguidance_weight, autoguidance_step} when the samples are autoguided, else {}."""
+  weight = float(config.sample.get("autoguidance_weight", 0.0))
+  if weight == 0:
+    return {}
+  return {"autoguidance_weight": weight,
+          "autoguidance_step": int(config.sample.get("autoguidance_step", -1))}
 
 
 def autoencode_clips(config, loaded, clips: dict[str, np.ndarray], mesh) -> dict[str, np.ndarray]:
@@ -451,6 +462,7 @@ def evaluate(config, workdir: str, *, name: str | None = None, subdir: str = "",
   mesh = sharding.make_mesh(config.mesh)
   loaded = generate.load_for_sampling(config, workdir, mesh)
   layout, step = loaded[0], loaded[-1]
+  denoiser = generate.sampling_denoiser(config, workdir, loaded, mesh)
   spec = samplers.SamplerSpec.from_config(config.sample, config.diffusion, config.model)
   task_list = tasks_lib.parse_tasks(config.eval.tasks, layout)
   task_specs = samplers.specs_by_task(config, task_list)
@@ -472,7 +484,8 @@ def evaluate(config, workdir: str, *, name: str | None = None, subdir: str = "",
   results = {"name": name or config.get("variant", ""), "checkpoint_step": step,
              "sampler": dict(dataclasses.asdict(spec),
                              guidance_by_task=samplers.parse_guidance_by_task(
-                                 config.sample.get("guidance_by_task", ""))),
+                                 config.sample.get("guidance_by_task", "")),
+                             **autoguidance_settings(config)),
              "num_clips": num_clips,
              "seed": int(config.eval.seed), "tasks": {},
              "distribution_metrics": dict(networks.status),
@@ -485,7 +498,7 @@ def evaluate(config, workdir: str, *, name: str | None = None, subdir: str = "",
   for task in task_list:
     # 3. Sample (the first batch includes the sampler's compilation).
     start = time.time()
-    generated = sample_task(config, loaded, task, clips, mesh, task_specs[task.name],
+    generated = sample_task(config, loaded, denoiser, task, clips, mesh, task_specs[task.name],
                             task_rng(rng, task))
     sampling_s = time.time() - start
     # 4. Measure.

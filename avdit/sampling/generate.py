@@ -52,6 +52,22 @@ def inference_config(config):
   return config
 
 
+def _restore(config, workdir: str, mesh, step: int):
+  """(graphdef, sampling params, latent payload, step) of a checkpoint, restored sharded over
+  `mesh` by the config's logical-axis rules (EMA or raw weights per `sample.use_ema`)."""
+  layout = layout_lib.layout_from_config(config)
+  rules = sharding.logical_axis_rules(config.mesh)
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+    graphdef, abstract = state_lib.abstract_train_state(config, layout)
+    shardings = sharding.state_shardings(abstract, mesh, rules)
+  state, payload, step = checkpointing.restore_for_sampling(
+      workdir, sharding.with_shardings(abstract, shardings), step)
+  if payload["latent_space"] != config.latent.name:
+    raise ValueError(f"checkpoint latent space {payload['latent_space']!r} != config "
+                     f"{config.latent.name!r}")
+  return graphdef, (state.ema_params if config.sample.use_ema else state.params), payload, step
+
+
 def load_for_sampling(config, workdir: str, mesh=None):
   """(layout, latent space, apply_fn, params, latent stats, checkpoint step).
 
@@ -63,20 +79,29 @@ def load_for_sampling(config, workdir: str, mesh=None):
   layout = layout_lib.layout_from_config(config)
   latent_space = latent_lib.make_latent_space(config, layout)
   mesh = sharding.make_mesh(config.mesh) if mesh is None else mesh
-  rules = sharding.logical_axis_rules(config.mesh)
-  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
-    graphdef, abstract = state_lib.abstract_train_state(config, layout)
-    shardings = sharding.state_shardings(abstract, mesh, rules)
-  state, payload, step = checkpointing.restore_for_sampling(
-      workdir, sharding.with_shardings(abstract, shardings), config.sample.checkpoint_step)
-  if payload["latent_space"] != config.latent.name:
-    raise ValueError(f"checkpoint latent space {payload['latent_space']!r} != config "
-                     f"{config.latent.name!r}")
-  params = state.ema_params if config.sample.use_ema else state.params
+  graphdef, params, payload, step = _restore(config, workdir, mesh,
+                                             config.sample.checkpoint_step)
   stats = latent_lib.stats_from_json(payload["stats"])
   apply_fn = skip_lib.apply_fn_with_skip(make_apply_fn(graphdef), config.diffusion,
                                          schedule_lib.from_config(config.diffusion), layout, stats)
   return layout, latent_space, apply_fn, params, stats, step
+
+
+def sampling_denoiser(config, workdir: str, loaded, mesh):
+  """(apply_fn, params) the tasks are sampled with: the loaded model's own, or, with
+  `sample.autoguidance_weight` w != 0, the model guided by its own EMA at the earlier
+  checkpoint `sample.autoguidance_step` (samplers.Autoguided; twice the network calls)."""
+  _, _, apply_fn, params, _, step = loaded
+  weight = float(config.sample.get("autoguidance_weight", 0.0))
+  if weight == 0:
+    return apply_fn, params
+  guide_step = int(config.sample.get("autoguidance_step", -1))
+  if not 0 <= guide_step < step:
+    raise ValueError(f"sample.autoguidance_weight={weight} needs sample.autoguidance_step, the "
+                     f"step of an earlier checkpoint of the same run (before step {step}), got "
+                     f"{guide_step}")
+  _, guide_params, _, _ = _restore(inference_config(config), workdir, mesh, guide_step)
+  return samplers.Autoguided(apply_fn, weight), (params, guide_params)
 
 
 def held_out_seed(config, seed: int) -> int:
@@ -131,7 +156,9 @@ def _run_timed(run, num_steps: int, time_compiled: bool) -> tuple[dict, dict]:
 def sample(config, workdir: str) -> list[dict]:
   """Samples every task in `config.sample.tasks`; returns the index entries written."""
   mesh = sharding.make_mesh(config.mesh)
-  layout, latent_space, apply_fn, params, stats, step = load_for_sampling(config, workdir, mesh)
+  loaded = load_for_sampling(config, workdir, mesh)
+  layout, latent_space, _, _, stats, step = loaded
+  apply_fn, params = sampling_denoiser(config, workdir, loaded, mesh)
   schedule = schedule_lib.from_config(config.diffusion)
   task_list = tasks_lib.parse_tasks(config.sample.tasks, layout)
   clips = pipeline.make_eval_clips(config.data, layout, config.sample.num_clips,

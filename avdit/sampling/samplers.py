@@ -55,6 +55,10 @@ x_t and ᾱ on generated elements), so this equals ε = (1 + w) ε_cond - w ε_u
 unconditional pass self-conditions on its own previous x̂0 on the noised elements (feeding the
 clean condition there would leak it) and on the guided x̂0 elsewhere.
 
+Autoguidance (Karras et al. 2024), any method: `Autoguided` wraps the apply_fn so that every
+network call returns (1 + w) D - w D_guide, D_guide a less trained version of the same model
+(params = the pair); avdit.sampling.generate.sampling_denoiser builds it from the config.
+
 Self-conditioning: the previous step's x̂0 (zeros at the first step) is passed as `self_cond`.
 
 Randomness: x_T ~ N(0, I) from one half of `rng` (or `initial_noise` when given); step k's
@@ -261,6 +265,31 @@ def guided_prediction(pred_cond: Latents, pred_uncond: Latents, generate_mask: L
   w = guidance_weight
   return jax.tree.map(lambda c, u, g: jnp.where(g, (1.0 + w) * c - w * u, c),
                       pred_cond, pred_uncond, generate_mask)
+
+
+@dataclasses.dataclass(frozen=True)
+class Autoguided:
+  """An apply_fn guided by a worse version of the same model (autoguidance, Karras et al. 2024,
+  "Guiding a diffusion model with a bad version of itself"): (1 + w) D_good - w D_bad.
+
+  Called with params = (good params, guide params). A weak denoiser hedges between the samples
+  it cannot tell apart (two faint discs where one belongs, a click smeared over frames); a less
+  trained guide hedges the same way, more, so stepping away from it sharpens the sample without
+  CFG's pull towards the condition. Combined on the raw outputs, as `guided_prediction`: x̂0 and
+  ε̂ are affine in them with the same coefficients for both models (same x_t and ᾱ). Frozen and
+  hashable, so the compiled sampler is cached per (apply_fn, weight) like any apply_fn.
+  """
+
+  apply_fn: ApplyFn
+  weight: float
+
+  def __call__(self, params_pair, noisy: Latents, timestep_vector_bmn: Array,
+               self_cond: Latents | None) -> Latents:
+    good_params, guide_params = params_pair
+    good = self.apply_fn(good_params, noisy, timestep_vector_bmn, self_cond)
+    guide = self.apply_fn(guide_params, noisy, timestep_vector_bmn, self_cond)
+    w = self.weight
+    return jax.tree.map(lambda g, b: (1.0 + w) * g - w * b, good, guide)
 
 
 def _mask_key(mask: np.ndarray | None, layout: layout_lib.ClipLayout, what: str
