@@ -277,6 +277,13 @@ def test_autoguidance_is_the_extrapolated_model_in_a_ddim_run():
       (good, guide), x_T, jnp.zeros((batch, 2, N)), None)
   np.testing.assert_allclose(alone["audio"], 0.3 * x_T["audio"] + 0.1, rtol=1e-6)
   assert samplers.Autoguided(linear_eps_apply, w) == samplers.Autoguided(linear_eps_apply, w)
+  # Guiding the video alone leaves the audio to the model itself.
+  video_only = samplers.Autoguided(linear_eps_apply, w, ("video",))(
+      (good, guide), x_T, jnp.zeros((batch, 2, N)), None)
+  np.testing.assert_allclose(video_only["video"], a * x_T["video"] + b, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(video_only["audio"], 0.3 * x_T["audio"] + 0.1, rtol=1e-6)
+  with pytest.raises(ValueError, match="modalities"):
+    samplers.Autoguided(linear_eps_apply, w, ("sound",))
 
 
 def test_ddim_step_coefficients_against_numpy():

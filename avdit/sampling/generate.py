@@ -100,8 +100,10 @@ def sampling_denoiser(config, workdir: str, loaded, mesh):
     raise ValueError(f"sample.autoguidance_weight={weight} needs sample.autoguidance_step, the "
                      f"step of an earlier checkpoint of the same run (before step {step}), got "
                      f"{guide_step}")
+  modalities = tuple(config.sample.get("autoguidance_modalities", "video,audio").split(","))
+  guided = samplers.Autoguided(apply_fn, weight, modalities)  # ValueError on a bad modality
   _, guide_params, _, _ = _restore(inference_config(config), workdir, mesh, guide_step)
-  return samplers.Autoguided(apply_fn, weight), (params, guide_params)
+  return guided, (params, guide_params)
 
 
 def held_out_seed(config, seed: int) -> int:

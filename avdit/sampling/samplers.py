@@ -282,6 +282,12 @@ class Autoguided:
 
   apply_fn: ApplyFn
   weight: float
+  modalities: tuple[str, ...] = layout_lib.MODALITIES  # the others keep D's own output
+
+  def __post_init__(self):
+    if not self.modalities or set(self.modalities) - set(layout_lib.MODALITIES):
+      raise ValueError(f"autoguidance modalities must be some of {layout_lib.MODALITIES}, got "
+                       f"{self.modalities}")
 
   def __call__(self, params_pair, noisy: Latents, timestep_vector_bmn: Array,
                self_cond: Latents | None) -> Latents:
@@ -289,7 +295,8 @@ class Autoguided:
     good = self.apply_fn(good_params, noisy, timestep_vector_bmn, self_cond)
     guide = self.apply_fn(guide_params, noisy, timestep_vector_bmn, self_cond)
     w = self.weight
-    return jax.tree.map(lambda g, b: (1.0 + w) * g - w * b, good, guide)
+    return {k: (1.0 + w) * good[k] - w * guide[k] if k in self.modalities else good[k]
+            for k in good}
 
 
 def _mask_key(mask: np.ndarray | None, layout: layout_lib.ClipLayout, what: str
