@@ -237,6 +237,24 @@ def test_autoguidance_loads_the_runs_earlier_checkpoint_as_its_guide(tiny_config
   for k in noisy:
     assert float(jnp.abs(good[k] - guide[k]).max()) > 1e-4  # the two models differ
     np.testing.assert_allclose(guided[k], 3.0 * good[k] - 2.0 * guide[k], rtol=1e-4, atol=1e-5)
+  # A smaller network of another run guides the video alone; its shape comes from its
+  # config.json, not from the sampled run's config.
+  small = tiny_config.copy_and_resolve_references()
+  with small.unlocked():
+    small.model.update(width=32, depth=1)
+    small.train.num_steps = 3
+  train.train(small, str(tmp_path / "small"))
+  with tiny_config.unlocked():
+    tiny_config.sample.update(checkpoint_step=-1, autoguidance_weight=0.5, autoguidance_step=-1,
+                              autoguidance_workdir=str(tmp_path / "small"),
+                              autoguidance_modalities="video")
+  apply_fn, params = generate.sampling_denoiser(tiny_config, str(tmp_path), loaded, mesh)
+  small_loaded = generate.load_for_sampling(small, str(tmp_path / "small"), mesh)
+  small_out = small_loaded[2](small_loaded[3], noisy, t_bmn, None)
+  guided = apply_fn(params, noisy, t_bmn, None)
+  np.testing.assert_allclose(guided["video"], 1.5 * good["video"] - 0.5 * small_out["video"],
+                             rtol=1e-4, atol=1e-5)
+  np.testing.assert_array_equal(guided["audio"], good["audio"])
 
 
 def test_sampling_without_checkpoint_is_a_clear_error(tiny_config, tmp_path):

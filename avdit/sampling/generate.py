@@ -89,21 +89,44 @@ def load_for_sampling(config, workdir: str, mesh=None):
 
 def sampling_denoiser(config, workdir: str, loaded, mesh):
   """(apply_fn, params) the tasks are sampled with: the loaded model's own, or, with
-  `sample.autoguidance_weight` w != 0, the model guided by its own EMA at the earlier
-  checkpoint `sample.autoguidance_step` (samplers.Autoguided; twice the network calls)."""
+  `sample.autoguidance_weight` w != 0, the model guided by a worse one (samplers.Autoguided;
+  twice the network calls): its own EMA at the earlier checkpoint `sample.autoguidance_step`,
+  or the model of another run on the same latents, `sample.autoguidance_workdir` (its latest
+  checkpoint, or `autoguidance_step`; its model config from its config.json)."""
   _, _, apply_fn, params, _, step = loaded
   weight = float(config.sample.get("autoguidance_weight", 0.0))
   if weight == 0:
     return apply_fn, params
+  guide_workdir = config.sample.get("autoguidance_workdir", "")
   guide_step = int(config.sample.get("autoguidance_step", -1))
-  if not 0 <= guide_step < step:
+  if not guide_workdir and not 0 <= guide_step < step:
     raise ValueError(f"sample.autoguidance_weight={weight} needs sample.autoguidance_step, the "
                      f"step of an earlier checkpoint of the same run (before step {step}), got "
-                     f"{guide_step}")
+                     f"{guide_step}; or another run in sample.autoguidance_workdir")
   modalities = tuple(config.sample.get("autoguidance_modalities", "video,audio").split(","))
   guided = samplers.Autoguided(apply_fn, weight, modalities)  # ValueError on a bad modality
-  _, guide_params, _, _ = _restore(inference_config(config), workdir, mesh, guide_step)
-  return guided, (params, guide_params)
+  if not guide_workdir:
+    _, guide_params, _, _ = _restore(inference_config(config), workdir, mesh, guide_step)
+    return guided, (params, guide_params)
+  guide_config = inference_config(_with_model_of(config, guide_workdir))
+  graphdef, guide_params, payload, _ = _restore(guide_config, guide_workdir, mesh, guide_step)
+  layout = layout_lib.layout_from_config(guide_config)
+  guide_apply = skip_lib.apply_fn_with_skip(
+      make_apply_fn(graphdef), guide_config.diffusion,
+      schedule_lib.from_config(guide_config.diffusion), layout,
+      latent_lib.stats_from_json(payload["stats"]))
+  return dataclasses.replace(guided, guide_apply_fn=guide_apply), (params, guide_params)
+
+
+def _with_model_of(config, run_workdir: str):
+  """`config` with the `model` fields of the run in `run_workdir` (its config.json)."""
+  saved = json.loads(workdir_lib.path(run_workdir, "config.json").read_text())["model"]
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    for name, value in saved.items():
+      current = config.model.get(name)
+      config.model[name] = tuple(value) if isinstance(current, tuple) else value
+  return config
 
 
 def held_out_seed(config, seed: int) -> int:

@@ -272,7 +272,8 @@ class Autoguided:
   """An apply_fn guided by a worse version of the same model (autoguidance, Karras et al. 2024,
   "Guiding a diffusion model with a bad version of itself"): (1 + w) D_good - w D_bad.
 
-  Called with params = (good params, guide params). A weak denoiser hedges between the samples
+  Called with params = (good params, guide params); the guide runs through `guide_apply_fn`
+  when it is another network (Karras et al.'s best guides are smaller as well as less trained). A weak denoiser hedges between the samples
   it cannot tell apart (two faint discs where one belongs, a click smeared over frames); a less
   trained guide hedges the same way, more, so stepping away from it sharpens the sample without
   CFG's pull towards the condition. Combined on the raw outputs, as `guided_prediction`: x̂0 and
@@ -283,6 +284,7 @@ class Autoguided:
   apply_fn: ApplyFn
   weight: float
   modalities: tuple[str, ...] = layout_lib.MODALITIES  # the others keep D's own output
+  guide_apply_fn: ApplyFn | None = None  # a guide of another shape (None: apply_fn's)
 
   def __post_init__(self):
     if not self.modalities or set(self.modalities) - set(layout_lib.MODALITIES):
@@ -293,7 +295,8 @@ class Autoguided:
                self_cond: Latents | None) -> Latents:
     good_params, guide_params = params_pair
     good = self.apply_fn(good_params, noisy, timestep_vector_bmn, self_cond)
-    guide = self.apply_fn(guide_params, noisy, timestep_vector_bmn, self_cond)
+    guide = (self.guide_apply_fn or self.apply_fn)(guide_params, noisy, timestep_vector_bmn,
+                                                     self_cond)
     w = self.weight
     return {k: (1.0 + w) * good[k] - w * guide[k] if k in self.modalities else good[k]
             for k in good}
