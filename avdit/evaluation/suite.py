@@ -420,12 +420,10 @@ def sample_task(config, loaded, denoiser, task: tasks_lib.Task, clips: dict[str,
 
 
 def autoguidance_settings(config) -> dict:
-  """{autoguidance_weight, autoguidance_step} when the samples are autoguided, else {}."""
-  weight = float(config.sample.get("autoguidance_weight", 0.0))
-  if weight == 0:
+  """The `sample.autoguidance_*` settings when the samples are autoguided, else {}."""
+  if float(config.sample.get("autoguidance_weight", 0.0)) == 0:
     return {}
-  return {"autoguidance_weight": weight,
-          "autoguidance_step": int(config.sample.get("autoguidance_step", -1))}
+  return {name: config.sample[name] for name in config.sample if name.startswith("autoguidance")}
 
 
 def autoencode_clips(config, loaded, clips: dict[str, np.ndarray], mesh) -> dict[str, np.ndarray]:

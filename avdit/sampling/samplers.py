@@ -273,12 +273,14 @@ class Autoguided:
   "Guiding a diffusion model with a bad version of itself"): (1 + w) D_good - w D_bad.
 
   Called with params = (good params, guide params); the guide runs through `guide_apply_fn`
-  when it is another network (Karras et al.'s best guides are smaller as well as less trained). A weak denoiser hedges between the samples
-  it cannot tell apart (two faint discs where one belongs, a click smeared over frames); a less
-  trained guide hedges the same way, more, so stepping away from it sharpens the sample without
-  CFG's pull towards the condition. Combined on the raw outputs, as `guided_prediction`: x̂0 and
-  ε̂ are affine in them with the same coefficients for both models (same x_t and ᾱ). Frozen and
-  hashable, so the compiled sampler is cached per (apply_fn, weight) like any apply_fn.
+  when it is another network (Karras et al.'s best guides are smaller as well as less trained).
+  A weak denoiser hedges between the samples it cannot tell apart (two faint discs where one
+  belongs, a click smeared over frames); a less trained guide hedges the same way, more, so
+  stepping away from it sharpens the sample without CFG's pull towards the condition. Combined
+  on the raw outputs, as `guided_prediction`: x̂0 and ε̂ are affine in them with the same
+  coefficients for both models (same x_t and ᾱ). Modalities not in `modalities` keep the
+  model's own output. Frozen and hashable, so the compiled sampler is cached per value like any
+  apply_fn.
   """
 
   apply_fn: ApplyFn
