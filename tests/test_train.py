@@ -216,10 +216,14 @@ def test_autoguidance_loads_the_runs_earlier_checkpoint_as_its_guide(tiny_config
   for step in (-1, 6):  # none given, or not earlier than the sampled checkpoint
     with tiny_config.unlocked():
       tiny_config.sample.autoguidance_step = step
-    with pytest.raises(ValueError, match="earlier checkpoint"):
+    with pytest.raises(UserError, match="earlier checkpoint"):
       generate.sampling_denoiser(tiny_config, str(tmp_path), loaded, mesh)
   with tiny_config.unlocked():
-    tiny_config.sample.autoguidance_step = 3
+    tiny_config.sample.update(autoguidance_step=3, autoguidance_modalities="vid")
+  with pytest.raises(UserError, match="autoguidance_modalities"):
+    generate.sampling_denoiser(tiny_config, str(tmp_path), loaded, mesh)
+  with tiny_config.unlocked():
+    tiny_config.sample.autoguidance_modalities = "video,audio"
   apply_fn, params = generate.sampling_denoiser(tiny_config, str(tmp_path), loaded, mesh)
   # The guide is the run's own model at step 3, restored by the plain loader for comparison.
   with tiny_config.unlocked():

@@ -24,6 +24,7 @@ from avdit import media
 from avdit import sharding
 from avdit import tasks as tasks_lib
 from avdit import workdir as workdir_lib
+from avdit.errors import UserError
 from avdit.data import pipeline
 from avdit.diffusion import schedule as schedule_lib
 from avdit.diffusion import skip as skip_lib
@@ -100,11 +101,14 @@ def sampling_denoiser(config, workdir: str, loaded, mesh):
   guide_workdir = config.sample.get("autoguidance_workdir", "")
   guide_step = int(config.sample.get("autoguidance_step", -1))
   if not guide_workdir and not 0 <= guide_step < step:
-    raise ValueError(f"sample.autoguidance_weight={weight} needs sample.autoguidance_step, the "
+    raise UserError(f"sample.autoguidance_weight={weight} needs sample.autoguidance_step, the "
                      f"step of an earlier checkpoint of the same run (before step {step}), got "
                      f"{guide_step}; or another run in sample.autoguidance_workdir")
   modalities = tuple(config.sample.get("autoguidance_modalities", "video,audio").split(","))
-  guided = samplers.Autoguided(apply_fn, weight, modalities)  # ValueError on a bad modality
+  try:
+    guided = samplers.Autoguided(apply_fn, weight, modalities)
+  except ValueError as e:
+    raise UserError(f"sample.autoguidance_modalities: {e}") from None
   if not guide_workdir:
     _, guide_params, _, _ = _restore(inference_config(config), workdir, mesh, guide_step)
     return guided, (params, guide_params)
