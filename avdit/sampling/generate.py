@@ -53,9 +53,10 @@ def inference_config(config):
   return config
 
 
-def _restore(config, workdir: str, mesh, step: int):
-  """(graphdef, sampling params, latent payload, step) of a checkpoint, restored sharded over
-  `mesh` by the config's logical-axis rules (EMA or raw weights per `sample.use_ema`)."""
+def _restore_denoiser(config, workdir: str, mesh, step: int):
+  """(apply_fn, sampling params, latent stats, step) of a checkpoint (the latest for step=-1),
+  restored sharded over `mesh` by the config's logical-axis rules (EMA or raw weights per
+  `sample.use_ema`); apply_fn carries the config's skip path."""
   layout = layout_lib.layout_from_config(config)
   rules = sharding.logical_axis_rules(config.mesh)
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
@@ -66,7 +67,10 @@ def _restore(config, workdir: str, mesh, step: int):
   if payload["latent_space"] != config.latent.name:
     raise ValueError(f"checkpoint latent space {payload['latent_space']!r} != config "
                      f"{config.latent.name!r}")
-  return graphdef, (state.ema_params if config.sample.use_ema else state.params), payload, step
+  stats = latent_lib.stats_from_json(payload["stats"])
+  apply_fn = skip_lib.apply_fn_with_skip(make_apply_fn(graphdef), config.diffusion,
+                                         schedule_lib.from_config(config.diffusion), layout, stats)
+  return apply_fn, (state.ema_params if config.sample.use_ema else state.params), stats, step
 
 
 def load_for_sampling(config, workdir: str, mesh=None):
@@ -80,11 +84,8 @@ def load_for_sampling(config, workdir: str, mesh=None):
   layout = layout_lib.layout_from_config(config)
   latent_space = latent_lib.make_latent_space(config, layout)
   mesh = sharding.make_mesh(config.mesh) if mesh is None else mesh
-  graphdef, params, payload, step = _restore(config, workdir, mesh,
-                                             config.sample.checkpoint_step)
-  stats = latent_lib.stats_from_json(payload["stats"])
-  apply_fn = skip_lib.apply_fn_with_skip(make_apply_fn(graphdef), config.diffusion,
-                                         schedule_lib.from_config(config.diffusion), layout, stats)
+  apply_fn, params, stats, step = _restore_denoiser(config, workdir, mesh,
+                                                    config.sample.checkpoint_step)
   return layout, latent_space, apply_fn, params, stats, step
 
 
@@ -102,24 +103,17 @@ def sampling_denoiser(config, workdir: str, loaded, mesh):
   guide_step = int(config.sample.get("autoguidance_step", -1))
   if not guide_workdir and not 0 <= guide_step < step:
     raise UserError(f"sample.autoguidance_weight={weight} needs sample.autoguidance_step, the "
-                     f"step of an earlier checkpoint of the same run (before step {step}), got "
-                     f"{guide_step}; or another run in sample.autoguidance_workdir")
+                    f"step of an earlier checkpoint of the same run (before step {step}), got "
+                    f"{guide_step}; or another run in sample.autoguidance_workdir")
+  guide_config = _with_model_of(config, guide_workdir) if guide_workdir else config
+  guide_apply, guide_params, _, _ = _restore_denoiser(
+      inference_config(guide_config), guide_workdir or workdir, mesh, guide_step)
   modalities = tuple(config.sample.get("autoguidance_modalities", "video,audio").split(","))
   try:
-    guided = samplers.Autoguided(apply_fn, weight, modalities)
+    guided = samplers.Autoguided(apply_fn, weight, modalities, guide_apply)
   except ValueError as e:
     raise UserError(f"sample.autoguidance_modalities: {e}") from None
-  if not guide_workdir:
-    _, guide_params, _, _ = _restore(inference_config(config), workdir, mesh, guide_step)
-    return guided, (params, guide_params)
-  guide_config = inference_config(_with_model_of(config, guide_workdir))
-  graphdef, guide_params, payload, _ = _restore(guide_config, guide_workdir, mesh, guide_step)
-  layout = layout_lib.layout_from_config(guide_config)
-  guide_apply = skip_lib.apply_fn_with_skip(
-      make_apply_fn(graphdef), guide_config.diffusion,
-      schedule_lib.from_config(guide_config.diffusion), layout,
-      latent_lib.stats_from_json(payload["stats"]))
-  return dataclasses.replace(guided, guide_apply_fn=guide_apply), (params, guide_params)
+  return guided, (params, guide_params)
 
 
 def _with_model_of(config, run_workdir: str):
