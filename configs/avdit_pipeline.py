@@ -4,9 +4,9 @@
 
 runs, each resumable in its own sub-directory of DIR:
   1. magvit2/       the video autoencoder   (config.video_autoencoder = magvit2_synthetic)
-     magvit2_decoder/  with `finetune_video_decoder`: its decoder fine-tuned on noisy latents,
-                   its encoder held (config.video_decoder = magvit2_synthetic:decoder); it then
-                   encodes the cache and decodes the samples
+     magvit2_decoder/  with `finetune_video_decoder` (on in the default): its decoder
+                   fine-tuned on noisy latents, its encoder held (config.video_decoder =
+                   magvit2_synthetic:decoder); it then encodes the cache and decodes the samples
   2. soundstream/   the audio autoencoder   (config.audio_autoencoder; soundstream variants only)
   3. latent_cache/  `encode.num_clips` training clips encoded (ArrayRecord + meta.json)
   4. avdit/         AVDiT + MoNL trained on the cached latents
@@ -36,11 +36,12 @@ from configs import soundstream_synthetic
 # The dataset `prepare --config=configs/avdit_pipeline.py:folder` writes (geometry from c.clip).
 FOLDER_DATASET = "av_folder/avdit_pipeline"
 # The main job keeps, after AVDiT's training, the time of this many training clips for its
-# samples, suite (FVD/KVD included) and learning curve (training.budget.reserve_steps): they took
-# 2570 steps' time of batch 8 on a 2-core AVX2 EPYC (14.6 min at 0.341 s a step) and 2610 on a
-# 2-core AVX-512/AMX Xeon (10.3 min at 0.237 s); 3000 steps of 8 clips leave a margin, and 2000
-# clips more pay for v2a's guided sampling (a second network pass, ~1 min in all).
-PIPELINE_RESERVE_CLIPS = 26000
+# samples, suite and learning curve (training.budget.reserve_steps). With FVD/KVD on every task
+# they took 11.0 of the 14.6 minutes that 26 000 clips were on a 2-core AVX-512 EPYC (0.135 s a
+# step of 4) and 12.0 of 14.4 on an AVX-512/AMX Xeon; I3D costs ~1 s a clip there, ~1 minute a
+# task with its real and chance rows, so FVD/KVD on a2v alone (eval.distribution_tasks) saves
+# ~5 of them. 16 000 clips (~9 minutes) keep a margin of ~3.
+PIPELINE_RESERVE_CLIPS = 16000
 VARIANTS = ("default", "tiny", "folder", "folder_tiny", "soundstream", "soundstream_tiny")
 
 
@@ -157,6 +158,12 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       # Guidance pulls v2a's tone onto the disc (-0.17 [-0.32, +0.02] px on the suite's clips,
       # -0.37 [-0.59, -0.19] on 16 others) but costs a2v 21 points of its disc count: v2a only.
       c.sample.guidance_by_task = "v2a=1"
+      # The decoder fine-tuned on noisy latents (stage 1b, ~7 min) draws the disc in 15-20 more
+      # points of the generated frames, heights unchanged, where the same minutes of AVDiT steps
+      # buy ~0.3 px of height (docs/learning_the_link.md): the minutes come from FVD/KVD, now
+      # on a2v alone (the README's row), and the reserve above.
+      c.finetune_video_decoder = True
+      c.eval.distribution_tasks = "a2v"
   if on_folder:
     _read_folder(c)
     c.variant = "folder_tiny" if variant == "tiny" else "folder"

@@ -256,6 +256,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       # dependency), a path = a converted .npz (python -m avdit.evaluation.convert_features),
       # "none" = skip. FAD's VGGish: a converted .npz; "" = skip (no package ships its weights).
       i3d_weights="packaged", vggish_weights="",
+      distribution_tasks="",  # FVD/KVD/FAD only on these tasks ("a2v|joint"); "" = every task
       # Rows printed beside the model: autoencoder round trip of the real clips, and chance
       # (another clip's elements, a constant generator); "" = none.
       baselines="autoencoder,shuffled,constant",

@@ -2,6 +2,7 @@
 import json
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -287,6 +288,20 @@ def test_tiny_experiment_trains_evaluates_compares_and_resumes(tmp_path, monkeyp
   run_config.sample.num_steps += 1
   suite.evaluate(run_config, str(tmp_path / "monl"), subdir="second", networks=networks)
   assert len(networks.video.seen) == first_calls + 1
+  # eval.distribution_tasks: FVD/KVD on the tasks named, in the model's, real and chance rows;
+  # none on the others, and nothing embedded for them.
+  run_config.eval.update(tasks="av_continue|a2v", distribution_tasks="av_continue")
+  seen_before = len(networks.video.seen)
+  only = suite.evaluate(run_config, str(tmp_path / "monl"), subdir="third", networks=networks)
+  # av_continue's rows are all in the cache already (the same samples as "second"), and a2v's
+  # real, model and chance spans would be new: nothing is embedded.
+  assert len(networks.video.seen) == seen_before
+  continued, a2v = only["tasks"]["av_continue"], only["tasks"]["a2v"]
+  assert "fvd" in continued["metrics"] and "fvd" in continued["reference"]
+  assert all("fvd" in row for row in continued["baselines"].values())
+  assert "fvd" not in a2v["metrics"] and "fvd" not in a2v["reference"]
+  assert not any("fvd" in row for row in a2v["baselines"].values())
+  assert a2v["metrics"]["subject_disc_found_fraction"] >= 0  # the oracle still scores it
 
 
 class _MeanColourNet:
@@ -401,6 +416,16 @@ def test_experiment_settings_and_overrides():
   assert cdl_config.diffusion.cdl_weight > 0 and cdl_config.diffusion.cdcd_weight == 0
   plain = experiment.setting_config(config, "monl", "monl").diffusion
   assert plain.cdl_weight == plain.cdcd_weight == 0 and plain.noise_mixture == "monl"
+
+
+def test_distribution_tasks_are_parsed_as_tasks_and_a_misspelt_one_is_refused(layout):
+  config = ml_collections.ConfigDict(dict(distribution_tasks=""))
+  assert suite.distribution_task_names(config, layout) == []  # "": every task
+  config.distribution_tasks = "a2v|joint"
+  assert suite.distribution_task_names(config, layout) == ["a2v", "joint"]
+  config.distribution_tasks = "a2v|jiont"
+  with pytest.raises(ValueError, match="jiont"):
+    suite.distribution_task_names(config, layout)
 
 
 def test_reference_clips_for_the_real_row_are_training_clips_not_the_held_out_ones():

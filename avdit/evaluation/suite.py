@@ -106,6 +106,10 @@ class FeatureNetworks:
     vggish_path = eval_config.get("vggish_weights", "")
     networks = cls(video=i3d.from_setting(i3d_setting))
     networks.status["fvd"] = networks.status["kvd"] = _i3d_status(i3d_setting, networks.video)
+    only_on = eval_config.get("distribution_tasks", "")
+    if only_on and networks.video is not None:
+      for metric in ("fvd", "kvd"):
+        networks.status[metric] += f"; only on the tasks {only_on} (eval.distribution_tasks)"
     if vggish_path:
       from avdit.evaluation import vggish  # pylint: disable=g-import-not-at-top
       networks.audio = vggish.load(vggish_path)
@@ -115,6 +119,13 @@ class FeatureNetworks:
                                 "package ships them: convert the public checkpoint with "
                                 "avdit.evaluation.convert_features)")
     return networks
+
+
+def distribution_task_names(eval_config, layout: layout_lib.ClipLayout) -> list[str]:
+  """The tasks `eval.distribution_tasks` names, checked ("" = every task: []). I3D at 224x224
+  costs ~1 s a clip on 2 CPU cores, ~1 minute a task with its real and chance rows."""
+  text = eval_config.get("distribution_tasks", "")
+  return [task.name for task in tasks_lib.parse_tasks(text, layout)] if text else []
 
 
 def _i3d_status(setting: str, model) -> str:
@@ -464,6 +475,7 @@ def evaluate(config, workdir: str, *, name: str | None = None, subdir: str = "",
   spec = samplers.SamplerSpec.from_config(config.sample, config.diffusion, config.model)
   task_list = tasks_lib.parse_tasks(config.eval.tasks, layout)
   task_specs = samplers.specs_by_task(config, task_list)
+  fvd_task_names = distribution_task_names(config.eval, layout)  # checked before sampling
   # 2. Clips.
   clips = eval_clips(config, layout)
   real = {"video": clips["video"], "audio": clips["audio"]}
@@ -494,6 +506,7 @@ def evaluate(config, workdir: str, *, name: str | None = None, subdir: str = "",
                {k: round(v, 4) for k, v in results["cross_modal_gain"].items()})
   generated_by_task = {}
   for task in task_list:
+    task_networks = networks if not fvd_task_names or task.name in fvd_task_names else None
     # 3. Sample (the first batch includes the sampler's compilation).
     start = time.time()
     generated = sample_task(config, loaded, denoiser, task, clips, mesh, task_specs[task.name],
@@ -501,16 +514,16 @@ def evaluate(config, workdir: str, *, name: str | None = None, subdir: str = "",
     sampling_s = time.time() - start
     # 4. Measure.
     start = time.time()
-    metrics, per_clip = measure_task_per_clip(real, generated, task, layout, networks,
+    metrics, per_clip = measure_task_per_clip(real, generated, task, layout, task_networks,
                                               use_oracle)
     # The real clips' row: their own oracle scores; FVD/KVD/FAD against other real clips (a
     # set against itself is 0 whatever the features), the distance a perfect model still has.
     reference = dict(measure_task(real, real, task, layout, None, use_oracle),
-                     **measure_distribution(real, other_real, task, layout, networks))
+                     **measure_distribution(real, other_real, task, layout, task_networks))
     metrics_s = time.time() - start
     start = time.time()
-    baseline_metrics = measure_baselines(real, autoencoded, baselines, task, layout, networks,
-                                         use_oracle)
+    baseline_metrics = measure_baselines(real, autoencoded, baselines, task, layout,
+                                         task_networks, use_oracle)
     baselines_s = time.time() - start
     results["tasks"][task.name] = {
         "spec": task.spec, "guidance_weight": task_specs[task.name].guidance_weight,
