@@ -76,6 +76,14 @@ def set_aside(manager, step: int) -> str:
   return str(target)
 
 
+def checkpoint_steps(workdir: str) -> list[int]:
+  """Steps of every checkpoint in `workdir`, ascending."""
+  manager = make_manager(workdir, read_only=True, async_save=False)
+  steps = sorted(manager.all_steps())
+  manager.close()
+  return steps
+
+
 def resolve_step(workdir: str, step: int = -1) -> int:
   """The checkpoint step of `workdir` to read: the latest (step=-1) or `step`, which must exist.
 
@@ -86,15 +94,13 @@ def resolve_step(workdir: str, step: int = -1) -> int:
   if not workdir_lib.path(directory).is_dir():
     raise FileNotFoundError(f"no checkpoint directory {directory}: train first "
                             f"(--mode=train or train_and_sample with --workdir={workdir})")
-  manager = make_manager(workdir, read_only=True, async_save=False)
-  steps = manager.all_steps()
-  manager.close()
+  steps = checkpoint_steps(workdir)
   if not steps:
     raise FileNotFoundError(f"no checkpoint in {directory}: train first (--mode=train)")
   if step == -1:
     return max(steps)
   if step not in steps:
-    raise FileNotFoundError(f"no checkpoint for step {step} in {directory}; have {sorted(steps)}")
+    raise FileNotFoundError(f"no checkpoint for step {step} in {directory}; have {steps}")
   return step
 
 

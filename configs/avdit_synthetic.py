@@ -227,10 +227,12 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       guidance_weight=0.0,  # classifier-free guidance "for free", w
       guidance_by_task="",  # a task's own w, e.g. "v2a=1" (the others keep guidance_weight)
       # Autoguidance (samplers.Autoguided): (1 + w) D - w D_guide, D_guide the same run's EMA at
-      # the earlier checkpoint `autoguidance_step` or another run's model on the same latents
-      # (`autoguidance_workdir`, its AVDiT directory), on the modalities named; w = 0 is off.
-      autoguidance_weight=0.0, autoguidance_step=-1, autoguidance_modalities="video,audio",
-      autoguidance_workdir="",
+      # the earlier checkpoint `autoguidance_step` (or, where that is -1, the kept checkpoint
+      # nearest `autoguidance_fraction` of the sampled step) or another run's model on the same
+      # latents (`autoguidance_workdir`, its AVDiT directory), on the modalities named; w = 0
+      # is off.
+      autoguidance_weight=0.0, autoguidance_step=-1, autoguidance_fraction=0.0,
+      autoguidance_modalities="video,audio", autoguidance_workdir="",
       method="monl",  # monl | replacement | reconstruction (the last two: baselines for vanilla)
       reconstruction_lambda=0.02,
       # Parallel sampling by Picard iteration (ParaDiGMS; avdit/sampling/parallel.py): the same

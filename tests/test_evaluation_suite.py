@@ -82,6 +82,12 @@ def test_single_model_table_and_plot(tmp_path):
   text = report.single_model_table(results)
   assert "| fvd ↓ | model | 10.000 | 30.000 | 20.000 |" in text
   assert "| fvd ↓ | real clips | 0.500 | 0.500 | 0.500 |" in text
+  assert "guidance w = 0.0." in text
+  results["sampler"].update(guidance_by_task={"v2a": 1.0}, autoguidance_weight=0.5,
+                            autoguidance_modalities="video", autoguidance_step=-1,
+                            autoguidance_workdir="", autoguidance_guide_step=3600)
+  assert ("guidance w = 0.0 (v2a: 1.0); autoguidance of the video, w = 0.5, by step 3600."
+          in report.single_model_table(results))
   path = report.plot_single_model(results, tmp_path / "m.png")
   assert path.stat().st_size > 1000
 

@@ -12,6 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from avdit import checkpointing
 from avdit import sharding
 from avdit.errors import UserError
 from avdit.sampling import generate
@@ -241,6 +242,15 @@ def test_autoguidance_loads_the_runs_earlier_checkpoint_as_its_guide(tiny_config
   for k in noisy:
     assert float(jnp.abs(good[k] - guide[k]).max()) > 1e-4  # the two models differ
     np.testing.assert_allclose(guided[k], 3.0 * good[k] - 2.0 * guide[k], rtol=1e-4, atol=1e-5)
+  # autoguidance_fraction picks the same guide here: the only earlier checkpoint, step 3.
+  with tiny_config.unlocked():
+    tiny_config.sample.update(checkpoint_step=-1, autoguidance_weight=2.0, autoguidance_step=-1,
+                              autoguidance_fraction=0.9)
+  apply_fn, params = generate.sampling_denoiser(tiny_config, str(tmp_path), loaded, mesh)
+  np.testing.assert_allclose(apply_fn(params, noisy, t_bmn, None)["video"], guided["video"],
+                             rtol=1e-6)
+  with tiny_config.unlocked():
+    tiny_config.sample.autoguidance_fraction = 0.0
   # A smaller network of another run guides the video alone; its shape comes from its
   # config.json, not from the sampled run's config.
   small = tiny_config.copy_and_resolve_references()
@@ -259,6 +269,25 @@ def test_autoguidance_loads_the_runs_earlier_checkpoint_as_its_guide(tiny_config
   np.testing.assert_allclose(guided["video"], 1.5 * good["video"] - 0.5 * small_out["video"],
                              rtol=1e-4, atol=1e-5)
   np.testing.assert_array_equal(guided["audio"], good["audio"])
+
+
+def test_autoguide_step_is_the_given_step_or_the_kept_checkpoint_nearest_the_fraction(
+    monkeypatch):
+  kept = [600, 1200, 1800, 3600, 5400, 9000, 10500]
+  monkeypatch.setattr(checkpointing, "checkpoint_steps", lambda workdir: kept)
+  sample = ml_collections.ConfigDict(dict(autoguidance_weight=0.5, autoguidance_step=-1,
+                                          autoguidance_fraction=1 / 3))
+  assert generate.autoguide_step(sample, "run", 10500) == 3600  # 3500: 3600 is nearest
+  sample.autoguidance_fraction = 0.5
+  assert generate.autoguide_step(sample, "run", 10500) == 5400  # 5250
+  assert generate.autoguide_step(sample, "run", 1800) == 600  # 900: only earlier ones count
+  sample.autoguidance_step = 1800  # a given step wins over the fraction
+  assert generate.autoguide_step(sample, "run", 10500) == 1800
+  for step, fraction, at in ((10500, 0.5, 10500), (1000, 0.0, 10500), (-1, 0.0, 10500),
+                             (-1, 0.5, 600)):
+    sample.update(autoguidance_step=step, autoguidance_fraction=fraction)
+    with pytest.raises(UserError, match="earlier checkpoint"):
+      generate.autoguide_step(sample, "run", at)
 
 
 def test_sampling_without_checkpoint_is_a_clear_error(tiny_config, tmp_path):

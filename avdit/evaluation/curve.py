@@ -34,14 +34,6 @@ BASELINE_STYLE = {"reference": ("real clips", "k", "-"),
                   "autoencoder": ("autoencoder round trip", "tab:green", "-.")}
 
 
-def checkpoint_steps(workdir: str) -> list[int]:
-  """Steps of every checkpoint in `workdir`, ascending."""
-  manager = checkpointing.make_manager(workdir, read_only=True, async_save=False)
-  steps = sorted(manager.all_steps())
-  manager.close()
-  return steps
-
-
 def _curve_config(config, step: int):
   config = config.copy_and_resolve_references()
   with config.unlocked():
@@ -60,7 +52,7 @@ def _curve_config(config, step: int):
 def evaluate_steps(config, workdir: str, steps=None) -> dict[int, dict]:
   """{step: suite results} on the curve tasks, for `steps` (default: every checkpoint)."""
   results = {}
-  for step in checkpoint_steps(workdir) if steps is None else steps:
+  for step in checkpointing.checkpoint_steps(workdir) if steps is None else steps:
     subdir = f"curve/step_{step}"
     path = workdir_lib.path(workdir, suite.EVAL_DIR, subdir, "results.json")
     if path.exists():

@@ -111,10 +111,17 @@ def _mean(values) -> float | None:
 
 
 def _guidance_text(sampler: Mapping) -> str:
-  """'0.0', or '0.0 (v2a: 1.0)' when some tasks have their own weight."""
+  """'0.0', or '0.0 (v2a: 1.0)' when some tasks have their own weight, and the autoguidance
+  when there is some ('; autoguidance of the video, w = 0.5, by step 3600')."""
   by_task = sampler.get("guidance_by_task") or {}
   extra = ", ".join(f"{name}: {weight}" for name, weight in by_task.items())
-  return f"{sampler['guidance_weight']}" + (f" ({extra})" if extra else "")
+  text = f"{sampler['guidance_weight']}" + (f" ({extra})" if extra else "")
+  if sampler.get("autoguidance_weight"):
+    guide = (sampler.get("autoguidance_workdir") or
+             f"step {sampler.get('autoguidance_guide_step', sampler.get('autoguidance_step'))}")
+    text += (f"; autoguidance of the {sampler['autoguidance_modalities'].replace(',', ' and ')}, "
+             f"w = {sampler['autoguidance_weight']}, by {guide}")
+  return text
 
 
 def single_model_table(results: Mapping) -> str:

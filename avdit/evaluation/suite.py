@@ -430,11 +430,16 @@ def sample_task(config, loaded, denoiser, task: tasks_lib.Task, clips: dict[str,
                             generate.make_decoder(latent_space, stats))
 
 
-def autoguidance_settings(config) -> dict:
-  """The `sample.autoguidance_*` settings when the samples are autoguided, else {}."""
+def autoguidance_settings(config, workdir: str, step: int) -> dict:
+  """The `sample.autoguidance_*` settings when the samples are autoguided, else {}, with the
+  step of the same run's checkpoint that guided (`autoguidance_guide_step`)."""
   if float(config.sample.get("autoguidance_weight", 0.0)) == 0:
     return {}
-  return {name: config.sample[name] for name in config.sample if name.startswith("autoguidance")}
+  settings = {name: config.sample[name] for name in config.sample
+              if name.startswith("autoguidance")}
+  if not config.sample.get("autoguidance_workdir", ""):
+    settings["autoguidance_guide_step"] = generate.autoguide_step(config.sample, workdir, step)
+  return settings
 
 
 def autoencode_clips(config, loaded, clips: dict[str, np.ndarray], mesh) -> dict[str, np.ndarray]:
@@ -495,7 +500,7 @@ def evaluate(config, workdir: str, *, name: str | None = None, subdir: str = "",
              "sampler": dict(dataclasses.asdict(spec),
                              guidance_by_task=samplers.parse_guidance_by_task(
                                  config.sample.get("guidance_by_task", "")),
-                             **autoguidance_settings(config)),
+                             **autoguidance_settings(config, workdir, step)),
              "num_clips": num_clips,
              "seed": int(config.eval.seed), "tasks": {},
              "distribution_metrics": dict(networks.status),

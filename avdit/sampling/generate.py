@@ -100,11 +100,10 @@ def sampling_denoiser(config, workdir: str, loaded, mesh):
   if weight == 0:
     return apply_fn, params
   guide_workdir = config.sample.get("autoguidance_workdir", "")
-  guide_step = int(config.sample.get("autoguidance_step", -1))
-  if not guide_workdir and not 0 <= guide_step < step:
-    raise UserError(f"sample.autoguidance_weight={weight} needs sample.autoguidance_step, the "
-                    f"step of an earlier checkpoint of the same run (before step {step}), got "
-                    f"{guide_step}; or another run in sample.autoguidance_workdir")
+  guide_step = (int(config.sample.get("autoguidance_step", -1)) if guide_workdir
+                else autoguide_step(config.sample, workdir, step))
+  logging.info("autoguidance: w = %s, the guide %s at step %s", weight,
+               guide_workdir or "this run", "latest" if guide_step == -1 else guide_step)
   guide_config = _with_model_of(config, guide_workdir) if guide_workdir else config
   guide_apply, guide_params, _, _ = _restore_denoiser(
       inference_config(guide_config), guide_workdir or workdir, mesh, guide_step)
@@ -114,6 +113,25 @@ def sampling_denoiser(config, workdir: str, loaded, mesh):
   except ValueError as e:
     raise UserError(f"sample.autoguidance_modalities: {e}") from None
   return guided, (params, guide_params)
+
+
+def autoguide_step(sample_config, workdir: str, step: int) -> int:
+  """The step of the same run's checkpoint that guides the model at `step`:
+  `autoguidance_step` where it is set (>= 0), else, with `autoguidance_fraction` f > 0, the kept
+  checkpoint before `step` nearest f * step (a third: the rule measured in
+  docs/learning_the_link.md, "Autoguidance")."""
+  guide_step = int(sample_config.get("autoguidance_step", -1))
+  fraction = float(sample_config.get("autoguidance_fraction", 0.0))
+  earlier = [s for s in checkpointing.checkpoint_steps(workdir) if s < step]
+  if guide_step < 0 and fraction > 0 and earlier:
+    guide_step = min(earlier, key=lambda s: abs(s - fraction * step))
+  if guide_step not in earlier:
+    raise UserError(
+        f"sample.autoguidance_weight={sample_config.autoguidance_weight} needs an earlier "
+        f"checkpoint of the same run as its guide: sample.autoguidance_step (one of {earlier}, "
+        f"got {guide_step}) or sample.autoguidance_fraction (> 0: the kept one nearest that "
+        f"fraction of step {step}); or another run in sample.autoguidance_workdir")
+  return guide_step
 
 
 def _with_model_of(config, run_workdir: str):
