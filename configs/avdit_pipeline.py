@@ -41,7 +41,8 @@ FOLDER_DATASET = "av_folder/avdit_pipeline"
 # step of 4) and 12.0 of 14.4 on an AVX-512/AMX Xeon; I3D costs ~1 s a clip there, ~1 minute a
 # task with its real and chance rows, so FVD/KVD on a2v alone (eval.distribution_tasks) saves
 # ~5 of them: with it the evaluation took 8.2 of the 9.5 minutes that 16 000 clips were on the
-# EPYC (0.143 s a step). 18 000 pay for the video's autoguidance (a second network, ~1 min).
+# EPYC (0.143 s a step). 18 000 leave a margin after the video's autoguidance (its second
+# network cost ~10-30 s there).
 PIPELINE_RESERVE_CLIPS = 18000
 VARIANTS = ("default", "tiny", "folder", "folder_tiny", "soundstream", "soundstream_tiny")
 
