@@ -168,7 +168,7 @@ def test_shared_level_gives_the_generated_elements_of_a_conditioned_example_one_
 def test_condition_tasks_weight_the_patterns():
   t = jnp.full((30000, 2, 5), 500, jnp.int32)
   weights = monl.parse_condition_tasks("v2a:3,continue")
-  np.testing.assert_allclose(weights, [0.0, 0.75, 0.25])
+  np.testing.assert_allclose(weights, [0.0, 0.75, 0.25, 0.0])
   _, given = monl.apply_conditioning(jax.random.key(3), t, 1.0, task_weights=weights)
   given = np.asarray(given)
   video_only = given[:, 0].all(1) & ~given[:, 1].any(1)
@@ -181,6 +181,32 @@ def test_condition_tasks_weight_the_patterns():
                              0.25 / 4, atol=0.006)
   with pytest.raises(ValueError, match="unknown condition task"):
     monl.parse_condition_tasks("t2v")
+
+
+def test_inpainting_gives_both_ends_of_both_modalities():
+  t = jnp.full((30000, 2, 5), 500, jnp.int32)
+  weights = monl.parse_condition_tasks("a2v:2,v2a:2,continue:1,inpaint:1")
+  np.testing.assert_allclose(weights, [1 / 3, 1 / 3, 1 / 6, 1 / 6])
+  _, given = monl.apply_conditioning(jax.random.key(4), t, 1.0, task_weights=weights)
+  given = np.asarray(given)
+  same = (given[:, 0] == given[:, 1]).all(1)  # not a2v or v2a
+  assert same.mean() == pytest.approx(1 / 3, abs=0.01)
+  video = given[same, 0]
+  # A continuation is one given run at the start, an inpainting one at the start and one at the
+  # end: the rises from generated to given and the ends tell them apart.
+  ends = video[:, -1]
+  rises = (np.diff(video.astype(int), axis=1) == 1).sum(1)
+  assert video[:, 0].all()  # both give the first segment
+  inpaint = ends & (rises == 1) & ~video.all(1)
+  continuation = ~ends & (rises == 0)
+  assert np.all(inpaint | continuation)
+  assert inpaint.mean() == pytest.approx(1 / 2, abs=0.02)
+  # The six (k, j) patterns with k + j <= 4 share inpainting's weight evenly.
+  patterns, counts = np.unique(video[inpaint], axis=0, return_counts=True)
+  assert len(patterns) == 6
+  np.testing.assert_allclose(counts / len(given), 1 / 36, atol=0.004)
+  with pytest.raises(ValueError, match="needs >= 3 segments"):
+    monl.condition_masks(2, weights)
 
 
 def test_loss_covers_the_generated_elements_only():

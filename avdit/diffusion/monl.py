@@ -72,21 +72,25 @@ def sample_timestep_vectors(rng, batch: int, num_modalities: int, num_segments: 
 # signal that a2v and v2a need is rare. With `rate` > 0, that fraction of examples gets the
 # sampler's exact conditioning instead: the given elements at t = 0 (x_t = x_0), left out of the
 # loss, as per-token-timestep models train their conditions (LTX-2, JavisDiT). The other
-# elements keep their MoNL levels.
-CONDITION_TASKS = ("a2v", "v2a", "continue")
+# elements keep their MoNL levels. "inpaint" gives both ends of the clip, so the generated middle
+# must also meet a given future (a continuation is only given its past).
+CONDITION_TASKS = ("a2v", "v2a", "continue", "inpaint")
+DEFAULT_CONDITION_WEIGHTS = (1.0, 1.0, 1.0, 0.0)  # "a2v,v2a,continue"
 
 
 def parse_condition_tasks(text: str) -> np.ndarray:
-  """Weights [3] over CONDITION_TASKS (normalized) from "a2v,v2a,continue" or "v2a:3,continue"."""
+  """Weights [4] over CONDITION_TASKS (normalized) from "a2v,v2a,continue" or "v2a:3,inpaint"."""
   return parse_weights(text.strip().lower(), CONDITION_TASKS, "condition task")
 
 
-def condition_masks(num_segments: int, task_weights=(1.0, 1.0, 1.0)
+def condition_masks(num_segments: int, task_weights=DEFAULT_CONDITION_WEIGHTS
                     ) -> tuple[np.ndarray, np.ndarray]:
-  """(given bool [K, M, N], probability [K]): audio given (a2v), video given (v2a), and the first
-  k of N segments of both given (continuation, k = 1..N-1, sharing its weight), weighted by
-  `task_weights` over CONDITION_TASKS (a third each by default)."""
-  a2v_weight, v2a_weight, continue_weight = np.asarray(task_weights, np.float64)
+  """(given bool [K, M, N], probability [K]): audio given (a2v), video given (v2a), the first
+  k of N segments of both given (continuation, k = 1..N-1), and the first k and last j of both
+  given (inpainting, k, j >= 1, k + j <= N-1); a continuation's or an inpainting's patterns share
+  its weight evenly. `task_weights` over CONDITION_TASKS (a2v, v2a, continue a third each by
+  default)."""
+  a2v_weight, v2a_weight, continue_weight, inpaint_weight = np.asarray(task_weights, np.float64)
   masks, weights = [], []
   a2v = np.zeros((2, num_segments), bool)
   a2v[layout_lib.AUDIO] = True
@@ -97,13 +101,22 @@ def condition_masks(num_segments: int, task_weights=(1.0, 1.0, 1.0)
     cont[:, :k] = True
     masks.append(cont)
     weights.append(continue_weight / (num_segments - 1))
+  ends = [(k, j) for k in range(1, num_segments) for j in range(1, num_segments - k)]
+  if inpaint_weight > 0 and not ends:
+    raise ValueError(f"inpainting needs >= 3 segments (a given start, a generated middle and a "
+                     f"given end), the clip has {num_segments}")
+  for k, j in ends:  # appended last: without inpainting, the draws of the other tasks are kept
+    inpaint = np.zeros((2, num_segments), bool)
+    inpaint[:, :k] = inpaint[:, num_segments - j:] = True
+    masks.append(inpaint)
+    weights.append(inpaint_weight / len(ends))
   weights = np.asarray(weights) / np.sum(weights)
   return np.stack(masks), weights
 
 
 def apply_conditioning(rng, timestep_vector_bmn: jnp.ndarray, rate: float,
                        shared_level: bool = False, num_timesteps: int = 1000,
-                       task_weights=(1.0, 1.0, 1.0)):
+                       task_weights=DEFAULT_CONDITION_WEIGHTS):
   """(timestep vector with the given elements at 0, given bool [B, M, N]).
 
   `task_weights` over CONDITION_TASKS (condition_masks). `shared_level`: the generated
