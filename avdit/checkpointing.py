@@ -7,8 +7,8 @@ One `CheckpointManager` under `<workdir>/checkpoints`, items:
             AVDiT: `latent` (per-channel latent normalization + space);
             the autoencoders: `model` (kind and constructor arguments)
 Saves are asynchronous, the newest `keep` are kept, and a save is forced on a preemption signal
-(the loop of avdit/training/loop.py). Restoring for sampling reads `state` and `latent` only;
-initializing a new run from another's checkpoint (fine-tuning, train.init_from) reads the
+(the loop of avdit/training/loop.py). Restoring for sampling reads `latent` and the EMA (or raw)
+parameters of `state` only; initializing a new run from another's checkpoint (fine-tuning, train.init_from) reads the
 `params` and `ema_params` of `state`, checked first against the shapes in its metadata.
 """
 from __future__ import annotations
@@ -104,15 +104,14 @@ def resolve_step(workdir: str, step: int = -1) -> int:
   return step
 
 
-def restore_for_sampling(workdir: str, abstract_state, step: int = -1):
-  """(state, latent_payload, step) from the latest (step=-1) or a given checkpoint."""
+def restore_for_sampling(workdir: str, abstract_params, step: int = -1, ema: bool = True):
+  """(params, latent_payload, step) from the latest (step=-1) or a given checkpoint: the EMA
+  (`ema`) or the raw parameters onto `abstract_params`' shardings; the optimizer's moments
+  (twice the parameters) are not read."""
   step = resolve_step(workdir, step)
-  manager = make_manager(workdir, read_only=True, async_save=False)
-  restored = manager.restore(
-      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                    latent=ocp.args.JsonRestore()))
-  manager.close()
-  return restored["state"], restored["latent"], step
+  name = "ema_params" if ema else "params"
+  params = restore_subtrees(workdir, step, {name: abstract_params})[name]
+  return params, read_payload(workdir, step, "latent"), step
 
 
 # --- Initializing a new run from another run's checkpoint (fine-tuning) ---------------------------

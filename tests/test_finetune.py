@@ -26,9 +26,23 @@ def source_run(tmp_path_factory):
   train.train(config, workdir)
   layout = layout_lib.layout_from_config(config)
   abstract = state_lib.abstract_train_state(config, layout)[1]
-  saved, _, step = checkpointing.restore_for_sampling(workdir, abstract)
-  assert step == SOURCE_STEPS
+  fields = ("step", "params", "opt_state", "ema_params")
+  saved = abstract.replace(**checkpointing.restore_subtrees(
+      workdir, SOURCE_STEPS, {name: getattr(abstract, name) for name in fields}))
   return workdir, saved
+
+
+def test_sampling_restores_the_ema_or_the_raw_parameters_alone(source_run):
+  from configs import avdit_synthetic
+  from avdit.models import avdit as avdit_model
+  workdir, saved = source_run
+  config = avdit_synthetic.get_config("tiny")
+  abstract = avdit_model.abstract_params(config.model, layout_lib.layout_from_config(config))[1]
+  for ema, expected in ((True, saved.ema_params), (False, saved.params)):
+    params, payload, step = checkpointing.restore_for_sampling(workdir, abstract, ema=ema)
+    assert step == SOURCE_STEPS and payload["latent_space"] == config.latent.name
+    for a, b in zip(_leaves(params), _leaves(expected), strict=True):
+      np.testing.assert_array_equal(a, b)
 
 
 def test_init_from_takes_params_and_ema_with_a_fresh_optimizer_at_step_0(source_run,

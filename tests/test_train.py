@@ -225,7 +225,8 @@ def test_autoguidance_loads_the_runs_earlier_checkpoint_as_its_guide(tiny_config
     generate.sampling_denoiser(tiny_config, str(tmp_path), loaded, mesh)
   with tiny_config.unlocked():
     tiny_config.sample.autoguidance_modalities = "video,audio"
-  apply_fn, params = generate.sampling_denoiser(tiny_config, str(tmp_path), loaded, mesh)
+  apply_fn, params, settings = generate.sampling_denoiser(tiny_config, str(tmp_path), loaded, mesh)
+  assert settings["autoguidance_guide_step"] == 3 and settings["autoguidance_weight"] == 2.0
   # The guide is the run's own model at step 3, restored by the plain loader for comparison.
   with tiny_config.unlocked():
     tiny_config.sample.update(checkpoint_step=3, autoguidance_weight=0.0)
@@ -246,9 +247,10 @@ def test_autoguidance_loads_the_runs_earlier_checkpoint_as_its_guide(tiny_config
   with tiny_config.unlocked():
     tiny_config.sample.update(checkpoint_step=-1, autoguidance_weight=2.0, autoguidance_step=-1,
                               autoguidance_fraction=0.9)
-  apply_fn, params = generate.sampling_denoiser(tiny_config, str(tmp_path), loaded, mesh)
+  apply_fn, params, settings = generate.sampling_denoiser(tiny_config, str(tmp_path), loaded, mesh)
   np.testing.assert_allclose(apply_fn(params, noisy, t_bmn, None)["video"], guided["video"],
                              rtol=1e-6)
+  assert settings["autoguidance_guide_step"] == 3
   with tiny_config.unlocked():
     tiny_config.sample.autoguidance_fraction = 0.0
   # A smaller network of another run guides the video alone; its shape comes from its
@@ -262,7 +264,8 @@ def test_autoguidance_loads_the_runs_earlier_checkpoint_as_its_guide(tiny_config
     tiny_config.sample.update(checkpoint_step=-1, autoguidance_weight=0.5, autoguidance_step=-1,
                               autoguidance_workdir=str(tmp_path / "small"),
                               autoguidance_modalities="video")
-  apply_fn, params = generate.sampling_denoiser(tiny_config, str(tmp_path), loaded, mesh)
+  apply_fn, params, settings = generate.sampling_denoiser(tiny_config, str(tmp_path), loaded, mesh)
+  assert "autoguidance_guide_step" not in settings  # another run's: its latest checkpoint
   small_loaded = generate.load_for_sampling(small, str(tmp_path / "small"), mesh)
   small_out = small_loaded[2](small_loaded[3], noisy, t_bmn, None)
   guided = apply_fn(params, noisy, t_bmn, None)

@@ -413,9 +413,9 @@ def task_rng(rng: jax.Array, task: tasks_lib.Task) -> jax.Array:
 def sample_task(config, loaded, denoiser, task: tasks_lib.Task, clips: dict[str, np.ndarray],
                 mesh, spec: samplers.SamplerSpec, rng) -> dict[str, np.ndarray]:
   """Generated clips {"video": uint8 [B, ...], "audio": float32 [B, L]} for every eval clip,
-  sampled with `denoiser` = (apply_fn, params) (`generate.sampling_denoiser`)."""
+  sampled with `denoiser` (`generate.sampling_denoiser`)."""
   layout, latent_space, _, _, stats, _ = loaded
-  apply_fn, params = denoiser
+  apply_fn, params, _ = denoiser
   schedule = schedule_lib.from_config(config.diffusion)
 
   def sampled_latents(batch_index, chunk):
@@ -428,18 +428,6 @@ def sample_task(config, loaded, denoiser, task: tasks_lib.Task, clips: dict[str,
 
   return _decode_in_batches(clips, config.eval.batch_size, sampled_latents,
                             generate.make_decoder(latent_space, stats))
-
-
-def autoguidance_settings(config, workdir: str, step: int) -> dict:
-  """The `sample.autoguidance_*` settings when the samples are autoguided, else {}, with the
-  step of the same run's checkpoint that guided (`autoguidance_guide_step`)."""
-  if float(config.sample.get("autoguidance_weight", 0.0)) == 0:
-    return {}
-  settings = {name: config.sample[name] for name in config.sample
-              if name.startswith("autoguidance")}
-  if not config.sample.get("autoguidance_workdir", ""):
-    settings["autoguidance_guide_step"] = generate.autoguide_step(config.sample, workdir, step)
-  return settings
 
 
 def autoencode_clips(config, loaded, clips: dict[str, np.ndarray], mesh) -> dict[str, np.ndarray]:
@@ -500,7 +488,7 @@ def evaluate(config, workdir: str, *, name: str | None = None, subdir: str = "",
              "sampler": dict(dataclasses.asdict(spec),
                              guidance_by_task=samplers.parse_guidance_by_task(
                                  config.sample.get("guidance_by_task", "")),
-                             **autoguidance_settings(config, workdir, step)),
+                             **denoiser.settings),
              "num_clips": num_clips,
              "seed": int(config.eval.seed), "tasks": {},
              "distribution_metrics": dict(networks.status),

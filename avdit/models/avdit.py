@@ -361,6 +361,23 @@ class AVDiT(nnx.Module):
     return {"video": video_bnhwc.astype(jnp.float32), "audio": audio_blc.astype(jnp.float32)}
 
 
+def build(model_config, layout: ClipLayout, seed: int) -> AVDiT:
+  return AVDiT(model_config, layout, rngs=nnx.Rngs(seed))
+
+
+def split_params(model: AVDiT):
+  """(graphdef, params); AVDiT holds nothing but nnx.Param, which the train state carries."""
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  if jax.tree_util.tree_leaves(rest):
+    raise ValueError("AVDiT has non-Param state; the train state would drop it")
+  return graphdef, params
+
+
+def abstract_params(model_config, layout: ClipLayout):
+  """(graphdef, params of ShapeDtypeStructs) without allocating them (restoring, compiling)."""
+  return split_params(nnx.eval_shape(lambda: build(model_config, layout, 0)))
+
+
 def flops_per_example(model_config, layout: ClipLayout) -> dict[str, int]:
   """Analytic forward-pass matmul FLOPs (2·MACs) of one example, by term, plus "total".
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from typing import Any, Callable, NamedTuple
 
 import jax
 from absl import logging
@@ -28,10 +29,10 @@ from avdit.errors import UserError
 from avdit.data import pipeline
 from avdit.diffusion import schedule as schedule_lib
 from avdit.diffusion import skip as skip_lib
+from avdit.models import avdit as avdit_model
 from avdit.models import latent_space as latent_lib
 from avdit.sampling import parallel as parallel_lib
 from avdit.sampling import samplers
-from avdit.training import state as state_lib
 
 
 def make_apply_fn(graphdef):
@@ -60,17 +61,17 @@ def _restore_denoiser(config, workdir: str, mesh, step: int):
   layout = layout_lib.layout_from_config(config)
   rules = sharding.logical_axis_rules(config.mesh)
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
-    graphdef, abstract = state_lib.abstract_train_state(config, layout)
+    graphdef, abstract = avdit_model.abstract_params(config.model, layout)
     shardings = sharding.state_shardings(abstract, mesh, rules)
-  state, payload, step = checkpointing.restore_for_sampling(
-      workdir, sharding.with_shardings(abstract, shardings), step)
+  params, payload, step = checkpointing.restore_for_sampling(
+      workdir, sharding.with_shardings(abstract, shardings), step, ema=config.sample.use_ema)
   if payload["latent_space"] != config.latent.name:
     raise ValueError(f"checkpoint latent space {payload['latent_space']!r} != config "
                      f"{config.latent.name!r}")
   stats = latent_lib.stats_from_json(payload["stats"])
   apply_fn = skip_lib.apply_fn_with_skip(make_apply_fn(graphdef), config.diffusion,
                                          schedule_lib.from_config(config.diffusion), layout, stats)
-  return apply_fn, (state.ema_params if config.sample.use_ema else state.params), stats, step
+  return apply_fn, params, stats, step
 
 
 def load_for_sampling(config, workdir: str, mesh=None):
@@ -89,19 +90,32 @@ def load_for_sampling(config, workdir: str, mesh=None):
   return layout, latent_space, apply_fn, params, stats, step
 
 
-def sampling_denoiser(config, workdir: str, loaded, mesh):
-  """(apply_fn, params) the tasks are sampled with: the loaded model's own, or, with
-  `sample.autoguidance_weight` w != 0, the model guided by a worse one (samplers.Autoguided;
-  twice the network calls): its own EMA at the earlier checkpoint `sample.autoguidance_step`,
-  or the model of another run on the same latents, `sample.autoguidance_workdir` (its latest
-  checkpoint, or `autoguidance_step`; its model config from its config.json)."""
+class Denoiser(NamedTuple):
+  """What the tasks are sampled with: `apply_fn(params, noisy, t_bmn, self_cond)`, and
+  `settings`, the `sample.autoguidance_*` fields with the step of this run's checkpoint that
+  guided (`autoguidance_guide_step`) when autoguided, else {} (recorded with the results)."""
+  apply_fn: Callable
+  params: Any
+  settings: dict
+
+
+def sampling_denoiser(config, workdir: str, loaded, mesh) -> Denoiser:
+  """The loaded model's own denoiser, or, with `sample.autoguidance_weight` w != 0, the model
+  guided by a worse one (samplers.Autoguided; twice the network calls): its own EMA at the
+  earlier checkpoint `autoguide_step`, or the model of another run on the same latents,
+  `sample.autoguidance_workdir` (its latest checkpoint, or `autoguidance_step`; its model config
+  from its config.json)."""
   _, _, apply_fn, params, _, step = loaded
   weight = float(config.sample.get("autoguidance_weight", 0.0))
   if weight == 0:
-    return apply_fn, params
+    return Denoiser(apply_fn, params, {})
+  settings = {name: config.sample[name] for name in config.sample
+              if name.startswith("autoguidance")}
   guide_workdir = config.sample.get("autoguidance_workdir", "")
-  guide_step = (int(config.sample.get("autoguidance_step", -1)) if guide_workdir
-                else autoguide_step(config.sample, workdir, step))
+  if guide_workdir:
+    guide_step = int(config.sample.get("autoguidance_step", -1))
+  else:
+    guide_step = settings["autoguidance_guide_step"] = autoguide_step(config.sample, workdir, step)
   logging.info("autoguidance: w = %s, the guide %s at step %s", weight,
                guide_workdir or "this run", "latest" if guide_step == -1 else guide_step)
   guide_config = _with_model_of(config, guide_workdir) if guide_workdir else config
@@ -112,7 +126,7 @@ def sampling_denoiser(config, workdir: str, loaded, mesh):
     guided = samplers.Autoguided(apply_fn, weight, modalities, guide_apply)
   except ValueError as e:
     raise UserError(f"sample.autoguidance_modalities: {e}") from None
-  return guided, (params, guide_params)
+  return Denoiser(guided, (params, guide_params), settings)
 
 
 def autoguide_step(sample_config, workdir: str, step: int) -> int:
@@ -199,7 +213,7 @@ def sample(config, workdir: str) -> list[dict]:
   mesh = sharding.make_mesh(config.mesh)
   loaded = load_for_sampling(config, workdir, mesh)
   layout, latent_space, _, _, stats, step = loaded
-  apply_fn, params = sampling_denoiser(config, workdir, loaded, mesh)
+  apply_fn, params, _ = sampling_denoiser(config, workdir, loaded, mesh)
   schedule = schedule_lib.from_config(config.diffusion)
   task_list = tasks_lib.parse_tasks(config.sample.tasks, layout)
   clips = pipeline.make_eval_clips(config.data, layout, config.sample.num_clips,

@@ -36,18 +36,6 @@ class TrainState:
   ema_params: Any
 
 
-def build_model(config, layout: layout_lib.ClipLayout, seed: int) -> avdit_model.AVDiT:
-  return avdit_model.AVDiT(config.model, layout, rngs=nnx.Rngs(seed))
-
-
-def split_model(model):
-  """(graphdef, params); AVDiT holds nothing but nnx.Param, which the train state carries."""
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  if jax.tree_util.tree_leaves(rest):
-    raise ValueError("AVDiT has non-Param state; the train state would drop it")
-  return graphdef, params
-
-
 def learning_rate_schedule(train_config, peak_value: float | None = None) -> optax.Schedule:
   """Linear warm-up over `train.warmup_steps` to `peak_value` (by default
   `train.learning_rate`), then to peak x `train.end_learning_rate_factor` at `train.num_steps`:
@@ -83,7 +71,8 @@ def make_optimizer(train_config) -> optax.GradientTransformation:
 
 def create_train_state(config, layout):
   """(graphdef, TrainState) with freshly initialized parameters."""
-  graphdef, params = split_model(build_model(config, layout, config.seed))
+  model = avdit_model.build(config.model, layout, config.seed)
+  graphdef, params = avdit_model.split_params(model)
   opt_state = make_optimizer(config.train).init(params)
   ema = jax.tree_util.tree_map(jnp.copy, params)
   return graphdef, TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
