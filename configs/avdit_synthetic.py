@@ -132,14 +132,15 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       # strategy, a comma list (uniform), or weighted "pt:2,pm:1,ptm:1".
       noise_mixture="monl",
       self_condition_rate=0.9,
-      # Fraction of examples trained with a task's exact condition (a2v, v2a or a continuation:
-      # the given elements at t = 0, out of the loss) on top of MoNL (avdit/diffusion/monl.py).
+      # Fraction of examples trained with a task's exact condition (a2v, v2a, a continuation or
+      # an inpainting: the given elements at t = 0, out of the loss) on top of MoNL
+      # (avdit/diffusion/monl.py).
       condition_rate=0.0,
       # The generated elements of a conditioned example share one level (as the sampler runs
       # a2v, v2a or a continuation) instead of keeping their MoNL levels.
       condition_shared_level=False,
       # Weights of the conditioned task patterns (monl.CONDITION_TASKS), e.g.
-      # "a2v:2,v2a:2,continue:1", or "v2a" for a video-to-audio model.
+      # "a2v:2,v2a:2,continue:1,inpaint:1", or "v2a" for a video-to-audio model.
       condition_tasks="a2v,v2a,continue",
       # Contrastive terms (SPEC §7), off at weight 0; each costs extra denoiser passes per step.
       # CDL (avdit/diffusion/cdl.py): 2 x cdl_logsnr_samples passes; ζ ~ U[cdl_zeta_range].
