@@ -8,8 +8,9 @@ One `CheckpointManager` under `<workdir>/checkpoints`, items:
             the autoencoders: `model` (kind and constructor arguments)
 Saves are asynchronous, the newest `keep` are kept, and a save is forced on a preemption signal
 (the loop of avdit/training/loop.py). Restoring for sampling reads `latent` and the EMA (or raw)
-parameters of `state` only; initializing a new run from another's checkpoint (fine-tuning, train.init_from) reads the
-`params` and `ema_params` of `state`, checked first against the shapes in its metadata.
+parameters of `state` only; initializing a new run from another's checkpoint (fine-tuning,
+train.init_from) reads the `params` and `ema_params` of `state`, checked first against the
+shapes in its metadata.
 """
 from __future__ import annotations
 

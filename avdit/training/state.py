@@ -18,7 +18,6 @@ import numpy as np
 import optax
 from flax import nnx
 
-from avdit import layout as layout_lib
 from avdit import sharding
 from avdit.diffusion import loss as loss_lib
 from avdit.diffusion import monl
