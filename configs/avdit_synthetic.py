@@ -142,6 +142,9 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       # Weights of the conditioned task patterns (monl.CONDITION_TASKS), e.g.
       # "a2v:2,v2a:2,continue:1,inpaint:1", or "v2a" for a video-to-audio model.
       condition_tasks="a2v,v2a,continue",
+      # The same weights for the steps of the learning rate's linear decay (train.decay_fraction
+      # > 0), where set: "" keeps condition_tasks to the end.
+      decay_condition_tasks="",
       # Contrastive terms (SPEC §7), off at weight 0; each costs extra denoiser passes per step.
       # CDL (avdit/diffusion/cdl.py): 2 x cdl_logsnr_samples passes; ζ ~ U[cdl_zeta_range].
       # cdl_logsnr_max: the top of the log-SNR integral (the schedule's t = 1 is λ = 9.2; above

@@ -209,6 +209,26 @@ def test_inpainting_gives_both_ends_of_both_modalities():
     monl.condition_masks(2, weights)
 
 
+def test_task_weights_may_be_traced_and_draw_as_given():
+  t = jnp.full((20000, 2, 5), 500, jnp.int32)
+  before, after = monl.parse_condition_tasks("a2v"), monl.parse_condition_tasks("inpaint")
+
+  @jax.jit
+  def draw(step):  # the train step's pattern: the weights change at step 10
+    weights = jnp.where(step >= 10, after, before)
+    return monl.apply_conditioning(jax.random.key(5), t, 1.0, task_weights=weights)[1]
+
+  early, late = np.asarray(draw(9)), np.asarray(draw(10))
+  # a2v: the audio alone given, every example.
+  assert np.all(early[:, 1].all(1) & ~early[:, 0].any(1))
+  # Inpainting: both modalities, the first segment and the last given, the middle generated.
+  assert np.all((late[:, 0] == late[:, 1]).all(1))
+  assert np.all(late[:, 0, 0] & late[:, 0, -1] & ~late[:, 0, 1:-1].all(1))
+  # The concrete weights draw exactly what the traced ones do.
+  np.testing.assert_array_equal(
+      late, monl.apply_conditioning(jax.random.key(5), t, 1.0, task_weights=after)[1])
+
+
 def test_loss_covers_the_generated_elements_only():
   rng = np.random.default_rng(5)
   x0 = {"video": jnp.asarray(rng.normal(size=(16, 3, 2, 2, 3)), jnp.float32),

@@ -15,6 +15,8 @@ from configs import avdit_fixed_latents
 
 def test_fixed_latent_job_runs_every_stage(tmp_path):
   config = avdit_fixed_latents.get_config("tiny")
+  with config.unlocked():  # guided by its own checkpoint at step 2 (half of 4)
+    config.sample.update(autoguidance_weight=0.5, autoguidance_fraction=0.5)
   results = end_to_end.run(config, str(tmp_path))
   assert results["avdit"]["step"] == 4
   assert sorted(p.name for p in tmp_path.iterdir()) == ["avdit"]  # no autoencoders, no cache
@@ -28,6 +30,10 @@ def test_fixed_latent_job_runs_every_stage(tmp_path):
     assert sum(1 for _ in container.decode(video=0)) == config.clip.num_frames
     assert container.streams.audio[0].sample_rate == config.clip.sample_rate
   evaluated = json.loads((model_dir / "eval" / "results.json").read_text())
+  # The samples and the scores say which model guided them.
+  summary = json.loads((samples / "summary.json").read_text())
+  assert summary["denoiser"]["autoguidance_guide_step"] == 2
+  assert evaluated["sampler"]["autoguidance_guide_step"] == 2
   gain = evaluated["cross_modal_gain"]
   assert set(gain) >= {"video", "audio", "video_t500", "audio_t800"}
   a2v = evaluated["tasks"]["a2v"]

@@ -99,6 +99,27 @@ def test_warmup_stable_decay_schedule_closed_form():
   assert float(lr(100)) == pytest.approx(1e-3) and float(lr(10**6)) == pytest.approx(1e-3)
 
 
+def test_decay_condition_tasks_weight_the_steps_of_the_decay():
+  config = ml_collections.ConfigDict(dict(
+      diffusion=dict(condition_tasks="a2v,v2a,continue", decay_condition_tasks="inpaint"),
+      train=dict(num_steps=100, warmup_steps=10, decay_fraction=0.2, decay_start=0)))
+  at = state_lib.condition_weights_at(config, num_segments=5)
+  thirds, inpaint = [1 / 3, 1 / 3, 1 / 3, 0.0], [0.0, 0.0, 0.0, 1.0]
+  np.testing.assert_allclose(at(jnp.int32(79)), thirds)  # the decay starts at 100 - 20
+  np.testing.assert_allclose(at(jnp.int32(80)), inpaint)
+  config.train.decay_start = budget.HOLD  # a clock that has not started the decay: held
+  np.testing.assert_allclose(state_lib.condition_weights_at(config, 5)(jnp.int32(10**6)), thirds)
+  config.train.decay_start = 60
+  np.testing.assert_allclose(state_lib.condition_weights_at(config, 5)(jnp.int32(60)), inpaint)
+  with pytest.raises(ValueError, match="needs >= 3 segments"):  # checked before any step
+    state_lib.condition_weights_at(config, num_segments=2)
+  config.train.decay_fraction = 0.0  # a cosine schedule has no decay phase to weight
+  with pytest.raises(ValueError, match="decay_fraction > 0"):
+    state_lib.condition_weights_at(config, num_segments=5)
+  config.diffusion.decay_condition_tasks = ""  # unset: condition_tasks to the end
+  np.testing.assert_allclose(state_lib.condition_weights_at(config, 5)(jnp.int32(10**6)), thirds)
+
+
 def _clock_config():
   return ml_collections.ConfigDict(dict(checkpoint_every=300, decay_fraction=0.2))
 

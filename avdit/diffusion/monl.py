@@ -90,28 +90,41 @@ def condition_masks(num_segments: int, task_weights=DEFAULT_CONDITION_WEIGHTS
   given (inpainting, k, j >= 1, k + j <= N-1); a continuation's or an inpainting's patterns share
   its weight evenly. `task_weights` over CONDITION_TASKS (a2v, v2a, continue a third each by
   default)."""
-  a2v_weight, v2a_weight, continue_weight, inpaint_weight = np.asarray(task_weights, np.float64)
-  masks, weights = [], []
+  masks, task_of_pattern = condition_patterns(num_segments)
+  inpaint = CONDITION_TASKS.index("inpaint")
+  if np.asarray(task_weights)[inpaint] > 0 and not np.any(task_of_pattern == inpaint):
+    raise ValueError(f"inpainting needs >= 3 segments (a given start, a generated middle and a "
+                     f"given end), the clip has {num_segments}")
+  return masks, np.asarray(pattern_probabilities(task_weights, task_of_pattern))
+
+
+def condition_patterns(num_segments: int) -> tuple[np.ndarray, np.ndarray]:
+  """(given bool [K, M, N], the CONDITION_TASKS index of each pattern [K]) (condition_masks)."""
+  masks, tasks = [], []
   a2v = np.zeros((2, num_segments), bool)
   a2v[layout_lib.AUDIO] = True
   masks += [a2v, a2v[::-1].copy()]  # a2v, then v2a (video given)
-  weights += [a2v_weight, v2a_weight]
+  tasks += [CONDITION_TASKS.index("a2v"), CONDITION_TASKS.index("v2a")]
   for k in range(1, num_segments):
     cont = np.zeros((2, num_segments), bool)
     cont[:, :k] = True
     masks.append(cont)
-    weights.append(continue_weight / (num_segments - 1))
-  ends = [(k, j) for k in range(1, num_segments) for j in range(1, num_segments - k)]
-  if inpaint_weight > 0 and not ends:
-    raise ValueError(f"inpainting needs >= 3 segments (a given start, a generated middle and a "
-                     f"given end), the clip has {num_segments}")
-  for k, j in ends:  # appended last: without inpainting, the draws of the other tasks are kept
+    tasks.append(CONDITION_TASKS.index("continue"))
+  # Appended last: without inpainting, the draws of the other tasks are kept.
+  for k, j in [(k, j) for k in range(1, num_segments) for j in range(1, num_segments - k)]:
     inpaint = np.zeros((2, num_segments), bool)
     inpaint[:, :k] = inpaint[:, num_segments - j:] = True
     masks.append(inpaint)
-    weights.append(inpaint_weight / len(ends))
-  weights = np.asarray(weights) / np.sum(weights)
-  return np.stack(masks), weights
+    tasks.append(CONDITION_TASKS.index("inpaint"))
+  return np.stack(masks), np.asarray(tasks)
+
+
+def pattern_probabilities(task_weights, task_of_pattern: np.ndarray) -> jnp.ndarray:
+  """Each pattern's probability [K]: its task's weight shared evenly by the task's patterns.
+  `task_weights` [4] may be traced (a train step that changes them at the decay)."""
+  count = np.bincount(task_of_pattern, minlength=len(CONDITION_TASKS))[task_of_pattern]
+  weights = jnp.asarray(task_weights, jnp.float32)[task_of_pattern] / count
+  return weights / jnp.sum(weights)
 
 
 def apply_conditioning(rng, timestep_vector_bmn: jnp.ndarray, rate: float,
@@ -119,18 +132,19 @@ def apply_conditioning(rng, timestep_vector_bmn: jnp.ndarray, rate: float,
                        task_weights=DEFAULT_CONDITION_WEIGHTS):
   """(timestep vector with the given elements at 0, given bool [B, M, N]).
 
-  `task_weights` over CONDITION_TASKS (condition_masks). `shared_level`: the generated
-  elements of a conditioned example share one timestep drawn uniformly from 1..`num_timesteps`,
-  as the task's sampler runs them; otherwise they keep their MoNL levels, and under per-segment
-  levels a nearly clean neighbouring segment of the same modality can answer what the given
-  modality would.
+  `task_weights` over CONDITION_TASKS (condition_masks; may be traced). `shared_level`: the
+  generated elements of a conditioned example share one timestep drawn uniformly from
+  1..`num_timesteps`, as the task's sampler runs them; otherwise they keep their MoNL levels,
+  and under per-segment levels a nearly clean neighbouring segment of the same modality can
+  answer what the given modality would.
   """
   batch, _, num_segments = timestep_vector_bmn.shape
-  masks, weights = condition_masks(num_segments, task_weights)
+  masks, task_of_pattern = condition_patterns(num_segments)
+  weights = pattern_probabilities(task_weights, task_of_pattern)
   use_rng, kind_rng = jax.random.split(rng)  # as before shared_level: same draws for old runs
   level_rng = jax.random.fold_in(rng, 1)
   use = jax.random.bernoulli(use_rng, rate, (batch,))
-  kind = jax.random.choice(kind_rng, len(weights), (batch,), p=jnp.asarray(weights, jnp.float32))
+  kind = jax.random.choice(kind_rng, len(masks), (batch,), p=weights)
   given = jnp.asarray(masks)[kind] & use[:, None, None]
   if shared_level:
     level_b11 = jax.random.randint(level_rng, (batch, 1, 1), 1, num_timesteps + 1)

@@ -213,7 +213,7 @@ def sample(config, workdir: str) -> list[dict]:
   mesh = sharding.make_mesh(config.mesh)
   loaded = load_for_sampling(config, workdir, mesh)
   layout, latent_space, _, _, stats, step = loaded
-  apply_fn, params, _ = sampling_denoiser(config, workdir, loaded, mesh)
+  denoiser = sampling_denoiser(config, workdir, loaded, mesh)
   schedule = schedule_lib.from_config(config.diffusion)
   task_list = tasks_lib.parse_tasks(config.sample.tasks, layout)
   clips = pipeline.make_eval_clips(config.data, layout, config.sample.num_clips,
@@ -230,8 +230,8 @@ def sample(config, workdir: str) -> list[dict]:
 
     def run():
       with jax.set_mesh(mesh):
-        return sample_task_latents(config, apply_fn, params, condition, task, task_rng,
-                                   schedule=schedule, layout=layout, spec=spec)
+        return sample_task_latents(config, denoiser.apply_fn, denoiser.params, condition, task,
+                                   task_rng, schedule=schedule, layout=layout, spec=spec)
 
     latents, timings[task.name] = _run_timed(run, spec.num_steps,
                                              config.sample.get("time_tasks", False))
@@ -263,6 +263,7 @@ def sample(config, workdir: str) -> list[dict]:
     (samples_dir / "summary.json").write_text(json.dumps(
         {"checkpoint_step": step,
          "sampler": {name: dataclasses.asdict(spec) for name, spec in specs.items()},
+         "denoiser": denoiser.settings,
          "timings": timings,
          "files": [e["videos"] + [e["png"]] for e in entries]}, indent=2))
   return entries

@@ -46,9 +46,7 @@ def learning_rate_schedule(train_config, peak_value: float | None = None) -> opt
   end = peak * train_config.end_learning_rate_factor
   num_steps, warmup = train_config.num_steps, train_config.warmup_steps
   if train_config.get("decay_fraction", 0.0) > 0:
-    decay_start = (train_config.get("decay_start", 0)
-                   or num_steps - round(train_config.decay_fraction * num_steps))
-    decay_start = max(decay_start, warmup)
+    decay_start = decay_start_step(train_config)
     return optax.join_schedules(
         [optax.linear_schedule(0.0, peak, max(warmup, 1)), optax.constant_schedule(peak),
          optax.linear_schedule(peak, end, max(num_steps - decay_start, 1))],
@@ -142,6 +140,35 @@ def sharding_context(config, batch_sharding=None):
   return stack
 
 
+def decay_start_step(train_config) -> int:
+  """The step the linear decay starts at (`train.decay_fraction` > 0): `train.decay_start`, or
+  with 0 the last `decay_fraction` of `num_steps`; never inside the warm-up."""
+  num_steps = train_config.num_steps
+  decay_start = (train_config.get("decay_start", 0)
+                 or num_steps - round(train_config.decay_fraction * num_steps))
+  return max(decay_start, train_config.warmup_steps)
+
+
+def condition_weights_at(config, num_segments: int):
+  """`step -> task weights` [4] over monl.CONDITION_TASKS of the conditioned examples:
+  `diffusion.condition_tasks`, and from the learning rate's decay `decay_condition_tasks`
+  where set (a last phase weighted toward what the model learns last, e.g. inpaintings).
+  Both are checked here, before any step runs."""
+  diffusion = config.diffusion
+  weights = monl.parse_condition_tasks(diffusion.get("condition_tasks", "a2v,v2a,continue"))
+  monl.condition_masks(num_segments, weights)
+  decay_text = diffusion.get("decay_condition_tasks", "")
+  if not decay_text:
+    return lambda step: weights
+  if config.train.get("decay_fraction", 0.0) <= 0:
+    raise ValueError(f"diffusion.decay_condition_tasks={decay_text!r} weights the conditioned "
+                     "examples of the learning rate's linear decay; set train.decay_fraction > 0")
+  decay_weights = monl.parse_condition_tasks(decay_text)
+  monl.condition_masks(num_segments, decay_weights)
+  start = decay_start_step(config.train)  # budget.HOLD until a clock-planned decay starts
+  return lambda step: jnp.where(step >= start, decay_weights, weights)
+
+
 def check_loss_weighting(diffusion_config) -> None:
   """Raises ValueError for a `diffusion.loss_weighting` (and cap) the loss cannot apply."""
   weighting = diffusion_config.get("loss_weighting", "uniform")
@@ -166,6 +193,7 @@ def make_train_step(config, layout, graphdef, latent_space, latent_stats, *,
   schedule = schedule_lib.from_config(config.diffusion)
   mixture = monl.parse_mixture(config.diffusion.noise_mixture)
   check_loss_weighting(config.diffusion)
+  condition_weights = condition_weights_at(config, layout.num_segments)
   optimizer = make_optimizer(config.train)
   lr_schedule = learning_rate_schedule(config.train)
   # Host constants, placed by jit: nothing here may run eagerly on a (possibly abstract) mesh.
@@ -191,7 +219,7 @@ def make_train_step(config, layout, graphdef, latent_space, latent_stats, *,
           self_condition_rate=config.diffusion.self_condition_rate,
           condition_rate=config.diffusion.get("condition_rate", 0.0),
           condition_shared_level=config.diffusion.get("condition_shared_level", False),
-          condition_tasks=config.diffusion.get("condition_tasks", "a2v,v2a,continue"),
+          condition_tasks=condition_weights(state.step),
           loss_weighting=config.diffusion.get("loss_weighting", "uniform"),
           loss_weight_cap=config.diffusion.get("loss_weight_cap", 0.0),
           modality_balance=config.diffusion.get("modality_balance", False),
