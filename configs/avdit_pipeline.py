@@ -175,7 +175,9 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       # The conditioned examples stay a2v, v2a and continuations: half of the continuations'
       # share given to inpaintings (condition_tasks "a2v:2,v2a:2,continue:1,inpaint:1") left the
       # av_inpaint jump where it was (-0.39 [-1.34, +0.48] px, paired): its generated middle
-      # still misses the given future by ~7 px at that border (docs/learning_the_link.md).
+      # still misses the given future by ~7 px at that border (docs/learning_the_link.md); half
+      # of them inpaintings from the start (-0.75 [-1.75, +0.09] px) or in the decay alone
+      # (diffusion.decay_condition_tasks: +0.63, -0.57 px) did not move it beyond noise either.
   if on_folder:
     _read_folder(c)
     c.variant = "folder_tiny" if variant == "tiny" else "folder"
