@@ -126,3 +126,17 @@ def test_a_loss_weighting_the_loss_cannot_apply_is_named_before_training(tmp_pat
     preflight.check(config, "train", str(tmp_path))
   config.diffusion.x0_skip = True
   preflight.check(config, "train", str(tmp_path))
+
+
+def test_conditioning_weights_are_checked_before_training(tmp_path):
+  from configs import avdit_synthetic
+  config = avdit_synthetic.get_config("tiny")
+  config.diffusion.decay_condition_tasks = "inpaint"  # the tiny run's schedule is a cosine
+  with pytest.raises(UserError, match="decay_fraction > 0"):
+    preflight.check(config, "train", str(tmp_path))
+  config.train.decay_fraction = 0.2
+  config.diffusion.decay_condition_tasks = "inpainting"
+  with pytest.raises(UserError, match="unknown condition task"):
+    preflight.check(config, "train", str(tmp_path))
+  config.diffusion.decay_condition_tasks = "inpaint"
+  preflight.check(config, "train", str(tmp_path))

@@ -50,6 +50,7 @@ def check(config, mode: str, workdir: str) -> None:
   if mode in TRAINING_MODES and "diffusion" in config:
     try:
       state_lib.check_loss_weighting(config.diffusion)
+      state_lib.condition_weights_at(config, layout_lib.layout_from_config(config).num_segments)
     except ValueError as e:
       raise UserError(str(e)) from None
   if mode in TRAINING_MODES and config.train.get("init_from", ""):
