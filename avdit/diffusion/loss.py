@@ -113,16 +113,15 @@ def diffusion_loss(model, latents_x0, rng, *, schedule: schedule_lib.LinearSched
                    layout: layout_lib.ClipLayout, mixture_weights, prediction: str,
                    self_condition: bool, self_condition_rate: float,
                    condition_rate: float = 0.0, condition_shared_level: bool = False,
-                   condition_tasks="a2v,v2a,continue", loss_weighting: str = "uniform",
-                   loss_weight_cap: float = 0.0, modality_balance: bool = False,
-                   channel_weights=None):
+                   condition_weights=monl.DEFAULT_CONDITION_WEIGHTS,
+                   loss_weighting: str = "uniform", loss_weight_cap: float = 0.0,
+                   modality_balance: bool = False, channel_weights=None):
   """(scalar loss, aux metrics) for normalized clean latents {"video", "audio"}.
 
   `condition_rate`: the fraction of examples given a task's exact condition (monl.
   apply_conditioning); their given elements are left out of the loss, and with
-  `condition_shared_level` their generated elements share one noise level; `condition_tasks`
-  weights the task patterns ("a2v:1,v2a:1,continue:1" style, or the weights [4] over
-  monl.CONDITION_TASKS, possibly traced).
+  `condition_shared_level` their generated elements share one noise level; `condition_weights`
+  [4] over monl.CONDITION_TASKS (monl.parse_condition_tasks; may be traced) weight the tasks.
   `loss_weighting` (x0 prediction only): "uniform", the x0 squared error as it is, or
   "snr_plus_one", each element's error times 1 + SNR = 1 / (1 - ᾱ) of its noise level, at most
   `loss_weight_cap` where that is > 0 (`loss_weight`); per modality as "video:snr_plus_one"
@@ -140,12 +139,10 @@ def diffusion_loss(model, latents_x0, rng, *, schedule: schedule_lib.LinearSched
       schedule.num_timesteps)
   given = jnp.zeros(timestep_vector.shape, bool)
   if condition_rate > 0:
-    task_weights = (monl.parse_condition_tasks(condition_tasks)
-                    if isinstance(condition_tasks, str) else condition_tasks)
     timestep_vector, given = monl.apply_conditioning(jax.random.fold_in(rng, 7), timestep_vector,
                                                      condition_rate, condition_shared_level,
                                                      schedule.num_timesteps,
-                                                     task_weights)
+                                                     condition_weights)
   noisy, noise, alpha_bar = noise_latents(latents_x0, timestep_vector, noise_rng,
                                           schedule=schedule, layout=layout)
   t_float = timestep_vector.astype(jnp.float32)
