@@ -237,6 +237,9 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       # is off.
       autoguidance_weight=0.0, autoguidance_step=-1, autoguidance_fraction=0.0,
       autoguidance_modalities="video,audio", autoguidance_workdir="",
+      # RePaint's resampling (samplers.py): the noisiest `resample_fraction` of the steps each
+      # taken `resample` times, re-noised between passes (1 = off; ddpm/ddim, not parallel).
+      resample=1, resample_fraction=1.0,
       method="monl",  # monl | replacement | reconstruction (the last two: baselines for vanilla)
       reconstruction_lambda=0.02,
       # Parallel sampling by Picard iteration (ParaDiGMS; avdit/sampling/parallel.py): the same

@@ -349,6 +349,10 @@ def test_parallel_spec_and_config():
                         (dict(parallel_tolerance=float("nan")), "parallel_tolerance")):
     with pytest.raises(ValueError, match=match):
       parallel.ParallelSpec(**kwargs)
+  with pytest.raises(ValueError, match="sequential"):
+    parallel.compiled_parallel_sampler(
+        lambda *a: None, np.zeros((2, 3), bool), schedule=SCHEDULE, layout=LAYOUT,
+        spec=samplers.SamplerSpec(num_steps=4, resample=2), window=2)
 
 
 def test_convergence_variance_is_the_posterior_variance():

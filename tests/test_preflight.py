@@ -112,6 +112,19 @@ def test_a_misspelled_guidance_by_task_is_named_before_training(tmp_path):
   preflight.check(config, "train_and_sample", str(tmp_path))
 
 
+def test_sampler_settings_that_cannot_run_together_are_named_before_training(tmp_path):
+  from configs import avdit_synthetic
+  config = avdit_synthetic.get_config("tiny")
+  config.sample.update(resample=2, parallel=True)
+  with pytest.raises(UserError, match="sequential"):
+    preflight.check(config, "train_and_sample", str(tmp_path))
+  config.sample.update(parallel=False, sampler="dpmpp_2m")
+  with pytest.raises(UserError, match="dpmpp_2m"):
+    preflight.check(config, "train_and_sample", str(tmp_path))
+  config.sample.sampler = "ddpm"
+  preflight.check(config, "train_and_sample", str(tmp_path))
+
+
 def test_a_loss_weighting_the_loss_cannot_apply_is_named_before_training(tmp_path):
   from configs import avdit_synthetic
   config = avdit_synthetic.get_config("tiny")

@@ -107,22 +107,28 @@ class _Affine:
     return self * (1.0 / a)
 
 
-def _reference_moments(sampler, num_steps, mu, sigma, eta=0.0):
+def _reference_moments(sampler, num_steps, mu, sigma, eta=0.0, resample=1, resample_steps=0):
   """(mean, variance) of the discretized sampler's output with the exact Gaussian denoiser.
 
   Written from the papers' formulas: DDPM Algorithm 3 on the respaced schedule with σ² = β̃,
-  DDIM Eq. 12 (Song et al.), DPM-Solver++(2M) (Lu et al. Alg. 2), x_T ~ N(0, 1).
+  DDIM Eq. 12 (Song et al.), DPM-Solver++(2M) (Lu et al. Alg. 2), x_T ~ N(0, 1); RePaint's
+  resampling (Lugmayr et al. Alg. 1, jump 1): the first `resample_steps` steps are each taken
+  `resample` times, x_{t} ~ q(x_t | x_s) = N(sqrt(ᾱ_t/ᾱ_s) x_s, 1 - ᾱ_t/ᾱ_s) between passes.
   """
   ab = SCHEDULE.alpha_bar_table
   ts = [int(round(T * k / num_steps)) for k in range(num_steps, -1, -1)]
-  basis = np.eye(num_steps + 1)
-  x = _Affine(0.0, basis[0])
-  x0_prev = h_prev = None
-  for i in range(num_steps):
+  basis = iter(np.eye(1 + 2 * num_steps * resample))  # one fresh N(0, 1) per draw
+  x = _Affine(0.0, next(basis))
+  x0_prev = h_prev = i_prev = None
+  passes = [resample if i < resample_steps else 1 for i in range(num_steps)]
+  for i in [i for i in range(num_steps) for _ in range(passes[i])]:
     a_t, a_s = ab[ts[i]], ab[ts[i + 1]]
+    if i == i_prev:  # a repeat pass: forward-noise x_s back to t
+      x = np.sqrt(a_t / a_s) * x + np.sqrt(1 - a_t / a_s) * _Affine(0.0, next(basis))
+    i_prev = i
     eps = (x - np.sqrt(a_t) * mu) * (np.sqrt(1 - a_t) / (a_t * sigma**2 + 1 - a_t))
     x0 = (x - np.sqrt(1 - a_t) * eps) / np.sqrt(a_t)
-    z = _Affine(0.0, basis[i + 1])
+    z = _Affine(0.0, next(basis))
     if sampler == "ddpm":
       alpha = a_t / a_s
       beta = 1 - alpha
@@ -212,6 +218,62 @@ def test_ddim_eta_one_is_ddpm():
                                         spec=spec))
   for name in DATA:
     np.testing.assert_allclose(outs[0][name], outs[1][name], atol=5e-4, rtol=1e-4)
+
+
+# --- RePaint's resampling ----------------------------------------------------------------------
+@pytest.mark.parametrize("sampler,steps,eta", [("ddim", 20, 0.0), ("ddpm", 20, 0.0)])
+def test_resampling_moments_match_closed_form(sampler, steps, eta):
+  """Every step taken 3 times with forward re-noising between passes: the output's moments
+  against the numpy recursion, which with these step counts sits far from the plain sampler's."""
+  resample = 3
+  spec = samplers.SamplerSpec(sampler=sampler, num_steps=steps, eta=eta, self_condition=False,
+                              resample=resample)
+  out = samplers.sample_latents(gaussian_eps_apply, _gaussian_params(), _zeros(1024), JOINT,
+                                jax.random.key(5), schedule=SCHEDULE, layout=LAYOUT, spec=spec)
+  for name, (mu, sigma) in DATA.items():
+    values = np.asarray(out[name], np.float64).ravel()
+    n = values.size
+    ref_mean, ref_var = _reference_moments(sampler, steps, mu, sigma, eta, resample, steps)
+    _, plain_var = _reference_moments(sampler, steps, mu, sigma, eta)
+    var_tol = NUM_STD_ERR * np.sqrt(2.0 / n)
+    assert abs(ref_var / plain_var - 1) > 2 * var_tol  # the test can tell resampling apart
+    assert abs(values.mean() - ref_mean) < NUM_STD_ERR * np.sqrt(ref_var / n)
+    assert abs(values.var() / ref_var - 1) < var_tol, (name, values.var() / ref_var, var_tol)
+
+
+def test_resampling_step_table():
+  """K = 10, r = 3 on the noisiest quarter: ceil(2.5) = 3 steps of 3 passes, then 7 of one;
+  repeat passes re-noise with sqrt(ᾱ_t/ᾱ_s) and sqrt(1 - ᾱ_t/ᾱ_s) (t the step's timestep)."""
+  spec = samplers.SamplerSpec(sampler="ddpm", num_steps=10, resample=3, resample_fraction=0.25)
+  table = samplers.step_tables(SCHEDULE, spec)
+  expected_t = [1000] * 3 + [900] * 3 + [800] * 3 + [700, 600, 500, 400, 300, 200, 100]
+  np.testing.assert_array_equal(table["t_cur"], expected_t)
+  np.testing.assert_array_equal(table["index"], np.arange(16))
+  ab = SCHEDULE.alpha_bar_table
+  repeat = np.array([0, 1, 1] * 3 + [0] * 7, bool)
+  ratio = ab[np.array(expected_t)] / ab[np.array(expected_t) - 100]
+  np.testing.assert_allclose(table["c_renoise_x"], np.where(repeat, np.sqrt(ratio), 1.0),
+                             rtol=1e-6)
+  np.testing.assert_allclose(table["c_renoise_z"], np.where(repeat, np.sqrt(1 - ratio), 0.0),
+                             rtol=1e-6, atol=1e-7)
+  plain = samplers.step_tables(SCHEDULE, samplers.SamplerSpec(sampler="ddpm", num_steps=10))
+  rows = np.repeat(np.arange(10), [3, 3, 3] + [1] * 7)
+  for name in ("c_x", "c_x0", "c_z", "alpha_bar_next"):
+    np.testing.assert_array_equal(table[name], plain[name][rows])
+  np.testing.assert_array_equal(plain["c_renoise_x"], 1.0)
+  np.testing.assert_array_equal(plain["c_renoise_z"], 0.0)
+
+
+def test_resampling_returns_the_condition_bit_exact():
+  mask = _task_mask("av_inpaint")
+  cond = _random_condition(4)
+  spec = samplers.SamplerSpec(sampler="ddim", num_steps=4, resample=2)
+  out = samplers.sample_latents(gaussian_eps_apply, _gaussian_params(), cond, mask,
+                                jax.random.key(6), schedule=SCHEDULE, layout=LAYOUT, spec=spec)
+  for k, elem in samplers._element_mask(mask, LAYOUT).items():
+    elem = np.broadcast_to(np.asarray(elem), out[k].shape)
+    np.testing.assert_array_equal(np.asarray(out[k])[elem], np.asarray(cond[k])[elem])
+    assert np.all(np.isfinite(np.asarray(out[k])))
 
 
 # --- a single step, end to end ------------------------------------------------------------------
@@ -651,6 +713,11 @@ def test_baselines_on_an_unconditional_task_are_plain_sampling():
     (dict(eta=-1.0), "eta"),
     (dict(reconstruction_lambda=-0.1), "reconstruction_lambda"),
     (dict(method="replacement", guidance_weight=1.0), "monl"),
+    (dict(resample=0), "resample"),
+    (dict(resample=1.5), "resample"),
+    (dict(resample_fraction=0.0), "resample_fraction"),
+    (dict(resample_fraction=1.5), "resample_fraction"),
+    (dict(sampler="dpmpp_2m", resample=2), "dpmpp_2m"),
 ])
 def test_bad_spec(kwargs, match):
   with pytest.raises(ValueError, match=match):

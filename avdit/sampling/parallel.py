@@ -249,6 +249,13 @@ def _build_parallel_sampler(apply_fn: samplers.ApplyFn, spec: samplers.SamplerSp
   return jax.jit(run)
 
 
+def check_sampler_spec(spec: samplers.SamplerSpec) -> None:
+  """ValueError for what the Picard sampler cannot run: RePaint's resampling."""
+  if spec.resample > 1:
+    raise ValueError(f"resample={spec.resample} needs the sequential sampler (sample.parallel="
+                     "False): a Picard window iterates steps, not a step's repeated passes")
+
+
 def compiled_parallel_sampler(apply_fn: samplers.ApplyFn, condition_mask: np.ndarray, *,
                               schedule: schedule_lib.LinearSchedule,
                               layout: layout_lib.ClipLayout, spec: samplers.SamplerSpec,
@@ -260,6 +267,7 @@ def compiled_parallel_sampler(apply_fn: samplers.ApplyFn, condition_mask: np.nda
   compilation serves every tolerance. A window larger than the step count is the step count.
   """
   ParallelSpec(parallel_window=window)  # validates the window
+  check_sampler_spec(spec)
   cond_key, uncond_key = samplers.check_task_masks(condition_mask, guidance_uncond_mask,
                                                    schedule=schedule, layout=layout, spec=spec)
   window = min(int(window), spec.num_steps)

@@ -59,11 +59,21 @@ Autoguidance (Karras et al. 2024), any method: `Autoguided` wraps the apply_fn s
 network call returns (1 + w) D - w D_guide, D_guide a less trained version of the same model
 (params = the pair); avdit.sampling.generate.sampling_denoiser builds it from the config.
 
+Resampling (RePaint, Lugmayr et al. 2022, Alg. 1 with jump length 1), any method and ddpm/ddim:
+with `resample` = r > 1 each of the first `resample_fraction` of the steps (the noisiest) is
+taken r times: after a pass t -> s, x_s is noised back to t with the forward kernel,
+x_t = sqrt(ᾱ_t/ᾱ_s) x_s + sqrt(1 - ᾱ_t/ᾱ_s) z (fresh z), and the step is taken again. A
+deterministic step commits early to one trajectory (a disc that bounces or goes straight on);
+the fresh noise lets later passes, which see the condition again, revise it. The loop stays one
+`lax.scan`: a resampled step is r rows of the step table, the repeats with the re-noising
+coefficients c_renoise_x, c_renoise_z (1 and 0 on a first pass). Not for dpmpp_2m, whose
+multistep update assumes x̂0_prev from the previous timestep.
+
 Self-conditioning: the previous step's x̂0 (zeros at the first step) is passed as `self_cond`.
 
 Randomness: x_T ~ N(0, I) from one half of `rng` (or `initial_noise` when given); step k's
-noise (ancestral/DDIM z, the replacement method's forward noise, CFG's unconditional noise, as
-used) from `fold_in(other half, k)`, so runs with the same rng and the same kinds of draws
+noise (ancestral/DDIM z, the replacement method's forward noise, CFG's unconditional noise,
+resampling's re-noising, as used) from `fold_in(other half, k)` (k counts the step table's rows), so runs with the same rng and the same kinds of draws
 (e.g. DDIM η = 1 and DDPM, or replacement and reconstruction) see the same noise.
 """
 from __future__ import annotations
@@ -103,6 +113,8 @@ class SamplerSpec:
   reconstruction_lambda: float = 0.02
   prediction: str = "eps"  # the network's parameterization, "eps" | "v" | "x0"
   self_condition: bool = True
+  resample: int = 1  # RePaint: passes per resampled step (1 = none)
+  resample_fraction: float = 1.0  # the share of the steps resampled, the noisiest first
 
   def __post_init__(self):
     if self.sampler not in SAMPLERS:
@@ -115,6 +127,14 @@ class SamplerSpec:
       raise ValueError(f"num_steps must be an integer, got {self.num_steps!r}")
     if self.num_steps < 1:
       raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
+    if isinstance(self.resample, bool) or int(self.resample) != self.resample \
+        or self.resample < 1:
+      raise ValueError(f"resample must be an integer >= 1, got {self.resample!r}")
+    if not 0 < self.resample_fraction <= 1:
+      raise ValueError(f"resample_fraction must be in (0, 1], got {self.resample_fraction}")
+    if self.resample > 1 and self.sampler == "dpmpp_2m":
+      raise ValueError("resample > 1 needs sampler 'ddpm' or 'ddim': dpmpp_2m's multistep "
+                       "update takes x̂0 of the previous timestep, not of a repeat of this one")
     if not self.eta >= 0:
       raise ValueError(f"eta must be >= 0, got {self.eta}")
     if not self.reconstruction_lambda >= 0:
@@ -165,6 +185,9 @@ class SamplerSpec:
         method=str(get(sample_config, "method", defaults.method)),
         reconstruction_lambda=float(
             get(sample_config, "reconstruction_lambda", defaults.reconstruction_lambda)),
+        resample=int(get(sample_config, "resample", defaults.resample)),
+        resample_fraction=float(
+            get(sample_config, "resample_fraction", defaults.resample_fraction)),
         prediction=str(get(diffusion_config, "prediction", defaults.prediction)),
         self_condition=bool(self_condition),
     )
@@ -327,18 +350,27 @@ def _element_mask(mask_mn: np.ndarray, layout: layout_lib.ClipLayout) -> Latents
 # --- one sampler step, shared by the sequential loop and the parallel sampler ------------------
 def step_tables(schedule: schedule_lib.LinearSchedule, spec: SamplerSpec
                 ) -> dict[str, np.ndarray]:
-  """The step loop's inputs, one row per step in loop order (t = T first), each [K].
+  """The step loop's inputs, one row per pass in loop order (t = T first), each [rows].
 
-  float32 alpha_bar_cur, alpha_bar_next, c_x, c_x0, c_prev, c_eps, c_z and t_cur; int32 index.
-  numpy, not jnp: host constants that jit places, so building runs nothing eagerly (an AOT
-  compile for a TPU topology has no device to run on).
+  float32 alpha_bar_cur, alpha_bar_next, c_x, c_x0, c_prev, c_eps, c_z, t_cur and the
+  re-noising c_renoise_x, c_renoise_z; int32 index (the row). One row per step (K rows) unless
+  `spec.resample` repeats the noisiest steps (module docstring). numpy, not jnp: host constants
+  that jit places, so building runs nothing eagerly (an AOT compile for a TPU topology has no
+  device to run on).
   """
   coeffs = step_coefficients(schedule, spec)
-  tables = {name: np.asarray(coeffs[name], np.float32)
+  num_resampled = math.ceil(spec.resample_fraction * spec.num_steps - 1e-9)
+  passes = np.where(np.arange(spec.num_steps) < num_resampled, spec.resample, 1)
+  rows = np.repeat(np.arange(spec.num_steps), passes)
+  repeat = np.concatenate([np.arange(p) > 0 for p in passes])  # a second or later pass
+  tables = {name: np.asarray(coeffs[name][rows], np.float32)
             for name in ("alpha_bar_cur", "alpha_bar_next", "c_x", "c_x0", "c_prev", "c_eps",
-                         "c_z")}
-  tables["t_cur"] = np.asarray(coeffs["t_cur"], np.float32)
-  tables["index"] = np.arange(spec.num_steps, dtype=np.int32)
+                         "c_z", "t_cur")}
+  # x_t = sqrt(ᾱ_t/ᾱ_s) x_s + sqrt(1 - ᾱ_t/ᾱ_s) z from the previous pass's output x_s.
+  ratio = coeffs["alpha_bar_cur"][rows] / coeffs["alpha_bar_next"][rows]
+  tables["c_renoise_x"] = np.where(repeat, np.sqrt(ratio), 1.0).astype(np.float32)
+  tables["c_renoise_z"] = np.where(repeat, np.sqrt(1.0 - ratio), 0.0).astype(np.float32)
+  tables["index"] = np.arange(len(rows), dtype=np.int32)
   return tables
 
 
@@ -370,9 +402,11 @@ class SamplerStep:
                    and bool(uncond_mn.any()))
     self.stochastic = bool(np.any(step_coefficients(schedule, spec)["c_z"] > 0))  # float64
     self.replace = (not self.monl) and self.has_condition
+    self.resampled = spec.resample > 1
     self.draw_names = [name for name, used in (("step", self.stochastic),
                                                ("replace", self.replace),
-                                               ("uncond", self.guided)) if used]
+                                               ("uncond", self.guided),
+                                               ("renoise", self.resampled)) if used]
     self.ab_max_t = float(schedule.alpha_bar_table[self.num_t])
     self.condition = {k: jnp.asarray(condition[k], jnp.float32) for k in layout_lib.MODALITIES}
     self.batch = self.condition["video"].shape[0]
@@ -536,6 +570,9 @@ class SamplerStep:
     """The whole step, as the sequential loop runs it."""
     x, x0_prev, x0_uncond_prev = state
     draws = self.draws(loop_key, step["index"])
+    if self.resampled:  # back to t_k on a repeat pass (identity on a first pass)
+      x = jax.tree.map(lambda v, z: step["c_renoise_x"] * v + step["c_renoise_z"] * z,
+                       x, draws["renoise"])
     rows, aux = self.inputs(x, x0_prev, x0_uncond_prev, step, draws)
     outputs = self.evaluate(params, rows)
     return self.update(outputs, aux, x0_prev, x0_uncond_prev, step, draws)

@@ -12,7 +12,8 @@ is the worst outcome for a user; every mode of avdit.main calls `check` first, w
   train.init_from  a checkpoint whose model has this config's parameter shapes
   checkpoints      modes that only read a trained AVDiT (sample, eval, curve) find one
   feature weights  I3D / VGGish weight files named by eval.* exist
-  sampler          sample.guidance_by_task names known tasks with numeric weights
+  sampler          sample.guidance_by_task names known tasks with numeric weights; the sampler
+                   settings are valid together (e.g. resample with a sequential ddpm/ddim)
   loss             diffusion.loss_weighting (and its cap) is one the training loss can apply
 
 Synthetic data is made on the fly and always has what is asked of it; latent-cache data is
@@ -28,6 +29,7 @@ from avdit import layout as layout_lib
 from avdit import workdir as workdir_lib
 from avdit.data import pipeline
 from avdit.errors import UserError
+from avdit.sampling import parallel
 from avdit.sampling import samplers
 from avdit.training import state as state_lib
 from avdit.training import train
@@ -45,6 +47,9 @@ def check(config, mode: str, workdir: str) -> None:
   if mode in SAMPLING_MODES + SUITE_MODES + ("curve",):
     try:
       samplers.parse_guidance_by_task(config.sample.get("guidance_by_task", ""))
+      spec = samplers.SamplerSpec.from_config(config.sample, config.diffusion, config.model)
+      if config.sample.get("parallel", False):
+        parallel.check_sampler_spec(spec)
     except ValueError as e:
       raise UserError(str(e)) from None
   if mode in TRAINING_MODES and "diffusion" in config:
