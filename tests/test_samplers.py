@@ -759,6 +759,11 @@ def test_from_config():
       {"prediction": "v", "self_condition_rate": 0.0})
   assert (spec.sampler, spec.num_steps, spec.method, spec.prediction, spec.self_condition) == (
       "dpmpp_2m", 20, "replacement", "v", False)
+  spec = samplers.SamplerSpec.from_config(
+      {"sampler": "ddpm", "resample": 3, "resample_fraction": 0.5}, {})
+  assert (spec.resample, spec.resample_fraction) == (3, 0.5)
+  with pytest.raises(ValueError, match="resample"):
+    samplers.SamplerSpec.from_config({"resample": 1.5}, {})  # refused, not rounded
   config.model.self_condition = False
   assert not samplers.SamplerSpec.from_config(config.sample, config.diffusion,
                                               config.model).self_condition

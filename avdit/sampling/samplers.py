@@ -73,8 +73,9 @@ Self-conditioning: the previous step's x̂0 (zeros at the first step) is passed 
 
 Randomness: x_T ~ N(0, I) from one half of `rng` (or `initial_noise` when given); step k's
 noise (ancestral/DDIM z, the replacement method's forward noise, CFG's unconditional noise,
-resampling's re-noising, as used) from `fold_in(other half, k)` (k counts the step table's rows), so runs with the same rng and the same kinds of draws
-(e.g. DDIM η = 1 and DDPM, or replacement and reconstruction) see the same noise.
+resampling's re-noising, as used) from `fold_in(other half, k)`, k the step table's row, so runs
+with the same rng and the same kinds of draws (e.g. DDIM η = 1 and DDPM, or replacement and
+reconstruction) see the same noise.
 """
 from __future__ import annotations
 
@@ -185,7 +186,7 @@ class SamplerSpec:
         method=str(get(sample_config, "method", defaults.method)),
         reconstruction_lambda=float(
             get(sample_config, "reconstruction_lambda", defaults.reconstruction_lambda)),
-        resample=int(get(sample_config, "resample", defaults.resample)),
+        resample=get(sample_config, "resample", defaults.resample),  # 1.5 is refused, not cut
         resample_fraction=float(
             get(sample_config, "resample_fraction", defaults.resample_fraction)),
         prediction=str(get(diffusion_config, "prediction", defaults.prediction)),
