@@ -206,7 +206,7 @@ def test_inpainting_gives_both_ends_of_both_modalities():
   assert len(patterns) == 6
   np.testing.assert_allclose(counts / len(given), 1 / 36, atol=0.004)
   with pytest.raises(ValueError, match="needs >= 3 segments"):
-    monl.condition_masks(2, weights)
+    monl.check_condition_weights(2, weights)
 
 
 def test_task_weights_may_be_traced_and_draw_as_given():

@@ -83,23 +83,20 @@ def parse_condition_tasks(text: str) -> np.ndarray:
   return parse_weights(text.strip().lower(), CONDITION_TASKS, "condition task")
 
 
-def condition_masks(num_segments: int, task_weights=DEFAULT_CONDITION_WEIGHTS
-                    ) -> tuple[np.ndarray, np.ndarray]:
-  """(given bool [K, M, N], probability [K]): audio given (a2v), video given (v2a), the first
-  k of N segments of both given (continuation, k = 1..N-1), and the first k and last j of both
-  given (inpainting, k, j >= 1, k + j <= N-1); a continuation's or an inpainting's patterns share
-  its weight evenly. `task_weights` over CONDITION_TASKS (a2v, v2a, continue a third each by
-  default)."""
-  masks, task_of_pattern = condition_patterns(num_segments)
+def check_condition_weights(num_segments: int, task_weights) -> None:
+  """ValueError where `task_weights` [4] ask for a task the clip has no pattern for (inpainting
+  needs >= 3 segments); run before training, as apply_conditioning may be traced."""
+  _, task_of_pattern = condition_patterns(num_segments)
   inpaint = CONDITION_TASKS.index("inpaint")
   if np.asarray(task_weights)[inpaint] > 0 and not np.any(task_of_pattern == inpaint):
     raise ValueError(f"inpainting needs >= 3 segments (a given start, a generated middle and a "
                      f"given end), the clip has {num_segments}")
-  return masks, np.asarray(pattern_probabilities(task_weights, task_of_pattern))
 
 
 def condition_patterns(num_segments: int) -> tuple[np.ndarray, np.ndarray]:
-  """(given bool [K, M, N], the CONDITION_TASKS index of each pattern [K]) (condition_masks)."""
+  """(given bool [K, M, N], the CONDITION_TASKS index of each pattern [K]): audio given (a2v),
+  video given (v2a), the first k of N segments of both given (continuation, k = 1..N-1), and the
+  first k and last j of both given (inpainting, k, j >= 1, k + j <= N-1)."""
   masks, tasks = [], []
   a2v = np.zeros((2, num_segments), bool)
   a2v[layout_lib.AUDIO] = True
@@ -121,7 +118,8 @@ def condition_patterns(num_segments: int) -> tuple[np.ndarray, np.ndarray]:
 
 def pattern_probabilities(task_weights, task_of_pattern: np.ndarray) -> jnp.ndarray:
   """Each pattern's probability [K]: its task's weight shared evenly by the task's patterns.
-  `task_weights` [4] may be traced (a train step that changes them at the decay)."""
+  `task_weights` [4] over CONDITION_TASKS (a2v, v2a, continue a third each by default) may be
+  traced (a train step that changes them at the decay)."""
   count = np.bincount(task_of_pattern, minlength=len(CONDITION_TASKS))[task_of_pattern]
   weights = jnp.asarray(task_weights, jnp.float32)[task_of_pattern] / count
   return weights / jnp.sum(weights)
@@ -132,7 +130,7 @@ def apply_conditioning(rng, timestep_vector_bmn: jnp.ndarray, rate: float,
                        task_weights=DEFAULT_CONDITION_WEIGHTS):
   """(timestep vector with the given elements at 0, given bool [B, M, N]).
 
-  `task_weights` over CONDITION_TASKS (condition_masks; may be traced). `shared_level`: the
+  `task_weights` over CONDITION_TASKS (pattern_probabilities; may be traced). `shared_level`: the
   generated elements of a conditioned example share one timestep drawn uniformly from
   1..`num_timesteps`, as the task's sampler runs them; otherwise they keep their MoNL levels,
   and under per-segment levels a nearly clean neighbouring segment of the same modality can

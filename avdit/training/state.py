@@ -156,7 +156,7 @@ def condition_weights_at(config, num_segments: int):
   Both are checked here, before any step runs."""
   diffusion = config.diffusion
   weights = monl.parse_condition_tasks(diffusion.get("condition_tasks", "a2v,v2a,continue"))
-  monl.condition_masks(num_segments, weights)
+  monl.check_condition_weights(num_segments, weights)
   decay_text = diffusion.get("decay_condition_tasks", "")
   if not decay_text:
     return lambda step: weights
@@ -164,7 +164,7 @@ def condition_weights_at(config, num_segments: int):
     raise ValueError(f"diffusion.decay_condition_tasks={decay_text!r} weights the conditioned "
                      "examples of the learning rate's linear decay; set train.decay_fraction > 0")
   decay_weights = monl.parse_condition_tasks(decay_text)
-  monl.condition_masks(num_segments, decay_weights)
+  monl.check_condition_weights(num_segments, decay_weights)
   start = decay_start_step(config.train)  # budget.HOLD until a clock-planned decay starts
   return lambda step: jnp.where(step >= start, decay_weights, weights)
 
