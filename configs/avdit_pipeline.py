@@ -177,7 +177,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       # av_inpaint jump where it was (-0.39 [-1.34, +0.48] px, paired): its generated middle
       # still misses the given future by ~7 px at that border (docs/learning_the_link.md); half
       # of them inpaintings from the start (-0.75 [-1.75, +0.09] px) or in the decay alone
-      # (diffusion.decay_condition_tasks: +0.63, -0.57 px) did not move it beyond noise either.
+      # (diffusion.late_condition_tasks: +0.63, -0.57 px) did not move it beyond noise either.
       # The sampler stays DDIM 50: twice the calls with fresh noise (sample.resample=2 with
       # ddpm, or ddpm at 100 steps) bring the jump 1.4-1.6 px down, not to 1.5, for twice the
       # suite's sampling minutes and 6-7 points of the disc count (docs/learning_the_link.md).

@@ -142,9 +142,9 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       # Weights of the conditioned task patterns (monl.CONDITION_TASKS), e.g.
       # "a2v:2,v2a:2,continue:1,inpaint:1", or "v2a" for a video-to-audio model.
       condition_tasks="a2v,v2a,continue",
-      # The same weights for the steps of the learning rate's linear decay (train.decay_fraction
-      # > 0), where set: "" keeps condition_tasks to the end.
-      decay_condition_tasks="",
+      # The same weights for the run's late phase (train.late_fraction, or the learning rate's
+      # linear decay), where set: "" keeps condition_tasks to the end.
+      late_condition_tasks="",
       # Contrastive terms (SPEC §7), off at weight 0; each costs extra denoiser passes per step.
       # CDL (avdit/diffusion/cdl.py): 2 x cdl_logsnr_samples passes; ζ ~ U[cdl_zeta_range].
       # cdl_logsnr_max: the top of the log-SNR integral (the schedule's t = 1 is λ = 9.2; above
@@ -217,6 +217,9 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       # steps (from `decay_start` where set) instead of the cosine; a time budget then starts
       # its decay by the clock, so a machine that slows down moves the end, not the deadline.
       decay_fraction=0.0, decay_start=0,
+      # > 0: the last `late_fraction` of the steps (from `late_start` where set; a time budget
+      # starts it by the clock too) condition with diffusion.late_condition_tasks; 0: the decay's.
+      late_fraction=0.0, late_start=0,
       # Fine-tuning: "DIR[:step]" starts a new run from the parameters and EMA of another run
       # (its latest checkpoint, or `step`) with a fresh optimizer at step 0; the model must
       # have the same shapes. A run that has its own checkpoint resumes from it instead.

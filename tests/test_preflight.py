@@ -144,12 +144,12 @@ def test_a_loss_weighting_the_loss_cannot_apply_is_named_before_training(tmp_pat
 def test_conditioning_weights_are_checked_before_training(tmp_path):
   from configs import avdit_synthetic
   config = avdit_synthetic.get_config("tiny")
-  config.diffusion.decay_condition_tasks = "inpaint"  # the tiny run's schedule is a cosine
-  with pytest.raises(UserError, match="decay_fraction > 0"):
+  config.diffusion.late_condition_tasks = "inpaint"  # the tiny run's schedule is a cosine
+  with pytest.raises(UserError, match="late_fraction > 0"):
     preflight.check(config, "train", str(tmp_path))
-  config.train.decay_fraction = 0.2
-  config.diffusion.decay_condition_tasks = "inpainting"
+  config.train.late_fraction = 0.3
+  config.diffusion.late_condition_tasks = "inpainting"
   with pytest.raises(UserError, match="unknown condition task"):
     preflight.check(config, "train", str(tmp_path))
-  config.diffusion.decay_condition_tasks = "inpaint"
+  config.diffusion.late_condition_tasks = "inpaint"
   preflight.check(config, "train", str(tmp_path))

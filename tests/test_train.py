@@ -99,24 +99,30 @@ def test_warmup_stable_decay_schedule_closed_form():
   assert float(lr(100)) == pytest.approx(1e-3) and float(lr(10**6)) == pytest.approx(1e-3)
 
 
-def test_decay_condition_tasks_weight_the_steps_of_the_decay():
+def test_late_condition_tasks_weight_the_late_phase():
   config = ml_collections.ConfigDict(dict(
-      diffusion=dict(condition_tasks="a2v,v2a,continue", decay_condition_tasks="inpaint"),
+      diffusion=dict(condition_tasks="a2v,v2a,continue", late_condition_tasks="inpaint"),
       train=dict(num_steps=100, warmup_steps=10, decay_fraction=0.2, decay_start=0)))
   at = state_lib.condition_weights_at(config, num_segments=5)
   thirds, inpaint = [1 / 3, 1 / 3, 1 / 3, 0.0], [0.0, 0.0, 0.0, 1.0]
-  np.testing.assert_allclose(at(jnp.int32(79)), thirds)  # the decay starts at 100 - 20
+  np.testing.assert_allclose(at(jnp.int32(79)), thirds)  # no late_fraction: the decay's, 100 - 20
   np.testing.assert_allclose(at(jnp.int32(80)), inpaint)
   config.train.decay_start = budget.HOLD  # a clock that has not started the decay: held
   np.testing.assert_allclose(state_lib.condition_weights_at(config, 5)(jnp.int32(10**6)), thirds)
   config.train.decay_start = 60
   np.testing.assert_allclose(state_lib.condition_weights_at(config, 5)(jnp.int32(60)), inpaint)
+  config.train.update(late_fraction=0.35, late_start=0)  # its own phase: from 100 - 35
+  at = state_lib.condition_weights_at(config, num_segments=5)
+  np.testing.assert_allclose(at(jnp.int32(64)), thirds)
+  np.testing.assert_allclose(at(jnp.int32(65)), inpaint)
+  config.train.late_start = budget.HOLD  # the clock holds the late phase, whatever the decay's
+  np.testing.assert_allclose(state_lib.condition_weights_at(config, 5)(jnp.int32(99)), thirds)
   with pytest.raises(ValueError, match="needs >= 3 segments"):  # checked before any step
     state_lib.condition_weights_at(config, num_segments=2)
-  config.train.decay_fraction = 0.0  # a cosine schedule has no decay phase to weight
-  with pytest.raises(ValueError, match="decay_fraction > 0"):
+  config.train.update(decay_fraction=0.0, late_fraction=0.0)  # a cosine, no phase to weight
+  with pytest.raises(ValueError, match="late_fraction > 0"):
     state_lib.condition_weights_at(config, num_segments=5)
-  config.diffusion.decay_condition_tasks = ""  # unset: condition_tasks to the end
+  config.diffusion.late_condition_tasks = ""  # unset: condition_tasks to the end
   np.testing.assert_allclose(state_lib.condition_weights_at(config, 5)(jnp.int32(10**6)), thirds)
 
 
@@ -127,13 +133,17 @@ def _clock_config():
 def test_clock_end_closed_form():
   # At 3000, 40 min left at 0.2 s: 12000 step-times - 1000 = 11000 -> 10800 more, end 13800;
   # its decay (2760 steps) starts at 11040, after the next checkpoint (3300): not yet.
-  assert budget.clock_end(3000, 2400.0, 0.2, 1000, _clock_config()) == (13800, False)
+  assert budget.clock_end(3000, 2400.0, 0.2, 1000, _clock_config()) == (13800, [])
   # The machine slows to 0.4 s: 6000 - 1000 -> 4800 more, end 7800, decay 1560 from 6240.
-  assert budget.clock_end(3000, 2400.0, 0.4, 1000, _clock_config()) == (7800, False)
+  assert budget.clock_end(3000, 2400.0, 0.4, 1000, _clock_config()) == (7800, [])
+  # With a late phase over the last 60%: 4680 steps from 3120, before the next checkpoint.
+  late = _clock_config()
+  late.late_fraction = 0.6
+  assert budget.clock_end(3000, 2400.0, 0.4, 1000, late) == (7800, ["late"])
   # At 6000 with 10 min left at 0.4 s: 1500 - 1000 -> 300 more: end 6300, decay from now.
-  assert budget.clock_end(6000, 600.0, 0.4, 1000, _clock_config()) == (6300, True)
+  assert budget.clock_end(6000, 600.0, 0.4, 1000, _clock_config()) == (6300, ["decay"])
   # Past the deadline: one more interval, decaying.
-  assert budget.clock_end(6000, -60.0, 0.4, 1000, _clock_config()) == (6300, True)
+  assert budget.clock_end(6000, -60.0, 0.4, 1000, _clock_config()) == (6300, ["decay"])
 
 
 def test_clock_plan_follows_a_machine_that_slows_down(tmp_path, monkeypatch):
@@ -164,6 +174,52 @@ def test_clock_plan_follows_a_machine_that_slows_down(tmp_path, monkeypatch):
   # Once decaying, the plan is fixed whatever the clock says.
   now[0] = 5000.0
   assert plan.at_checkpoint(1800) == (2100, None) and len(built) == 1
+
+
+def test_clock_plan_starts_a_late_phase_and_then_the_decay(tmp_path, monkeypatch):
+  config = ml_collections.ConfigDict(dict(train=dict(
+      _clock_config(), num_steps=9000, decay_start=0, late_fraction=0.4, late_start=0,
+      learning_rate=1e-3, warmup_steps=100)))
+  now = [0.0]
+  monkeypatch.setattr(budget.time, "monotonic", lambda: now[0])
+  built = []
+  plan = budget.ClockPlan(config, str(tmp_path), deadline=3000.0,
+                          plan={"num_steps": 9000, "seconds_per_step": 1.0,
+                                "reserve_steps": 1000},
+                          make_step=lambda c: built.append(c) or f"step {len(built)}")
+  assert plan.held_config.train.late_start == plan.held_config.train.decay_start == budget.HOLD
+  # Step 300 at 300 s: 2700 - 1000 -> 1500 more: 1800, late phase (720) from 1080: not yet.
+  now[0] = 300.0
+  assert plan.at_checkpoint(300) == (1800, None)
+  # Step 900 at 900 s: 2100 - 1000 -> 1100 more, 900 on checkpoints: 1800, late from 1080 < 1200.
+  now[0] = 900.0
+  assert plan.at_checkpoint(900) == (1800, "step 1")
+  assert built[0].train.late_start == 900 and built[0].train.decay_start == budget.HOLD
+  # Step 1500 at 1500 s: 1500 - 1000 -> 300 more: 1800, its decay (360) from 1440 < 1800.
+  now[0] = 1500.0
+  assert plan.at_checkpoint(1500) == (1800, "step 2")
+  assert (built[1].train.late_start, built[1].train.decay_start) == (900, 1500)
+  saved = json.loads((tmp_path / budget.BUDGET_FILE).read_text())
+  assert (saved["late_start"], saved["decay_start"]) == (900, 1500)
+
+
+def test_clock_plan_fixes_a_shorter_late_phase_with_the_decay(tmp_path, monkeypatch):
+  config = ml_collections.ConfigDict(dict(train=dict(
+      _clock_config(), decay_fraction=0.5, num_steps=9000, decay_start=0, late_fraction=0.1,
+      late_start=0, learning_rate=1e-3, warmup_steps=100)))
+  now = [0.0]
+  monkeypatch.setattr(budget.time, "monotonic", lambda: now[0])
+  built = []
+  plan = budget.ClockPlan(config, str(tmp_path), deadline=3000.0,
+                          plan={"num_steps": 9000, "seconds_per_step": 1.0,
+                                "reserve_steps": 1000},
+                          make_step=lambda c: built.append(c) or "decaying step")
+  # Step 900 at 900 s: 2100 - 1000 -> 900 more: 1800, its decay (900) from now; the end fixed,
+  # the last 10% (180 steps) from 1620, after the next checkpoint: set with it.
+  now[0] = 900.0
+  assert plan.at_checkpoint(900) == (1800, "decaying step")
+  assert (built[0].train.decay_start, built[0].train.late_start) == (900, 1620)
+  assert json.loads((tmp_path / budget.BUDGET_FILE).read_text())["late_start"] == 1620
 
 
 def test_clock_plan_reads_the_median_of_the_last_intervals(tmp_path, monkeypatch):

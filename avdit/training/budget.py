@@ -17,7 +17,9 @@
               starts at the checkpoint where the minutes left hold only it and the reserve. A
               machine that slows down (a shared one drifts by tens of percent within minutes)
               then moves the end of the run, not the deadline. The step is compiled again once,
-              when the decay is fixed. With the cosine schedule (decay_fraction 0) the count
+              when the decay is fixed. A late phase (`train.late_fraction` > 0: the conditioned
+              examples weighted by diffusion.late_condition_tasks) starts the same way, the step
+              compiled again when it does. With the cosine schedule (decay_fraction 0) the count
               must be known from the start: the first plan is final.
 
 A resumed run keeps the plan saved last (the deadline belonged to the invocation that set it).
@@ -43,8 +45,9 @@ from avdit.training import loop
 from avdit.training import setup as setup_lib
 
 BUDGET_FILE = "step_budget.json"  # the steps a time budget chose: a resumed run keeps them
-HOLD = 2**30  # train.decay_start while the clock has not started the decay: the peak, held
+HOLD = 2**30  # train.decay_start (late_start) while the clock has not started it: the peak held
 SPEED_INTERVALS = 3  # checkpoint intervals whose median step time the clock plans with
+PHASE_NAMES = {"decay": "learning rate decays", "late": "late conditioning (late_condition_tasks)"}
 
 
 def reserve_steps(config) -> float:
@@ -73,27 +76,36 @@ def budget_steps(train_config, seconds_per_step: float, reserve: float) -> dict[
   return {"num_steps": num_steps, "keep_period": keep_period}
 
 
+def clock_phases(train_config) -> dict[str, float]:
+  """{phase: the last fraction of the steps it covers} of the phases a clock starts: the
+  learning rate's decay, and the late conditioning where `train.late_fraction` > 0."""
+  phases = {"decay": train_config.decay_fraction}
+  if train_config.get("late_fraction", 0.0) > 0:
+    phases["late"] = train_config.late_fraction
+  return phases
+
+
 def clock_end(step: int, seconds_left: float, seconds_per_step: float, reserve: float,
-              train_config) -> tuple[int, bool]:
-  """(the step the run should end at, whether its decay must start now), at checkpoint `step`
-  with `seconds_left` of the budget at `seconds_per_step`.
+              train_config) -> tuple[int, list[str]]:
+  """(the step the run should end at, the phases (`clock_phases`) that must start now), at
+  checkpoint `step` with `seconds_left` of the budget at `seconds_per_step`.
 
   The end: `step` plus the steps that fit the time left less `reserve` step-times, on multiples of
-  `checkpoint_every`, at least one more interval. The decay covers its last `decay_fraction`
-  (rounded); it starts now when it would start before the next checkpoint.
+  `checkpoint_every`, at least one more interval. A phase covers its last fraction (rounded); it
+  starts now when it would start before the next checkpoint.
   """
   every = train_config.checkpoint_every
   fit = seconds_left / seconds_per_step - reserve
   end = step + max(every, int(fit // every) * every)
-  decay_steps = round(train_config.decay_fraction * end)
-  return end, end - decay_steps < step + every
+  return end, [phase for phase, fraction in clock_phases(train_config).items()
+               if end - round(fraction * end) < step + every]
 
 
 def fit_budget(config, workdir: str, setup: setup_lib.TrainSetup):
-  """(`config` with `train.num_steps`, `keep_period` and `decay_start` set by its time budget,
-  the plan when it was made now, else None) where `train.num_steps` is 0: read back from
-  DIR/step_budget.json when this run planned before (a resumed run keeps its schedule), else
-  planned from the step time measured now on this machine (`budget_steps`) and saved there.
+  """(`config` with `train.num_steps`, `keep_period`, `decay_start` (and `late_start`) set by its
+  time budget, the plan when it was made now, else None) where `train.num_steps` is 0: read back
+  from DIR/step_budget.json when this run planned before (a resumed run keeps its schedule),
+  else planned from the step time measured now on this machine (`budget_steps`) and saved there.
   (`config`, None) where `num_steps` is given."""
   if config.train.num_steps > 0:
     return config, None
@@ -121,7 +133,8 @@ def fit_budget(config, workdir: str, setup: setup_lib.TrainSetup):
   with config.unlocked():
     config.train.num_steps = chosen["num_steps"]
     config.train.keep_period = chosen["keep_period"]
-    config.train.decay_start = chosen.get("decay_start", 0)
+    for phase in clock_phases(config.train):
+      config.train[f"{phase}_start"] = chosen.get(f"{phase}_start", 0)
   return config, chosen if planned_now else None
 
 
@@ -155,9 +168,9 @@ def measure_step_seconds(config, setup: setup_lib.TrainSetup, steps: int = 30,
 
 class ClockPlan:
   """A budgeted run kept to its deadline (module docstring, 3): `held_config` is the run's
-  config with the peak learning rate held; the loop calls `at_checkpoint(step)` after each
-  periodic checkpoint and trains to the end it returns, with the step it returns (one with the
-  decay fixed, once) or the one it has."""
+  config with the peak learning rate held (and the late conditioning not started); the loop
+  calls `at_checkpoint(step)` after each periodic checkpoint and trains to the end it returns,
+  with the step it returns (one compiled again as each phase starts) or the one it has."""
 
   def __init__(self, config, workdir: str, deadline: float, plan: dict, make_step: Callable):
     self.config, self.workdir, self.deadline = config, workdir, deadline
@@ -166,10 +179,14 @@ class ClockPlan:
     self._last = None  # (step, time) of the previous checkpoint
     # A step's time in the last intervals (not the first: it holds a compile).
     self._interval_seconds = collections.deque(maxlen=SPEED_INTERVALS)
-    self.held_config = _with_plan(config, config.train.num_steps, HOLD)
+    self.held_config = _with_plan(config, config.train.num_steps, self._starts())
+
+  def _starts(self) -> dict[str, int]:
+    return {phase: self.plan.get(f"{phase}_start", HOLD)
+            for phase in clock_phases(self.config.train)}
 
   def at_checkpoint(self, step: int) -> tuple[int, Callable | None]:
-    if "decay_start" in self.plan:  # fixed once the decay has started
+    if "decay_start" in self.plan:  # the end is fixed once the decay has started
       return self.plan["num_steps"], None
     now = time.monotonic()
     if self._last is not None:
@@ -180,21 +197,27 @@ class ClockPlan:
     seconds = np.array([self.deadline - now, speed], np.float64)
     if jax.process_count() > 1:  # every host plans the chief's end (one schedule)
       seconds = np.asarray(multihost_utils.broadcast_one_to_all(seconds.astype(np.float32)))
-    end, decay_now = clock_end(step, float(seconds[0]), float(seconds[1]),
-                               self.plan["reserve_steps"], self.config.train)
+    end, starting = clock_end(step, float(seconds[0]), float(seconds[1]),
+                              self.plan["reserve_steps"], self.config.train)
+    starting = [phase for phase in starting if f"{phase}_start" not in self.plan]
     self.plan.update(num_steps=end, replanned_at=step, seconds_per_step_now=float(seconds[1]))
-    if decay_now:
-      self.plan["decay_start"] = step
+    self.plan.update({f"{phase}_start": step for phase in starting})
+    if "decay" in starting:  # the end is now fixed, and with it a shorter phase's start
+      for phase, fraction in clock_phases(self.config.train).items():
+        self.plan.setdefault(f"{phase}_start", end - round(fraction * end))
     _save(self.workdir, self.plan)
-    self.config = _with_plan(self.config, end, step if decay_now else 0)
+    self.config = _with_plan(self.config, end, self._starts())
     logging.info("Time budget at step %d: %.3f s a step, %.1f min left -> the run ends at step "
                  "%d%s", step, seconds[1], seconds[0] / 60, end,
-                 f"; the learning rate decays from now (step {step})" if decay_now else "")
-    return end, self._make_step(self.config) if decay_now else None
+                 "".join(f"; the {PHASE_NAMES[phase]} from now (step {step})"
+                         for phase in starting))
+    return end, self._make_step(self.config) if starting else None
 
 
-def _with_plan(config, num_steps: int, decay_start: int):
+def _with_plan(config, num_steps: int, starts: dict[str, int]):
   config = config.copy_and_resolve_references()
   with config.unlocked():
-    config.train.num_steps, config.train.decay_start = num_steps, decay_start
+    config.train.num_steps = num_steps
+    for phase, start in starts.items():
+      config.train[f"{phase}_start"] = start
   return config

@@ -141,32 +141,44 @@ def sharding_context(config, batch_sharding=None):
 
 
 def decay_start_step(train_config) -> int:
-  """The step the linear decay starts at (`train.decay_fraction` > 0): `train.decay_start`, or
-  with 0 the last `decay_fraction` of `num_steps`; never inside the warm-up."""
+  """The step the linear decay starts at (`train.decay_fraction` > 0)."""
+  return _phase_start(train_config, "decay")
+
+
+def late_start_step(train_config) -> int:
+  """The step the late phase (diffusion.late_condition_tasks) starts at: the decay's where
+  `train.late_fraction` is 0."""
+  return _phase_start(train_config, "late" if train_config.get("late_fraction", 0.0) else "decay")
+
+
+def _phase_start(train_config, phase: str) -> int:
+  """`train.{phase}_start` (budget.HOLD until a clock-planned phase starts), or with 0 the last
+  `train.{phase}_fraction` of `num_steps`; never inside the warm-up."""
   num_steps = train_config.num_steps
-  decay_start = (train_config.get("decay_start", 0)
-                 or num_steps - round(train_config.decay_fraction * num_steps))
-  return max(decay_start, train_config.warmup_steps)
+  start = (train_config.get(f"{phase}_start", 0)
+           or num_steps - round(train_config[f"{phase}_fraction"] * num_steps))
+  return max(start, train_config.warmup_steps)
 
 
 def condition_weights_at(config, num_segments: int):
   """`step -> task weights` [4] over monl.CONDITION_TASKS of the conditioned examples:
-  `diffusion.condition_tasks`, and from the learning rate's decay `decay_condition_tasks`
-  where set (a last phase weighted toward what the model learns last, e.g. inpaintings).
-  Both are checked here, before any step runs."""
-  diffusion = config.diffusion
+  `diffusion.condition_tasks`, and from the late phase's start `late_condition_tasks` where set
+  (the last steps weighted toward what the model learns last, e.g. inpaintings). Both are
+  checked here, before any step runs."""
+  diffusion, train = config.diffusion, config.train
   weights = monl.parse_condition_tasks(diffusion.get("condition_tasks", "a2v,v2a,continue"))
   monl.check_condition_weights(num_segments, weights)
-  decay_text = diffusion.get("decay_condition_tasks", "")
-  if not decay_text:
+  late_text = diffusion.get("late_condition_tasks", "")
+  if not late_text:
     return lambda step: weights
-  if config.train.get("decay_fraction", 0.0) <= 0:
-    raise ValueError(f"diffusion.decay_condition_tasks={decay_text!r} weights the conditioned "
-                     "examples of the learning rate's linear decay; set train.decay_fraction > 0")
-  decay_weights = monl.parse_condition_tasks(decay_text)
-  monl.check_condition_weights(num_segments, decay_weights)
-  start = decay_start_step(config.train)  # budget.HOLD until a clock-planned decay starts
-  return lambda step: jnp.where(step >= start, decay_weights, weights)
+  if train.get("late_fraction", 0.0) <= 0 and train.get("decay_fraction", 0.0) <= 0:
+    raise ValueError(f"diffusion.late_condition_tasks={late_text!r} weights the conditioned "
+                     "examples of the run's last steps; set train.late_fraction > 0 (or "
+                     "train.decay_fraction > 0: the learning rate's decay)")
+  late_weights = monl.parse_condition_tasks(late_text)
+  monl.check_condition_weights(num_segments, late_weights)
+  start = late_start_step(train)
+  return lambda step: jnp.where(step >= start, late_weights, weights)
 
 
 def check_loss_weighting(diffusion_config) -> None:
