@@ -146,16 +146,23 @@ def test_clock_end_closed_form():
   assert budget.clock_end(6000, -60.0, 0.4, 1000, _clock_config()) == (6300, ["decay"])
 
 
-def test_clock_plan_follows_a_machine_that_slows_down(tmp_path, monkeypatch):
+def _clock_plan(tmp_path, monkeypatch, seconds_per_step: float, **train):
+  """(a ClockPlan over a 3000 s budget with 1000 step-times reserved, its mock clock [seconds],
+  the configs it compiled a step for); its step is named by how many were compiled."""
   config = ml_collections.ConfigDict(dict(train=dict(
       _clock_config(), num_steps=9000, decay_start=0, learning_rate=1e-3, warmup_steps=100)))
-  now = [0.0]
+  config.train.update(train)
+  now, built = [0.0], []
   monkeypatch.setattr(budget.time, "monotonic", lambda: now[0])
-  built = []
   plan = budget.ClockPlan(config, str(tmp_path), deadline=3000.0,
-                          plan={"num_steps": 9000, "seconds_per_step": 0.2,
+                          plan={"num_steps": 9000, "seconds_per_step": seconds_per_step,
                                 "reserve_steps": 1000},
-                          make_step=lambda c: built.append(c) or "decaying step")
+                          make_step=lambda c: built.append(c) or f"step {len(built)}")
+  return plan, now, built
+
+
+def test_clock_plan_follows_a_machine_that_slows_down(tmp_path, monkeypatch):
+  plan, now, built = _clock_plan(tmp_path, monkeypatch, 0.2)
   assert plan.held_config.train.decay_start == budget.HOLD
   # Step 300 at 100 s: the measured 0.2 s; 2900 s left: 14500 - 1000 -> 13500 more: 13800.
   now[0] = 100.0
@@ -166,7 +173,7 @@ def test_clock_plan_follows_a_machine_that_slows_down(tmp_path, monkeypatch):
   assert plan.at_checkpoint(600) == (2100, None)
   # Step 1500 at 1300 s: still 1 s; 1700 - 1000 = 700 -> 600 more: 2100, decay from 1680 < 1800.
   now[0] = 1300.0
-  assert plan.at_checkpoint(1500) == (2100, "decaying step")
+  assert plan.at_checkpoint(1500) == (2100, "step 1")
   assert len(built) == 1 and built[0].train.decay_start == 1500
   assert built[0].train.num_steps == 2100
   saved = json.loads((tmp_path / budget.BUDGET_FILE).read_text())
@@ -177,16 +184,7 @@ def test_clock_plan_follows_a_machine_that_slows_down(tmp_path, monkeypatch):
 
 
 def test_clock_plan_starts_a_late_phase_and_then_the_decay(tmp_path, monkeypatch):
-  config = ml_collections.ConfigDict(dict(train=dict(
-      _clock_config(), num_steps=9000, decay_start=0, late_fraction=0.4, late_start=0,
-      learning_rate=1e-3, warmup_steps=100)))
-  now = [0.0]
-  monkeypatch.setattr(budget.time, "monotonic", lambda: now[0])
-  built = []
-  plan = budget.ClockPlan(config, str(tmp_path), deadline=3000.0,
-                          plan={"num_steps": 9000, "seconds_per_step": 1.0,
-                                "reserve_steps": 1000},
-                          make_step=lambda c: built.append(c) or f"step {len(built)}")
+  plan, now, built = _clock_plan(tmp_path, monkeypatch, 1.0, late_fraction=0.4, late_start=0)
   assert plan.held_config.train.late_start == plan.held_config.train.decay_start == budget.HOLD
   # Step 300 at 300 s: 2700 - 1000 -> 1500 more: 1800, late phase (720) from 1080: not yet.
   now[0] = 300.0
@@ -204,34 +202,19 @@ def test_clock_plan_starts_a_late_phase_and_then_the_decay(tmp_path, monkeypatch
 
 
 def test_clock_plan_fixes_a_shorter_late_phase_with_the_decay(tmp_path, monkeypatch):
-  config = ml_collections.ConfigDict(dict(train=dict(
-      _clock_config(), decay_fraction=0.5, num_steps=9000, decay_start=0, late_fraction=0.1,
-      late_start=0, learning_rate=1e-3, warmup_steps=100)))
-  now = [0.0]
-  monkeypatch.setattr(budget.time, "monotonic", lambda: now[0])
-  built = []
-  plan = budget.ClockPlan(config, str(tmp_path), deadline=3000.0,
-                          plan={"num_steps": 9000, "seconds_per_step": 1.0,
-                                "reserve_steps": 1000},
-                          make_step=lambda c: built.append(c) or "decaying step")
+  plan, now, built = _clock_plan(tmp_path, monkeypatch, 1.0, decay_fraction=0.5,
+                                 late_fraction=0.1, late_start=0)
   # Step 900 at 900 s: 2100 - 1000 -> 900 more: 1800, its decay (900) from now; the end fixed,
   # the last 10% (180 steps) from 1620, after the next checkpoint: set with it.
   now[0] = 900.0
-  assert plan.at_checkpoint(900) == (1800, "decaying step")
+  assert plan.at_checkpoint(900) == (1800, "step 1")
   assert (built[0].train.decay_start, built[0].train.late_start) == (900, 1620)
   assert json.loads((tmp_path / budget.BUDGET_FILE).read_text())["late_start"] == 1620
 
 
 def test_clock_plan_reads_the_median_of_the_last_intervals(tmp_path, monkeypatch):
   # A fast machine (0.1 s a step) with one slow interval, then a lasting slowdown.
-  config = ml_collections.ConfigDict(dict(train=dict(
-      _clock_config(), num_steps=9000, decay_start=0, learning_rate=1e-3, warmup_steps=100)))
-  now = [0.0]
-  monkeypatch.setattr(budget.time, "monotonic", lambda: now[0])
-  plan = budget.ClockPlan(config, str(tmp_path), deadline=3000.0,
-                          plan={"num_steps": 9000, "seconds_per_step": 0.1,
-                                "reserve_steps": 1000},
-                          make_step=lambda c: "decaying step")
+  plan, now, _ = _clock_plan(tmp_path, monkeypatch, 0.1)
   for step, seconds in ((300, 30.0), (600, 60.0), (900, 90.0)):
     now[0] = seconds
     plan.at_checkpoint(step)
