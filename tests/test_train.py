@@ -238,11 +238,12 @@ def test_time_budget_run_keeps_to_the_clock_and_its_plan_on_resume(tiny_config, 
   # checkpoint of step 3 the minutes are spent: the end stays at 6 and the decay starts at 3.
   with tiny_config.unlocked():
     tiny_config.train.update(budget_minutes=1e-6, budget_kept_checkpoints=1, decay_fraction=0.2,
-                             checkpoint_every=3, warmup_steps=3, log_every=1)
+                             late_fraction=0.5, checkpoint_every=3, warmup_steps=3, log_every=1)
+    tiny_config.diffusion.late_condition_tasks = "inpaint"  # its phase started by the clock too
   first = train.train(tiny_config, str(tmp_path))
   chosen = json.loads((tmp_path / budget.BUDGET_FILE).read_text())
   assert first["step"] == chosen["num_steps"] == 6 and chosen["keep_period"] == 6
-  assert chosen["decay_start"] == 3 and chosen["seconds_per_step"] > 0
+  assert chosen["decay_start"] == chosen["late_start"] == 3 and chosen["seconds_per_step"] > 0
   # The last step's learning rate is the decaying schedule's (step 5 of 3 -> 6), not the peak.
   peak, end = tiny_config.train.learning_rate, tiny_config.train.end_learning_rate_factor
   expected = peak + (peak * end - peak) * (5 - 3) / (6 - 3)
