@@ -179,9 +179,9 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       # of them inpaintings from the start (-0.75 [-1.75, +0.09] px) or in the decay alone
       # (diffusion.late_condition_tasks: +0.63, -0.57 px) did not move it beyond noise either.
       # A late phase at the peak does (train.late_fraction=0.46 with late_condition_tasks
-      # "inpaint": -2.05, -1.88 px in two training seeds) but costs v2a's height +0.2-0.4 px, over its
-      # goal (an eighth of them v2a: still +0.23); with a quarter, -0.8 px: the job keeps its
-      # conditioning.
+      # "inpaint": -2.05, -1.88 px in two training seeds) but costs v2a's height +0.2-0.4 px,
+      # over its goal (an eighth of them v2a: still +0.23); with a quarter, -0.8 px: the job
+      # keeps its conditioning.
       # The sampler stays DDIM 50: twice the calls with fresh noise (sample.resample=2 with
       # ddpm, or ddpm at 100 steps) bring the jump 1.4-1.6 px down, not to 1.5, for twice the
       # suite's sampling minutes and 6-7 points of the disc count (docs/learning_the_link.md).
