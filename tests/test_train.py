@@ -115,11 +115,14 @@ def test_late_condition_tasks_weight_the_late_phase():
   at = state_lib.condition_weights_at(config, num_segments=5)
   np.testing.assert_allclose(at(jnp.int32(64)), thirds)
   np.testing.assert_allclose(at(jnp.int32(65)), inpaint)
-  config.train.late_start = budget.HOLD  # the clock holds the late phase, whatever the decay's
+  config.train.update(late_fraction=0.0, late_start=30)  # a start alone sets the phase too
+  np.testing.assert_allclose(state_lib.condition_weights_at(config, 5)(jnp.int32(30)), inpaint)
+  np.testing.assert_allclose(state_lib.condition_weights_at(config, 5)(jnp.int32(29)), thirds)
+  config.train.update(late_fraction=0.35, late_start=budget.HOLD)  # the clock holds it, whatever
   np.testing.assert_allclose(state_lib.condition_weights_at(config, 5)(jnp.int32(99)), thirds)
   with pytest.raises(ValueError, match="needs >= 3 segments"):  # checked before any step
     state_lib.condition_weights_at(config, num_segments=2)
-  config.train.update(decay_fraction=0.0, late_fraction=0.0)  # a cosine, no phase to weight
+  config.train.update(decay_fraction=0.0, late_fraction=0.0, late_start=0)  # a cosine, no phase
   with pytest.raises(ValueError, match="late_fraction > 0"):
     state_lib.condition_weights_at(config, num_segments=5)
   config.diffusion.late_condition_tasks = ""  # unset: condition_tasks to the end

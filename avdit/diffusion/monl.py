@@ -119,7 +119,7 @@ def condition_patterns(num_segments: int) -> tuple[np.ndarray, np.ndarray]:
 def pattern_probabilities(task_weights, task_of_pattern: np.ndarray) -> jnp.ndarray:
   """Each pattern's probability [K]: its task's weight shared evenly by the task's patterns.
   `task_weights` [4] over CONDITION_TASKS (a2v, v2a, continue a third each by default) may be
-  traced (a train step that changes them at the decay)."""
+  traced (a train step that changes them when its late phase starts)."""
   count = np.bincount(task_of_pattern, minlength=len(CONDITION_TASKS))[task_of_pattern]
   weights = jnp.asarray(task_weights, jnp.float32)[task_of_pattern] / count
   return weights / jnp.sum(weights)

@@ -147,8 +147,9 @@ def decay_start_step(train_config) -> int:
 
 def late_start_step(train_config) -> int:
   """The step the late phase (diffusion.late_condition_tasks) starts at: the decay's where
-  `train.late_fraction` is 0."""
-  return _phase_start(train_config, "late" if train_config.get("late_fraction", 0.0) else "decay")
+  neither `train.late_fraction` nor `train.late_start` is set."""
+  own = train_config.get("late_fraction", 0.0) > 0 or train_config.get("late_start", 0) > 0
+  return _phase_start(train_config, "late" if own else "decay")
 
 
 def _phase_start(train_config, phase: str) -> int:
@@ -171,10 +172,11 @@ def condition_weights_at(config, num_segments: int):
   late_text = diffusion.get("late_condition_tasks", "")
   if not late_text:
     return lambda step: weights
-  if train.get("late_fraction", 0.0) <= 0 and train.get("decay_fraction", 0.0) <= 0:
+  if not any(train.get(field, 0) > 0 for field in ("late_fraction", "late_start",
+                                                     "decay_fraction")):
     raise ValueError(f"diffusion.late_condition_tasks={late_text!r} weights the conditioned "
-                     "examples of the run's last steps; set train.late_fraction > 0 (or "
-                     "train.decay_fraction > 0: the learning rate's decay)")
+                     "examples of the run's last steps; set train.late_fraction > 0 or "
+                     "train.late_start (or train.decay_fraction > 0: the learning rate's decay)")
   late_weights = monl.parse_condition_tasks(late_text)
   monl.check_condition_weights(num_segments, late_weights)
   start = late_start_step(train)
