@@ -133,6 +133,12 @@ def _prepare(config, mode: str, workdir: str):
   logging.info("JAX devices: %s", jax.devices())
   if workdir_lib.is_pipeline(config):
     config = workdir_lib.with_stage_dirs(config, workdir)
+  elif "pipeline_workdir" in config:  # an experiment on a finished pipeline run's stages
+    if not config.pipeline_workdir:
+      raise UserError("this config reads a finished pipeline run's latent cache and video "
+                      "decoder: give --config.pipeline_workdir=DIR (a workdir of "
+                      "configs/avdit_pipeline.py)")
+    config = workdir_lib.with_stage_dirs(config, config.pipeline_workdir)
   preflight.check(config, mode, workdir)  # before any step: nothing fails late
   return config
 

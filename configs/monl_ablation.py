@@ -12,23 +12,61 @@ Variants:
   default  17 frames 32x32 at 8 fps + 2.125 s of 16 kHz audio (space-to-depth latents:
            5 x 4 x 4 video + 107 audio tokens), width 128, depth 4, batch 8; the README's
            Results table.
+  pipeline the main job's model, latents and training recipe (configs/avdit_pipeline.py: MAGVIT-v2
+           video and log-magnitude audio latents, read from a finished pipeline run's
+           latent_cache/ and magvit2_decoder/, `pipeline_workdir`), each mixture alone
+           (no clean-conditioned examples: the paper's Table 1), `PIPELINE_STEPS` steps:
+             python -m avdit.main --config=configs/monl_ablation.py:pipeline \
+                 --config.pipeline_workdir=PIPELINE_DIR --workdir=DIR --mode=experiment
   tiny     tests: one setting, a few steps, one task.
 """
 import ml_collections
 
+from configs import avdit_pipeline
 from configs import avdit_synthetic
 
 COMMAND = ("python -m avdit.main --config=configs/monl_ablation.py --workdir=/tmp/monl_ablation "
            "--mode=experiment")
 
 
-def get_config(variant: str = "default") -> ml_collections.ConfigDict:
-  if variant not in ("tiny", "default"):
-    raise ValueError(f"unknown variant {variant!r} of monl_ablation: tiny or default")
-  c = avdit_synthetic.get_config("tiny" if variant == "tiny" else "default")
-  c.variant = variant
+VARIANTS = ("default", "pipeline", "tiny")
+# 4200 steps of batch 4, ~10 minutes a setting on a 2-core AVX-512 EPYC: the main job's model
+# follows the other modality from ~5000 of its steps at the peak learning rate (README), and
+# four settings with their evaluation then take ~50 minutes.
+PIPELINE_STEPS = 4200
+
+
+def _pipeline_experiment(experiment: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The main job's AVDiT on a finished pipeline run's latents, one noise mixture per setting."""
+  c = avdit_pipeline.get_config("default")
+  c.variant = "pipeline"
   c.job = "experiment"
-  c.experiment = ml_collections.ConfigDict(dict(
+  # The pipeline run whose latent cache and (fine-tuned) video decoder every setting uses.
+  c.pipeline_workdir = ml_collections.config_dict.placeholder(str)
+  c.experiment = experiment
+  c.experiment.command = (
+      "python -m avdit.main --config=configs/monl_ablation.py:pipeline "
+      "--config.pipeline_workdir=PIPELINE_DIR --workdir=/tmp/monl_pipeline --mode=experiment")
+  # The mixtures alone: the job's clean-conditioned examples (a2v, v2a, continuations at t = 0)
+  # would give every setting, vanilla included, the per-element levels of the tasks.
+  c.diffusion.condition_rate = 0.0
+  # A fixed number of steps, not the job's clock; the decay over the last 20% as in the job.
+  c.job_minutes = 0.0
+  c.train.update(num_steps=PIPELINE_STEPS, checkpoint_every=PIPELINE_STEPS // 2,
+                 keep_period=PIPELINE_STEPS // 2)
+  # One plain sampler for every row (vanilla samples by replacement): no guidance, no
+  # autoguidance; FVD off (I3D costs ~1 minute a task here).
+  c.sample.update(guidance_by_task="", autoguidance_weight=0.0)
+  c.eval.update(tasks="a2v|v2a|av_continue|av_inpaint", i3d_weights="none")
+  c.experiment.settings = "vanilla|pm|pt|monl"
+  c.experiment.methods = dict(vanilla="replacement")
+  return c
+
+
+def get_config(variant: str = "default") -> ml_collections.ConfigDict:
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown variant {variant!r} of monl_ablation: one of {VARIANTS}")
+  experiment = ml_collections.ConfigDict(dict(
       # Noise mixtures (avdit.diffusion.monl.parse_mixture), in the paper's Table 1 order.
       settings="vanilla|pm|pt|ptm|pt,pm,ptm|monl",
       # Sampling methods per setting (default monl). A vanilla model knows one scalar timestep:
@@ -41,6 +79,12 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       title="MoNL vs its ablations on the synthetic world (Table 1 at small scale)",
       command=COMMAND,
   ))
+  if variant == "pipeline":
+    return _pipeline_experiment(experiment)
+  c = avdit_synthetic.get_config("tiny" if variant == "tiny" else "default")
+  c.variant = variant
+  c.job = "experiment"
+  c.experiment = experiment
   # x0-prediction (as avdit_synthetic): the space-to-depth tokens (768 video / 320 audio
   # channels) are wider than the model (128); under eps-prediction the noise the network cannot
   # represent is never removed and samples stay noise (schedule.prediction_to_x0_eps).

@@ -69,3 +69,45 @@ def test_an_experiment_setting_is_one_model_job():
       "print(config.job, 'experiment' in config)\n")
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert proc.stdout.split() == ["train_and_sample", "False"]
+
+
+def _experiment_on_pipeline(tmp_path, *flags) -> subprocess.CompletedProcess:
+  return subprocess.run(
+      [sys.executable, "-m", "avdit.main", "--config=configs/monl_ablation.py:pipeline",
+       "--mode=experiment", f"--workdir={tmp_path / 'experiment'}", *flags], cwd=ROOT, env=ENV,
+      capture_output=True, text=True, timeout=120)
+
+
+def test_the_ablation_on_pipeline_latents_asks_for_a_finished_pipeline_run(tmp_path):
+  unset = _experiment_on_pipeline(tmp_path)
+  assert unset.returncode == 1
+  assert "give --config.pipeline_workdir=DIR" in unset.stderr
+  unfinished = tmp_path / "pipeline"
+  (unfinished / "latent_cache").mkdir(parents=True)
+  (unfinished / "latent_cache" / "latents.array_record").write_bytes(b"")
+  missing = _experiment_on_pipeline(tmp_path, f"--config.pipeline_workdir={unfinished}")
+  assert missing.returncode == 1
+  assert f"pipeline_workdir={unfinished} is not a finished pipeline run" in missing.stderr
+  assert "interrupted encode" in missing.stderr
+  assert f"--config=configs/avdit_pipeline.py --workdir={unfinished}" in missing.stderr
+  # Refused before any setting trained.
+  assert not list((tmp_path / "experiment").iterdir())
+
+
+def test_the_ablation_on_pipeline_latents_trains_each_mixture_alone_on_its_stages():
+  proc = _python(
+      "import json\n"
+      "from avdit import workdir\n"
+      "from avdit.workflows import experiment\n"
+      "from configs import monl_ablation\n"
+      "config = monl_ablation.get_config('pipeline')\n"
+      "config.pipeline_workdir = '/runs/job'\n"
+      "config = workdir.with_stage_dirs(config, config.pipeline_workdir)\n"
+      "pm = experiment.setting_config(config, 'pm', 'monl')\n"
+      "print(json.dumps([pm.diffusion.noise_mixture, pm.diffusion.condition_rate,\n"
+      "                  pm.data.cache_dir, pm.latent.video_autoencoder_workdir,\n"
+      "                  pm.job_minutes, [r[0] for r in experiment.runs(config)]]))\n")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert json.loads(proc.stdout.splitlines()[-1]) == [
+      "pm", 0.0, "/runs/job/latent_cache", "/runs/job/magvit2_decoder", 0.0,
+      ["vanilla+replacement", "pm", "pt", "monl"]]

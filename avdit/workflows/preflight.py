@@ -15,6 +15,8 @@ is the worst outcome for a user; every mode of avdit.main calls `check` first, w
   sampler          sample.guidance_by_task names known tasks with numeric weights; the sampler
                    settings are valid together (e.g. resample with a sequential ddpm/ddim)
   loss             diffusion.loss_weighting (and its cap) is one the training loss can apply
+  pipeline stages  a config that reads a finished pipeline run (`pipeline_workdir`) finds its
+                   latent cache and video autoencoder there
 
 Synthetic data is made on the fly and always has what is asked of it; latent-cache data is
 checked through `data.raw`, the clips it encodes.
@@ -27,6 +29,7 @@ import uuid
 from avdit import checkpointing
 from avdit import layout as layout_lib
 from avdit import workdir as workdir_lib
+from avdit.data import latent_cache
 from avdit.data import pipeline
 from avdit.errors import UserError
 from avdit.sampling import parallel
@@ -43,6 +46,8 @@ READ_ONLY_MODES = ("sample", "eval", "curve")  # need a trained AVDiT in the mod
 def check(config, mode: str, workdir: str) -> None:
   """Raises UserError if a run of `mode` on `config` would fail later for want of something."""
   check_workdir_writable(workdir)
+  if config.get("pipeline_workdir"):
+    check_pipeline_stages(config)
   check_data(config, mode)
   if mode in SAMPLING_MODES + SUITE_MODES + ("curve",):
     try:
@@ -80,6 +85,19 @@ def check_workdir_writable(workdir: str) -> None:
   except OSError as e:
     raise UserError(f"the workdir {workdir} is not writable ({e}); pass a --workdir you can "
                     "write to.") from None
+
+
+def check_pipeline_stages(config) -> None:
+  """The latent cache and video autoencoder of the finished pipeline run a config reads
+  (`pipeline_workdir`; their directories filled in by workdir.with_stage_dirs)."""
+  fix = (f"run the pipeline there first (python -m avdit.main "
+         f"--config=configs/avdit_pipeline.py --workdir={config.pipeline_workdir})")
+  try:
+    latent_cache.read_meta(config.data.cache_dir)
+    checkpointing.resolve_step(config.latent.video_autoencoder_workdir)
+  except FileNotFoundError as e:
+    raise UserError(f"pipeline_workdir={config.pipeline_workdir} is not a finished pipeline "
+                    f"run: {e}; {fix}") from None
 
 
 def needed_splits(config, mode: str) -> list[tuple[str, str, int]]:
