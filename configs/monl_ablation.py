@@ -60,6 +60,7 @@ def _pipeline_experiment(experiment: ml_collections.ConfigDict) -> ml_collection
   c.eval.update(tasks="a2v|v2a|av_continue|av_inpaint", i3d_weights="none")
   c.experiment.settings = "vanilla|pm|pt|monl"
   c.experiment.methods = dict(vanilla="replacement")
+  c.experiment.curve_tasks = "a2v|v2a"  # at each kept checkpoint, 8 clips (the job's curve)
   return c
 
 
@@ -76,6 +77,9 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       # seed in DIR/<setting>/ (seed 0) or DIR/<setting>_seed<k>/; all evaluated on the same
       # held-out clips and sampler seed. "0,1,2" gives intervals over seeds as well as clips.
       seeds="0",
+      # Tasks of a learning curve per run (its kept checkpoints, eval.curve_num_clips clips):
+      # DIR/learning_curves.png, the settings against the step. Empty: none.
+      curve_tasks="",
       title="MoNL vs its ablations on the synthetic world (Table 1 at small scale)",
       command=COMMAND,
   ))

@@ -671,3 +671,55 @@ def test_experiment_run_trains_and_evaluates_each_seed_and_compares_over_seeds(t
   assert interval.mean == 1.0 and f"| monl | {interval.format()} |" in table
   assert "once per training seed 0, 1" in table
   assert json.loads((tmp_path / "comparison.json").read_text())["pt"][1]["name"] == "pt"
+
+
+def test_experiment_learning_curves_average_each_row_over_its_seeds(tmp_path, monkeypatch):
+  """experiment.curve_tasks: every run is evaluated at its checkpoints on those tasks, in
+  eval/curve/<method>/ of its directory; learning_curves.{json,png} hold one curve per row,
+  the mean over seeds, with the chance rows of the row's final suite."""
+  from avdit.evaluation import curve
+  from avdit.training import train
+  from avdit.workflows import experiment
+  from configs import monl_ablation
+  config = monl_ablation.get_config("tiny")
+  config.experiment.update(settings="vanilla|pt", seeds="0,1", curve_tasks="a2v",
+                           methods={"vanilla": "replacement|reconstruction"})
+  monkeypatch.setattr(train, "train", lambda run_config, run_dir: {"stopped_by": None,
+                                                                   "step": 4})
+  monkeypatch.setattr(train, "write_summary", lambda run_dir, summary: None)
+
+  def fake_evaluate(run_config, run_dir, name, subdir, networks):
+    results = _results(name, {"a2v": {"av_height_error_px": 1.0}})
+    results["tasks"]["a2v"]["baselines"] = {"shuffled": {"av_height_error_px": 7.0}}
+    return results
+
+  evaluated = []
+
+  def fake_steps(run_config, run_dir, subdir):
+    evaluated.append((run_dir.rsplit("/", 1)[-1], subdir, run_config.eval.curve_tasks,
+                      run_config.sample.method))
+    height = {"pt": 3.0, "vanilla": 6.0}[run_config.diffusion.noise_mixture] + run_config.seed
+    return {step: _results("x", {"a2v": {"av_height_error_px": height / step}})
+            for step in (2, 4)}
+
+  monkeypatch.setattr(suite, "evaluate", fake_evaluate)
+  monkeypatch.setattr(suite.FeatureNetworks, "from_config",
+                      classmethod(lambda cls, eval_config: cls()))
+  monkeypatch.setattr(curve, "evaluate_steps", fake_steps)
+  experiment.run(config, str(tmp_path))
+  assert evaluated == [
+      ("vanilla", "curve/replacement", "a2v", "replacement"),
+      ("vanilla", "curve/reconstruction", "a2v", "reconstruction"),
+      ("pt", "curve/monl", "a2v", "monl"),
+      ("vanilla_seed1", "curve/replacement", "a2v", "replacement"),
+      ("vanilla_seed1", "curve/reconstruction", "a2v", "reconstruction"),
+      ("pt_seed1", "curve/monl", "a2v", "monl")]
+  saved = json.loads((tmp_path / "learning_curves.json").read_text())
+  assert list(saved) == ["vanilla+replacement", "vanilla+reconstruction", "pt"]
+  pt = saved["pt"]["a2v"]["av_height_error_px"]
+  # seeds 0 and 1: 3 / step and 4 / step
+  assert pt["steps"] == [2, 4] and pt["values"] == [3.5 / 2, 3.5 / 4]
+  assert pt["shuffled"] == 7.0
+  assert saved["vanilla+replacement"]["a2v"]["av_height_error_px"]["values"] == [6.5 / 2,
+                                                                                  6.5 / 4]
+  assert (tmp_path / "learning_curves.png").stat().st_size > 10_000

@@ -28,3 +28,21 @@ def test_curve_table_orders_steps_and_attaches_baselines(tmp_path):
   path = tmp_path / "eval" / "learning_curve.png"
   curve.plot_curve(table, str(path))
   assert path.stat().st_size > 10_000
+
+
+def test_mean_table_averages_the_seeds_at_the_steps_they_share(tmp_path):
+  final = {"tasks": {"a2v": {"baselines": {"shuffled": {"av_height_error_px": 7.8}}}}}
+  seed0 = curve.curve_table({200: _suite_results(200, 7.0, 0.1),
+                             600: _suite_results(600, 2.0, 0.5)}, final)
+  seed1 = curve.curve_table({200: _suite_results(200, 5.0, 0.3),
+                             400: _suite_results(400, 4.0, 0.2),
+                             600: _suite_results(600, 1.0, 0.7)}, final)
+  mean = curve.mean_table([seed0, seed1])
+  cell = mean["a2v"]["av_height_error_px"]
+  assert cell["steps"] == [200, 600]  # step 400 only one seed has
+  assert cell["values"] == [6.0, 1.5]
+  assert cell["reference"] == 0.01 and cell["shuffled"] == 7.8
+  assert mean["a2v"]["sync_f1"]["values"] == [0.2, 0.6]
+  path = tmp_path / "curves.png"
+  curve.plot_curves({"pt": mean, "monl": seed1}, str(path))
+  assert path.stat().st_size > 10_000

@@ -49,17 +49,18 @@ def _curve_config(config, step: int):
   return config
 
 
-def evaluate_steps(config, workdir: str, steps=None) -> dict[int, dict]:
-  """{step: suite results} on the curve tasks, for `steps` (default: every checkpoint)."""
+def evaluate_steps(config, workdir: str, steps=None, subdir: str = "curve") -> dict[int, dict]:
+  """{step: suite results} on the curve tasks, for `steps` (default: every checkpoint), in
+  <workdir>/eval/<subdir>/step_<n>/."""
   results = {}
   for step in checkpointing.checkpoint_steps(workdir) if steps is None else steps:
-    subdir = f"curve/step_{step}"
-    path = workdir_lib.path(workdir, suite.EVAL_DIR, subdir, "results.json")
+    step_subdir = f"{subdir}/step_{step}"
+    path = workdir_lib.path(workdir, suite.EVAL_DIR, step_subdir, "results.json")
     if path.exists():
       results[step] = json.loads(path.read_text())
       continue
     logging.info("learning curve: evaluating step %d", step)
-    results[step] = suite.evaluate(_curve_config(config, step), workdir, subdir=subdir)
+    results[step] = suite.evaluate(_curve_config(config, step), workdir, subdir=step_subdir)
   return results
 
 
@@ -96,21 +97,49 @@ def curve_table(results_by_step: dict[int, dict], baselines: dict | None = None)
   return table
 
 
+def mean_table(tables: list[dict]) -> dict:
+  """The mean over runs (an experiment's training seeds) of `curve_table`s: per (task, metric)
+  the steps every run has, each the mean of the runs' values; baselines those of the first."""
+  mean: dict = {}
+  for task, metrics in tables[0].items():
+    for metric, first in metrics.items():
+      cells = [t.get(task, {}).get(metric) for t in tables]
+      if any(cell is None for cell in cells):
+        continue
+      by_step = [dict(zip(cell["steps"], cell["values"])) for cell in cells]
+      steps = sorted(set.intersection(*(set(values) for values in by_step)))
+      mean.setdefault(task, {})[metric] = dict(
+          {k: v for k, v in first.items() if k not in ("steps", "values")}, steps=steps,
+          values=[sum(values[step] for values in by_step) / len(by_step) for step in steps])
+  return mean
+
+
 def plot_curve(table: dict, path) -> None:
   """One panel per (task, metric) with values: the model against the step, baselines as lines."""
+  plot_curves({"model": table}, path)
+
+
+def plot_curves(tables_by_label: dict[str, dict], path) -> None:
+  """`plot_curve` with one line per labelled table (an experiment's settings); the baselines
+  are the first table's."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  panels = [(task, metric) for task, metrics in table.items() for metric in CURVE_METRICS
+  tables = list(tables_by_label.values())
+  panels = [(task, metric) for task, metrics in tables[0].items() for metric in CURVE_METRICS
             if metric in metrics and any(math.isfinite(v) for v in metrics[metric]["values"])]
   cols = min(4, max(len(panels), 1))
   rows = max(1, math.ceil(len(panels) / cols))
   fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False)
+  colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
   for ax, (task, metric) in zip(axes.flat, panels):
-    cell = table[task][metric]
-    ax.plot(cell["steps"], cell["values"], "o-", color="tab:blue", label="model")
+    for index, (label, table) in enumerate(tables_by_label.items()):
+      cell = table.get(task, {}).get(metric)
+      if cell is not None:
+        ax.plot(cell["steps"], cell["values"], "o-", color=colours[index % len(colours)],
+                label=label)
     for name, (label, colour, style) in BASELINE_STYLE.items():
-      value = cell.get(name)
+      value = tables[0][task][metric].get(name)
       if value is not None and math.isfinite(value):
         ax.axhline(value, color=colour, linestyle=style, linewidth=1, label=label)
     ax.set_title(f"{task}: {metric}{report.arrow(metric)}", fontsize=8)
@@ -123,8 +152,9 @@ def plot_curve(table: dict, path) -> None:
     h, l = ax.get_legend_handles_labels()
     if len(l) > len(labels):
       handles, labels = h, l
-  fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=7)
-  fig.tight_layout(rect=(0, 0, 1, 0.93))
+  legend_rows = math.ceil(len(labels) / 6)
+  fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 6), fontsize=7)
+  fig.tight_layout(rect=(0, 0, 1, 1 - 0.07 * legend_rows))
   with workdir_lib.local_staging(workdir_lib.path(path).parent) as out:
     fig.savefig(out / workdir_lib.path(path).name, dpi=110)
   plt.close(fig)

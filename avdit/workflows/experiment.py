@@ -19,6 +19,11 @@ held-out clips with the same sampler seed (data.seed and eval.seed are not chang
 are compared clip by clip and seed by seed (avdit.evaluation.report: intervals over clips and
 seeds, paired differences).
 
+With `experiment.curve_tasks` (e.g. "a2v|v2a"), every run is also evaluated at each of its kept
+checkpoints on those tasks (avdit.evaluation.curve, `eval.curve_num_clips` clips), and
+DIR/learning_curves.{png,json} show the settings' oracle metrics against the step, the mean over
+seeds, beside the real clips' and chance scores.
+
 Writes DIR/comparison.md (one table per metric, settings as rows, tasks as columns, means with
 95% bootstrap intervals, mean ranks, significant differences), DIR/comparison.png and
 DIR/comparison.json ({row: suite results}, or {row: [suite results per seed]} with several
@@ -32,6 +37,7 @@ from typing import NamedTuple
 from absl import logging
 
 from avdit import workdir as workdir_lib
+from avdit.evaluation import curve
 from avdit.evaluation import report
 from avdit.evaluation import suite
 
@@ -156,6 +162,8 @@ def run(config, workdir: str) -> dict:
       results = suite.evaluate(run_config, run_dir, name=label, subdir=method,
                                networks=networks)
     by_row[label].append(results)
+  if config.experiment.get("curve_tasks", ""):
+    learning_curves(config, workdir, by_row)
   results_by_row = {label: rows[0] if len(rows) == 1 else rows for label, rows in by_row.items()}
   seed_list = seeds(config)
   num_settings = len([s for s in config.experiment.settings.split("|") if s.strip()])
@@ -173,3 +181,24 @@ def run(config, workdir: str) -> dict:
     report.plot_comparison(results_by_row, out / "comparison.png")
     (out / "comparison.json").write_text(json.dumps(results_by_row, indent=2))
   return results_by_row
+
+
+def learning_curves(config, workdir: str, by_row: dict[str, list]) -> dict:
+  """Evaluates every run at its kept checkpoints on `experiment.curve_tasks`; writes
+  DIR/learning_curves.{json,png}, one line per comparison row (the mean over seeds) beside the
+  real clips' and chance scores of its final suite (`by_row`: {row label: results per seed});
+  returns {row label: curve table}."""
+  tables: dict[str, list[dict]] = {}
+  for label, setting, method, seed, directory in seeded_runs(config):
+    run_config = setting_config(config, setting, method, seed)
+    with run_config.unlocked():
+      run_config.eval.curve_tasks = config.experiment.curve_tasks
+    logging.info("experiment: learning curve of %s seed %d", label, seed)
+    results = curve.evaluate_steps(run_config, str(workdir_lib.path(workdir, directory)),
+                                   subdir=f"curve/{method}")
+    final = by_row[label][seeds(config).index(seed)]
+    tables.setdefault(label, []).append(curve.curve_table(results, final))
+  mean_tables = {label: curve.mean_table(seed_tables) for label, seed_tables in tables.items()}
+  workdir_lib.write_text(workdir, "learning_curves.json", json.dumps(mean_tables, indent=2))
+  curve.plot_curves(mean_tables, workdir_lib.path(workdir, "learning_curves.png"))
+  return mean_tables
