@@ -27,9 +27,28 @@ from configs import avdit_synthetic
 
 COMMAND = ("python -m avdit.main --config=configs/monl_ablation.py --workdir=/tmp/monl_ablation "
            "--mode=experiment")
-
-
 VARIANTS = ("default", "pipeline", "tiny")
+# What the continuation and inpainting of the suite measure where the past (and future) is given.
+GIVEN_PAST = dict(tasks="av_continue|av_inpaint", metrics=(
+    "continuity_jump_px,subject_background_color_error,subject_disc_color_error"))
+ACROSS = "a2v|v2a|av_continue|av_inpaint"
+MAIN_METRICS = ("av_height_error_px,sync_f1,continuity_jump_px,subject_disc_found_fraction,"
+                "subject_background_color_error,subject_disc_color_error")
+# The paper's Table 1 claims, in its order, each judged by paired comparisons of two rows.
+CLAIMS = (
+    dict(text="MoNL is best on average (vs vanilla)", better="monl",
+         worse="vanilla+replacement", tasks=ACROSS, metrics=MAIN_METRICS),
+    dict(text="MoNL is best on average (vs pm)", better="monl", worse="pm", tasks=ACROSS,
+         metrics=MAIN_METRICS),
+    dict(text="MoNL is best on average (vs pt)", better="monl", worse="pt", tasks=ACROSS,
+         metrics=MAIN_METRICS),
+    dict(text="vanilla fails at continuation and inpainting", better="monl",
+         worse="vanilla+replacement", **GIVEN_PAST),
+    dict(text="per-modality levels help a2v and v2a", better="pm", worse="vanilla+replacement",
+         tasks="a2v|v2a", metrics="av_height_error_px,sync_f1"),
+    dict(text="per-time-segment levels help continuation", better="pt",
+         worse="vanilla+replacement", **GIVEN_PAST),
+)
 # 4200 steps of batch 4, ~10 minutes a setting on a 2-core AVX-512 EPYC: the main job's model
 # follows the other modality from ~5000 of its steps at the peak learning rate (README), and
 # four settings with their evaluation then take ~50 minutes.
@@ -80,6 +99,8 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       # Tasks of a learning curve per run (its kept checkpoints, eval.curve_num_clips clips):
       # DIR/learning_curves.png, the settings against the step. Empty: none.
       curve_tasks="",
+      # The paper's claims comparison.md judges (() for settings without these rows).
+      claims=CLAIMS,
       title="MoNL vs its ablations on the synthetic world (Table 1 at small scale)",
       command=COMMAND,
   ))
@@ -100,6 +121,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     c.sample.update(sampler="ddim", num_steps=25)
   else:
     c.experiment.settings = "monl"
+    c.experiment.claims = ()
     c.train.update(num_steps=3, checkpoint_every=3)
     c.eval.tasks = "av_continue"
   return c

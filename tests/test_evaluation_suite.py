@@ -1,5 +1,6 @@
 """The task suite and the experiment: what is measured, tables, ranks, the tiny experiment."""
 import json
+import math
 
 import jax
 import ml_collections
@@ -723,3 +724,57 @@ def test_experiment_learning_curves_average_each_row_over_its_seeds(tmp_path, mo
   assert saved["vanilla+replacement"]["a2v"]["av_height_error_px"]["values"] == [6.5 / 2,
                                                                                   6.5 / 4]
   assert (tmp_path / "learning_curves.png").stat().st_size > 10_000
+
+
+def _per_clip_results(name, values_by_cell):
+  """Suite results whose cells {(task, metric): per-clip values} hold those values and means."""
+  results = _results(name, {})
+  for (task, metric), values in values_by_cell.items():
+    entry = results["tasks"].setdefault(task, {"metrics": {}, "per_clip": {}})
+    finite = [v for v in values if not math.isnan(v)]
+    entry["metrics"][metric] = float(np.mean(finite)) if finite else math.nan
+    entry["per_clip"][metric] = values
+  return results
+
+
+def test_claims_are_judged_cell_by_cell_by_the_paired_bootstrap():
+  rng = np.random.default_rng(0)
+  clips = rng.normal(5.0, 2.0, 16)  # what the clips share: a hard clip is hard for both rows
+  noise = rng.normal(0.0, 0.05, 16)
+  better = {("t1", "av_height_error_px"): list(clips - 1.0),  # claimed and true: confirms
+            ("t1", "sync_f1"): list(0.2 + noise),  # better is worse here: refutes
+            ("t2", "av_height_error_px"): list(clips + noise),  # no difference: cannot tell
+            ("t2", "sync_f1"): [math.nan] * 16}  # nothing scored: not a cell
+  worse = {("t1", "av_height_error_px"): list(clips),
+           ("t1", "sync_f1"): list(0.5 + noise[::-1]),
+           ("t2", "av_height_error_px"): list(clips - noise),
+           ("t2", "sync_f1"): [math.nan] * 16}
+  results = {"b": _per_clip_results("b", better), "w": _per_clip_results("w", worse)}
+  claim = report.Claim.from_config(dict(text="b beats w", better="b", worse="w",
+                                        tasks="t1|t2|t3", metrics="av_height_error_px,sync_f1"))
+  cells = report.claim_cells(results, claim)
+  assert [(task, metric, verdict) for task, metric, _, verdict in cells] == [
+      ("t1", "av_height_error_px", "confirms"), ("t1", "sync_f1", "refutes"),
+      ("t2", "av_height_error_px", "cannot tell")]
+  # The paired difference is better − worse, clip by clip.
+  assert cells[0][2].mean == pytest.approx(-1.0)
+  assert cells[1][2].mean == pytest.approx(np.mean(noise - noise[::-1]) - 0.3)
+  assert report.claim_verdict([v for *_, v in cells]) == "mixed"
+  assert report.claim_verdict(["confirms", "cannot tell"]) == "confirmed"
+  assert report.claim_verdict(["refutes"]) == "refuted"
+  assert report.claim_verdict(["cannot tell"]) == report.claim_verdict([]) == "cannot tell"
+  text = report.comparison_tables(results, claims=[claim])
+  assert "| b beats w | b vs w | 3 | 1 | 1 | 1 | mixed |" in text
+  assert "t1 sync_f1 ↑ -0.300" in text
+  with pytest.raises(ValueError, match="direction"):
+    report.Claim.from_config(dict(text="x", better="b", worse="w", tasks="t1", metrics="other"))
+
+
+def test_experiment_claims_must_compare_rows_the_experiment_has():
+  from avdit.workflows import experiment
+  from configs import monl_ablation
+  config = monl_ablation.get_config("pipeline")
+  assert {c.better for c in experiment.claims(config)} == {"monl", "pm", "pt"}
+  config.experiment.settings = "vanilla|monl"
+  with pytest.raises(ValueError, match=r"compares rows \['pm'\] this experiment does not have"):
+    experiment.claims(config)

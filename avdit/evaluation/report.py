@@ -413,8 +413,90 @@ def _significance_lines(results_by_setting, settings) -> list[str]:
   return lines
 
 
+@dataclasses.dataclass(frozen=True)
+class Claim:
+  """A claim of the paper as paired comparisons: row `better` beats row `worse` (comparison row
+  labels) in every (task, metric) cell of `tasks` x `metrics` that has values."""
+
+  text: str
+  better: str
+  worse: str
+  tasks: tuple[str, ...]
+  metrics: tuple[str, ...]
+
+  @classmethod
+  def from_config(cls, entry) -> Claim:
+    """From {text, better, worse, tasks: "a2v|v2a", metrics: "m1,m2"}; metrics need a
+    direction (`HIGHER_IS_BETTER`)."""
+    claim = cls(entry["text"], entry["better"], entry["worse"],
+                tuple(filter(None, entry["tasks"].split("|"))),
+                tuple(filter(None, entry["metrics"].split(","))))
+    unknown = [m for m in claim.metrics if m not in HIGHER_IS_BETTER]
+    if unknown or not claim.tasks or not claim.metrics:
+      raise ValueError(f"claim {claim.text!r} needs tasks and metrics with a direction "
+                       f"(unknown: {unknown}; known: {sorted(HIGHER_IS_BETTER)})")
+    return claim
+
+
+CLAIM_VERDICTS = ("confirms", "refutes", "cannot tell")
+
+
+def claim_cells(results_by_setting: Mapping[str, object], claim: Claim
+                ) -> list[tuple[str, str, Interval, str]]:
+  """(task, metric, paired difference better − worse, verdict) of each cell of `claim` both rows
+  have per-clip values in: "confirms" where the 95% interval excludes 0 in the claimed
+  direction, "refutes" where it excludes 0 the other way, else "cannot tell"."""
+  better, worse = _seed_runs(results_by_setting[claim.better]), _seed_runs(
+      results_by_setting[claim.worse])
+  cells = []
+  for task in claim.tasks:
+    for metric in claim.metrics:
+      a, b = _per_clip(better, task, metric), _per_clip(worse, task, metric)
+      difference = None if a is None or b is None else paired_difference(a, b)
+      if difference is None:
+        continue
+      if not difference.excludes_zero:
+        verdict = "cannot tell"
+      else:
+        verdict = "confirms" if (difference.low > 0) == HIGHER_IS_BETTER[metric] else "refutes"
+      cells.append((task, metric, difference, verdict))
+  return cells
+
+
+def claim_verdict(verdicts: Sequence[str]) -> str:
+  """A claim's verdict from its cells': confirmed (some cells confirm it, none refutes),
+  refuted (the reverse), mixed (both), cannot tell (neither)."""
+  confirms, refutes = "confirms" in verdicts, "refutes" in verdicts
+  if confirms and refutes:
+    return "mixed"
+  return "confirmed" if confirms else "refuted" if refutes else "cannot tell"
+
+
+def _claim_lines(results_by_setting, claims: Sequence[Claim]) -> list[str]:
+  """The "Claims" section: per claim its cells' verdicts, counted, and the cells that decide."""
+  lines = ["## The paper's claims (paired bootstrap over clips and seeds, 95%)", "",
+           "Each claim is the paired comparison of two rows in the cells listed (those both have "
+           "values in); a cell confirms it where the 95% interval of better − worse excludes 0 "
+           "in the claimed direction, refutes it where it excludes 0 the other way. Verdict: "
+           "confirmed (some cells confirm, none refutes), refuted, mixed or cannot tell.", "",
+           "| claim | rows | cells | confirm | refute | cannot tell | verdict |",
+           "|---|---|---|---|---|---|---|"]
+  details = []
+  for claim in claims:
+    cells = claim_cells(results_by_setting, claim)
+    verdicts = [verdict for _, _, _, verdict in cells]
+    counts = " | ".join(str(verdicts.count(v)) for v in CLAIM_VERDICTS)
+    lines.append(f"| {claim.text} | {claim.better} vs {claim.worse} | {len(cells)} | {counts} | "
+                 f"{claim_verdict(verdicts)} |")
+    decided = [f"{task} {metric}{arrow(metric)} {difference.format(signed=True)} ({verdict})"
+               for task, metric, difference, verdict in cells if verdict != "cannot tell"]
+    if decided:
+      details.append(f"- {claim.text} ({claim.better} − {claim.worse}): " + "; ".join(decided))
+  return lines + [""] + details + ([""] if details else [])
+
+
 def comparison_tables(results_by_setting: Mapping[str, object], *, title: str = "",
-                      notes: str = "") -> str:
+                      notes: str = "", claims: Sequence[Claim] = ()) -> str:
   """Markdown: per metric, settings as rows and tasks as columns (+ average); mean ranks.
 
   `results_by_setting`: {setting: suite results, or a list of them, one per training seed, the
@@ -423,7 +505,7 @@ def comparison_tables(results_by_setting: Mapping[str, object], *, title: str = 
   seeds), else the mean alone. The mean rank ranks the means; a "Significant differences"
   section lists, per (task, metric), the pairs of settings whose paired per-clip difference
   has a 95% interval excluding 0 (`significant_differences`), with each setting's count of
-  such wins and losses. A separate section rather than a rank over significant cells only:
+  such wins and losses; `claims` (`Claim`), a section of the paper's claims judged by them. A separate section rather than a rank over significant cells only:
   it keeps the rank comparable with tables without per-clip values and shows which pairs
   differ, not just which setting leads.
   """
@@ -444,6 +526,8 @@ def comparison_tables(results_by_setting: Mapping[str, object], *, title: str = 
             "| setting | mean rank |", "|---|---|"]
   lines += [f"| {s} | {ranks[s]:.2f} |" for s in sorted(settings, key=lambda s: ranks[s])]
   lines.append("")
+  if claims:
+    lines += _claim_lines(by_setting, claims)
   lines += _significance_lines(by_setting, settings)
   for metric in metrics:
     lines += [f"## {metric}{arrow(metric)}", "",

@@ -25,7 +25,8 @@ DIR/learning_curves.{png,json} show the settings' oracle metrics against the ste
 seeds, beside the real clips' and chance scores.
 
 Writes DIR/comparison.md (one table per metric, settings as rows, tasks as columns, means with
-95% bootstrap intervals, mean ranks, significant differences), DIR/comparison.png and
+95% bootstrap intervals, mean ranks, significant differences, and the verdicts on the paper's
+claims of `experiment.claims`), DIR/comparison.png and
 DIR/comparison.json ({row: suite results}, or {row: [suite results per seed]} with several
 seeds).
 """
@@ -124,6 +125,19 @@ def seeded_runs(config) -> list[SeededRun]:
           for seed in seeds(config) for label, setting, method in runs(config)]
 
 
+def claims(config) -> list[report.Claim]:
+  """The paper's claims `experiment.claims` ({text, better, worse, tasks, metrics} each)
+  judges, each between two rows of this experiment (ValueError naming a row it lacks)."""
+  labels = [label for label, _, _ in runs(config)]
+  parsed = [report.Claim.from_config(entry) for entry in config.experiment.get("claims", ())]
+  for claim in parsed:
+    missing = [row for row in (claim.better, claim.worse) if row not in labels]
+    if missing:
+      raise ValueError(f"claim {claim.text!r} compares rows {missing} this experiment does not "
+                       f"have (its rows: {labels}); set experiment.claims for its settings")
+  return parsed
+
+
 def _finished_eval(eval_path, step: int) -> dict | None:
   if not eval_path.exists():
     return None
@@ -138,6 +152,7 @@ def run(config, workdir: str) -> dict:
   `seeds` order]} with several (what avdit.evaluation.report compares).
   """
   from avdit.training import train  # pylint: disable=g-import-not-at-top
+  claim_list = claims(config)  # before any training: a claim must name rows that will exist
   by_row: dict[str, list] = {label: [] for label, _, _ in runs(config)}
   trained = {}
   # One set of embedders for every run: the same held-out clips, reference clips and chance
@@ -177,7 +192,7 @@ def run(config, workdir: str) -> dict:
            f"seed {config.eval.seed}. Regenerate: `{config.experiment.command}`.")
   with workdir_lib.local_staging(workdir_lib.path(workdir)) as out:
     (out / "comparison.md").write_text(report.comparison_tables(
-        results_by_row, title=config.experiment.title, notes=notes))
+        results_by_row, title=config.experiment.title, notes=notes, claims=claim_list))
     report.plot_comparison(results_by_row, out / "comparison.png")
     (out / "comparison.json").write_text(json.dumps(results_by_row, indent=2))
   return results_by_row

@@ -15,6 +15,7 @@ is the worst outcome for a user; every mode of avdit.main calls `check` first, w
   sampler          sample.guidance_by_task names known tasks with numeric weights; the sampler
                    settings are valid together (e.g. resample with a sequential ddpm/ddim)
   loss             diffusion.loss_weighting (and its cap) is one the training loss can apply
+  claims           an experiment's claims (experiment.claims) compare rows it has
   pipeline stages  a config that reads a finished pipeline run (`pipeline_workdir`) finds its
                    latent cache and video autoencoder there
 
@@ -36,6 +37,7 @@ from avdit.sampling import parallel
 from avdit.sampling import samplers
 from avdit.training import state as state_lib
 from avdit.training import train
+from avdit.workflows import experiment
 
 TRAINING_MODES = ("train", "train_and_sample", "pipeline", "experiment")
 SAMPLING_MODES = ("sample", "train_and_sample", "pipeline")
@@ -61,6 +63,11 @@ def check(config, mode: str, workdir: str) -> None:
     try:
       state_lib.check_loss_weighting(config.diffusion)
       state_lib.condition_weights_at(config, layout_lib.layout_from_config(config).num_segments)
+    except ValueError as e:
+      raise UserError(str(e)) from None
+  if mode == "experiment":
+    try:
+      experiment.claims(config)
     except ValueError as e:
       raise UserError(str(e)) from None
   if mode in TRAINING_MODES and config.train.get("init_from", ""):
