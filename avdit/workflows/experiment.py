@@ -177,8 +177,6 @@ def run(config, workdir: str) -> dict:
       results = suite.evaluate(run_config, run_dir, name=label, subdir=method,
                                networks=networks)
     by_row[label].append(results)
-  if config.experiment.get("curve_tasks", ""):
-    learning_curves(config, workdir, by_row)
   results_by_row = {label: rows[0] if len(rows) == 1 else rows for label, rows in by_row.items()}
   seed_list = seeds(config)
   num_settings = len([s for s in config.experiment.settings.split("|") if s.strip()])
@@ -195,6 +193,8 @@ def run(config, workdir: str) -> dict:
         results_by_row, title=config.experiment.title, notes=notes, claims=claim_list))
     report.plot_comparison(results_by_row, out / "comparison.png")
     (out / "comparison.json").write_text(json.dumps(results_by_row, indent=2))
+  if config.experiment.get("curve_tasks", ""):  # after the comparison, which needs none of it
+    learning_curves(config, workdir, by_row)
   return results_by_row
 
 
