@@ -759,6 +759,9 @@ def test_claims_are_judged_cell_by_cell_by_the_paired_bootstrap():
   # The paired difference is better − worse, clip by clip.
   assert cells[0][2].mean == pytest.approx(-1.0)
   assert cells[1][2].mean == pytest.approx(np.mean(noise - noise[::-1]) - 0.3)
+  # Three cells: each tested at 1 - 0.05 / 3, wider than its 95% interval.
+  plain = report.paired_difference(better["t1", "sync_f1"], worse["t1", "sync_f1"])
+  assert cells[1][2].low < plain.low and cells[1][2].high > plain.high
   assert report.claim_verdict([v for *_, v in cells]) == "mixed"
   assert report.claim_verdict(["confirms", "cannot tell"]) == "confirmed"
   assert report.claim_verdict(["refutes"]) == "refuted"
