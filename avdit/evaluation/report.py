@@ -439,8 +439,6 @@ class Claim:
 
 
 CLAIM_VERDICTS = ("confirms", "refutes", "cannot tell")
-
-
 CLAIM_RESAMPLES = 20000  # the corrected level's tails hold ~10 resamples each at 24 cells
 
 
@@ -516,7 +514,8 @@ def comparison_tables(results_by_setting: Mapping[str, object], *, title: str = 
   seeds), else the mean alone. The mean rank ranks the means; a "Significant differences"
   section lists, per (task, metric), the pairs of settings whose paired per-clip difference
   has a 95% interval excluding 0 (`significant_differences`), with each setting's count of
-  such wins and losses; `claims` (`Claim`), a section of the paper's claims judged by them. A separate section rather than a rank over significant cells only:
+  such wins and losses; with `claims` (`Claim`), a section judging the paper's claims by the
+  same paired comparisons. A separate section rather than a rank over significant cells only:
   it keeps the rank comparable with tables without per-clip values and shows which pairs
   differ, not just which setting leads.
   """
