@@ -154,7 +154,8 @@ def plot_curves(tables_by_label: dict[str, dict], path) -> None:
       handles, labels = h, l
   legend_rows = math.ceil(len(labels) / 6)
   fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 6), fontsize=7)
-  fig.tight_layout(rect=(0, 0, 1, 1 - 0.07 * legend_rows))
+  # The legend's rows (~0.2 in each) above the panels, whatever the figure's height.
+  fig.tight_layout(rect=(0, 0, 1, 1 - (0.05 + 0.2 * legend_rows) / fig.get_figheight()))
   with workdir_lib.local_staging(workdir_lib.path(path).parent) as out:
     fig.savefig(out / workdir_lib.path(path).name, dpi=110)
   plt.close(fig)
