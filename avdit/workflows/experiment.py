@@ -187,7 +187,9 @@ def run(config, workdir: str) -> dict:
               f"data.shuffle_seed)")
            + f"; the suite samples the same {config.eval.num_clips} held-out clips per task for "
            f"every run, with {config.sample.sampler}, {config.sample.num_steps} steps and eval "
-           f"seed {config.eval.seed}. Regenerate: `{config.experiment.command}`.")
+           f"seed {config.eval.seed}. Regenerate: `{config.experiment.command}"
+           + (f" --config.experiment.seeds={','.join(map(str, seed_list))}"
+              if seed_list != [0] else "") + "`.")
   with workdir_lib.local_staging(workdir_lib.path(workdir)) as out:
     (out / "comparison.md").write_text(report.comparison_tables(
         results_by_row, title=config.experiment.title, notes=notes, claims=claim_list))
