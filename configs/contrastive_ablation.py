@@ -13,10 +13,19 @@ Neither was tuned beyond keeping CDL's integral inside the schedule's trained lo
 Cost: CDL with K = 1 adds 2 denoiser passes per step, CDCD with N = 4 negatives (2 intra,
 2 inter) adds 4; the experiment uses a shorter budget than the MoNL ablation to fit on 2 cores.
 
-Variants: default, tiny (tests).
+Variants:
+  default   the synthetic world at monl_ablation's default geometry, 500 steps from scratch.
+  pipeline  CDL's protocol (papers/cdl.txt: pre-trained models fine-tuned with the term) on the
+            main job's model: every setting fine-tunes a finished pipeline run's AVDiT (which
+            has learned the link, README) for `FINE_TUNE_STEPS` with the job's objective (MoNL
+            with its clean-conditioned examples), alone or with one contrastive term:
+              python -m avdit.main --config=configs/contrastive_ablation.py:pipeline \
+                  --config.pipeline_workdir=PIPELINE_DIR --workdir=DIR --mode=experiment
+  tiny      tests.
 """
 import ml_collections
 
+from configs import avdit_pipeline
 from configs import monl_ablation
 
 COMMAND = ("python -m avdit.main --config=configs/contrastive_ablation.py "
@@ -47,9 +56,35 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   ))
   if variant == "default":
     c.train.update(num_steps=500, checkpoint_every=250)
+  elif variant == "pipeline":
+    _fine_tune_pipeline_model(c)
   else:
     c.experiment.settings = "monl|monl_cdcd"
     c.experiment.claims = c.experiment.claims[1:]  # CDCD's
     c.experiment.overrides.monl_cdcd.diffusion.update(cdcd_num_negatives=1,
                                                        cdcd_negatives="inter")
   return c
+
+
+# Fine-tuning steps of batch 4 per setting; the decay over the last 20% as in the job.
+FINE_TUNE_STEPS = 1050
+
+
+def _fine_tune_pipeline_model(c: ml_collections.ConfigDict) -> None:
+  """monl_ablation's pipeline variant turned into fine-tuning of the pipeline run's AVDiT."""
+  c.experiment.command = (
+      "python -m avdit.main --config=configs/contrastive_ablation.py:pipeline "
+      "--config.pipeline_workdir=PIPELINE_DIR --workdir=/tmp/contrastive_pipeline "
+      "--mode=experiment")
+  # The job's AVDiT (<pipeline_workdir>/avdit, its latest checkpoint), resolved with the
+  # directory the user gives.
+  c.train.init_from = c.get_ref("pipeline_workdir") + "/avdit"
+  # The job's objective, clean-conditioned a2v / v2a / continuations included: what the model
+  # was trained with, and the conditions CDCD contrasts.
+  c.diffusion.condition_rate = avdit_pipeline.get_config("default").diffusion.condition_rate
+  c.train.update(num_steps=FINE_TUNE_STEPS, checkpoint_every=FINE_TUNE_STEPS,
+                 keep_period=FINE_TUNE_STEPS)
+  c.experiment.curve_tasks = ""  # one kept checkpoint: nothing to draw
+  # CDL's weight ~1/d (the cdl module docstring) for the d = 34 880 latent elements of a clip
+  # here (5 x 4 x 4 x 8 video + 107 x 320 audio).
+  c.experiment.overrides.monl_cdl.diffusion.cdl_weight = 3e-5

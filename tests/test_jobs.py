@@ -111,3 +111,27 @@ def test_the_ablation_on_pipeline_latents_trains_each_mixture_alone_on_its_stage
   assert json.loads(proc.stdout.splitlines()[-1]) == [
       "pm", 0.0, "/runs/job/latent_cache", "/runs/job/magvit2_decoder", 0.0,
       ["vanilla+replacement", "pm", "pt", "monl"]]
+
+
+def test_the_contrastive_ablation_on_pipeline_fine_tunes_the_runs_avdit_with_its_objective():
+  proc = _python(
+      "import json\n"
+      "from avdit import workdir\n"
+      "from avdit.workflows import experiment\n"
+      "from configs import avdit_pipeline, contrastive_ablation\n"
+      "config = contrastive_ablation.get_config('pipeline')\n"
+      "config.pipeline_workdir = '/runs/job'\n"
+      "config = workdir.with_stage_dirs(config, config.pipeline_workdir)\n"
+      "job = avdit_pipeline.get_config()\n"
+      "out = {}\n"
+      "for name, _, _ in experiment.runs(config):\n"
+      "  c = experiment.setting_config(config, name, 'monl')\n"
+      "  out[name] = [c.train.init_from, c.diffusion.noise_mixture,\n"
+      "               c.diffusion.condition_rate == job.diffusion.condition_rate > 0,\n"
+      "               c.diffusion.cdl_weight > 0, c.diffusion.cdcd_weight > 0]\n"
+      "print(json.dumps(out))\n")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert json.loads(proc.stdout.splitlines()[-1]) == {
+      "monl": ["/runs/job/avdit", "monl", True, False, False],
+      "monl_cdl": ["/runs/job/avdit", "monl", True, True, False],
+      "monl_cdcd": ["/runs/job/avdit", "monl", True, False, True]}
