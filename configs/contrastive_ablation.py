@@ -72,6 +72,8 @@ FINE_TUNE_STEPS = 1050
 
 def _fine_tune_pipeline_model(c: ml_collections.ConfigDict) -> None:
   """monl_ablation's pipeline variant turned into fine-tuning of the pipeline run's AVDiT."""
+  c.experiment.title = ("MoNL vs MoNL + CDL vs MoNL + CDCD, each fine-tuning the main job's "
+                        "AVDiT on its latents")
   c.experiment.command = (
       "python -m avdit.main --config=configs/contrastive_ablation.py:pipeline "
       "--config.pipeline_workdir=PIPELINE_DIR --workdir=/tmp/contrastive_pipeline "
