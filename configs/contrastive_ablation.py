@@ -91,7 +91,7 @@ def _fine_tune_pipeline_model(c: ml_collections.ConfigDict) -> None:
   # here (5 x 4 x 4 x 8 video + 107 x 320 audio).
   c.experiment.overrides.monl_cdl.diffusion.cdl_weight = 3e-5
   # MoNL alone given CDCD's minutes (a CDCD step costs ~6 of MoNL's here): the equal-cost
-  # control, run on request (--config.experiment.settings="monl|monl_cdcd|monl_6x").
+  # control, run on request (--config.experiment.settings="monl|monl_cdl|monl_cdcd|monl_6x").
   steps = 6 * FINE_TUNE_STEPS
   c.experiment.overrides.monl_6x = dict(diffusion=dict(noise_mixture="monl"), train=dict(
       num_steps=steps, checkpoint_every=steps, keep_period=steps))
