@@ -21,6 +21,8 @@ Variants:
             with its clean-conditioned examples), alone or with one contrastive term:
               python -m avdit.main --config=configs/contrastive_ablation.py:pipeline \
                   --config.pipeline_workdir=PIPELINE_DIR --workdir=DIR --mode=experiment
+  pipeline_equal_minutes
+            the same, one seed, with MoNL alone for CDCD's minutes (monl_6x, 6x the steps).
   tiny      tests.
 """
 import ml_collections
@@ -33,7 +35,8 @@ COMMAND = ("python -m avdit.main --config=configs/contrastive_ablation.py "
 
 
 def get_config(variant: str = "default") -> ml_collections.ConfigDict:
-  c = monl_ablation.get_config(variant)
+  equal_minutes = variant == "pipeline_equal_minutes"
+  c = monl_ablation.get_config("pipeline" if equal_minutes else variant)
   c.experiment.update(
       settings="monl|monl_cdl|monl_cdcd",
       methods={},
@@ -56,8 +59,8 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   ))
   if variant == "default":
     c.train.update(num_steps=500, checkpoint_every=250)
-  elif variant == "pipeline":
-    _fine_tune_pipeline_model(c)
+  elif variant == "pipeline" or equal_minutes:
+    _fine_tune_pipeline_model(c, equal_minutes)
   else:
     c.experiment.settings = "monl|monl_cdcd"
     c.experiment.claims = c.experiment.claims[1:]  # CDCD's
@@ -70,12 +73,14 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
 FINE_TUNE_STEPS = 1050
 
 
-def _fine_tune_pipeline_model(c: ml_collections.ConfigDict) -> None:
-  """monl_ablation's pipeline variant turned into fine-tuning of the pipeline run's AVDiT."""
+def _fine_tune_pipeline_model(c: ml_collections.ConfigDict, equal_minutes: bool) -> None:
+  """monl_ablation's pipeline variant turned into fine-tuning of the pipeline run's AVDiT;
+  `equal_minutes` adds the equal-cost control (monl_6x) and trains one seed."""
   c.experiment.title = ("MoNL vs MoNL + CDL vs MoNL + CDCD, each fine-tuning the main job's "
                         "AVDiT on its latents")
+  variant = "pipeline_equal_minutes" if equal_minutes else "pipeline"
   c.experiment.command = (
-      "python -m avdit.main --config=configs/contrastive_ablation.py:pipeline "
+      f"python -m avdit.main --config=configs/contrastive_ablation.py:{variant} "
       "--config.pipeline_workdir=PIPELINE_DIR --workdir=/tmp/contrastive_pipeline "
       "--mode=experiment")
   # The job's AVDiT (<pipeline_workdir>/avdit, its latest checkpoint), resolved with the
@@ -90,8 +95,9 @@ def _fine_tune_pipeline_model(c: ml_collections.ConfigDict) -> None:
   # CDL's weight ~1/d (the cdl module docstring) for the d = 34 880 latent elements of a clip
   # here (5 x 4 x 4 x 8 video + 107 x 320 audio).
   c.experiment.overrides.monl_cdl.diffusion.cdl_weight = 3e-5
-  # MoNL alone given CDCD's minutes (a CDCD step costs ~6 of MoNL's here): the equal-cost
-  # control, run on request (--config.experiment.settings="monl|monl_cdl|monl_cdcd|monl_6x").
-  steps = 6 * FINE_TUNE_STEPS
-  c.experiment.overrides.monl_6x = dict(diffusion=dict(noise_mixture="monl"), train=dict(
-      num_steps=steps, checkpoint_every=steps, keep_period=steps))
+  if equal_minutes:
+    # MoNL alone given CDCD's minutes (a CDCD step costs ~6 of MoNL's here).
+    steps = 6 * FINE_TUNE_STEPS
+    c.experiment.overrides.monl_6x = dict(diffusion=dict(noise_mixture="monl"), train=dict(
+        num_steps=steps, checkpoint_every=steps, keep_period=steps))
+    c.experiment.settings += "|monl_6x"
