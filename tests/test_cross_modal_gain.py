@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from avdit import layout as layout_lib
+from avdit import tasks as tasks_lib
 from avdit.diffusion import schedule as schedule_lib
 from avdit.evaluation import cross_modal
 
@@ -61,3 +62,46 @@ def test_gain_is_one_minus_the_error_ratio_at_each_noise_level():
   gains = _gain(apply_fn, _latents())
   for key in ("video_t300", "video_t700", "audio_t300", "audio"):
     assert gains[key] == pytest.approx(0.75, abs=1e-5)
+
+
+def _tasks(*names):
+  return [tasks_lib.parse_task(name, LAYOUT) for name in names]
+
+
+def test_heldout_error_counts_the_generated_elements_at_each_level():
+  # Error t/T on generated elements, 100 on the given ones (t = 0): the given ones must not count,
+  # so each generated modality's error is the mean of (t/T)² over the levels.
+  def apply_fn(x0, noisy, timesteps, _):
+    del noisy
+    per_element = LAYOUT.expand_to_latents(
+        jnp.where(timesteps > 0, timesteps / SCHEDULE.num_timesteps, 100.0))
+    return {k: x0[k] + per_element[k] for k in x0}
+  latents = _latents()
+  levels = (300, 700)
+  errors = cross_modal.heldout_x0_errors(
+      apply_fn, latents, latents, jax.random.key(0), _tasks("a2v", "v2a", "joint", "av_inpaint"),
+      schedule=SCHEDULE, layout=LAYOUT, prediction="x0", noise_steps=levels)
+  expected = np.mean([(t / SCHEDULE.num_timesteps) ** 2 for t in levels])
+  assert set(errors["a2v"]) == {"video"} and set(errors["v2a"]) == {"audio"}
+  for task in ("joint", "av_inpaint"):
+    assert set(errors[task]) == {"video", "audio"}
+  for by_modality in errors.values():
+    for value in by_modality.values():
+      assert value == pytest.approx(expected, rel=1e-5)
+
+
+def test_heldout_error_of_a_denoiser_that_returns_its_input_is_the_noise_it_leaves():
+  # x̂0 = x_t: error = E|(sqrt(ᾱ) - 1) x0 + sqrt(1 - ᾱ) ε|², computed here with numpy from the
+  # same noise draw (loss.noise_latents: sorted names, one key each).
+  latents = _latents()
+  t = 500
+  errors = cross_modal.heldout_x0_errors(
+      lambda _, noisy, *__: noisy, None, latents, jax.random.key(3), _tasks("joint"),
+      schedule=SCHEDULE, layout=LAYOUT, prediction="x0", noise_steps=(t,))
+  alpha_bar = float(SCHEDULE.alpha_bar(jnp.asarray(t)))
+  keys = dict(zip(sorted(latents), jax.random.split(jax.random.key(3), len(latents))))
+  for name, x0 in latents.items():
+    noise = np.asarray(jax.random.normal(keys[name], x0.shape, x0.dtype), np.float64)
+    x0 = np.asarray(x0, np.float64)
+    x_t = np.sqrt(alpha_bar) * x0 + np.sqrt(1 - alpha_bar) * noise
+    assert errors["joint"][name] == pytest.approx(np.mean((x_t - x0) ** 2), rel=1e-4)

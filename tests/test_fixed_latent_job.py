@@ -36,12 +36,17 @@ def test_fixed_latent_job_runs_every_stage(tmp_path):
   assert evaluated["sampler"]["autoguidance_guide_step"] == 2
   gain = evaluated["cross_modal_gain"]
   assert set(gain) >= {"video", "audio", "video_t500", "audio_t800"}
+  # The validation loss of every named task the layout has, per generated modality.
+  errors = evaluated["heldout_x0_error"]
+  assert set(errors["a2v"]) == {"video"} and set(errors["joint"]) == {"video", "audio"}
+  assert all(0 < v < 100 for by_modality in errors.values() for v in by_modality.values())
   a2v = evaluated["tasks"]["a2v"]
   # Space-to-depth video is exact: its round trip scores as the real clips do.
   assert (a2v["baselines"]["autoencoder"]["subject_disc_found_fraction"]
           == a2v["reference"]["subject_disc_found_fraction"] == 1.0)
   curve = json.loads((model_dir / "eval" / "learning_curve.json").read_text())
   assert curve["model"]["cross_modal_gain_audio"]["steps"] == [2, 4]
+  assert curve["joint"]["heldout_x0_error_audio"]["steps"] == [2, 4]
   assert curve["a2v"]["av_height_error_px"]["steps"] == [2, 4]
   # Rerunning finds every stage done.
   again = end_to_end.run(config, str(tmp_path))

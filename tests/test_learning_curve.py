@@ -46,3 +46,16 @@ def test_mean_table_averages_the_seeds_at_the_steps_they_share(tmp_path):
   path = tmp_path / "curves.png"
   curve.plot_curves({"pt": mean, "monl": seed1}, str(path))
   assert path.stat().st_size > 10_000
+
+
+def test_curve_table_reads_the_heldout_error_of_the_curve_tasks_and_joint():
+  results = {}
+  for step, error in ((300, 0.8), (600, 0.5)):
+    results[step] = dict(_suite_results(step, 2.0, 0.5), heldout_x0_error={
+        "a2v": {"video": error}, "joint": {"video": error + 0.1, "audio": 2 * error},
+        "av_inpaint": {"video": 0.3, "audio": 0.3}})  # not a curve task: not in the table
+  table = curve.curve_table(results)
+  assert table["a2v"]["heldout_x0_error_video"] == {"steps": [300, 600], "values": [0.8, 0.5]}
+  assert table["joint"]["heldout_x0_error_audio"]["values"] == [1.6, 1.0]
+  assert table["joint"]["heldout_x0_error_video"]["values"] == [0.9, 0.6]
+  assert "av_inpaint" not in table

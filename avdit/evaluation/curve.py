@@ -25,6 +25,7 @@ from avdit.evaluation import suite
 # last and what the tasks exist for).
 CURVE_METRICS = ("av_height_error_px", "sync_f1", "subject_disc_found_fraction",
                  "continuity_jump_px", "subject_background_color_drift",
+                 "heldout_x0_error_video", "heldout_x0_error_audio",
                  "cross_modal_gain_video", "cross_modal_gain_audio")
 # The suite's cross-modal gain belongs to the model, not to a task: its panels are under this.
 GAIN_TASK = "model"
@@ -82,6 +83,15 @@ def curve_table(results_by_step: dict[int, dict], baselines: dict | None = None)
         cell["steps"].append(step)
         cell["values"].append(float(value))
         cell["reference"] = entry["reference"].get(metric)
+    # The validation loss: each curve task's held-out x̂0 error, and joint's (what vanilla is
+    # trained for), per generated modality.
+    errors = results_by_step[step].get("heldout_x0_error", {})
+    for task in dict.fromkeys([*results_by_step[step]["tasks"], "joint"]):
+      for modality, value in errors.get(task, {}).items():
+        cell = table.setdefault(task, {}).setdefault(f"heldout_x0_error_{modality}",
+                                                     {"steps": [], "values": []})
+        cell["steps"].append(step)
+        cell["values"].append(float(value))
     for modality in ("video", "audio"):
       value = results_by_step[step].get("cross_modal_gain", {}).get(modality)
       if value is not None:

@@ -24,11 +24,13 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from avdit.evaluation import cross_modal
 from avdit.evaluation import oracle
 
 # Metric directions (True = higher is better): the suite's own and the oracle metrics'.
 HIGHER_IS_BETTER = {"av_align": True, "fvd": False, "kvd": False, "fad": False,
                     "cross_modal_gain_video": True, "cross_modal_gain_audio": True,
+                    "heldout_x0_error_video": False, "heldout_x0_error_audio": False,
                     **oracle.HIGHER_IS_BETTER}
 
 
@@ -155,6 +157,14 @@ def single_model_table(results: Mapping) -> str:
     lines += ["", "Cross-modal gain (avdit/evaluation/cross_modal.py: 1 - the x̂0 error with the "
               "other modality clean / with it pure noise; 0 = the model ignores it): "
               + ", ".join(f"{k} {v:+.3f}" for k, v in gain.items()) + "."]
+  errors = results.get("heldout_x0_error")
+  if errors:
+    lines += ["", "Held-out x̂0 error (the validation loss: E|x̂0 - x0|² on the clips' normalized "
+              "latents, the task's condition clean and the rest at t = "
+              + ", ".join(map(str, cross_modal.DEFAULT_NOISE_STEPS)) + "; "
+              "avdit/evaluation/cross_modal.py): "
+              + "; ".join(f"{task} " + ", ".join(f"{m} {v:.3f}" for m, v in by_modality.items())
+                          for task, by_modality in errors.items()) + "."]
   lines += _distribution_notes(results)
   return "\n".join(lines) + "\n"
 

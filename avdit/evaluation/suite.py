@@ -4,7 +4,9 @@
 
 Phases:
   1. Load     the checkpoint's parameters on the config's mesh (`generate.load_for_sampling`).
-  2. Clips    `eval.num_clips` held-out clips from a fixed seed, encoded once.
+  2. Clips    `eval.num_clips` held-out clips from a fixed seed, encoded once; on their latents,
+              without sampling, the cross-modal gain and every named task's held-out x̂0
+              error (avdit/evaluation/cross_modal.py; a learning curve's validation loss).
   3. Sample   every task of `eval.tasks`, in batches of `eval.batch_size`, with the sampler, steps,
               method and guidance weight of `config.sample` (one compiled sampler per task).
   4. Measure  on the generated elements only (see `measure_task`): the synthetic world's oracle
@@ -439,15 +441,30 @@ def autoencode_clips(config, loaded, clips: dict[str, np.ndarray], mesh) -> dict
       generate.make_decoder(latent_space, stats))
 
 
-def measure_cross_modal_gain(config, loaded, clips: dict[str, np.ndarray], mesh) -> dict:
-  """avdit.evaluation.cross_modal on the held-out clips (one forward pass per noise level)."""
+def heldout_tasks(layout: layout_lib.ClipLayout) -> list[tasks_lib.Task]:
+  """The named tasks this clip layout has (continuation and inpainting need 3 segments)."""
+  task_list = []
+  for name in tasks_lib.NAMED_TASKS:
+    try:
+      task_list.append(tasks_lib.parse_task(name, layout))
+    except ValueError:
+      continue
+  return task_list
+
+
+def measure_denoiser(config, loaded, clips: dict[str, np.ndarray], mesh) -> tuple[dict, dict]:
+  """On the held-out clips' latents, without sampling (one forward pass per task and noise
+  level): avdit.evaluation.cross_modal's cross-modal gain and every named task's held-out
+  denoising error."""
   layout, latent_space, apply_fn, params, stats, _ = loaded
   latents, num_clips = generate.encode_condition(latent_space, stats, clips, mesh)
   latents = {k: v[:num_clips] for k, v in latents.items()}
-  return cross_modal.cross_modal_gain(
-      apply_fn, params, latents, jax.random.key(config.eval.seed),
-      schedule=schedule_lib.from_config(config.diffusion), layout=layout,
-      prediction=config.diffusion.prediction)
+  common = dict(schedule=schedule_lib.from_config(config.diffusion), layout=layout,
+                prediction=config.diffusion.prediction)
+  rng = jax.random.key(config.eval.seed)
+  return (cross_modal.cross_modal_gain(apply_fn, params, latents, rng, **common),
+          cross_modal.heldout_x0_errors(apply_fn, params, latents, rng, heldout_tasks(layout),
+                                        **common))
 
 
 def evaluate(config, workdir: str, *, name: str | None = None, subdir: str = "",
@@ -491,12 +508,15 @@ def evaluate(config, workdir: str, *, name: str | None = None, subdir: str = "",
                              **denoiser.settings),
              "num_clips": num_clips,
              "seed": int(config.eval.seed), "tasks": {},
-             "distribution_metrics": dict(networks.status),
-             "cross_modal_gain": measure_cross_modal_gain(config, loaded, clips, mesh)}
+             "distribution_metrics": dict(networks.status)}
+  results["cross_modal_gain"], results["heldout_x0_error"] = measure_denoiser(
+      config, loaded, clips, mesh)
   for metric, status in networks.status.items():
     logging.info("eval %s: %s", metric, status)
   logging.info("cross-modal gain (0: the other modality is ignored): %s",
                {k: round(v, 4) for k, v in results["cross_modal_gain"].items()})
+  logging.info("held-out x0 error per task and generated modality: %s",
+               results["heldout_x0_error"])
   generated_by_task = {}
   for task in task_list:
     task_networks = networks if not fvd_task_names or task.name in fvd_task_names else None
