@@ -18,6 +18,13 @@ Variants:
            (no clean-conditioned examples: the paper's Table 1), `PIPELINE_STEPS` steps:
              python -m avdit.main --config=configs/monl_ablation.py:pipeline \
                  --config.pipeline_workdir=PIPELINE_DIR --workdir=DIR --mode=experiment
+  pipeline_budget
+           item 4 of the Table 1 issue, the budget: the single strategies of `pipeline` (vanilla,
+           pm, pt; one training seed) for twice its steps, a checkpoint every eighth of them
+           on the learning curve with its validation loss (each task's held-out x̂0 error), to
+           see where they stop improving on the tasks they are trained for:
+             python -m avdit.main --config=configs/monl_ablation.py:pipeline_budget \
+                 --config.pipeline_workdir=PIPELINE_DIR --workdir=DIR --mode=experiment
   tiny     tests: one setting, a few steps, one task.
 """
 import ml_collections
@@ -27,7 +34,7 @@ from configs import avdit_synthetic
 
 COMMAND = ("python -m avdit.main --config=configs/monl_ablation.py --workdir=/tmp/monl_ablation "
            "--mode=experiment")
-VARIANTS = ("default", "pipeline", "tiny")
+VARIANTS = ("default", "pipeline", "pipeline_budget", "tiny")
 # What the continuation and inpainting of the suite measure where the past (and future) is given.
 GIVEN_PAST = dict(tasks="av_continue|av_inpaint", metrics=(
     "continuity_jump_px,subject_background_color_error,subject_disc_color_error"))
@@ -84,6 +91,22 @@ def _pipeline_experiment(experiment: ml_collections.ConfigDict) -> ml_collection
   return c
 
 
+def _pipeline_budget(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`pipeline`'s single strategies, one seed, twice the steps, eight points on the curve."""
+  c.variant = "pipeline_budget"
+  c.experiment.update(
+      settings="vanilla|pm|pt", seeds="0",
+      # What each is trained for: pm the a2v and v2a levels, pt the continuation's, vanilla
+      # the joint levels (the curve adds every run's joint validation loss).
+      curve_tasks="a2v|v2a|av_continue",
+      claims=tuple(claim for claim in CLAIMS if claim["better"] != "monl"),
+      command=c.experiment.command.replace(":pipeline ", ":pipeline_budget ").replace(
+          "/tmp/monl_pipeline", "/tmp/monl_budget"))
+  steps = 2 * PIPELINE_STEPS
+  c.train.update(num_steps=steps, checkpoint_every=steps // 8, keep_period=steps // 8)
+  return c
+
+
 def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   if variant not in VARIANTS:
     raise ValueError(f"unknown variant {variant!r} of monl_ablation: one of {VARIANTS}")
@@ -105,8 +128,9 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       title="MoNL vs its ablations on the synthetic world (Table 1 at small scale)",
       command=COMMAND,
   ))
-  if variant == "pipeline":
-    return _pipeline_experiment(experiment)
+  if variant.startswith("pipeline"):
+    c = _pipeline_experiment(experiment)
+    return _pipeline_budget(c) if variant == "pipeline_budget" else c
   c = avdit_synthetic.get_config("tiny" if variant == "tiny" else "default")
   c.variant = variant
   c.job = "experiment"
