@@ -642,7 +642,7 @@ def test_experiment_run_trains_and_evaluates_each_seed_and_compares_over_seeds(t
 
   def fake_train(run_config, run_dir):
     trained.append((run_dir.rsplit("/", 1)[-1], run_config.seed, run_config.data.shuffle_seed))
-    return {"stopped_by": None, "step": 3}
+    return {"stopped_by": None, "step": 6 if run_config.diffusion.noise_mixture == "pt" else 3}
 
   built = []
 
@@ -671,6 +671,7 @@ def test_experiment_run_trains_and_evaluates_each_seed_and_compares_over_seeds(t
   interval = report.bootstrap_interval([[0.0, 1.0], [1.0, 2.0]])
   assert interval.mean == 1.0 and f"| monl | {interval.format()} |" in table
   assert "once per training seed 0, 1" in table
+  assert "settings trained for 3 steps (monl), 6 steps (pt) (batch" in table
   assert "--mode=experiment --config.experiment.seeds=0,1`." in table
   assert json.loads((tmp_path / "comparison.json").read_text())["pt"][1]["name"] == "pt"
 

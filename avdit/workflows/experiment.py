@@ -179,9 +179,7 @@ def run(config, workdir: str) -> dict:
     by_row[label].append(results)
   results_by_row = {label: rows[0] if len(rows) == 1 else rows for label, rows in by_row.items()}
   seed_list = seeds(config)
-  num_settings = len([s for s in config.experiment.settings.split("|") if s.strip()])
-  notes = (f"{num_settings} settings trained for {config.train.num_steps} steps each (batch "
-           f"{config.data.batch_size}), "
+  notes = (f"{_steps_text(config, trained, seed_list[0])} (batch {config.data.batch_size}), "
            + (f"training seed {seed_list[0]}" if len(seed_list) == 1 else
               f"once per training seed {', '.join(map(str, seed_list))} (config.seed and "
               f"data.shuffle_seed)")
@@ -198,6 +196,20 @@ def run(config, workdir: str) -> dict:
   if config.experiment.get("curve_tasks", ""):  # after the comparison, which needs none of it
     learning_curves(config, workdir, by_row)
   return results_by_row
+
+
+def _steps_text(config, trained: dict[str, int], seed: int) -> str:
+  """How long the settings trained, from their runs at `seed` (a setting's overrides may
+  change its steps): "4 settings trained for 4200 steps each", or the steps of each group."""
+  names = [s.strip() for s in config.experiment.settings.split("|") if s.strip()]
+  by_steps: dict[int, list[str]] = {}
+  for setting in names:
+    by_steps.setdefault(trained[run_name(setting, seed)], []).append(setting_name(setting))
+  if len(by_steps) == 1:
+    return (f"{len(names)} setting{'s' if len(names) > 1 else ''} trained for "
+            f"{next(iter(by_steps))} steps{' each' if len(names) > 1 else ''}")
+  return "settings trained for " + ", ".join(
+      f"{steps} steps ({', '.join(group)})" for steps, group in by_steps.items())
 
 
 def learning_curves(config, workdir: str, by_row: dict[str, list]) -> dict:
