@@ -19,10 +19,10 @@ Variants:
              python -m avdit.main --config=configs/monl_ablation.py:pipeline \
                  --config.pipeline_workdir=PIPELINE_DIR --workdir=DIR --mode=experiment
   pipeline_budget
-           item 4 of the Table 1 issue, the budget: the single strategies of `pipeline` (vanilla,
-           pm, pt; one training seed) for twice its steps, a checkpoint every eighth of them
-           on the learning curve with its validation loss (each task's held-out x̂0 error), to
-           see where they stop improving on the tasks they are trained for:
+           item 4 of the Table 1 issue, the budget: `pipeline`'s settings (one training seed)
+           for twice its steps, a checkpoint every eighth of them on the learning curve with
+           its validation loss (each task's held-out x̂0 error), to see where the single
+           strategies stop improving on the tasks they are trained for:
              python -m avdit.main --config=configs/monl_ablation.py:pipeline_budget \
                  --config.pipeline_workdir=PIPELINE_DIR --workdir=DIR --mode=experiment
   tiny     tests: one setting, a few steps, one task.
@@ -92,14 +92,13 @@ def _pipeline_experiment(experiment: ml_collections.ConfigDict) -> ml_collection
 
 
 def _pipeline_budget(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """`pipeline`'s single strategies, one seed, twice the steps, eight points on the curve."""
+  """`pipeline`'s settings, one seed, twice the steps, eight points on the curve."""
   c.variant = "pipeline_budget"
   c.experiment.update(
-      settings="vanilla|pm|pt", seeds="0",
+      seeds="0",
       # What each is trained for: pm the a2v and v2a levels, pt the continuation's, vanilla
       # the joint levels (the curve adds every run's joint validation loss).
       curve_tasks="a2v|v2a|av_continue",
-      claims=tuple(claim for claim in CLAIMS if claim["better"] != "monl"),
       command=c.experiment.command.replace(":pipeline ", ":pipeline_budget ").replace(
           "/tmp/monl_pipeline", "/tmp/monl_budget"))
   steps = 2 * PIPELINE_STEPS
