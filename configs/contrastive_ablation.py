@@ -34,7 +34,13 @@ COMMAND = ("python -m avdit.main --config=configs/contrastive_ablation.py "
            "--workdir=/tmp/contrastive_ablation --mode=experiment")
 
 
+VARIANTS = ("default", "pipeline", "pipeline_equal_minutes", "tiny")
+
+
 def get_config(variant: str = "default") -> ml_collections.ConfigDict:
+  # Its own list: monl_ablation's other variants (pipeline_budget) are not contrastive ones.
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown variant {variant!r} of contrastive_ablation: one of {VARIANTS}")
   equal_minutes = variant == "pipeline_equal_minutes"
   c = monl_ablation.get_config("pipeline" if equal_minutes else variant)
   c.experiment.update(

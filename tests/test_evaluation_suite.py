@@ -605,6 +605,8 @@ def test_experiment_runs_every_setting_at_every_seed():
       ("vanilla+replacement", "vanilla", 0), ("vanilla+reconstruction", "vanilla", 0),
       ("pm", "pm", 0)]
   assert contrastive_ablation.get_config("tiny").experiment.seeds == "0"
+  with pytest.raises(ValueError, match="unknown variant 'pipeline_budget' of contrastive"):
+    contrastive_ablation.get_config("pipeline_budget")
   config.experiment.seeds = "0,2"
   config.experiment.settings = "vanilla|pt,pm,ptm"
   assert [(r.label, r.setting, r.method, r.seed, r.directory)
