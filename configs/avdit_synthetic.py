@@ -131,6 +131,11 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       # Noise-level strategy per training example: "monl" (= vanilla,pm,pt,ptm uniformly), one
       # strategy, a comma list (uniform), or weighted "pt:2,pm:1,ptm:1".
       noise_mixture="monl",
+      # The density of the training levels each (modality, segment) draws: "uniform" over 1..T
+      # (DDPM's; half of the draws at t > 500, where x_t is nearly noise) or "logsnr_normal",
+      # the log-SNR of the drawn level ~ Normal(timestep_logsnr_mean, timestep_logsnr_std)
+      # (schedule.timestep_log_probs; SD3's logit-normal is Normal(0, 2) in log-SNR).
+      timestep_density="uniform", timestep_logsnr_mean=0.0, timestep_logsnr_std=2.0,
       self_condition_rate=0.9,
       # Fraction of examples trained with a task's exact condition (a2v, v2a, a continuation or
       # an inpainting: the given elements at t = 0, out of the loss) on top of MoNL

@@ -1,9 +1,13 @@
 """Mixture of Noise Levels: strategy structure and mixture frequencies (SPEC §4)."""
 import jax
+import ml_collections
 import numpy as np
 import pytest
+from scipy import stats
 
+from avdit.diffusion import loss as loss_lib
 from avdit.diffusion import monl
+from avdit.diffusion import schedule as schedule_lib
 
 B, M, N, T = 4000, 2, 5, 1000
 
@@ -70,3 +74,61 @@ def test_strategy_application_matches_loops():
 def test_bad_mixture(bad):
   with pytest.raises(ValueError):
     monl.parse_mixture(bad)
+
+
+@pytest.mark.parametrize("mean,std", [(0.0, 2.0), (-1.0, 2.5)])
+def test_logsnr_normal_density(mean, std):
+  """The drawn levels' log-SNR follows Normal(mean, std) cut to the schedule's range: a KS test
+  against scipy's truncated normal, the log-SNR recomputed here from DDPM's linear betas."""
+  log_probs = schedule_lib.timestep_log_probs(schedule_lib.LinearSchedule(), "logsnr_normal",
+                                              mean, std)
+  t, _ = jax.device_get(monl.sample_timestep_vectors(
+      jax.random.key(1), B, M, N, monl.parse_mixture("ptm"), T, log_probs))
+  assert t.min() >= 1 and t.max() <= T
+  alpha_bar = np.cumprod(1.0 - np.linspace(1e-4, 0.02, T))
+  logsnr = np.log(alpha_bar / (1.0 - alpha_bar))
+  lo, hi = (logsnr[-1] - mean) / std, (logsnr[0] - mean) / std
+  drawn = logsnr[t.reshape(-1) - 1]
+  result = stats.kstest(drawn, stats.truncnorm(lo, hi, loc=mean, scale=std).cdf)
+  assert result.statistic < 0.01, result  # 40 000 draws: ~0.007 at p = 0.01; uniform t: 0.3
+  # ... and not the uniform density it replaces.
+  uniform = logsnr[np.arange(T)]
+  assert stats.kstest(uniform, stats.truncnorm(lo, hi, loc=mean, scale=std).cdf).statistic > 0.2
+
+
+def test_unknown_timestep_density_is_an_error():
+  with pytest.raises(ValueError, match="timestep_density"):
+    schedule_lib.timestep_log_probs(schedule_lib.LinearSchedule(), "lognormal")
+  assert schedule_lib.timestep_log_probs(schedule_lib.LinearSchedule(), "uniform") is None
+
+
+def test_per_modality_density_by_importance_weights():
+  """'video:logsnr_normal': levels drawn from the mean density, each modality's weighted draws
+  have its own density's moments (the video's log-SNR: the truncated normal's mean and std from
+  scipy; the audio's: uniform t's, from DDPM's betas recomputed here)."""
+  config = ml_collections.ConfigDict(dict(timestep_density="video:logsnr_normal",
+                                          timestep_logsnr_mean=-0.5, timestep_logsnr_std=2.0))
+  draw, weights = loss_lib.level_densities(config, schedule_lib.LinearSchedule())
+  assert set(weights) == {"video", "audio"} and max(w.max() for w in weights.values()) <= 2.0
+  t, _ = jax.device_get(monl.sample_timestep_vectors(
+      jax.random.key(2), B, M, N, monl.parse_mixture("ptm"), T, draw))
+  t = t.reshape(-1)
+  alpha_bar = np.cumprod(1.0 - np.linspace(1e-4, 0.02, T))
+  logsnr = np.log(alpha_bar / (1.0 - alpha_bar))
+  truncated = stats.truncnorm((logsnr[-1] + 0.5) / 2.0, (logsnr[0] + 0.5) / 2.0, loc=-0.5,
+                              scale=2.0)
+  for name, (mean, std) in {"video": (truncated.mean(), truncated.std()),
+                            "audio": (logsnr.mean(), logsnr.std())}.items():
+    w = weights[name][t]
+    m = np.sum(w * logsnr[t - 1]) / np.sum(w)
+    s = np.sqrt(np.sum(w * np.square(logsnr[t - 1] - m)) / np.sum(w))
+    assert abs(m - mean) < 0.05 * std and abs(s - std) < 0.05 * std, (name, m, mean, s, std)
+  # One density for both: drawn directly, no weights; uniform: neither.
+  config.timestep_density = "logsnr_normal"
+  draw, weights = loss_lib.level_densities(config, schedule_lib.LinearSchedule())
+  assert weights is None and draw.shape == (T,)
+  config.timestep_density = "uniform"
+  assert loss_lib.level_densities(config, schedule_lib.LinearSchedule()) == (None, None)
+  config.timestep_density = "pixels:logsnr_normal"
+  with pytest.raises(ValueError, match="not modalities"):
+    loss_lib.level_densities(config, schedule_lib.LinearSchedule())

@@ -36,24 +36,16 @@ EpsFn = Callable[[Any, jax.Array], Any]
 
 
 # --- the schedule in log-SNR ----------------------------------------------------------------------
-def logsnr_table(schedule: schedule_lib.LinearSchedule) -> np.ndarray:
-  """float64 [T + 1]: λ_t = log(ᾱ_t / (1 - ᾱ_t)); λ_0 = +inf."""
-  log_alpha_bar = np.cumsum(np.log1p(-schedule.betas))
-  one_minus_alpha_bar = -np.expm1(log_alpha_bar)  # accurate near t = 1, where ᾱ ≈ 1
-  with np.errstate(divide="ignore"):
-    return log_alpha_bar - np.log(one_minus_alpha_bar)
-
-
 def logsnr_bounds(schedule: schedule_lib.LinearSchedule) -> tuple[float, float]:
   """(λ(T), λ(1)): the log-SNRs of the noisiest and the least noisy integer timestep."""
-  table = logsnr_table(schedule)
+  table = schedule_lib.logsnr_table(schedule)
   return float(table[-1]), float(table[1])
 
 
 def timestep_to_logsnr(schedule: schedule_lib.LinearSchedule, timesteps) -> jax.Array:
   """Float timesteps (any shape, clipped to [0, T]) -> float32 log-SNR (docs/cdl.md)."""
   t = jnp.clip(jnp.asarray(timesteps, jnp.float32), 0.0, schedule.num_timesteps)
-  table = logsnr_table(schedule)
+  table = schedule_lib.logsnr_table(schedule)
   grid = jnp.arange(1, schedule.num_timesteps + 1, dtype=jnp.float32)
   upper = jnp.interp(t, grid, jnp.asarray(table[1:], jnp.float32))
   one_minus_alpha_bar = jnp.clip(t, 0.0, 1.0) * schedule.betas[1]  # ᾱ linear on [0, 1]
@@ -64,7 +56,7 @@ def timestep_to_logsnr(schedule: schedule_lib.LinearSchedule, timesteps) -> jax.
 def logsnr_to_timestep(schedule: schedule_lib.LinearSchedule, logsnr) -> jax.Array:
   """Log-SNR (any shape) -> float32 timesteps in [0, T]; λ < λ(T) clips to T, λ = +inf is 0."""
   lam = jnp.asarray(logsnr, jnp.float32)
-  table = logsnr_table(schedule)
+  table = schedule_lib.logsnr_table(schedule)
   grid = jnp.arange(1, schedule.num_timesteps + 1, dtype=jnp.float32)
   # jnp.interp wants increasing abscissae: -λ grows with t. It clamps outside the table.
   upper = jnp.interp(-lam, jnp.asarray(-table[1:], jnp.float32), grid)

@@ -73,6 +73,45 @@ def loss_weightings(text: str) -> dict[str, str]:
   return weightings
 
 
+def level_densities(diffusion_config, schedule: schedule_lib.LinearSchedule):
+  """(draw log-probabilities [T] or None, {modality: weight [T + 1]} or None) of
+  `diffusion.timestep_density`: one density for both modalities ("logsnr_normal"; see
+  schedule.timestep_log_probs) or per modality ("video:logsnr_normal", a modality not named
+  "uniform").
+
+  The levels are drawn once, from the mean of the modalities' densities, so MoNL's shared
+  levels stay shared (vanilla, pt, the sampler's joint steps); where the modalities' densities
+  differ, each modality's error is weighted by its density over the drawn one (importance
+  weights, at most 2 here), so its expected loss is that of its own density.
+  Why per modality (measured, docs/learning_the_link.md): the video learns the disc at the middle
+  levels, the audio reads the video's disc only at the high ones (its cross-modal gain is at
+  t = 800), which a density that leaves them (logsnr_normal for both) starves.
+  """
+  text = diffusion_config.get("timestep_density", "uniform")
+  densities = (dict(part.strip().partition(":")[::2] for part in text.split(","))
+               if ":" in text else dict.fromkeys(layout_lib.MODALITIES, text.strip()))
+  unknown = set(densities) - set(layout_lib.MODALITIES)
+  if unknown:
+    raise ValueError(f"diffusion.timestep_density={text!r}: {sorted(unknown)} are not "
+                     f"modalities ({layout_lib.MODALITIES})")
+  log_probs = {}
+  for name in layout_lib.MODALITIES:
+    lp = schedule_lib.timestep_log_probs(
+        schedule, densities.get(name, "uniform"),
+        diffusion_config.get("timestep_logsnr_mean", 0.0),
+        diffusion_config.get("timestep_logsnr_std", 2.0))
+    log_probs[name] = (np.full(schedule.num_timesteps, -np.log(schedule.num_timesteps))
+                       if lp is None else lp.astype(np.float64))
+  first = log_probs[layout_lib.MODALITIES[0]]
+  if all(np.array_equal(first, lp) for lp in log_probs.values()):
+    uniform = densities.get(layout_lib.MODALITIES[0], "uniform") == "uniform"
+    return (None if uniform else first.astype(np.float32)), None
+  draw = np.log(np.mean([np.exp(lp) for lp in log_probs.values()], axis=0))
+  weights = {name: np.concatenate([[1.0], np.exp(lp - draw)]).astype(np.float32)
+             for name, lp in log_probs.items()}  # index t; t = 0 (given) is not counted
+  return draw.astype(np.float32), weights
+
+
 LOSS_SPECTRA = ("normalized", "natural", "mixed")
 
 
@@ -115,8 +154,13 @@ def diffusion_loss(model, latents_x0, rng, *, schedule: schedule_lib.LinearSched
                    condition_rate: float = 0.0, condition_shared_level: bool = False,
                    condition_weights=monl.DEFAULT_CONDITION_WEIGHTS,
                    loss_weighting: str = "uniform", loss_weight_cap: float = 0.0,
-                   modality_balance: bool = False, channel_weights=None):
+                   modality_balance: bool = False, channel_weights=None,
+                   timestep_log_probs=None, level_weights=None):
   """(scalar loss, aux metrics) for normalized clean latents {"video", "audio"}.
+
+  `timestep_log_probs` [T]: the density of the training levels (None: uniform over 1..T) and
+  `level_weights` {modality: [T + 1]} each modality's error weight at each level (None: 1),
+  both from `level_densities`.
 
   `condition_rate`: the fraction of examples given a task's exact condition (monl.
   apply_conditioning); their given elements are left out of the loss, and with
@@ -136,13 +180,13 @@ def diffusion_loss(model, latents_x0, rng, *, schedule: schedule_lib.LinearSched
   t_rng, noise_rng, sc_rng = jax.random.split(rng, 3)
   timestep_vector, strategy = monl.sample_timestep_vectors(
       t_rng, batch, layout_lib.NUM_MODALITIES, layout.num_segments, mixture_weights,
-      schedule.num_timesteps)
+      schedule.num_timesteps, timestep_log_probs)
   given = jnp.zeros(timestep_vector.shape, bool)
   if condition_rate > 0:
     timestep_vector, given = monl.apply_conditioning(jax.random.fold_in(rng, 7), timestep_vector,
                                                      condition_rate, condition_shared_level,
                                                      schedule.num_timesteps,
-                                                     condition_weights)
+                                                     condition_weights, timestep_log_probs)
   noisy, noise, alpha_bar = noise_latents(latents_x0, timestep_vector, noise_rng,
                                           schedule=schedule, layout=layout)
   t_float = timestep_vector.astype(jnp.float32)
@@ -177,6 +221,10 @@ def diffusion_loss(model, latents_x0, rng, *, schedule: schedule_lib.LinearSched
   weighted = {k: counted[k] * loss_weight(weightings[k], prediction, alpha_bar[k],
                                            loss_weight_cap) * squared[k]
               for k in squared}
+  if level_weights is not None:
+    for k, table in level_weights.items():
+      per_element = jnp.asarray(table, jnp.float32)[timestep_vector]
+      weighted[k] = weighted[k] * layout.expand_to_latents(per_element)[k]
   per_modality = {k: jnp.sum(weighted[k]) / jnp.maximum(jnp.sum(counted[k]), 1.0)
                   for k in squared}
   if modality_balance:

@@ -56,11 +56,22 @@ def timesteps_for_strategies(t_ref_bmn: jnp.ndarray, strategy_b: jnp.ndarray) ->
   return jnp.take_along_axis(candidates, strategy_b[None, :, None, None], axis=0)[0]
 
 
+def draw_timesteps(rng, shape: tuple[int, ...], num_timesteps: int, log_probs=None) -> jnp.ndarray:
+  """int32 timesteps in 1..T: uniform (log_probs None) or from log-probabilities [T] of 1..T
+  (schedule.timestep_log_probs)."""
+  if log_probs is None:
+    return jax.random.randint(rng, shape, 1, num_timesteps + 1)
+  return jax.random.categorical(rng, jnp.asarray(log_probs, jnp.float32), shape=shape) + 1
+
+
 def sample_timestep_vectors(rng, batch: int, num_modalities: int, num_segments: int,
-                            mixture_weights: np.ndarray, num_timesteps: int):
-  """(timestep_vector int32 [B, M, N] in 1..T, strategy int32 [B])."""
+                            mixture_weights: np.ndarray, num_timesteps: int,
+                            timestep_log_probs=None):
+  """(timestep_vector int32 [B, M, N] in 1..T, strategy int32 [B]); the reference levels drawn
+  by `draw_timesteps` (uniform unless `timestep_log_probs`)."""
   ref_rng, strategy_rng = jax.random.split(rng)
-  t_ref = jax.random.randint(ref_rng, (batch, num_modalities, num_segments), 1, num_timesteps + 1)
+  t_ref = draw_timesteps(ref_rng, (batch, num_modalities, num_segments), num_timesteps,
+                         timestep_log_probs)
   strategy = jax.random.choice(strategy_rng, len(STRATEGIES), (batch,),
                                p=jnp.asarray(mixture_weights, jnp.float32))
   return timesteps_for_strategies(t_ref, strategy).astype(jnp.int32), strategy.astype(jnp.int32)
@@ -127,14 +138,14 @@ def pattern_probabilities(task_weights, task_of_pattern: np.ndarray) -> jnp.ndar
 
 def apply_conditioning(rng, timestep_vector_bmn: jnp.ndarray, rate: float,
                        shared_level: bool = False, num_timesteps: int = 1000,
-                       task_weights=DEFAULT_CONDITION_WEIGHTS):
+                       task_weights=DEFAULT_CONDITION_WEIGHTS, timestep_log_probs=None):
   """(timestep vector with the given elements at 0, given bool [B, M, N]).
 
   `task_weights` over CONDITION_TASKS (pattern_probabilities; may be traced). `shared_level`: the
-  generated elements of a conditioned example share one timestep drawn uniformly from
-  1..`num_timesteps`, as the task's sampler runs them; otherwise they keep their MoNL levels,
-  and under per-segment levels a nearly clean neighbouring segment of the same modality can
-  answer what the given modality would.
+  generated elements of a conditioned example share one timestep (`draw_timesteps` from
+  1..`num_timesteps`, uniform unless `timestep_log_probs`), as the task's sampler runs them;
+  otherwise they keep their MoNL levels, and under per-segment levels a nearly clean neighbouring
+  segment of the same modality can answer what the given modality would.
   """
   batch, _, num_segments = timestep_vector_bmn.shape
   masks, task_of_pattern = condition_patterns(num_segments)
@@ -145,7 +156,7 @@ def apply_conditioning(rng, timestep_vector_bmn: jnp.ndarray, rate: float,
   kind = jax.random.choice(kind_rng, len(masks), (batch,), p=weights)
   given = jnp.asarray(masks)[kind] & use[:, None, None]
   if shared_level:
-    level_b11 = jax.random.randint(level_rng, (batch, 1, 1), 1, num_timesteps + 1)
+    level_b11 = draw_timesteps(level_rng, (batch, 1, 1), num_timesteps, timestep_log_probs)
     timestep_vector_bmn = jnp.where(use[:, None, None],
                                     level_b11.astype(timestep_vector_bmn.dtype),
                                     timestep_vector_bmn)
