@@ -74,18 +74,14 @@ def loss_weightings(text: str) -> dict[str, str]:
 
 
 def level_densities(diffusion_config, schedule: schedule_lib.LinearSchedule):
-  """(draw log-probabilities [T] or None, {modality: weight [T + 1]} or None) of
-  `diffusion.timestep_density`: one density for both modalities ("logsnr_normal"; see
-  schedule.timestep_log_probs) or per modality ("video:logsnr_normal", a modality not named
-  "uniform").
+  """Log-probabilities of the training levels of `diffusion.timestep_density` for
+  monl.sample_timestep_vectors: None (uniform, DDPM's), one density [T] for both modalities
+  ("logsnr_normal"; schedule.timestep_log_probs), or one per modality [M, T] ("video:
+  logsnr_normal", a modality not named "uniform"), the levels they share mixing the two.
 
-  The levels are drawn once, from the mean of the modalities' densities, so MoNL's shared
-  levels stay shared (vanilla, pt, the sampler's joint steps); where the modalities' densities
-  differ, each modality's error is weighted by its density over the drawn one (importance
-  weights, at most 2 here), so its expected loss is that of its own density.
-  Why per modality (measured, docs/learning_the_link.md): the video learns the disc at the middle
-  levels, the audio reads the video's disc only at the high ones (its cross-modal gain is at
-  t = 800), which a density that leaves them (logsnr_normal for both) starves.
+  Why per modality (measured, docs/learning_the_link.md): the video is learned at the middle
+  levels, while the audio reads the video's disc at the high ones (its cross-modal gain lies at
+  t = 800), which a density that leaves them for both modalities starves (v2a at chance).
   """
   text = diffusion_config.get("timestep_density", "uniform")
   densities = (dict(part.strip().partition(":")[::2] for part in text.split(","))
@@ -94,22 +90,16 @@ def level_densities(diffusion_config, schedule: schedule_lib.LinearSchedule):
   if unknown:
     raise ValueError(f"diffusion.timestep_density={text!r}: {sorted(unknown)} are not "
                      f"modalities ({layout_lib.MODALITIES})")
-  log_probs = {}
-  for name in layout_lib.MODALITIES:
-    lp = schedule_lib.timestep_log_probs(
-        schedule, densities.get(name, "uniform"),
-        diffusion_config.get("timestep_logsnr_mean", 0.0),
-        diffusion_config.get("timestep_logsnr_std", 2.0))
-    log_probs[name] = (np.full(schedule.num_timesteps, -np.log(schedule.num_timesteps))
-                       if lp is None else lp.astype(np.float64))
-  first = log_probs[layout_lib.MODALITIES[0]]
-  if all(np.array_equal(first, lp) for lp in log_probs.values()):
-    uniform = densities.get(layout_lib.MODALITIES[0], "uniform") == "uniform"
-    return (None if uniform else first.astype(np.float32)), None
-  draw = np.log(np.mean([np.exp(lp) for lp in log_probs.values()], axis=0))
-  weights = {name: np.concatenate([[1.0], np.exp(lp - draw)]).astype(np.float32)
-             for name, lp in log_probs.items()}  # index t; t = 0 (given) is not counted
-  return draw.astype(np.float32), weights
+  mean = diffusion_config.get("timestep_logsnr_mean", 0.0)
+  std = diffusion_config.get("timestep_logsnr_std", 2.0)
+  per_modality = [schedule_lib.timestep_log_probs(schedule, densities.get(name, "uniform"), mean,
+                                                  std) for name in layout_lib.MODALITIES]
+  if all(lp is None for lp in per_modality):
+    return None
+  if len({densities.get(name, "uniform") for name in layout_lib.MODALITIES}) == 1:
+    return per_modality[0]
+  uniform = np.full(schedule.num_timesteps, -np.log(schedule.num_timesteps), np.float32)
+  return np.stack([uniform if lp is None else lp for lp in per_modality])
 
 
 LOSS_SPECTRA = ("normalized", "natural", "mixed")
@@ -155,12 +145,11 @@ def diffusion_loss(model, latents_x0, rng, *, schedule: schedule_lib.LinearSched
                    condition_weights=monl.DEFAULT_CONDITION_WEIGHTS,
                    loss_weighting: str = "uniform", loss_weight_cap: float = 0.0,
                    modality_balance: bool = False, channel_weights=None,
-                   timestep_log_probs=None, level_weights=None):
+                   timestep_log_probs=None):
   """(scalar loss, aux metrics) for normalized clean latents {"video", "audio"}.
 
-  `timestep_log_probs` [T]: the density of the training levels (None: uniform over 1..T) and
-  `level_weights` {modality: [T + 1]} each modality's error weight at each level (None: 1),
-  both from `level_densities`.
+  `timestep_log_probs`: the density of the training levels, `level_densities` (None: uniform
+  over 1..T).
 
   `condition_rate`: the fraction of examples given a task's exact condition (monl.
   apply_conditioning); their given elements are left out of the loss, and with
@@ -221,10 +210,6 @@ def diffusion_loss(model, latents_x0, rng, *, schedule: schedule_lib.LinearSched
   weighted = {k: counted[k] * loss_weight(weightings[k], prediction, alpha_bar[k],
                                            loss_weight_cap) * squared[k]
               for k in squared}
-  if level_weights is not None:
-    for k, table in level_weights.items():
-      per_element = jnp.asarray(table, jnp.float32)[timestep_vector]
-      weighted[k] = weighted[k] * layout.expand_to_latents(per_element)[k]
   per_modality = {k: jnp.sum(weighted[k]) / jnp.maximum(jnp.sum(counted[k]), 1.0)
                   for k in squared}
   if modality_balance:

@@ -44,13 +44,17 @@ def parse_mixture(text: str) -> np.ndarray:
   return parse_weights(text, STRATEGIES, "noise strategy (or monl)")
 
 
-def timesteps_for_strategies(t_ref_bmn: jnp.ndarray, strategy_b: jnp.ndarray) -> jnp.ndarray:
-  """Applies strategy `strategy_b[i]` (index into STRATEGIES) to example i's t_ref [M, N]."""
+def timesteps_for_strategies(t_ref_bmn: jnp.ndarray, strategy_b: jnp.ndarray,
+                             t_shared_b1n: jnp.ndarray | None = None) -> jnp.ndarray:
+  """Applies strategy `strategy_b[i]` (index into STRATEGIES) to example i's t_ref [M, N]; the
+  strategies that share a level across modalities (vanilla, pt) take it from `t_shared_b1n`
+  (default: the first modality's row of t_ref)."""
   shape = t_ref_bmn.shape
+  shared = t_ref_bmn[:, :1, :] if t_shared_b1n is None else t_shared_b1n
   candidates = jnp.stack([
-      jnp.broadcast_to(t_ref_bmn[:, :1, :1], shape),  # vanilla
+      jnp.broadcast_to(shared[:, :, :1], shape),  # vanilla
       jnp.broadcast_to(t_ref_bmn[:, :, :1], shape),  # pm
-      jnp.broadcast_to(t_ref_bmn[:, :1, :], shape),  # pt
+      jnp.broadcast_to(shared, shape),  # pt
       t_ref_bmn,  # ptm
   ])  # [4, B, M, N]
   return jnp.take_along_axis(candidates, strategy_b[None, :, None, None], axis=0)[0]
@@ -64,17 +68,39 @@ def draw_timesteps(rng, shape: tuple[int, ...], num_timesteps: int, log_probs=No
   return jax.random.categorical(rng, jnp.asarray(log_probs, jnp.float32), shape=shape) + 1
 
 
+def shared_log_probs(log_probs):
+  """[T] log-probabilities of the levels modalities share: per-modality ones [M, T] mixed
+  evenly; None or [T] as given."""
+  if log_probs is None or np.ndim(log_probs) == 1:
+    return log_probs
+  return jax.nn.logsumexp(jnp.asarray(log_probs, jnp.float32), axis=0) - np.log(len(log_probs))
+
+
 def sample_timestep_vectors(rng, batch: int, num_modalities: int, num_segments: int,
                             mixture_weights: np.ndarray, num_timesteps: int,
                             timestep_log_probs=None):
-  """(timestep_vector int32 [B, M, N] in 1..T, strategy int32 [B]); the reference levels drawn
-  by `draw_timesteps` (uniform unless `timestep_log_probs`)."""
+  """(timestep_vector int32 [B, M, N] in 1..T, strategy int32 [B]).
+
+  The reference levels are drawn by `draw_timesteps`: uniform (None), from one density [T], or
+  from each modality's own [M, T] (loss.level_densities), where the levels vanilla and pt share
+  across modalities come from the modalities' densities mixed evenly (`shared_log_probs`).
+  """
   ref_rng, strategy_rng = jax.random.split(rng)
-  t_ref = draw_timesteps(ref_rng, (batch, num_modalities, num_segments), num_timesteps,
-                         timestep_log_probs)
+  shape = (batch, num_modalities, num_segments)
+  t_shared = None
+  if timestep_log_probs is not None and np.ndim(timestep_log_probs) == 2:
+    modality_rngs = jax.random.split(ref_rng, num_modalities + 1)
+    t_ref = jnp.stack([draw_timesteps(modality_rngs[m], (batch, num_segments), num_timesteps,
+                                      timestep_log_probs[m]) for m in range(num_modalities)],
+                      axis=1)
+    t_shared = draw_timesteps(modality_rngs[-1], (batch, 1, num_segments), num_timesteps,
+                              shared_log_probs(timestep_log_probs))
+  else:
+    t_ref = draw_timesteps(ref_rng, shape, num_timesteps, timestep_log_probs)
   strategy = jax.random.choice(strategy_rng, len(STRATEGIES), (batch,),
                                p=jnp.asarray(mixture_weights, jnp.float32))
-  return timesteps_for_strategies(t_ref, strategy).astype(jnp.int32), strategy.astype(jnp.int32)
+  return (timesteps_for_strategies(t_ref, strategy, t_shared).astype(jnp.int32),
+          strategy.astype(jnp.int32))
 
 
 # --- clean conditioning (optional, `diffusion.condition_rate`) ------------------------------------
@@ -143,7 +169,8 @@ def apply_conditioning(rng, timestep_vector_bmn: jnp.ndarray, rate: float,
 
   `task_weights` over CONDITION_TASKS (pattern_probabilities; may be traced). `shared_level`: the
   generated elements of a conditioned example share one timestep (`draw_timesteps` from
-  1..`num_timesteps`, uniform unless `timestep_log_probs`), as the task's sampler runs them;
+  1..`num_timesteps`, uniform unless `timestep_log_probs`, `shared_log_probs` of per-modality
+  ones), as the task's sampler runs them;
   otherwise they keep their MoNL levels, and under per-segment levels a nearly clean neighbouring
   segment of the same modality can answer what the given modality would.
   """
@@ -156,7 +183,8 @@ def apply_conditioning(rng, timestep_vector_bmn: jnp.ndarray, rate: float,
   kind = jax.random.choice(kind_rng, len(masks), (batch,), p=weights)
   given = jnp.asarray(masks)[kind] & use[:, None, None]
   if shared_level:
-    level_b11 = draw_timesteps(level_rng, (batch, 1, 1), num_timesteps, timestep_log_probs)
+    level_b11 = draw_timesteps(level_rng, (batch, 1, 1), num_timesteps,
+                               shared_log_probs(timestep_log_probs))
     timestep_vector_bmn = jnp.where(use[:, None, None],
                                     level_b11.astype(timestep_vector_bmn.dtype),
                                     timestep_vector_bmn)

@@ -208,8 +208,8 @@ def make_train_step(config, layout, graphdef, latent_space, latent_stats, *,
   mixture = monl.parse_mixture(config.diffusion.noise_mixture)
   check_loss_weighting(config.diffusion)
   condition_weights = condition_weights_at(config, layout.num_segments)
-  # The density of the training levels (None: uniform), per modality by weights; checked here.
-  timestep_log_probs, level_weights = loss_lib.level_densities(config.diffusion, schedule)
+  # The density of the training levels (None: uniform), checked before any step.
+  timestep_log_probs = loss_lib.level_densities(config.diffusion, schedule)
   optimizer = make_optimizer(config.train)
   lr_schedule = learning_rate_schedule(config.train)
   # Host constants, placed by jit: nothing here may run eagerly on a (possibly abstract) mesh.
@@ -239,8 +239,7 @@ def make_train_step(config, layout, graphdef, latent_space, latent_stats, *,
           loss_weighting=config.diffusion.get("loss_weighting", "uniform"),
           loss_weight_cap=config.diffusion.get("loss_weight_cap", 0.0),
           modality_balance=config.diffusion.get("modality_balance", False),
-          channel_weights=channel_weights, timestep_log_probs=timestep_log_probs,
-          level_weights=level_weights)
+          channel_weights=channel_weights, timestep_log_probs=timestep_log_probs)
       if contrastive:  # CDL / CDCD (SPEC §7), on their own stream of randomness
         extra, extra_aux = loss_lib.contrastive_terms(
             model, latents, jax.random.fold_in(rng, 1), diffusion_config=config.diffusion,
