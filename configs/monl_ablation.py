@@ -77,6 +77,9 @@ def _pipeline_experiment(experiment: ml_collections.ConfigDict) -> ml_collection
   # The mixtures alone: the job's clean-conditioned examples (a2v, v2a, continuations at t = 0)
   # would give every setting, vanilla included, the per-element levels of the tasks.
   c.diffusion.condition_rate = 0.0
+  # The levels' uniform density, as the README's ablation results were measured (the job's
+  # video:logsnr_normal came later).
+  c.diffusion.timestep_density = "uniform"
   # A fixed number of steps, not the job's clock; the decay over the last 20% as in the job.
   c.job_minutes = 0.0
   c.train.update(num_steps=PIPELINE_STEPS, checkpoint_every=PIPELINE_STEPS // 2,
