@@ -135,8 +135,10 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       # (DDPM's; half of the draws at t > 500, where x_t is nearly noise) or "logsnr_normal",
       # the log-SNR of the drawn level ~ Normal(timestep_logsnr_mean, timestep_logsnr_std)
       # (schedule.timestep_log_probs; SD3's logit-normal is Normal(0, 2) in log-SNR), for both
-      # modalities or one ("video:logsnr_normal"; loss.level_densities).
+      # modalities or one ("video:logsnr_normal"; loss.level_densities), with a fraction of
+      # uniform draws mixed in ("0.3", or per modality "audio:0.5").
       timestep_density="uniform", timestep_logsnr_mean=0.0, timestep_logsnr_std=2.0,
+      timestep_uniform_fraction="0",
       self_condition_rate=0.9,
       # Fraction of examples trained with a task's exact condition (a2v, v2a, a continuation or
       # an inpainting: the given elements at t = 0, out of the loss) on top of MoNL

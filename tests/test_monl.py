@@ -136,5 +136,31 @@ def test_per_modality_densities():
   config.timestep_density = "uniform"
   assert loss_lib.level_densities(config, schedule_lib.LinearSchedule()) is None
   config.timestep_density = "pixels:logsnr_normal"
-  with pytest.raises(ValueError, match="not modalities"):
+  with pytest.raises(ValueError, match="MODALITY:VALUE"):
     loss_lib.level_densities(config, schedule_lib.LinearSchedule())
+
+
+def test_uniform_fraction_per_modality():
+  """timestep_uniform_fraction="audio:0.4": the audio's levels follow 0.6 x the truncated normal
+  + 0.4 x uniform (CDFs from scipy and DDPM's betas), the video's the truncated normal alone."""
+  config = ml_collections.ConfigDict(dict(timestep_density="logsnr_normal",
+                                          timestep_logsnr_mean=0.0, timestep_logsnr_std=2.0,
+                                          timestep_uniform_fraction="audio:0.4"))
+  log_probs = loss_lib.level_densities(config, schedule_lib.LinearSchedule())
+  assert log_probs.shape == (M, T)
+  alpha_bar = np.cumprod(1.0 - np.linspace(1e-4, 0.02, T))
+  normal_cdf = _truncated_normal_cdf_of_t(np.log(alpha_bar / (1.0 - alpha_bar)), 0.0, 2.0)
+  uniform_cdf = np.arange(1, T + 1) / T
+  empirical = lambda t: np.searchsorted(np.sort(t.reshape(-1)), np.arange(1, T + 1), "right") / t.size
+  t, _ = jax.device_get(monl.sample_timestep_vectors(
+      jax.random.key(4), B, M, N, monl.parse_mixture("ptm"), T, log_probs))
+  assert np.abs(empirical(t[:, 0]) - normal_cdf).max() < 0.01
+  assert np.abs(empirical(t[:, 1]) - (0.6 * normal_cdf + 0.4 * uniform_cdf)).max() < 0.01
+  assert np.abs(0.4 * (uniform_cdf - normal_cdf)).max() > 0.1  # the mixture is told apart
+  # A fraction of 1 is the uniform density; one outside [0, 1] or not a number is an error.
+  config.timestep_uniform_fraction = "1"
+  assert loss_lib.level_densities(config, schedule_lib.LinearSchedule()) is None
+  for bad in ("1.5", "audio:x", "pixels:0.5"):
+    config.timestep_uniform_fraction = bad
+    with pytest.raises(ValueError, match="timestep_uniform_fraction"):
+      loss_lib.level_densities(config, schedule_lib.LinearSchedule())

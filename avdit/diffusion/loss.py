@@ -57,20 +57,37 @@ def loss_weight(weighting: str, prediction: str, alpha_bar, cap: float = 0.0):
   return jnp.minimum(weight, cap) if cap > 0 else weight
 
 
-def loss_weightings(text: str) -> dict[str, str]:
-  """{modality: weighting} from `diffusion.loss_weighting`: one weighting for both modalities
-  ("snr_plus_one") or per modality ("video:snr_plus_one"; a modality not named is "uniform")."""
+def per_modality(text: str, field: str, choices=None, default=None) -> dict:
+  """{modality: value} from a config string: one value for both modalities ("snr_plus_one") or
+  MODALITY:VALUE pairs ("video:snr_plus_one"; a modality not named gets `default`). With
+  `choices`, each value must be one of them; `field` names the config field in errors."""
   if ":" not in text:
     pairs = [(name, text.strip()) for name in layout_lib.MODALITIES]
   else:
     pairs = [part.strip().partition(":")[::2] for part in text.split(",") if part.strip()]
-  weightings = dict.fromkeys(layout_lib.MODALITIES, "uniform")
-  for name, weighting in pairs:
-    if name not in weightings or weighting not in LOSS_WEIGHTINGS:
-      raise ValueError(f"diffusion.loss_weighting={text!r}: use one of {LOSS_WEIGHTINGS}, or "
-                       f"MODALITY:WEIGHTING pairs with a modality of {layout_lib.MODALITIES}")
-    weightings[name] = weighting
-  return weightings
+  values = dict.fromkeys(layout_lib.MODALITIES, default)
+  for name, value in pairs:
+    if name not in values or (choices is not None and value.strip() not in choices):
+      raise ValueError(f"{field}={text!r}: use one of {choices}, or MODALITY:VALUE pairs with a "
+                       f"modality of {layout_lib.MODALITIES}")
+    values[name] = value.strip()
+  return values
+
+
+def loss_weightings(text: str) -> dict[str, str]:
+  """{modality: weighting} from `diffusion.loss_weighting`: one weighting for both modalities
+  ("snr_plus_one") or per modality ("video:snr_plus_one"; a modality not named is "uniform")."""
+  return per_modality(text, "diffusion.loss_weighting", LOSS_WEIGHTINGS, "uniform")
+
+
+def _fraction(text: str, field: str) -> float:
+  try:
+    value = float(text)
+  except ValueError:
+    value = -1.0
+  if not 0.0 <= value <= 1.0:
+    raise ValueError(f"{field}: {text!r} is not a fraction in [0, 1]")
+  return value
 
 
 def level_densities(diffusion_config, schedule: schedule_lib.LinearSchedule):
@@ -78,28 +95,28 @@ def level_densities(diffusion_config, schedule: schedule_lib.LinearSchedule):
   monl.sample_timestep_vectors: None (uniform, DDPM's), one density [T] for both modalities
   ("logsnr_normal"; schedule.timestep_log_probs), or one per modality [M, T] ("video:
   logsnr_normal", a modality not named "uniform"), the levels they share mixing the two.
+  `diffusion.timestep_uniform_fraction` ("0.3" or "audio:0.5"; a modality not named 0) mixes
+  that fraction of uniform draws into a modality's density.
 
   Why per modality (measured, docs/learning_the_link.md): the video is learned at the middle
   levels, while the audio reads the video's disc at the high ones (its cross-modal gain lies at
   t = 800), which a density that leaves them for both modalities starves (v2a at chance).
   """
-  text = diffusion_config.get("timestep_density", "uniform")
-  densities = (dict(part.strip().partition(":")[::2] for part in text.split(","))
-               if ":" in text else dict.fromkeys(layout_lib.MODALITIES, text.strip()))
-  unknown = set(densities) - set(layout_lib.MODALITIES)
-  if unknown:
-    raise ValueError(f"diffusion.timestep_density={text!r}: {sorted(unknown)} are not "
-                     f"modalities ({layout_lib.MODALITIES})")
+  densities = per_modality(diffusion_config.get("timestep_density", "uniform"),
+                           "diffusion.timestep_density", schedule_lib.TIMESTEP_DENSITIES,
+                           "uniform")
+  field = "diffusion.timestep_uniform_fraction"
+  fractions = {name: _fraction(value, field) for name, value in per_modality(
+      str(diffusion_config.get("timestep_uniform_fraction", "0")), field, None, "0").items()}
   mean = diffusion_config.get("timestep_logsnr_mean", 0.0)
   std = diffusion_config.get("timestep_logsnr_std", 2.0)
-  per_modality = [schedule_lib.timestep_log_probs(schedule, densities.get(name, "uniform"), mean,
-                                                  std) for name in layout_lib.MODALITIES]
-  if all(lp is None for lp in per_modality):
+  per_modality_log_probs = [schedule_lib.timestep_log_probs(
+      schedule, densities[name], mean, std, fractions[name]) for name in layout_lib.MODALITIES]
+  if all(lp is None for lp in per_modality_log_probs):
     return None
-  if len({densities.get(name, "uniform") for name in layout_lib.MODALITIES}) == 1:
-    return per_modality[0]
   uniform = np.full(schedule.num_timesteps, -np.log(schedule.num_timesteps), np.float32)
-  return np.stack([uniform if lp is None else lp for lp in per_modality])
+  stacked = np.stack([uniform if lp is None else lp for lp in per_modality_log_probs])
+  return stacked[0] if np.array_equal(stacked[0], stacked[1]) else stacked
 
 
 LOSS_SPECTRA = ("normalized", "natural", "mixed")

@@ -56,7 +56,8 @@ TIMESTEP_DENSITIES = ("uniform", "logsnr_normal")
 
 
 def timestep_log_probs(schedule: LinearSchedule, density: str = "uniform",
-                       logsnr_mean: float = 0.0, logsnr_std: float = 2.0) -> np.ndarray | None:
+                       logsnr_mean: float = 0.0, logsnr_std: float = 2.0,
+                       uniform_fraction: float = 0.0) -> np.ndarray | None:
   """float32 [T] log-probabilities of training timesteps 1..T, or None for "uniform" (DDPM's).
 
   "logsnr_normal": the log-SNR λ of the drawn timesteps ~ Normal(logsnr_mean, logsnr_std),
@@ -64,8 +65,10 @@ def timestep_log_probs(schedule: LinearSchedule, density: str = "uniform",
   that t covers). Why: under the linear schedule a uniform t spends half of the draws at
   λ < -2.5 (t > 500), where x_t is nearly noise; the usual densities put the mass near λ = 0
   (SD3's logit-normal(0, 1) is λ ~ Normal(0, 2); EDM's is ~Normal(1.0, 2.4) at unit data std).
+  `uniform_fraction` of the draws are uniform instead (the mixture's density): a tail that keeps
+  every level trained, as a modality read at the high levels needs (loss.level_densities).
   """
-  if density == "uniform":
+  if density == "uniform" or uniform_fraction == 1.0:
     return None
   if density != "logsnr_normal":
     raise ValueError(f"unknown diffusion.timestep_density {density!r}; use one of "
@@ -76,6 +79,9 @@ def timestep_log_probs(schedule: LinearSchedule, density: str = "uniform",
   width = -np.gradient(logsnr)  # λ falls with t
   log_p = -0.5 * np.square((logsnr - logsnr_mean) / logsnr_std) + np.log(width)
   log_p -= np.logaddexp.reduce(log_p)
+  if uniform_fraction > 0:
+    log_p = np.logaddexp(np.log1p(-uniform_fraction) + log_p,
+                         np.log(uniform_fraction) - np.log(schedule.num_timesteps))
   return log_p.astype(np.float32)
 
 
