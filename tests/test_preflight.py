@@ -139,6 +139,9 @@ def test_a_loss_weighting_the_loss_cannot_apply_is_named_before_training(tmp_pat
     preflight.check(config, "train", str(tmp_path))
   config.diffusion.x0_skip = True
   preflight.check(config, "train", str(tmp_path))
+  config.diffusion.update(timestep_density="logsnr_normal", timestep_uniform_fraction="audio:2")
+  with pytest.raises(UserError, match="timestep_uniform_fraction"):
+    preflight.check(config, "train", str(tmp_path))
 
 
 def test_conditioning_weights_are_checked_before_training(tmp_path):

@@ -68,7 +68,8 @@ def per_modality(text: str, field: str, choices=None, default=None) -> dict:
   values = dict.fromkeys(layout_lib.MODALITIES, default)
   for name, value in pairs:
     if name not in values or (choices is not None and value.strip() not in choices):
-      raise ValueError(f"{field}={text!r}: use one of {choices}, or MODALITY:VALUE pairs with a "
+      allowed = f"one of {choices}" if choices is not None else "one value"
+      raise ValueError(f"{field}={text!r}: use {allowed}, or MODALITY:VALUE pairs with a "
                        f"modality of {layout_lib.MODALITIES}")
     values[name] = value.strip()
   return values

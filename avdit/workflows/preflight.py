@@ -14,7 +14,8 @@ is the worst outcome for a user; every mode of avdit.main calls `check` first, w
   feature weights  I3D / VGGish weight files named by eval.* exist
   sampler          sample.guidance_by_task names known tasks with numeric weights; the sampler
                    settings are valid together (e.g. resample with a sequential ddpm/ddim)
-  loss             diffusion.loss_weighting (and its cap) is one the training loss can apply
+  loss             diffusion.loss_weighting (and its cap) is one the training loss can apply, and
+                   the training levels' density (timestep_density, timestep_uniform_fraction) too
   claims           an experiment's claims (experiment.claims) compare rows it has
   pipeline stages  a config that reads a finished pipeline run (`pipeline_workdir`) finds its
                    latent cache and video autoencoder there
@@ -32,6 +33,8 @@ from avdit import layout as layout_lib
 from avdit import workdir as workdir_lib
 from avdit.data import latent_cache
 from avdit.data import pipeline
+from avdit.diffusion import loss as loss_lib
+from avdit.diffusion import schedule as schedule_lib
 from avdit.errors import UserError
 from avdit.sampling import parallel
 from avdit.sampling import samplers
@@ -62,6 +65,7 @@ def check(config, mode: str, workdir: str) -> None:
   if mode in TRAINING_MODES and "diffusion" in config:
     try:
       state_lib.check_loss_weighting(config.diffusion)
+      loss_lib.level_densities(config.diffusion, schedule_lib.from_config(config.diffusion))
       state_lib.condition_weights_at(config, layout_lib.layout_from_config(config).num_segments)
     except ValueError as e:
       raise UserError(str(e)) from None
