@@ -108,6 +108,11 @@ def _truncated_normal_cdf_of_t(logsnr, mean, std):
   return 1.0 - law.cdf(np.concatenate([logsnr[1:], [-np.inf]]))
 
 
+def _empirical_cdf_of_t(t):
+  """P(level <= t) for t = 1..T over the drawn levels `t` (any shape)."""
+  return np.searchsorted(np.sort(t.reshape(-1)), np.arange(1, T + 1), "right") / t.size
+
+
 def test_per_modality_densities():
   """'video:logsnr_normal': under ptm the video's levels follow the truncated normal in log-SNR
   and the audio's stay uniform; under vanilla both modalities share one level drawn from the
@@ -120,16 +125,17 @@ def test_per_modality_densities():
   logsnr = np.log(alpha_bar / (1.0 - alpha_bar))
   video_cdf = _truncated_normal_cdf_of_t(logsnr, -0.5, 2.0)
   uniform_cdf = np.arange(1, T + 1) / T
-  empirical = lambda t: np.searchsorted(np.sort(t.reshape(-1)), np.arange(1, T + 1), "right") / t.size
   t, _ = jax.device_get(monl.sample_timestep_vectors(
       jax.random.key(2), B, M, N, monl.parse_mixture("ptm"), T, log_probs))
-  assert np.abs(empirical(t[:, 0]) - video_cdf).max() < 0.01  # layout: video is modality 0
-  assert np.abs(empirical(t[:, 1]) - uniform_cdf).max() < 0.01
+  # layout: video is modality 0
+  assert np.abs(_empirical_cdf_of_t(t[:, 0]) - video_cdf).max() < 0.01
+  assert np.abs(_empirical_cdf_of_t(t[:, 1]) - uniform_cdf).max() < 0.01
   assert np.abs(uniform_cdf - video_cdf).max() > 0.3  # the two differ: the test can tell them
   t, _ = jax.device_get(monl.sample_timestep_vectors(
       jax.random.key(3), B, M, N, monl.parse_mixture("vanilla"), T, log_probs))
   assert np.all(t == t[:, :1, :1])
-  assert np.abs(empirical(t[:, 0, 0]) - (video_cdf + uniform_cdf) / 2).max() < 0.02  # 4000 draws
+  mixed_cdf = (video_cdf + uniform_cdf) / 2
+  assert np.abs(_empirical_cdf_of_t(t[:, 0, 0]) - mixed_cdf).max() < 0.02  # 4000 draws
   # One density for both: [T]; uniform: None; a modality that is not one: an error.
   config.timestep_density = "logsnr_normal"
   assert loss_lib.level_densities(config, schedule_lib.LinearSchedule()).shape == (T,)
@@ -151,11 +157,11 @@ def test_uniform_fraction_per_modality():
   alpha_bar = np.cumprod(1.0 - np.linspace(1e-4, 0.02, T))
   normal_cdf = _truncated_normal_cdf_of_t(np.log(alpha_bar / (1.0 - alpha_bar)), 0.0, 2.0)
   uniform_cdf = np.arange(1, T + 1) / T
-  empirical = lambda t: np.searchsorted(np.sort(t.reshape(-1)), np.arange(1, T + 1), "right") / t.size
   t, _ = jax.device_get(monl.sample_timestep_vectors(
       jax.random.key(4), B, M, N, monl.parse_mixture("ptm"), T, log_probs))
-  assert np.abs(empirical(t[:, 0]) - normal_cdf).max() < 0.01
-  assert np.abs(empirical(t[:, 1]) - (0.6 * normal_cdf + 0.4 * uniform_cdf)).max() < 0.01
+  assert np.abs(_empirical_cdf_of_t(t[:, 0]) - normal_cdf).max() < 0.01
+  mixture_cdf = 0.6 * normal_cdf + 0.4 * uniform_cdf
+  assert np.abs(_empirical_cdf_of_t(t[:, 1]) - mixture_cdf).max() < 0.01
   assert np.abs(0.4 * (uniform_cdf - normal_cdf)).max() > 0.1  # the mixture is told apart
   # A fraction of 1 is the uniform density; one outside [0, 1] or not a number is an error.
   config.timestep_uniform_fraction = "1"
