@@ -78,7 +78,7 @@ def _pipeline_experiment(experiment: ml_collections.ConfigDict) -> ml_collection
   # would give every setting, vanilla included, the per-element levels of the tasks.
   c.diffusion.condition_rate = 0.0
   # The levels' uniform density, as the README's ablation results were measured (the job's
-  # video:logsnr_normal came later).
+  # log-SNR-normal density, half of the audio's uniform, came later).
   c.diffusion.timestep_density = "uniform"
   # A fixed number of steps, not the job's clock; the decay over the last 20% as in the job.
   c.job_minutes = 0.0
