@@ -77,6 +77,10 @@ def _pipeline_experiment(experiment: ml_collections.ConfigDict) -> ml_collection
   # The mixtures alone: the job's clean-conditioned examples (a2v, v2a, continuations at t = 0)
   # would give every setting, vanilla included, the per-element levels of the tasks.
   c.diffusion.condition_rate = 0.0
+  # ... and no late phase of inpaintings (the job's, which came later; contrastive_ablation's
+  # fine-tuning brings the job's condition_rate back with its first conditioning).
+  c.diffusion.late_condition_tasks = ""
+  c.train.late_fraction = 0.0
   # The levels' uniform density, as the README's ablation results were measured (the job's
   # log-SNR-normal density, half of the audio's uniform, came later).
   c.diffusion.timestep_density = "uniform"

@@ -144,11 +144,12 @@ def test_the_contrastive_ablation_on_pipeline_fine_tunes_the_runs_avdit_with_its
       "  c = experiment.setting_config(config, name, 'monl')\n"
       "  out[name] = [c.train.init_from, c.diffusion.noise_mixture,\n"
       "               c.diffusion.condition_rate == job.diffusion.condition_rate > 0,\n"
-      "               c.diffusion.cdl_weight > 0, c.diffusion.cdcd_weight > 0, c.train.num_steps]\n"
+      "               c.diffusion.cdl_weight > 0, c.diffusion.cdcd_weight > 0, c.train.num_steps,\n"
+      "               c.diffusion.late_condition_tasks]\n"
       "print(json.dumps(out))\n")
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert json.loads(proc.stdout.splitlines()[-1]) == {
-      "monl": ["/runs/job/avdit", "monl", True, False, False, 1050],
-      "monl_cdl": ["/runs/job/avdit", "monl", True, True, False, 1050],
-      "monl_cdcd": ["/runs/job/avdit", "monl", True, False, True, 1050],
-      "monl_6x": ["/runs/job/avdit", "monl", True, False, False, 6300]}
+      "monl": ["/runs/job/avdit", "monl", True, False, False, 1050, ""],
+      "monl_cdl": ["/runs/job/avdit", "monl", True, True, False, 1050, ""],
+      "monl_cdcd": ["/runs/job/avdit", "monl", True, False, True, 1050, ""],
+      "monl_6x": ["/runs/job/avdit", "monl", True, False, False, 6300, ""]}
