@@ -181,8 +181,9 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
                       autoguidance_fraction=1 / 3)
       # The conditioned examples are a2v, v2a and continuations until the last 46% of the
       # steps (started by the clock), then inpaintings with a quarter v2a: the av_inpaint jump
-      # 2.34 -> 1.47 and 1.80 -> 1.42 px in two training seeds (paired at 9600 steps), v2a
-      # +0.13 / +0.03 px, the rest within noise but the continuation's disc colour (+2.6 / +0.7).
+      # 2.34 -> 1.47 and 1.80 -> 1.42 px in two training seeds (paired at 9600 steps; 2.33 ->
+      # 1.58 in the job's own hour), v2a +0.13 / +0.03 px (+0.15 in the job), the rest within
+      # noise but the continuation's disc colour (+2.6 / +0.7).
       # More inpaintings from the start, or in the decay alone, did not move the jump; all of
       # them inpaintings in the late phase cost v2a +0.2-0.4 px (docs/learning_the_link.md).
       c.train.late_fraction = 0.46
