@@ -12,14 +12,15 @@ runs, each resumable in its own sub-directory of DIR:
   4. avdit/         AVDiT + MoNL trained on the cached latents
   5. avdit/samples  every task, decoded to mp4 with sound
   6. avdit/eval     the task suite beside its real and chance rows, and the learning curve
-Variants: default (the README's main job: MAGVIT-v2 video latents, log-magnitude STFT audio
-latents decoded by Griffin-Lim; AVDiT trains what the job's 60 minutes leave on the machine it
-runs on, 12 600 steps of batch 4 on a 2-core AVX-512/AMX Xeon; its samples follow the other
-modality, see the README) and tiny (tests); soundstream and soundstream_tiny: the paper's pair
-of learned autoencoders (SoundStream's round trip alone puts the pitch 1.5 px from the disc and
-the AVDiT on its latents stayed at chance, README); folder and folder_tiny: the default's
-stages on your own videos, a TFDS dataset prepared from a folder of video files at this
-config's clip geometry (all three models read it; data.raw.data_dir is the one setting to give):
+Variants: default (the README's main job: MAGVIT-v2 video latents of 16 channels, log-magnitude
+STFT audio latents decoded by Griffin-Lim; AVDiT trains what the job's 60 minutes leave on the
+machine it runs on, 12 600 steps of batch 4 on a 2-core AVX-512/AMX Xeon, 7800-10 200 on a
+2-core EPYC; its samples follow the other modality, see the README) and tiny (tests);
+soundstream and soundstream_tiny: the paper's pair of learned autoencoders (SoundStream's round
+trip alone puts the pitch 1.5 px from the disc and the AVDiT on its latents stayed at chance,
+README); folder and folder_tiny: the default's stages on your own videos, a TFDS dataset
+prepared from a folder of video files at this config's clip geometry (all three models read it;
+data.raw.data_dir is the one setting to give):
 
   python -m avdit.data.prepare --config=configs/avdit_pipeline.py:folder --manual_dir=MY_VIDEOS \
       --data_dir=TFDS_DIR
@@ -123,7 +124,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict(dict(
       name="latent_cache", cache_dir="", raw=raw, seed=raw.seed, batch_size=raw.batch_size,
       shuffle_seed=raw.shuffle_seed, worker_count=0, prefetch_buffer=raw.prefetch_buffer))
-  # SoundStream's latents (8 video / 16 audio channels) are narrower than the model, so ε or v can
+  # SoundStream's latents (16 video / 16 audio channels) are narrower than the model, so ε or v can
   # be predicted; v keeps the samples at the data's scale (under ε an error at high noise is
   # amplified ~150x in x̂0: an under-trained ε model sampled latents ~11x the data's std). The
   # default's 320-channel log-magnitude audio is wider: x0 with the skip path (_logmag_audio).

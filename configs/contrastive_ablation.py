@@ -98,8 +98,8 @@ def _fine_tune_pipeline_model(c: ml_collections.ConfigDict, equal_minutes: bool)
   c.train.update(num_steps=FINE_TUNE_STEPS, checkpoint_every=FINE_TUNE_STEPS,
                  keep_period=FINE_TUNE_STEPS)
   c.experiment.curve_tasks = ""  # one kept checkpoint: nothing to draw
-  # CDL's weight ~1/d (the cdl module docstring) for the d = 34 880 latent elements of a clip
-  # here (5 x 4 x 4 x 8 video + 107 x 320 audio).
+  # CDL's weight ~1/d (the cdl module docstring) for the d = 35 520 latent elements of a clip
+  # here (5 x 4 x 4 x 16 video + 107 x 320 audio).
   c.experiment.overrides.monl_cdl.diffusion.cdl_weight = 3e-5
   if equal_minutes:
     # MoNL alone given CDCD's minutes (a CDCD step costs ~6 of MoNL's here).
