@@ -46,7 +46,8 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       # each clip's colour (see magvit2.Magvit2). 16 channels a latent: one latent holds a
       # 4-frame 8x8 patch's background, disc positions and colour; with 8 the round trip pulls
       # the disc's colour a third of the way to grey (disc colour error 28 against 12), and the
-      # AVDiT on it draws fewer discs (docs/learning_the_link.md, "A 16-channel video latent").
+      # AVDiT on it draws fewer discs (docs/learning_the_link.md, "The 16-channel latent as the
+      # job").
       kwargs=dict(magvit2.TINY_KWARGS, base_channels=8, latent_dim=16, encoder_output_norm=False),
       dtype="float32"))
   c.discriminator = ml_collections.ConfigDict(dict(
