@@ -43,9 +43,10 @@ FOLDER_DATASET = "av_folder/avdit_pipeline"
 # task with its real and chance rows, so FVD/KVD on a2v alone (eval.distribution_tasks) saves
 # ~5 of them: with it the evaluation took 8.2 of the 9.5 minutes that 16 000 clips were on the
 # EPYC (0.143 s a step). 18 000 leave a margin after the video's autoguidance (its second
-# network cost ~10-30 s there). DDPM 100 (below) adds ~2 minutes of sampling to the suite and the
-# curve, hence 20 000.
-PIPELINE_RESERVE_CLIPS = 20000
+# network cost ~10-30 s there). With DDPM 100 (below) they took 11.5 minutes, 17 800 clips' time,
+# on the EPYC (0.155 s a step; with 20 000 kept, the job took 59 min 27 s): 23 000 leave ~3
+# minutes of margin for a machine that slows down after the clock's last plan.
+PIPELINE_RESERVE_CLIPS = 23000
 VARIANTS = ("default", "tiny", "folder", "folder_tiny", "soundstream", "soundstream_tiny")
 
 
@@ -193,7 +194,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       # DDPM's ancestral steps, 100 of them, not DDIM 50: on the 16-channel job's model, paired
       # over 32 held-out clips and the same noise, a disc in +9 [+3, +16] points of joint's
       # frames (89% -> 98%), +4 [+1, +8] of the continuation's (91% -> 96%), a2v -0.17 px, the
-      # rest within noise; ~2 minutes more of the job's sampling (docs/learning_the_link.md,
+      # rest within noise; ~3 minutes more of the job's sampling (docs/learning_the_link.md,
       # "Ancestral sampling on the 16-channel model"). On the weaker 8-channel models it cost
       # 6-7 points of the disc count instead.
       c.sample.update(sampler="ddpm", num_steps=100)
